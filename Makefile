@@ -1,0 +1,30 @@
+# The README's two commands: `make demo` and `make test`. Both build .venv first.
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+STAMP := $(VENV)/.installed
+EXTRAS := dev,torch,onnx,peft
+
+.PHONY: demo test venv vectors bench clean
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -n "$(PY)" || { echo "need python3.11 on PATH"; exit 2; }
+	$(PY) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/vera-ref demo
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
+
+vectors: $(STAMP)
+	$(VENV)/bin/vera-ref vectors --check
+
+bench: $(STAMP)
+	$(VENV)/bin/python bench/rng.py
+
+clean:
+	rm -rf $(VENV) results .pytest_cache

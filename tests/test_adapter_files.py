@@ -1,0 +1,255 @@
+"""spec 4: adapter files -- round trips, interop, hostile input, atomic writes, vectors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from conftest import ROOT, VECTORS
+from vera_ref import container
+from vera_ref.adapter import (base_fingerprint, load_adapter, new_adapter, save_adapter, validate_adapter)
+from vera_ref.dtypes import round_to
+from vera_ref.errors import AdapterFileError
+from vera_ref.metadata import ModuleSpec, config_document, parse_config
+
+DTYPES = ["float32", "float16", "bfloat16", "float64"]
+FILES = json.loads((VECTORS / "files.json").read_text())
+
+
+def _values(data, dtype, n):
+    """n values of ``dtype`` from random bit patterns (subnormals, -0.0, extremes); non-finite ones -> 1.0."""
+    bits = {"float16": 16, "bfloat16": 16, "float32": 32, "float64": 64}[dtype]
+    raw = np.array(data.draw(st.lists(st.integers(0, 2**bits - 1), min_size=n, max_size=n)), dtype=np.uint64)
+    if dtype == "bfloat16":
+        vals = (raw.astype(np.uint32) << 16).view(np.float32)
+    else:
+        vals = raw.astype(f"u{bits // 8}").view(dtype)
+    return np.where(np.isfinite(vals), vals, 1.0).astype(vals.dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@given(data=st.data())
+def test_save_load_bit_exact(tmp_path_factory, dtype, data):
+    r, out_f = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 6))
+    ad = new_adapter([("m.a", 5, out_f), ("m.b", 3, 2, "conv1d")], r=r, seed=data.draw(st.integers(0, 2**64 - 1)),
+                     vector_dtype=dtype)
+    for name, shape in (("m.a", out_f), ("m.b", 2)):
+        ad.lambda_b[name] = _values(data, dtype, shape)
+        ad.lambda_d[name] = _values(data, dtype, r)
+    path = tmp_path_factory.mktemp("rt") / "a.safetensors"
+    save_adapter(ad, path)
+    back = load_adapter(path)
+    for name in ("m.a", "m.b"):
+        for got, want in ((back.lambda_b[name], ad.lambda_b[name]), (back.lambda_d[name], ad.lambda_d[name])):
+            assert got.dtype == want.dtype and np.array_equal(got.view(f"u{got.itemsize}"),
+                                                              want.view(f"u{want.itemsize}"))
+    assert back.config.seed == ad.config.seed and back.config.modules == ad.config.modules
+
+
+def test_every_generator_and_sharing_round_trips(tmp_path):
+    rng = np.random.default_rng(0)
+    stored = {1: (rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=(5, 3)).astype(np.float32)),
+              2: (rng.normal(size=(3, 6)).astype(np.float32), rng.normal(size=(2, 3)).astype(np.float32))}
+    cases = [new_adapter([("a", 4, 5), ("b", 6, 2)], r=3, seed=11, sharing="per-module"),
+             new_adapter([("a", 4, 5), ("b", 6, 2)], r=3, generator="stored", sharing="per-module", stored=stored),
+             new_adapter([("a", 4, 5)], r=3, seed=2**40, generator="peft-mt19937")]
+    for i, ad in enumerate(cases):
+        save_adapter(ad, tmp_path / f"{i}.safetensors")
+        back = load_adapter(tmp_path / f"{i}.safetensors")
+        for g, _, _ in ad.config.groups():
+            assert all(np.array_equal(p, q) for p, q in zip(back.projection(g), ad.projection(g)))
+    # per-module group 2 is projection(seed, r, 6, 2, group=2)
+    from vera_ref.projection import projection
+    A2, B2 = projection(11, 3, 6, 2, group=2)
+    assert np.array_equal(cases[0].module_projection("b")[0], A2)
+
+
+def test_extra_tensors_and_fingerprint(tmp_path):
+    mods = [ModuleSpec("l1", 4, 5), ModuleSpec("l2", 3, 5, "conv1d")]
+    W = {"l1": np.arange(20.0).reshape(5, 4), "l2": np.arange(15.0).reshape(3, 5)}
+    fp = base_fingerprint(W, mods)
+    ad = new_adapter(mods, r=2, base_model={"name": "toy", "fingerprint": fp})
+    ad.extra["head.weight"] = (np.ones((2, 5), np.float32), "bfloat16")
+    save_adapter(ad, tmp_path / "a.safetensors")
+    back = load_adapter(tmp_path / "a.safetensors")
+    assert back.config.base_model["fingerprint"] == fp and back.extra["head.weight"][1] == "bfloat16"
+    # conv1d weights are fingerprinted in (out, in) orientation: the same numbers as a linear (5, 3)
+    fp_lin = base_fingerprint({"l1": W["l1"], "l2": W["l2"].T}, [mods[0], ModuleSpec("l2", 3, 5)])
+    assert fp_lin == fp
+    assert base_fingerprint({"l1": W["l1"] + 1, "l2": W["l2"]}, mods) != fp
+
+
+def test_our_files_read_by_the_safetensors_package(tmp_path):
+    st_numpy = pytest.importorskip("safetensors.numpy")
+    st_torch = pytest.importorskip("safetensors.torch")
+    import torch
+    for dtype in DTYPES:
+        ad = new_adapter([("q", 4, 3)], r=2, vector_dtype=dtype)
+        ad.lambda_b["q"] = round_to(np.array([1.5, -2.25, 3e-3]), dtype)
+        save_adapter(ad, tmp_path / "a.safetensors")
+        if dtype == "bfloat16":
+            got = st_torch.load_file(tmp_path / "a.safetensors")["q.lambda_b"].float().numpy()
+        else:
+            got = st_numpy.load_file(tmp_path / "a.safetensors")["q.lambda_b"]
+        assert np.array_equal(got, ad.lambda_b["q"])
+    # and theirs (bf16 included) read by ours, bit-exact
+    t = {"x": torch.tensor([1.0, -3.5, 1e-20], dtype=torch.bfloat16), "y": torch.arange(6.0).reshape(2, 3).half()}
+    st_torch.save_file(t, tmp_path / "t.safetensors", metadata={"k": "v"})
+    meta, tensors = container.read(tmp_path / "t.safetensors")
+    assert meta == {"k": "v"}
+    assert np.array_equal(tensors["x"].data, t["x"].float().numpy())
+    assert tensors["y"].dtype == "F16" and np.array_equal(tensors["y"].data, t["y"].numpy())
+
+
+def test_hostile_header_allocates_nothing(tmp_path):
+    """A document claiming a 10^12-element projection is refused with little memory used."""
+    bad = next(t for g in FILES["testGroups"] for t in g["tests"] if "10^12" in t["comment"])
+    path = VECTORS / "files" / bad["file"]
+    tracemalloc.start()
+    with pytest.raises(AdapterFileError) as err:
+        load_adapter(path)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert str(err.value).startswith("projection: 1000000000000 elements exceed the limit of 268435456")
+    assert peak < 2_000_000, peak
+    # a header length of 2^40 and tensor offsets of 4 MB in a 200-byte file: refused before reading
+    p = tmp_path / "h.safetensors"
+    p.write_bytes((1 << 40).to_bytes(8, "little") + b"{}" * 8)
+    tracemalloc.start()
+    with pytest.raises(AdapterFileError, match=r"^header: length 1099511627776 exceeds the limit"):
+        load_adapter(p)
+    assert tracemalloc.get_traced_memory()[1] < 1_000_000
+    tracemalloc.stop()
+
+
+def test_the_limit_is_a_setting(tmp_path):
+    ad = new_adapter([("q", 64, 64)], r=16)
+    save_adapter(ad, tmp_path / "a.safetensors")
+    with pytest.raises(AdapterFileError, match=r"^projection: 2048 elements exceed the limit of 1000 "):
+        load_adapter(tmp_path / "a.safetensors", max_projection_elements=1000)
+    assert load_adapter(tmp_path / "a.safetensors", max_projection_elements=2048).config.r == 16
+
+
+@given(st.data())
+def test_fuzzed_files_fail_only_with_adapter_file_error(tmp_path_factory, data):
+    """Flipped, cut or inserted bytes: the reader accepts or raises AdapterFileError, nothing else."""
+    valid = [t for t in FILES["testGroups"][0]["tests"]]
+    blob = bytearray((VECTORS / "files" / data.draw(st.sampled_from(valid))["file"]).read_bytes())
+    for _ in range(data.draw(st.integers(1, 4))):
+        op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        i = data.draw(st.integers(0, len(blob) - 1))
+        if op == "flip":
+            blob[i] ^= 1 << data.draw(st.integers(0, 7))
+        elif op == "cut":
+            del blob[i:i + data.draw(st.integers(1, 16))]
+        else:
+            blob[i:i] = bytes(data.draw(st.binary(min_size=1, max_size=8)))
+        if not blob:
+            blob = bytearray(b"\0")
+    p = tmp_path_factory.mktemp("fz") / "f.safetensors"
+    p.write_bytes(bytes(blob))
+    try:
+        load_adapter(p)
+    except AdapterFileError:
+        pass
+
+
+@pytest.mark.parametrize("case", FILES["testGroups"][0]["tests"], ids=lambda c: c["file"])
+def test_valid_file_vectors(case):
+    ad = load_adapter(VECTORS / "files" / case["file"])
+    assert config_document(ad.config) == {**case["config"], **({"provenance": case["config"].get("provenance", {})})}
+    _, entries = container.read_metadata(VECTORS / "files" / case["file"])
+    assert {k: {"dtype": v[0], "shape": list(v[1])} for k, v in entries.items()} == \
+        {k: {"dtype": v["dtype"], "shape": v["shape"]} for k, v in case["tensors"].items()}
+
+
+@pytest.mark.parametrize("case", FILES["testGroups"][1]["tests"], ids=lambda c: c["file"])
+def test_invalid_file_vectors_fail_with_their_exact_error(case):
+    with pytest.raises(AdapterFileError) as err:
+        validate_adapter(VECTORS / "files" / case["file"])
+    assert err.value.field == case["error"]["field"]
+    assert str(err.value) == case["error"]["message"]
+
+
+def test_invalid_vectors_cover_the_validation_table():
+    fields = {t["error"]["field"] for t in FILES["testGroups"][1]["tests"]}
+    assert {"header", "__metadata__", "vera_format", "vera_spec_version", "vera_config", "r", "generator", "seed",
+            "sharing", "modules", "n_in", "dropout", "projection", "projection_sha256"} <= fields
+    assert len(FILES["testGroups"][1]["tests"]) >= 30
+
+
+def test_metadata_schema_agrees_with_the_reader():
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((ROOT / "spec" / "schema" / "adapter-config.schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    for case in FILES["testGroups"][0]["tests"]:
+        jsonschema.validate(case["config"], schema)
+    # document-level invalid vectors that a schema can express are rejected by the schema too
+    schema_fields = {"r", "generator", "seed", "sharing", "dropout", "alpha", "modules[0].layout"}
+    for case in FILES["testGroups"][1]["tests"]:
+        # the range of a 20-digit seed (< 2^64) is beyond a regex; clause 4.6 checks it
+        if case["error"]["field"] in schema_fields and "out of range" not in case["comment"]:
+            meta, _ = container.read_metadata(VECTORS / "files" / case["file"])
+            doc = json.loads(meta["vera_config"])
+            assert not jsonschema.Draft202012Validator(schema).is_valid(doc), case["comment"]
+
+
+def test_newer_minor_version_fields_are_skipped():
+    ad = new_adapter([("q", 4, 4)], r=2)
+    ad.config.projection_sha256 = ad.checksums()
+    doc = config_document(ad.config)
+    doc["future_field"] = 1
+    text = json.dumps(doc)
+    with pytest.raises(AdapterFileError, match="^future_field: unknown field$"):
+        parse_config(text, "1.0")
+    assert parse_config(text, "1.7").r == 2
+
+
+def test_writer_refuses_what_a_reader_would_reject(tmp_path):
+    ad = new_adapter([("q", 4, 4)], r=2)
+    ad.lambda_b["q"][1] = np.inf
+    with pytest.raises(AdapterFileError, match=r"^q.lambda_b: contains non-finite values"):
+        save_adapter(ad, tmp_path / "a.safetensors")
+    assert not list(tmp_path.iterdir())  # nothing written, no temporary left behind
+
+
+def test_killed_writer_leaves_the_old_file_intact(tmp_path):
+    """spec 4.7: SIGKILL in the middle of a save leaves the previous file loadable and unchanged."""
+    path = tmp_path / "a.safetensors"
+    save_adapter(new_adapter([("q", 8, 8)], r=2, seed=5), path)
+    before = path.read_bytes()
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(ROOT)!r})
+        import numpy as np
+        from vera_ref import container
+        from vera_ref.adapter import new_adapter, save_adapter
+        real = container.write_atomic
+        def slow(path, parts):
+            class Slow(bytes): pass
+            data = b"".join(parts)
+            def chunks():
+                for i in range(0, len(data), 1 << 20):
+                    yield data[i:i + 1 << 20]
+                    print("chunk", flush=True)
+                    time.sleep(0.05)
+            real(path, list(chunks()))
+        container.write_atomic = slow
+        ad = new_adapter([("q", 8, 8)], r=2, seed=6)
+        ad.extra["big"] = (np.ones(8_000_000, np.float32), "float32")
+        save_adapter(ad, {str(path)!r})
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    for _ in range(3):  # let it write a few chunks into the temporary file
+        assert proc.stdout.readline().startswith("chunk")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert path.read_bytes() == before
+    assert load_adapter(path).config.seed == 5

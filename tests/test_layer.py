@@ -1,0 +1,139 @@
+"""spec 3: forward, backward, merge, unmerge, layouts, low-precision path."""
+import json
+
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from conftest import VECTORS
+from vera_ref.errors import ShapeError
+from vera_ref.layer import backward, forward, merge, unmerge
+from vera_ref.projection import projection
+from vera_ref.tolerance import backward_magnitude, compare, forward_magnitude, merge_magnitude
+from vera_ref.vectors import unbits
+
+
+def _case(seed, N, in_f, out_f, r, extra=(0, 0), dropout=0.0):
+    rng = np.random.default_rng(seed)
+    A, B = projection(seed, r, in_f + extra[0], out_f + extra[1])
+    x = rng.normal(size=(N, in_f)); W = rng.normal(size=(out_f, in_f)); b = rng.normal(size=out_f)
+    ld = rng.normal(size=r); lb = rng.normal(size=out_f); dy = rng.normal(size=(N, out_f))
+    mask = (rng.random((N, in_f)) >= dropout).astype(float) if dropout else None
+    return x, W, b, A, B, ld, lb, dy, mask
+
+
+dims = dict(seed=st.integers(0, 10**6), N=st.integers(1, 5), in_f=st.integers(1, 9), out_f=st.integers(1, 9),
+            r=st.integers(1, 7), extra=st.tuples(st.integers(0, 3), st.integers(0, 3)),
+            dropout=st.sampled_from([0.0, 0.3]), layout=st.sampled_from(["linear", "conv1d"]))
+
+
+@given(**dims)
+def test_backward_equals_central_differences(seed, N, in_f, out_f, r, extra, dropout, layout):
+    x, W, b, A, B, ld, lb, dy, mask = _case(seed, N, in_f, out_f, r, extra, dropout)
+    W = W if layout == "linear" else W.T.copy()
+    kw = dict(layout=layout, dropout_mask=mask, dropout=dropout)
+    g = backward(x, W, A, B, ld, lb, dy, **kw)
+
+    def loss(**over):
+        args = {"x": x, "lambda_d": ld, "lambda_b": lb, **over}
+        return float(np.sum(dy * forward(args["x"], W, b, A, B, args["lambda_d"], args["lambda_b"], **kw)))
+
+    h = 1e-6
+    for name, arr, grad in (("x", x, g.x), ("lambda_d", ld, g.lambda_d), ("lambda_b", lb, g.lambda_b)):
+        num = np.zeros_like(arr)
+        for i in np.ndindex(arr.shape):
+            plus, minus = arr.copy(), arr.copy()
+            plus[i] += h
+            minus[i] -= h
+            num[i] = (loss(**{name: plus}) - loss(**{name: minus})) / (2 * h)
+        assert np.allclose(grad, num, rtol=1e-6, atol=1e-7), name
+
+
+@given(**dims)
+def test_merged_weight_reproduces_forward(seed, N, in_f, out_f, r, extra, dropout, layout):
+    x, W, b, A, B, ld, lb, _, _ = _case(seed, N, in_f, out_f, r, extra)
+    W = W if layout == "linear" else W.T.copy()
+    Wm = merge(W, A, B, ld, lb, layout=layout)
+    y_merged = x @ (Wm.T if layout == "linear" else Wm) + b
+    y = forward(x, W, b, A, B, ld, lb, layout=layout)
+    S = forward_magnitude(x, W, b, A, B, ld, lb, layout=layout)
+    assert compare(y_merged, y, S, "float64").ok
+    back = unmerge(Wm, A, B, ld, lb, layout=layout)
+    assert compare(back, W, merge_magnitude(W, A, B, ld, lb, layout=layout), "float64").ok
+
+
+def test_conv1d_layout_is_the_transposed_linear():
+    x, W, b, A, B, ld, lb, dy, _ = _case(5, 4, 6, 7, 3, (2, 1))
+    assert np.array_equal(forward(x, W.T.copy(), b, A, B, ld, lb, layout="conv1d"), forward(x, W, b, A, B, ld, lb))
+    assert np.array_equal(merge(W.T.copy(), A, B, ld, lb, layout="conv1d"), merge(W, A, B, ld, lb).T)
+    g1 = backward(x, W.T.copy(), A, B, ld, lb, dy, layout="conv1d")
+    g2 = backward(x, W, A, B, ld, lb, dy)
+    assert all(np.array_equal(a, c) for a, c in zip(g1, g2))
+
+
+def test_fresh_adapter_is_an_exact_no_op():
+    """spec 3.9: lambda_b = 0 gives the base output and base weight bit for bit."""
+    x, W, b, A, B, _, _, _, _ = _case(9, 3, 5, 4, 2)
+    ld, lb = np.full(2, 0.1), np.zeros(4)
+    assert np.array_equal(forward(x, W, b, A, B, ld, lb), x @ W.T + b)
+    assert np.array_equal(merge(W, A, B, ld, lb), W)
+    for dt in ("float32", "float16", "bfloat16"):
+        assert np.array_equal(merge(W, A, B, ld, lb, dtype=dt), merge(W, A, B, ld, np.zeros(4), dtype=dt))
+
+
+def test_dropout_applies_to_the_adapter_input_only():
+    x, W, b, A, B, ld, lb, _, _ = _case(2, 3, 5, 4, 2)
+    zero_mask = np.zeros_like(x)
+    # with every adapter input dropped, only the base path remains
+    assert np.allclose(forward(x, W, b, A, B, ld, lb, dropout_mask=zero_mask, dropout=0.5), x @ W.T + b)
+    ones = np.ones_like(x)
+    scaled = forward(x, W, b, A, B, ld, lb, dropout_mask=ones, dropout=0.5)
+    assert np.allclose(scaled - (x @ W.T + b), 2 * (forward(x, W, b, A, B, ld, lb) - (x @ W.T + b)))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_low_precision_path_within_tolerance(dtype):
+    from vera_ref.dtypes import round_to
+    x, W, b, A, B, ld, lb, dy, _ = _case(11, 8, 64, 48, 16, (4, 4))
+    x, W, b, ld, lb, dy = (round_to(a, dtype).astype(np.float64) for a in (x, W, b, ld, lb, dy))
+    got = forward(x, W, b, A, B, ld, lb, dtype=dtype)
+    assert compare(got, forward(x, W, b, A, B, ld, lb), forward_magnitude(x, W, b, A, B, ld, lb), dtype).ok
+    g = backward(x, W, A, B, ld, lb, dy, dtype=dtype)
+    ref, S = backward(x, W, A, B, ld, lb, dy), backward_magnitude(x, W, A, B, ld, lb, dy)
+    for got_i, ref_i, S_i in zip(g, ref, S):
+        assert compare(got_i, ref_i, S_i, dtype).ok
+
+
+def test_math_vectors():
+    env = json.loads((VECTORS / "math.json").read_text())
+    for c in env["testGroups"][0]["tests"]:
+        dt = c["dtype"]
+        inp = {k: unbits(v["bits"], dt).astype(np.float64).reshape(v["shape"]) for k, v in c["inputs"].items()}
+        A, B = projection(int(c["seed"]), c["r"], c["n_in"], c["n_out"])
+        kw = dict(layout=c["layout"], dropout_mask=inp.get("dropout_mask"), dropout=c["dropout"])
+        y = forward(inp["x"], inp["W"], inp["bias"], A, B, inp["lambda_d"], inp["lambda_b"], **kw)
+        g = backward(inp["x"], inp["W"], A, B, inp["lambda_d"], inp["lambda_b"], inp["dy"], **kw)
+        Wm = merge(inp["W"], A, B, inp["lambda_d"], inp["lambda_b"], layout=c["layout"])
+        for name, got in (("y", y), ("dx", g.x), ("dlambda_d", g.lambda_d), ("dlambda_b", g.lambda_b),
+                          ("W_merged", Wm)):
+            ref = unbits(c["expected"][name]["bits"], "float64").reshape(c["expected"][name]["shape"])
+            S = unbits(c["magnitude"][name]["bits"], "float64").reshape(c["magnitude"][name]["shape"])
+            assert np.array_equal(got, ref), (c["tcId"], name)  # same reference code: bit-exact
+            assert compare(got.astype(np.float32), ref, S, "float32").ok or dt == "float64"
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda a: forward(np.ones((2, 3)), np.ones((4, 3)), None, *a, np.ones(2), np.ones(5)),
+     r"lambda_b must have shape \(4,\), got \(5,\)"),
+    (lambda a: forward(np.ones((2, 3)), np.ones((4, 3)), None, *a, np.ones(3), np.ones(4)),
+     r"lambda_d must have shape \(2,\), got \(3,\)"),
+    (lambda a: forward(np.ones((2, 9)), np.ones((4, 9)), None, *a, np.ones(2), np.ones(4)),
+     r"layer \(in=9, out=4\) is larger than the projection \(n_in=5, n_out=6\)"),
+    (lambda a: forward(np.ones((2, 4)), np.ones((4, 3)), None, *a, np.ones(2), np.ones(4)),
+     r"x must have shape \(\.\.\., 3\), got \(2, 4\)"),
+    (lambda a: merge(np.ones((4, 3)), *a, np.ones(2), np.ones(4), layout="conv2d"),
+     r"layout must be 'linear' or 'conv1d', got 'conv2d'"),
+])
+def test_shape_errors_are_named(call, message):
+    with pytest.raises(ShapeError, match="^" + message + "$"):
+        call(projection(0, 2, 5, 6))

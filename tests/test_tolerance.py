@@ -1,0 +1,40 @@
+"""spec 5.2: the bound passes correct low-precision results and fails O(S) bugs."""
+import numpy as np
+
+from vera_ref.layer import forward
+from vera_ref.projection import projection
+from vera_ref.tolerance import C, bound, compare, forward_magnitude
+
+
+def _inputs(seed=0):
+    rng = np.random.default_rng(seed)
+    A, B = projection(seed, 8, 40, 30)
+    x = rng.normal(size=(6, 32)).astype(np.float32).astype(np.float64)
+    W = rng.normal(size=(24, 32)).astype(np.float32).astype(np.float64)
+    b, ld, lb = rng.normal(size=24), rng.normal(size=8), rng.normal(size=24)
+    return x, W, b, A, B, ld, lb
+
+
+def test_constants_are_the_spec_values():
+    assert C == 16.0
+    assert bound(np.array([0.0]), "float16")[0] == 2.0**-14
+    assert bound(np.array([1.0]), "float32")[0] == 16 * 2.0**-23 + 2.0**-126
+
+
+def test_correct_float32_passes_and_o_s_bugs_fail():
+    x, W, b, A, B, ld, lb = _inputs()
+    ref, S = forward(x, W, b, A, B, ld, lb), forward_magnitude(x, W, b, A, B, ld, lb)
+    assert compare(forward(x, W, b, A, B, ld, lb, dtype="float32"), ref, S, "float32").ok
+    # a wrong slice (B's rows shifted by one) and lambda_b dropped: both must fail
+    assert not compare(forward(x, W, b, A, B[1:], ld, lb), ref, S, "float32").ok
+    assert not compare(forward(x, W, b, A, B, ld, np.ones_like(lb)), ref, S, "bfloat16").ok
+
+
+def test_nan_and_shape_mismatch_fail():
+    x, W, b, A, B, ld, lb = _inputs(1)
+    ref, S = forward(x, W, b, A, B, ld, lb), forward_magnitude(x, W, b, A, B, ld, lb)
+    bad = ref.copy(); bad[0, 0] = np.nan
+    chk = compare(bad, ref, S, "float32")
+    assert not chk.ok and chk.worst_index == (0, 0)
+    assert not compare(ref[:, :3], ref, S, "float32").ok
+    assert "C=16" in compare(ref, ref, S, "float32").describe()

@@ -1,0 +1,186 @@
+"""``vera-ref``: inspect, validate and make VeRA adapters and projections.
+
+Every subcommand explains itself with --help. Exit status: 0 success, 1 a
+rejected file or failed check (one line on stderr that names the field), 2 bad usage.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Callable
+
+import numpy as np
+
+from . import __version__
+from .adapter import load_adapter, sha256_hex
+from .errors import VeraError
+from .metadata import DEFAULT_MAX_PROJECTION_ELEMENTS
+
+def _setup_file(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="a VeRA adapter file (.safetensors)")
+    p.add_argument("--max-projection-elements", type=int, default=DEFAULT_MAX_PROJECTION_ELEMENTS, metavar="N",
+                   help="refuse files whose projections would exceed N elements (default 2^28 = "
+                        f"{DEFAULT_MAX_PROJECTION_ELEMENTS}); spec 4.6 rule 22")
+
+
+def cmd_inspect(args) -> int:
+    ad = load_adapter(args.file, max_projection_elements=args.max_projection_elements)
+    cfg = ad.config
+    from .container import read_metadata
+    meta, entries = read_metadata(args.file)
+    if args.json:
+        print(json.dumps({"file": args.file, "bytes": os.path.getsize(args.file), "metadata": meta,
+                          "tensors": {k: {"dtype": v[0], "shape": list(v[1]), "bytes": v[3] - v[2]}
+                                      for k, v in sorted(entries.items())}}, indent=2))
+        return 0
+    print(f"{args.file}: VeRA adapter, spec {meta.get('vera_spec_version')}, {os.path.getsize(args.file)} bytes")
+    seed = "" if cfg.seed is None else f", seed {cfg.seed}"
+    print(f"  r {cfg.r}, generator {cfg.generator}{seed}, sharing {cfg.sharing}, n_in {cfg.n_in}, n_out {cfg.n_out}")
+    print(f"  vectors {cfg.vector_dtype}, d_initial {cfg.d_initial:g}, dropout {cfg.dropout:g}")
+    if cfg.base_model:
+        print("  base model: " + ", ".join(f"{k} {v}" for k, v in sorted(cfg.base_model.items())))
+    if cfg.provenance:
+        print("  provenance: " + json.dumps(cfg.provenance, sort_keys=True))
+    print(f"  modules ({len(cfg.modules)}):")
+    width = max(len(m.name) for m in cfg.modules)
+    for m in cfg.modules:
+        print(f"    {m.name:<{width}}  in {m.in_features:>6}  out {m.out_features:>6}  {m.layout}")
+    print(f"  tensors ({len(entries)}):")
+    width = max(len(k) for k in entries)
+    for k, (dtype, shape, b, e) in sorted(entries.items()):
+        print(f"    {k:<{width}}  {dtype:<4}  {str(list(shape)):<14} {e - b:>10} bytes")
+    print("  projection checksums (sha256 of float32 LE bytes, verified):")
+    for c in cfg.projection_sha256:
+        print(f"    group {c['group']}: A {c['A']}  B {c['B']}")
+    return 0
+
+
+def setup_inspect(p: argparse.ArgumentParser) -> None:
+    _setup_file(p)
+    p.add_argument("--json", action="store_true", help="print the header as JSON instead of a table")
+
+
+
+def cmd_validate(args) -> int:
+    ad = load_adapter(args.file, max_projection_elements=args.max_projection_elements)
+    cfg = ad.config
+    print(f"valid: {args.file} (r {cfg.r}, {len(cfg.modules)} modules, generator {cfg.generator}, "
+          f"checksums verified)")
+    return 0
+
+
+def setup_validate(p: argparse.ArgumentParser) -> None:
+    _setup_file(p)
+
+
+
+def cmd_projection(args) -> int:
+    from .peft_mt19937 import peft_projection
+    from .projection import projection
+    if args.generator == "peft-mt19937":
+        if args.group:
+            raise SystemExit("vera-ref projection: error: --group applies to philox4x32-10 only")
+        A, B = peft_projection(args.seed, args.r, args.n_in, args.n_out)
+    else:
+        A, B = projection(args.seed, args.r, args.n_in, args.n_out, args.group)
+    print(f"generator {args.generator}, seed {args.seed}, group {args.group}, r {args.r}, "
+          f"n_in {args.n_in}, n_out {args.n_out}")
+    print(f"A {tuple(A.shape)} float32 sha256 {sha256_hex(A)}")
+    print(f"B {tuple(B.shape)} float32 sha256 {sha256_hex(B)}")
+    if args.out:
+        tmp = args.out + ".tmp.npz"
+        np.savez(tmp, A=A, B=B)
+        os.replace(tmp, args.out)
+        print(f"wrote {args.out} (arrays A, B)")
+    return 0
+
+
+def setup_projection(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, required=True, help="integer in [0, 2^64)")
+    p.add_argument("--r", type=int, required=True, help="rank")
+    p.add_argument("--n-in", type=int, required=True, help="columns of A (largest in_features)")
+    p.add_argument("--n-out", type=int, required=True, help="rows of B (largest out_features)")
+    p.add_argument("--group", type=int, default=0, help="projection group (0 = shared pair; spec 2.4)")
+    p.add_argument("--generator", choices=("philox4x32-10", "peft-mt19937"), default="philox4x32-10")
+    p.add_argument("--out", metavar="FILE.npz", help="also save A and B (written atomically)")
+
+
+
+def cmd_vectors(args) -> int:
+    from . import vectors
+    return vectors.main(["--write"] if args.write else ["--check"])
+
+
+def setup_vectors(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--check", action="store_true", help="compare with spec/vectors")
+    g.add_argument("--write", action="store_true", help="rewrite spec/vectors")
+
+
+
+def cmd_demo(args) -> int:
+    from .showcase import run
+    return run(args.out)
+
+
+def setup_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="results/showcase", help="folder for the files it writes")
+
+
+
+COMMANDS: list[tuple[str, str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = [
+    ("inspect", "show an adapter's config, modules, tensors and checksums",
+     "Read a VeRA adapter file, check it fully (spec 4.6) and print its config, modules, "
+         "tensors with dtypes, shapes and bytes, and the verified projection checksums.",
+     setup_inspect, cmd_inspect),
+    ("validate", "check an adapter file against every rule of spec 4.6",
+     "Exit 0 if FILE passes every rule of spec 4.6 (header, magic, version, document, size limit, "
+         "tensors, values, checksums); otherwise exit 1 with one line naming the offending field. "
+         "Sizes in the header are checked before anything is allocated.",
+     setup_validate, cmd_validate),
+    ("projection", "make the projection pair A, B from a seed and print their sha256",
+     "Generate A (r x n_in) and B (n_out x r) with the spec's generator (spec 1, 2.1) or PEFT's "
+         "(spec 2.5.3), print their shapes and sha256 (spec 2.6), optionally save them to an .npz file.",
+     setup_projection, cmd_projection),
+    ("vectors", "check (or rewrite) the test vectors in spec/vectors",
+     "Regenerate every test vector of spec 6 from this reference and compare with spec/vectors "
+         "(--check, exit 1 on any difference), or rewrite them (--write).",
+     setup_vectors, cmd_vectors),
+    ("demo", "run the end-to-end showcase",
+     "A short end-to-end tour: generate a projection, build and train a toy VeRA layer, save, "
+         "inspect, validate and reload the adapter, merge it, and see a tampered file rejected.",
+     setup_demo, cmd_demo),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="vera-ref",
+        description="Reference tools of the VeRA kit: adapter files (spec 4), projections (spec 1-2), "
+                    "test vectors (spec 6).",
+        epilog="Run 'vera-ref COMMAND --help' for a command's options.")
+    ap.add_argument("--version", action="version", version=f"vera-ref {__version__}")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, help_, description, setup, fn in COMMANDS:
+        p = sub.add_parser(name, help=help_, description=description)
+        setup(p)
+        p.set_defaults(func=fn)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except VeraError as exc:  # a rejected input: one line, no traceback
+        print(f"vera-ref {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"vera-ref {args.command}: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""Exception types of the VeRA reference, one per concern (spec 0.3).
+
+Every error raised for bad input is one of these; messages are stable and tested
+verbatim, so callers may match on them.
+"""
+from __future__ import annotations
+
+
+class VeraError(Exception):
+    """Base class of every error this kit raises on purpose."""
+
+
+class ProjectionError(VeraError, ValueError):
+    """Arguments of the generator or of a projection are out of range (spec 1, 2)."""
+
+
+class ShapeError(VeraError, ValueError):
+    """Arrays handed to the math functions do not fit together (spec 3)."""
+
+
+class AdapterFileError(VeraError, ValueError):
+    """An adapter file or metadata document breaks a rule of spec 4.
+
+    ``field`` names the offending field (a metadata key, a tensor name, or one of
+    ``header``, ``magic``, ``version``); the message is ``"<field>: <problem>"``.
+    """
+
+    def __init__(self, field: str, problem: str) -> None:
+        self.field = field
+        self.problem = problem
+        super().__init__(f"{field}: {problem}")
+
+
+class ConversionError(VeraError, ValueError):
+    """A checkpoint of another framework cannot be converted (spec 7)."""

@@ -1,0 +1,182 @@
+"""Projection tables A and B from a seed (spec 1.3-1.6 and 2.1-2.3).
+
+Element ``T[m, g][n, k]`` is word ``k mod 4`` of Philox4x32-10 at counter
+``(n, k div 4, m, g)`` under key ``(seed mod 2^32, seed div 2^32)``: a pure function
+of ``(seed, m, g, n, k)``, so any block can be made alone and a slice of a larger
+table equals the smaller table.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import ProjectionError
+from .philox import philox_words
+from .philox_blocks import BlockPhilox
+
+MATRIX_A = 0  # spec 1.4: m = 0 for A
+MATRIX_B = 1  # spec 1.4: m = 1 for B
+SEED_LIMIT = 1 << 64  # spec 1.3: seed in [0, 2^64)
+WORD_LIMIT = 1 << 32  # spec 1.4: every counter word is a 32-bit integer
+RANK_LIMIT = WORD_LIMIT * 4  # spec 1.4: k div 4 must fit one word
+CHUNK = 8192  # counters per step of table_words (the plain path)
+BLOCK_ELEMS = 1 << 16  # counters per block of the fast path: best of 2^14..2^17 in bench/rng.py
+_HALF_GRID = (1 << 24) - 1  # spec 1.5: s = 2*m24 + 1 - 2^24 = 2*m24 - (2^24 - 1)
+
+
+def key_of_seed(seed: int) -> tuple[int, int]:
+    """spec 1.3: key = (seed mod 2^32, seed div 2^32)."""
+    check_seed(seed)
+    return seed & 0xFFFFFFFF, seed >> 32
+
+
+def check_seed(seed: int) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ProjectionError(f"seed must be an integer, got {type(seed).__name__}")
+    if not 0 <= int(seed) < SEED_LIMIT:
+        raise ProjectionError(f"seed must be in [0, 2^64), got {seed}")
+
+
+def _check_count(name: str, value: int, limit: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ProjectionError(f"{name} must be an integer, got {type(value).__name__}")
+    if not 1 <= int(value) <= limit:
+        raise ProjectionError(f"{name} must be in [1, {limit}], got {value}")
+
+
+def kaiming_bound(fan_in: int) -> np.float32:
+    """spec 1.6: bound = RNE_binary32(sqrt_binary64(6.0 / fan_in)).
+
+    Python's float division and math.sqrt are correctly rounded binary64
+    operations; np.float32() of a Python float rounds to nearest even.
+    """
+    _check_count("fan_in", fan_in, RANK_LIMIT)
+    return np.float32(math.sqrt(6.0 / int(fan_in)))
+
+
+def words_to_float(words: np.ndarray, bound: np.float32) -> np.ndarray:
+    """spec 1.5: 32-bit words -> float32 on the odd grid, |value| < bound.
+
+    m24 = u >> 8; s = 2*m24 + 1 - 2^24; value = float32(s) * (float32(bound) * 2^-24),
+    one binary32 multiply. ``words`` may be any unsigned dtype holding 32-bit values.
+    """
+    scale = np.float32(bound) * np.float32(2.0**-24)  # exact: power-of-two scaling
+    s = (np.asarray(words).astype(np.int64) >> 8) * 2 - _HALF_GRID  # odd, |s| < 2^24
+    return s.astype(np.float32) * scale  # int -> float32 exact; one rounding here
+
+
+def table_words(
+    seed: int, m: int, g: int, rows: tuple[int, int], cols: tuple[int, int]
+) -> np.ndarray:
+    """Words T[m, g][n, k] for n in [rows), k in [cols): uint32 (n1 - n0, k1 - k0) (spec 1.4)."""
+    key = key_of_seed(seed)
+    (n0, n1), (k0, k1) = rows, cols
+    if not (0 <= n0 <= n1 <= WORD_LIMIT and 0 <= k0 <= k1 <= RANK_LIMIT):
+        raise ProjectionError(f"block rows {rows} cols {cols} out of the table's range")
+    if m not in (MATRIX_A, MATRIX_B) or not 0 <= g < WORD_LIMIT:
+        raise ProjectionError(f"matrix m must be 0 or 1 and group g in [0, 2^32), got {m}, {g}")
+    out = np.empty((n1 - n0, k1 - k0), dtype=np.uint32)  # (rows, cols)
+    for start in range(n0, n1, CHUNK):
+        stop = min(start + CHUNK, n1)
+        n = np.arange(start, stop, dtype=np.uint64)  # c0 = feature index
+        for kb in range(k0 // 4, (k1 + 3) // 4):  # c1 = k div 4
+            words = philox_words(n, kb, m, g, key)
+            for j in range(4):
+                k = 4 * kb + j
+                if k0 <= k < k1:
+                    out[start - n0 : stop - n0, k - k0] = words[j]
+    return out
+
+
+def _map_words(W: np.ndarray, scale: np.float32, dest: np.ndarray, tmp: np.ndarray) -> None:
+    """spec 1.5 on a block of words, written into ``dest`` (same shape, float32).
+
+    (u >> 7) | 1 == 2*(u >> 8) + 1; minus 2^24 gives the odd s; int32 -> float32 is
+    exact for |s| < 2^24; then the one binary32 multiply.
+    """
+    np.right_shift(W, np.uint32(7), out=tmp)
+    tmp |= np.uint32(1)
+    ts = tmp.view(np.int32)
+    ts -= np.int32(1 << 24)
+    np.copyto(dest, ts, casting="unsafe")
+    dest *= scale
+
+
+def _table_values(seed: int, m: int, g: int, n_count: int, r: int, bound: np.float32,
+                  rank_major: bool) -> np.ndarray:
+    """value(T[m, g][0:n_count, 0:r]) as float32 (r, n_count) if ``rank_major`` (A's
+    layout) else (n_count, r) (B's layout), made in blocks (spec 1.4-1.5).
+
+    A block is KB rank groups x N features, about BLOCK_ELEMS counters, so NumPy's
+    per-call cost is amortised. Philox writes its four words into a buffer laid out
+    like the destination block, (KB, 4, N) or (N, KB, 4), and the float mapping then
+    runs on contiguous memory.
+    """
+    key = key_of_seed(seed)
+    scale = np.float32(bound) * np.float32(2.0**-24)  # exact: power-of-two scaling
+    n_kb = (r + 3) // 4
+    if rank_major:  # A: whole rows of features, as many rank groups as fit
+        N = min(n_count, BLOCK_ELEMS)
+        KB = max(1, min(n_kb, BLOCK_ELEMS // N))
+    else:  # B: whole rows of ranks, as many features as fit
+        KB = min(n_kb, BLOCK_ELEMS)
+        N = max(1, min(n_count, BLOCK_ELEMS // KB))
+    out = np.empty((r, n_count) if rank_major else (n_count, r), dtype=np.float32)
+    gen = BlockPhilox(KB * N)
+    words = np.empty(4 * KB * N, dtype=np.uint32)
+    tmp = np.empty(4 * KB * N, dtype=np.uint32)
+    vals = np.empty(4 * KB * N, dtype=np.float32)
+    for n0 in range(0, n_count, N):
+        n1 = min(n0 + N, n_count)
+        nb = n1 - n0
+        n = np.arange(n0, n1, dtype=np.uint32)
+        for kb0 in range(0, n_kb, KB):
+            kb1 = min(kb0 + KB, n_kb)
+            kbs = np.arange(kb0, kb1, dtype=np.uint32)
+            k0, k1 = 4 * kb0, min(4 * kb1, r)  # ranks of this block
+            size = 4 * (kb1 - kb0) * nb
+            if rank_major:  # words as (KB, 4, N): row 4*kb + j of A
+                W = words[:size].reshape(kb1 - kb0, 4, nb)
+                gen.words(n[None, :], kbs[:, None], m, g, key, out=tuple(W[:, j, :] for j in range(4)))
+                W2 = W.reshape(4 * (kb1 - kb0), nb)[: k1 - k0]
+                dest = out[k0:k1, n0:n1]
+            else:  # words as (N, KB, 4): column 4*kb + j of B
+                W = words[:size].reshape(nb, kb1 - kb0, 4)
+                gen.words(n[:, None], kbs[None, :], m, g, key, out=tuple(W[:, :, j] for j in range(4)))
+                W2 = W.reshape(nb, 4 * (kb1 - kb0))[:, : k1 - k0]
+                dest = out[n0:n1, k0:k1]
+            if dest.flags.c_contiguous:
+                _map_words(W2, scale, dest, tmp[: W2.size].reshape(W2.shape))
+            else:
+                v = vals[: W2.size].reshape(W2.shape)
+                _map_words(W2, scale, v, tmp[: W2.size].reshape(W2.shape))
+                dest[...] = v
+    return out
+
+
+def projection(seed: int, r: int, n_in: int, n_out: int, group: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The projection pair of group ``group`` (spec 2.1).
+
+    A = value(T[0, g][0:n_in, 0:r])^T, float32 (r, n_in), bound from fan_in = n_in;
+    B = value(T[1, g][0:n_out, 0:r]),   float32 (n_out, r), bound from fan_in = r.
+    """
+    check_seed(seed)
+    _check_count("r", r, RANK_LIMIT)
+    _check_count("n_in", n_in, WORD_LIMIT)
+    _check_count("n_out", n_out, WORD_LIMIT)
+    if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or not 0 <= group < WORD_LIMIT:
+        raise ProjectionError(f"group must be in [0, 2^32), got {group}")
+    A = _table_values(int(seed), MATRIX_A, int(group), int(n_in), int(r), kaiming_bound(n_in), True)  # (r, n_in)
+    B = _table_values(int(seed), MATRIX_B, int(group), int(n_out), int(r), kaiming_bound(r), False)  # (n_out, r)
+    return A, B
+
+
+def slice_for_layer(A: np.ndarray, B: np.ndarray, in_features: int, out_features: int) -> tuple[np.ndarray, np.ndarray]:
+    """spec 2.3: a layer uses the leading slice A[:, :in], B[:out, :]."""
+    if in_features > A.shape[1] or out_features > B.shape[0]:
+        raise ProjectionError(
+            f"layer ({out_features} x {in_features}) is larger than the projection "
+            f"(n_out={B.shape[0]}, n_in={A.shape[1]})"
+        )
+    return A[:, :in_features], B[:out_features, :]
