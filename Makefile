@@ -6,7 +6,7 @@ EXTRAS := dev,torch,onnx,peft
 
 .PHONY: demo test venv vectors bench clean
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt $(wildcard backends/*/__init__.py conformance/*/__init__.py)
 	@test -n "$(PY)" || { echo "need python3.11 on PATH"; exit 2; }
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"

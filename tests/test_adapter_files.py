@@ -129,6 +129,31 @@ def test_hostile_header_allocates_nothing(tmp_path):
     tracemalloc.stop()
 
 
+def test_packed_layout_round_trips_and_is_smaller(tmp_path):
+    mods = [(f"roberta.encoder.layer.{i}.attention.self.{n}", 1024, 1024) for i in range(24) for n in ("query", "value")]
+    sizes = {}
+    for layout in ("per-module", "packed"):
+        ad = new_adapter(mods, r=256, tensor_layout=layout)
+        rng = np.random.default_rng(0)
+        for m in ad.config.modules:
+            ad.lambda_b[m.name] = rng.normal(size=1024).astype(np.float32)
+        save_adapter(ad, tmp_path / f"{layout}.safetensors")
+        sizes[layout] = (tmp_path / f"{layout}.safetensors").stat().st_size
+        back = load_adapter(tmp_path / f"{layout}.safetensors")
+        assert back.config.modules == ad.config.modules and back.config.tensor_layout == layout
+        assert all(np.array_equal(back.lambda_b[m.name], ad.lambda_b[m.name]) for m in ad.config.modules)
+    # RoBERTa-large query/value, r = 256, float32: 245,760 bytes of vectors
+    assert sizes["packed"] <= 250_000 < sizes["per-module"]
+
+
+def test_module_prefix_is_the_common_dotted_prefix():
+    from vera_ref.metadata import common_prefix
+    assert common_prefix(["a.b.c", "a.b.d"]) == "a.b."
+    assert common_prefix(["a.b", "a.bc"]) == "a."
+    assert common_prefix(["x"]) == ""
+    assert common_prefix(["a.b.c", "a.b"]) == "a."
+
+
 def test_the_limit_is_a_setting(tmp_path):
     ad = new_adapter([("q", 64, 64)], r=16)
     save_adapter(ad, tmp_path / "a.safetensors")
@@ -192,7 +217,8 @@ def test_metadata_schema_agrees_with_the_reader():
     for case in FILES["testGroups"][0]["tests"]:
         jsonschema.validate(case["config"], schema)
     # document-level invalid vectors that a schema can express are rejected by the schema too
-    schema_fields = {"r", "generator", "seed", "sharing", "dropout", "alpha", "modules[0].layout"}
+    schema_fields = {"r", "generator", "seed", "sharing", "dropout", "alpha", "modules[0]", "module_prefix",
+                     "tensor_layout"}
     for case in FILES["testGroups"][1]["tests"]:
         # the range of a 20-digit seed (< 2^64) is beyond a regex; clause 4.6 checks it
         if case["error"]["field"] in schema_fields and "out of range" not in case["comment"]:

@@ -48,7 +48,7 @@ def test_validate_and_inspect_a_valid_file():
     res = run("inspect", path)
     assert res.returncode == 0
     for m in case["config"]["modules"]:
-        assert m["name"] in res.stdout
+        assert case["config"]["module_prefix"] + m[0] in res.stdout
     for c in case["config"]["projection_sha256"]:
         assert c["A"] in res.stdout and c["B"] in res.stdout
     js = json.loads(run("inspect", "--json", path).stdout)

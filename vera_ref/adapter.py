@@ -112,6 +112,7 @@ def new_adapter(
     d_initial: float = 0.1,
     dropout: float = 0.0,
     vector_dtype: str = "float32",
+    tensor_layout: str = "per-module",
     stored: Mapping[int, tuple[np.ndarray, np.ndarray]] | None = None,
     base_model: dict[str, str] | None = None,
     provenance: dict | None = None,
@@ -119,7 +120,8 @@ def new_adapter(
     """A fresh adapter (spec 3.9): lambda_b = 0 and lambda_d = d_initial, an exact no-op."""
     mods = [m if isinstance(m, ModuleSpec) else ModuleSpec(*m) for m in modules]
     cfg = AdapterConfig(r=r, modules=mods, generator=generator, seed=None if generator == "stored" else seed,
-                        sharing=sharing, vector_dtype=vector_dtype, d_initial=float(d_initial),
+                        sharing=sharing, vector_dtype=vector_dtype, tensor_layout=tensor_layout,
+                        d_initial=float(d_initial),
                         dropout=float(dropout), base_model=base_model, provenance=dict(provenance or {}))
     dt = np.float32 if vector_dtype == "bfloat16" else np.dtype(vector_dtype)
     ad = Adapter(cfg,
@@ -132,13 +134,20 @@ def new_adapter(
     return ad
 
 
+PACKED_D, PACKED_B = "lambda_d", "lambda_b"  # spec 4.4: the packed layout's two tensors
+
+
 def _tensor_plan(ad: Adapter) -> dict[str, tuple[np.ndarray, str]]:
     cfg = ad.config
     vcode = SAFETENSORS_CODE[cfg.vector_dtype]
     plan: dict[str, tuple[np.ndarray, str]] = {}
-    for m in cfg.modules:
-        plan[lambda_d_key(m.name)] = (ad.lambda_d[m.name], vcode)
-        plan[lambda_b_key(m.name)] = (ad.lambda_b[m.name], vcode)
+    if cfg.tensor_layout == "packed":
+        plan[PACKED_D] = (np.stack([np.asarray(ad.lambda_d[m.name]) for m in cfg.modules]), vcode)  # (M, r)
+        plan[PACKED_B] = (np.concatenate([np.asarray(ad.lambda_b[m.name]) for m in cfg.modules]), vcode)  # (sum out)
+    else:
+        for m in cfg.modules:
+            plan[lambda_d_key(m.name)] = (ad.lambda_d[m.name], vcode)
+            plan[lambda_b_key(m.name)] = (ad.lambda_b[m.name], vcode)
     if cfg.generator == "stored":
         for g, _, _ in cfg.groups():
             ka, kb = stored_keys(g, cfg.sharing)
@@ -191,9 +200,16 @@ def _build(meta: Mapping[str, str], tensors: Mapping[str, container.RawTensor], 
         raise AdapterFileError("projection", f"{cfg.projection_elements()} elements exceed the limit of "
                                              f"{max_elements} (raise max_projection_elements to allow it)")
     expected: dict[str, tuple[int, ...]] = {}
-    for m in cfg.modules:
-        expected[lambda_d_key(m.name)] = (cfg.r,)
-        expected[lambda_b_key(m.name)] = (m.out_features,)
+    vectors = set()
+    if cfg.tensor_layout == "packed":
+        expected[PACKED_D] = (len(cfg.modules), cfg.r)
+        expected[PACKED_B] = (sum(m.out_features for m in cfg.modules),)
+        vectors = {PACKED_D, PACKED_B}
+    else:
+        for m in cfg.modules:
+            expected[lambda_d_key(m.name)] = (cfg.r,)
+            expected[lambda_b_key(m.name)] = (m.out_features,)
+            vectors |= {lambda_d_key(m.name), lambda_b_key(m.name)}
     if cfg.generator == "stored":
         for g, n_in, n_out in cfg.groups():
             ka, kb = stored_keys(g, cfg.sharing)
@@ -213,17 +229,22 @@ def _build(meta: Mapping[str, str], tensors: Mapping[str, container.RawTensor], 
         t = tensors[name]
         if shape is not None and t.shape != shape:
             raise AdapterFileError(name, f"shape {list(t.shape)} must be {list(shape)}")
-        is_vector = name.endswith((".lambda_d", ".lambda_b")) and shape is not None
+        is_vector = name in vectors
         if is_vector and t.dtype != vcode:
             raise AdapterFileError(name, f"dtype {t.dtype} differs from vector_dtype {cfg.vector_dtype}")
         if shape is not None and not is_vector and t.dtype != "F32":
             raise AdapterFileError(name, f"dtype {t.dtype} must be F32 for a stored projection")
         if not np.all(np.isfinite(t.data)):
             raise AdapterFileError(name, "contains non-finite values (NaN or infinity)")
+    if cfg.tensor_layout == "packed":
+        ends = np.cumsum([m.out_features for m in cfg.modules])
+        lds = {m.name: tensors[PACKED_D].data[i] for i, m in enumerate(cfg.modules)}
+        lbs = {m.name: tensors[PACKED_B].data[e - m.out_features: e] for m, e in zip(cfg.modules, ends)}
+    else:
+        lds = {m.name: tensors[lambda_d_key(m.name)].data for m in cfg.modules}
+        lbs = {m.name: tensors[lambda_b_key(m.name)].data for m in cfg.modules}
     ad = Adapter(
-        cfg,
-        {m.name: tensors[lambda_d_key(m.name)].data for m in cfg.modules},
-        {m.name: tensors[lambda_b_key(m.name)].data for m in cfg.modules},
+        cfg, lds, lbs,
         stored={g: (tensors[stored_keys(g, cfg.sharing)[0]].data, tensors[stored_keys(g, cfg.sharing)[1]].data)
                 for g, _, _ in cfg.groups()} if cfg.generator == "stored" else {},
         extra={n: (tensors[n].data, FROM_CODE[tensors[n].dtype]) for n in cfg.extra_tensors},

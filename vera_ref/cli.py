@@ -120,6 +120,41 @@ def setup_vectors(p: argparse.ArgumentParser) -> None:
 
 
 
+def cmd_convert(args) -> int:
+    from .adapter import save_adapter
+    from .peft_interop import adapter_to_peft, peft_to_adapter
+    if args.from_peft:
+        dims = None
+        if args.dims:
+            with open(args.dims) as f:
+                dims = {k: tuple(v) for k, v in json.load(f).items()}
+        ad = peft_to_adapter(args.from_peft, dims=dims, in_features=args.in_features)
+        save_adapter(ad, args.out)
+        cfg = ad.config
+        print(f"wrote {args.out}: {len(cfg.modules)} modules, r {cfg.r}, generator {cfg.generator}"
+              + (f", seed {cfg.seed}" if cfg.seed is not None else "") + f", {os.path.getsize(args.out)} bytes")
+    else:
+        ad = load_adapter(args.to_peft, max_projection_elements=args.max_projection_elements)
+        adapter_to_peft(ad, args.out)
+        print(f"wrote {args.out}/adapter_config.json and adapter_model.safetensors "
+              f"({'seed only' if ad.config.generator == 'peft-mt19937' else 'projections stored'})")
+    return 0
+
+
+def setup_convert(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--from-peft", metavar="DIR", help="a PEFT VeRA checkpoint directory (adapter_config.json + "
+                                                      "adapter_model.safetensors) to convert into a spec file")
+    g.add_argument("--to-peft", metavar="FILE", help="a spec adapter file to convert into a PEFT directory")
+    p.add_argument("--out", required=True, help="the spec file (with --from-peft) or PEFT directory (--to-peft)")
+    p.add_argument("--in-features", type=int, metavar="N",
+                   help="in_features of every adapted module (PEFT does not record it)")
+    p.add_argument("--dims", metavar="JSON", help='a JSON file {"module path": [in, out], ...} for modules of '
+                                                  "different sizes")
+    p.add_argument("--max-projection-elements", type=int, default=DEFAULT_MAX_PROJECTION_ELEMENTS, metavar="N",
+                   help="with --to-peft: refuse files whose projections exceed N elements")
+
+
 def cmd_demo(args) -> int:
     from .showcase import run
     return run(args.out)
@@ -148,6 +183,11 @@ COMMANDS: list[tuple[str, str, str, Callable[[argparse.ArgumentParser], None], C
      "Regenerate every test vector of spec 6 from this reference and compare with spec/vectors "
          "(--check, exit 1 on any difference), or rewrite them (--write).",
      setup_vectors, cmd_vectors),
+    ("convert", "convert between PEFT VeRA checkpoints and spec files",
+     "Convert a PEFT VeRA checkpoint directory into a spec adapter file (--from-peft; NumPy only, no torch "
+         "needed: seed-only checkpoints become generator peft-mt19937), or a spec file into PEFT's layout "
+         "(--to-peft; projections stored unless the generator is peft-mt19937).",
+     setup_convert, cmd_convert),
     ("demo", "run the end-to-end showcase",
      "A short end-to-end tour: generate a projection, build and train a toy VeRA layer, save, "
          "inspect, validate and reload the adapter, merge it, and see a tampered file rejected.",

@@ -33,3 +33,8 @@ class AdapterFileError(VeraError, ValueError):
 
 class ConversionError(VeraError, ValueError):
     """A checkpoint of another framework cannot be converted (spec 7)."""
+
+
+class ModelMismatchError(VeraError, ValueError):
+    """An adapter does not fit the model it is loaded into: a module is missing or has
+    other dimensions, or the base weights' fingerprint differs (spec 4.3)."""

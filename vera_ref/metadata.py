@@ -24,12 +24,15 @@ SPEC_MAJOR, SPEC_MINOR = 1, 0
 GENERATORS = ("philox4x32-10", "stored", "peft-mt19937")  # spec 2.5
 SHARING = ("shared", "per-module")  # spec 2.4
 LAYOUTS = ("linear", "conv1d")  # spec 3.7
+TENSOR_LAYOUTS = ("per-module", "packed")  # spec 4.4
 DEFAULT_MAX_PROJECTION_ELEMENTS = 1 << 28  # spec 4.6: 1 GiB of float32 for A and B together
 _SEED_RE = re.compile(r"0|[1-9][0-9]{0,19}")
 _HEX_RE = re.compile(r"[0-9a-f]{64}")
 _NAME_RE = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*")
+_PREFIX_RE = re.compile(r"([A-Za-z0-9_\-]+\.)*")
 KNOWN_FIELDS = ("r", "generator", "seed", "n_in", "n_out", "sharing", "projection_sha256", "modules",
-                "vector_dtype", "d_initial", "dropout", "extra_tensors", "base_model", "provenance")
+                "module_prefix", "tensor_layout", "vector_dtype", "d_initial", "dropout", "extra_tensors",
+                "base_model", "provenance")
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class AdapterConfig:
     n_in: int = 0  # 0: the largest in_features of the modules
     n_out: int = 0
     sharing: str = "shared"
+    tensor_layout: str = "per-module"
     vector_dtype: str = "float32"
     d_initial: float = 0.1
     dropout: float = 0.0
@@ -111,6 +115,11 @@ def _number(doc: dict, key: str, default: float, unit_interval: bool) -> float:
 
 
 def _modules(doc: dict) -> list[ModuleSpec]:
+    """spec 4.3: modules as [name, in_features, out_features] or [..., layout], names after module_prefix."""
+    prefix = doc.get("module_prefix", "")
+    if not isinstance(prefix, str) or not _PREFIX_RE.fullmatch(prefix):
+        raise AdapterFileError("module_prefix", f"must be empty or dotted path parts each ending in '.', "
+                                                f"got {json.dumps(prefix)}")
     mods = doc.get("modules")
     if mods is None:
         raise AdapterFileError("modules", "missing")
@@ -118,22 +127,25 @@ def _modules(doc: dict) -> list[ModuleSpec]:
         raise AdapterFileError("modules", "must be a non-empty list")
     out, seen = [], set()
     for i, m in enumerate(mods):
-        where = f"modules[{i}]."
-        if not isinstance(m, dict):
-            raise AdapterFileError(f"modules[{i}]", "must be an object")
-        unknown = sorted(set(m) - {"name", "in_features", "out_features", "layout"})
-        if unknown:
-            raise AdapterFileError(where + unknown[0], "unknown field")
-        name = m.get("name")
-        if name is None:
-            raise AdapterFileError(where + "name", "missing")
-        if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
-            raise AdapterFileError(where + "name", f"must be a dotted module path, got {json.dumps(name)}")
-        if name in seen:
-            raise AdapterFileError("modules", f"duplicate module {name!r}")
-        seen.add(name)
-        out.append(ModuleSpec(name, _int(m, "in_features", where), _int(m, "out_features", where),
-                              _choice(m, "layout", LAYOUTS, where, default="linear")))
+        where = f"modules[{i}]"
+        if not isinstance(m, list) or len(m) not in (3, 4):
+            raise AdapterFileError(where, "must be [name, in_features, out_features] or "
+                                          "[name, in_features, out_features, layout]")
+        name = m[0]
+        if not isinstance(name, str) or not _NAME_RE.fullmatch(prefix + name):
+            raise AdapterFileError(where, f"name must make a dotted module path, got {json.dumps(name)}")
+        full = prefix + name
+        if full in seen:
+            raise AdapterFileError("modules", f"duplicate module {full!r}")
+        seen.add(full)
+        for j, what in ((1, "in_features"), (2, "out_features")):
+            v = m[j]
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise AdapterFileError(where, f"{what} must be an integer >= 1, got {json.dumps(v)}")
+        layout = m[3] if len(m) == 4 else "linear"
+        if layout not in LAYOUTS:
+            raise AdapterFileError(where, f"layout must be one of {', '.join(LAYOUTS)}, got {json.dumps(layout)}")
+        out.append(ModuleSpec(full, m[1], m[2], layout))
     return out
 
 
@@ -227,6 +239,7 @@ def parse_config(text: str, version: str = SPEC_VERSION) -> AdapterConfig:
     cfg = AdapterConfig(
         r=r, modules=modules, generator=generator, seed=seed, n_in=n_in, n_out=n_out, sharing=sharing,
         vector_dtype=_choice(doc, "vector_dtype", tuple(EPS)),
+        tensor_layout=_choice(doc, "tensor_layout", TENSOR_LAYOUTS, default="per-module"),
         d_initial=_number(doc, "d_initial", 0.1, unit_interval=False),
         dropout=_number(doc, "dropout", 0.0, unit_interval=True),
         extra_tensors=_names(doc), base_model=_base_model(doc),
@@ -239,7 +252,20 @@ def parse_config(text: str, version: str = SPEC_VERSION) -> AdapterConfig:
     return cfg
 
 
+def common_prefix(names: list[str]) -> str:
+    """The longest run of whole dotted parts, each with its '.', that starts every name and leaves
+    a non-empty rest (spec 4.3 module_prefix)."""
+    parts = [n.split(".")[:-1] for n in names]
+    prefix = []
+    for column in zip(*parts):
+        if len(set(column)) != 1:
+            break
+        prefix.append(column[0])
+    return "".join(p + "." for p in prefix)
+
+
 def config_document(cfg: AdapterConfig) -> dict[str, Any]:
+    prefix = common_prefix([m.name for m in cfg.modules])
     doc: dict[str, Any] = {
         "r": cfg.r,
         "generator": cfg.generator,
@@ -247,8 +273,10 @@ def config_document(cfg: AdapterConfig) -> dict[str, Any]:
         "n_out": cfg.n_out,
         "sharing": cfg.sharing,
         "projection_sha256": cfg.projection_sha256,
-        "modules": [{"name": m.name, "in_features": m.in_features, "out_features": m.out_features,
-                     "layout": m.layout} for m in cfg.modules],
+        "module_prefix": prefix,
+        "modules": [[m.name[len(prefix):], m.in_features, m.out_features] + ([m.layout] if m.layout != "linear" else [])
+                    for m in cfg.modules],
+        "tensor_layout": cfg.tensor_layout,
         "vector_dtype": cfg.vector_dtype,
         "d_initial": cfg.d_initial,
         "dropout": cfg.dropout,

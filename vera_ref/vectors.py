@@ -204,6 +204,12 @@ def _valid_adapters() -> list[tuple[str, Adapter]]:
     f.extra["classifier.weight"] = (rng.normal(size=(2, 5)).astype(np.float32), "float32")
     f.extra["classifier.bias"] = (np.zeros(2, dtype=np.float16), "float16")
     out.append(("extra tensors (task head), base-model fingerprint, provenance", f))
+    g = new_adapter([(f"model.layers.{i}.self_attn.{n}", 12, 8 if n == "q_proj" else 4) for i in range(2)
+                     for n in ("q_proj", "v_proj")], r=3, seed=11, tensor_layout="packed")
+    for i, m in enumerate(g.config.modules):
+        g.lambda_b[m.name] = np.arange(m.out_features, dtype=np.float32) + 100 * i
+        g.lambda_d[m.name] = np.full(3, i, dtype=np.float32)
+    out.append(("packed tensor layout: lambda_d (M, r) and lambda_b concatenated in module order", g))
     return out
 
 
@@ -234,7 +240,8 @@ def _raw_header(header: dict, data: bytes = b"", length: int | None = None) -> b
 
 
 def _invalid_files() -> list[tuple[str, bytes]]:
-    base = lambda: new_adapter([("q", 8, 8), ("v", 8, 4)], r=4, seed=1)
+    base = lambda: new_adapter([("q", 8, 8), ("v", 8, 4)], r=4, seed=1)  # noqa: E731
+    packed = lambda: new_adapter([("q", 8, 8), ("v", 8, 4)], r=4, seed=1, tensor_layout="packed")  # noqa: E731
     ok = _payload(base())
     meta_ok = {FORMAT_KEY: FORMAT_NAME, VERSION_KEY: SPEC_VERSION}
     cases: list[tuple[str, bytes]] = [
@@ -263,22 +270,26 @@ def _invalid_files() -> list[tuple[str, bytes]]:
         ("seed with the stored generator", _payload(base(), doc_edit=_set("generator", "stored"))),
         ("peft-mt19937 with per-module sharing", _payload(base(), doc_edit=lambda d: d.update(
             generator="peft-mt19937", sharing="per-module"))),
-        ("duplicate module", _payload(base(), doc_edit=lambda d: d["modules"].append(dict(d["modules"][0])))),
-        ("bad layout", _payload(base(), doc_edit=lambda d: d["modules"][0].update(layout="conv2d"))),
+        ("duplicate module", _payload(base(), doc_edit=lambda d: d["modules"].append(list(d["modules"][0])))),
+        ("bad layout", _payload(base(), doc_edit=lambda d: d["modules"][0].append("conv2d"))),
+        ("module entry as an object", _payload(base(), doc_edit=lambda d: d["modules"].__setitem__(
+            0, {"name": "q", "in_features": 8, "out_features": 8}))),
+        ("module_prefix not ending in '.'", _payload(base(), doc_edit=_set("module_prefix", "model"))),
+        ("unknown tensor_layout", _payload(base(), doc_edit=_set("tensor_layout", "interleaved"))),
         ("n_in disagrees with the modules", _payload(base(), doc_edit=_set("n_in", 16))),
         ("dropout = 1", _payload(base(), doc_edit=_set("dropout", 1.0))),
         ("checksum list for the wrong groups", _payload(base(), doc_edit=lambda d: d["projection_sha256"][0]
                                                        .update(group=1))),
         ("hostile document: a projection of 10^12 elements", _payload(base(), doc_edit=lambda d: d.update(
-            r=1000000, n_in=500000, n_out=500000, modules=[
-                {"name": "q", "in_features": 500000, "out_features": 500000, "layout": "linear"},
-                {"name": "v", "in_features": 8, "out_features": 4, "layout": "linear"}]))),
+            r=1000000, n_in=500000, n_out=500000, modules=[["q", 500000, 500000], ["v", 8, 4]]))),
         ("missing lambda_b", _payload(base(), tensor_edit=lambda p: p.pop("v.lambda_b"))),
         ("unexpected tensor", _payload(base(), tensor_edit=_set("vera_A", (np.zeros((4, 8), np.float32), "F32")))),
         ("lambda_d of the wrong length", _payload(base(), tensor_edit=_set(
             "q.lambda_d", (np.zeros(5, np.float32), "F32")))),
         ("lambda dtype differs from vector_dtype", _payload(base(), tensor_edit=_set(
             "q.lambda_b", (np.zeros(8, np.float16), "F16")))),
+        ("packed lambda_b of the wrong length", _payload(packed(), tensor_edit=_set(
+            "lambda_b", (np.zeros(11, np.float32), "F32")))),
         ("NaN in lambda_b", _payload(base(), tensor_edit=_set(
             "v.lambda_b", (np.array([0, np.nan, 0, 0], np.float32), "F32")))),
         ("checksum of A does not match the generator", _payload(base(), doc_edit=lambda d: d["projection_sha256"][0]

@@ -1,0 +1,164 @@
+"""VeRA training step, memory, merge, switch and file size: ours vs PEFT, side by side in one run.
+
+    python bench/torch_layer.py [--layers 4] [--steps 5] [--threads 2]
+
+Model: a RoBERTa-base-shaped encoder (hidden 768, 12 heads, FFN 3072) built from its
+config with random weights (no download), --layers layers, VeRA on query/value,
+batch 8 x 128, loss = sum of the last hidden state, backward through the encoder
+(inputs_embeds require grad, so the floor is a real frozen-model backward).
+
+Rows: the floor (no adapter), PEFT LoRA r=8, PEFT VeRA and ours at r=256 and 1024.
+"cost" = median over rounds of (step time - the floor's time in the same round);
+every round runs each model once, so drift of the machine's speed cancels. "saved MB" = bytes autograd keeps for backward, counted
+with torch.autograd.graph.saved_tensors_hooks (CPU has no allocator peak counter).
+Targets (issue 3): our cost <= 0.6x PEFT's at r=1024 and <= PEFT's at r=256; a
+RoBERTa-large-shaped q/v r=256 float32 adapter <= 250,000 bytes (PEFT: 2,356,488).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+
+import torch
+
+sys.path[:0] = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", d) for d in ("", "backends")]
+from vera_torch import VeraConfig, get_vera_model  # noqa: E402
+
+warnings.filterwarnings("ignore")
+
+
+def roberta(layers: int, hidden: int = 768, heads: int = 12, ffn: int = 3072):
+    from transformers import RobertaConfig, RobertaModel
+    torch.manual_seed(0)
+    cfg = RobertaConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
+                        intermediate_size=ffn, vocab_size=1000, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    return RobertaModel(cfg).train()
+
+
+def saved_bytes(fn) -> int:
+    total = [0]
+
+    def pack(t):
+        total[0] += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return total[0], out
+
+
+def make_step(model, emb, mask):
+    def fwd():
+        return model(inputs_embeds=emb, attention_mask=mask).last_hidden_state.sum()
+
+    def step() -> float:
+        emb.grad = None
+        model.zero_grad(set_to_none=True)
+        t = time.perf_counter()
+        fwd().backward()
+        return time.perf_counter() - t
+
+    nbytes, loss = saved_bytes(fwd)
+    loss.backward()  # warm-up
+    return step, nbytes
+
+
+def peft_model(base, kind: str, r: int):
+    import peft
+    cfg = (peft.LoraConfig(r=r, target_modules=["query", "value"]) if kind == "lora"
+           else peft.VeraConfig(r=r, target_modules=["query", "value"]))
+    return peft.get_peft_model(copy.deepcopy(base), cfg)
+
+
+def file_bytes(save) -> int:
+    with tempfile.TemporaryDirectory() as d:
+        save(d)
+        return sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(d) for f in fs
+                   if f.endswith(".safetensors"))
+
+
+def timed(fn, repeat: int = 3) -> float:
+    ts = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return min(ts)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=15)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    base = roberta(args.layers)
+    for p in base.parameters():
+        p.requires_grad_(False)
+    g = torch.Generator().manual_seed(0)
+    emb = torch.randn(8, 128, 768, generator=g).requires_grad_(True)
+    mask = torch.ones(8, 128, dtype=torch.long)
+    import peft
+    print(f"# RoBERTa-base-shaped encoder, {args.layers} layers, query/value, batch 8x128, torch "
+          f"{torch.__version__}, peft {peft.__version__}, {args.threads} threads, median of {args.steps} steps")
+    models = [("floor: frozen model, no adapter", base, None, None, None)]
+    pl = peft_model(base, "lora", 8)
+    models.append(("PEFT LoRA r=8", pl, lambda: (pl.merge_adapter(), pl.unmerge_adapter()), None,
+                   lambda d: pl.save_pretrained(d)))
+    for r in (256, 1024):
+        pv = peft_model(base, "vera", r)
+        pv.add_adapter("other", peft.VeraConfig(r=r, target_modules=["query", "value"]))
+        pv.set_adapter("default")
+        models.append((f"PEFT VeRA r={r}", pv, lambda pv=pv: (pv.merge_adapter(), pv.unmerge_adapter()),
+                       lambda pv=pv: (pv.set_adapter("other"), pv.set_adapter("default")),
+                       lambda d, pv=pv: pv.save_pretrained(d, selected_adapters=["default"])))
+        ov = get_vera_model(copy.deepcopy(base), VeraConfig(r=r, target_modules=["query", "value"], seed=0))
+        ov.add_adapter("other", VeraConfig(r=r, target_modules=["query", "value"], seed=1))
+        ov.set_adapter("default")
+        models.append((f"ours (vera_torch) r={r}", ov, lambda ov=ov: (ov.merge(), ov.unmerge()),
+                       lambda ov=ov: (ov.set_adapter("other"), ov.set_adapter("default")),
+                       lambda d, ov=ov: ov.save_adapter(os.path.join(d, "a.safetensors"))))
+    steps = [make_step(m, emb, mask) for _, m, *_ in models]
+    times = [[] for _ in models]
+    for _ in range(args.steps):  # interleaved, so every model sees the same machine in each round
+        for i, (step, _) in enumerate(steps):
+            times[i].append(step())
+    floor = statistics.median(times[0])
+    rows, costs = [], {}
+    for (name, _, merge_fn, switch_fn, save_fn), (_, nbytes), ts in zip(models, steps, times):
+        cost = statistics.median(t - f for t, f in zip(ts, times[0]))  # paired with the floor's round
+        rows.append((name, statistics.median(ts), cost, nbytes, merge_fn and timed(merge_fn),
+                     switch_fn and timed(switch_fn), save_fn and file_bytes(save_fn)))
+        for who in ("PEFT VeRA", "ours"):
+            if name.startswith(who):
+                costs[("peft" if who == "PEFT VeRA" else "ours", int(name.rpartition("=")[2]))] = cost
+    print(f"{'':34} {'step s':>8} {'cost s':>8} {'saved MB':>9} {'merge+unmerge s':>16} {'switch x2 s':>12} "
+          f"{'file bytes':>12}")
+    for name, t, cost, b, mg, sw, fb in rows:
+        f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+        print(f"{name:34} {t:>8.3f} {cost:>8.3f} {b / 2**20:>9.1f} {f(mg, '>16.3f')} {f(sw, '>12.5f')} "
+              f"{f(fb, '>12,')}")
+    for r, limit in ((1024, 0.6), (256, 1.0)):
+        ratio = costs[("ours", r)] / costs[("peft", r)] if costs[("peft", r)] > 0 else float("nan")
+        print(f"r={r}: our cost / PEFT's cost = {ratio:.2f} (target <= {limit}): {'met' if ratio <= limit else 'NOT met'}")
+    # adapter bytes of a RoBERTa-large-shaped q/v r=256 adapter (FFN kept small: it is not adapted)
+    large = roberta(24, hidden=1024, heads=16, ffn=64)
+    ours = get_vera_model(large, VeraConfig(r=256, target_modules=["query", "value"], seed=0))
+    per_module = file_bytes(lambda d: ours.save_adapter(os.path.join(d, "a.safetensors")))
+    nb = file_bytes(lambda d: ours.save_adapter(os.path.join(d, "a.safetensors"), packed=True))
+    print(f"RoBERTa-large-shaped q/v r=256 float32 adapter file: {nb:,} bytes packed, {per_module:,} per-module "
+          f"({256 * 48 * 4 + 1024 * 48 * 4:,} of them vectors); PEFT's default file: 2,356,488 bytes; "
+          f"target <= 250,000: {'met' if nb <= 250_000 else 'NOT met'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
