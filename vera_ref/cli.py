@@ -155,6 +155,41 @@ def setup_convert(p: argparse.ArgumentParser) -> None:
                    help="with --to-peft: refuse files whose projections exceed N elements")
 
 
+def cmd_conformance(args) -> int:
+    from vera_conformance.runner import main_args
+    return main_args(args)
+
+
+def setup_conformance(p: argparse.ArgumentParser) -> None:
+    from vera_conformance.runner import add_arguments
+    add_arguments(p)
+
+
+def cmd_conformance_vectors(args) -> int:
+    from vera_conformance.vectors_runner import check_results, template
+    if args.template:
+        with open(args.template, "w") as f:
+            json.dump(template(), f, indent=1)
+        print(f"wrote {args.template}: fill in your results, then run --results")
+        return 0
+    with open(args.results) as f:
+        results = json.load(f)
+    rows = check_results(results)
+    for tid, status, detail in rows:
+        if status != "passed":
+            print(f"{status.upper():8} {tid}  {detail}")
+    n = {s: sum(r[1] == s for r in rows) for s in ("passed", "failed", "skipped")}
+    print(f"{results.get('implementation') or 'implementation'}: {n['passed']} passed, {n['failed']} failed, "
+          f"{n['skipped']} skipped")
+    return 1 if n["failed"] else 0
+
+
+def setup_conformance_vectors(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--template", metavar="FILE", help="write a results skeleton with every vector's tcId")
+    g.add_argument("--results", metavar="FILE", help="check a filled-in results file")
+
+
 def cmd_demo(args) -> int:
     from .showcase import run
     return run(args.out)
@@ -188,6 +223,15 @@ COMMANDS: list[tuple[str, str, str, Callable[[argparse.ArgumentParser], None], C
          "needed: seed-only checkpoints become generator peft-mt19937), or a spec file into PEFT's layout "
          "(--to-peft; projections stored unless the generator is peft-mt19937).",
      setup_convert, cmd_convert),
+    ("conformance", "check an implementation against the spec, with hypothesis",
+     "Run the conformance checks (generator, forward, backward, merge, unmerge, files) against the "
+         "implementation named by --impl module:factory, per device and dtype, with the tolerances of "
+         "spec 5.2; prints a repro for every failure and ends with 'N passed, N failed'.",
+     setup_conformance, cmd_conformance),
+    ("conformance-vectors", "check results of an implementation in any language against spec/vectors",
+     "For implementations outside Python: write a results template (--template), fill it from your "
+         "implementation, and check it (--results) against spec/vectors (spec 6).",
+     setup_conformance_vectors, cmd_conformance_vectors),
     ("demo", "run the end-to-end showcase",
      "A short end-to-end tour: generate a projection, build and train a toy VeRA layer, save, "
          "inspect, validate and reload the adapter, merge it, and see a tampered file rejected.",

@@ -1,0 +1,1 @@
+"""Implementations shipped with the kit: factories for ``--impl``."""

@@ -1,0 +1,209 @@
+"""vera_torch through the public door: a one-layer model per case, on CPU or CUDA."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..protocol import Implementation, LayerCase, LoadedAdapter
+
+_DT = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16", "float64": "float64"}
+
+
+class TorchImpl(Implementation):
+    name = "vera_torch (PyTorch)"
+    capabilities = frozenset({"generator", "forward", "backward", "merge", "unmerge", "files"})
+    dtypes = frozenset({"float32", "float16", "bfloat16", "float64"})
+
+    def __init__(self, fused: bool | None = None) -> None:
+        import torch
+        self.torch = torch
+        self.devices = frozenset({"cpu", "cuda"} if torch.cuda.is_available() else {"cpu"})
+        self.fused = fused  # None: the layer's own choice; True/False: force a path
+        if fused is not None:
+            self.name = f"vera_torch (PyTorch, {'fused' if fused else 'factored'} path)"
+
+    def projection(self, seed, r, n_in, n_out, group, device):
+        from vera_torch.philox import projection
+        A, B = projection(seed, r, n_in, n_out, group, device=device)
+        return A.cpu().numpy(), B.cpu().numpy()
+
+    def philox(self, counters, key, device):
+        from vera_torch.philox import philox_words
+        t = self.torch.as_tensor(counters.astype(np.int64), device=device)
+        w = philox_words(t[:, 0], t[:, 1], t[:, 2], t[:, 3], (int(key[0]), int(key[1])))
+        return np.stack([x.cpu().numpy() for x in w], axis=1).astype(np.uint32)
+
+    def _model(self, c: LayerCase):
+        torch = self.torch
+        from torch import nn
+        from vera_torch import VeraConfig, get_vera_model
+        dt = getattr(torch, _DT[c.dtype])
+        in_f, out_f = c.in_features, c.out_features
+        if c.layout == "linear":
+            base = nn.Linear(in_f, out_f, bias=c.bias is not None)
+        else:
+            from vera_torch.layer import is_conv1d  # noqa: F401
+            base = _Conv1D(in_f, out_f, c.bias is not None)
+        with torch.no_grad():
+            base.weight.copy_(torch.from_numpy(c.W))
+            if c.bias is not None:
+                base.bias.copy_(torch.from_numpy(c.bias))
+        # a second, larger layer makes the shared projection (n_in, n_out) as in the case (spec 2.2)
+        holder = _Holder(base, c.n_in, c.n_out)
+        holder = holder.to(dtype=dt, device=c.device)
+        m = get_vera_model(holder, VeraConfig(r=c.r, target_modules=["layer", "pad"], seed=c.seed,
+                                              dropout=c.dropout, sharing="shared"))
+        if c.group:
+            for layer in m.vera_layers():  # the case's group (spec 2.4) for the layer under test
+                spec = layer.proj["default"]
+                layer.proj["default"] = spec._replace(group=c.group)
+        layer = m.base_model.layer
+        layer.fused = self.fused
+        with torch.no_grad():
+            layer.vera_lambda_d["default"].copy_(torch.from_numpy(c.lambda_d))
+            layer.vera_lambda_b["default"].copy_(torch.from_numpy(c.lambda_b))
+        return m, layer, dt
+
+    def _x(self, c, dt, grad=False):
+        x = self.torch.tensor(c.x, dtype=dt, device=c.device)
+        return x.requires_grad_(grad)
+
+    def _run(self, c, m, layer, x):
+        torch = self.torch
+        if c.dropout_mask is None:
+            m.eval()
+            return m(x)
+        # the case's own mask: dropout(x) = x * mask / (1 - p) on the adapter input only (spec 3.3)
+        m.train()
+        mask = torch.tensor(c.dropout_mask, dtype=x.dtype, device=x.device)
+        real = torch.nn.functional.dropout
+        torch.nn.functional.dropout = lambda t, p, training: t * mask.to(t.dtype) / (1 - p)
+        try:
+            return m(x)
+        finally:
+            torch.nn.functional.dropout = real
+
+    def forward(self, c: LayerCase):
+        m, layer, dt = self._model(c)
+        with self.torch.no_grad():
+            return self._run(c, m, layer, self._x(c, dt)).float().cpu().numpy()
+
+    def backward(self, c: LayerCase):
+        m, layer, dt = self._model(c)
+        x = self._x(c, dt, grad=True)
+        y = self._run(c, m, layer, x)
+        y.backward(self.torch.tensor(c.dy, dtype=y.dtype, device=y.device))
+        return (x.grad.float().cpu().numpy(), layer.vera_lambda_d["default"].grad.double().cpu().numpy(),
+                layer.vera_lambda_b["default"].grad.double().cpu().numpy())
+
+    def merge(self, c: LayerCase):
+        m, layer, dt = self._model(c)
+        m.merge()
+        return layer.base_layer.weight.detach().float().cpu().numpy()
+
+    def unmerge(self, c: LayerCase, W_merged):
+        m, layer, dt = self._model(c)
+        with self.torch.no_grad():
+            layer.base_layer.weight.copy_(self.torch.from_numpy(W_merged))
+        layer.merged.append("default")
+        m.unmerge()
+        return layer.base_layer.weight.detach().float().cpu().numpy()
+
+    def _file_model(self, modules, extra=None):
+        """A model with exactly the file's modules (and the owners of its extra tensors)."""
+        torch = self.torch
+        from torch import nn
+
+        def at(path):
+            parent = root
+            for p in path:
+                if not hasattr(parent, p):
+                    parent.add_module(p, nn.Module())
+                parent = getattr(parent, p)
+            return parent
+
+        root = nn.Module()
+        for name, fi, fo, layout in modules:
+            parts = name.split(".")
+            at(parts[:-1]).add_module(parts[-1], nn.Linear(fi, fo) if layout == "linear" else _Conv1D(fi, fo, True))
+        for key, arr in (extra or {}).items():
+            *owner, pname = key.split(".")
+            at(owner).register_parameter(pname, nn.Parameter(torch.zeros(np.shape(arr))))
+        return root
+
+    def load_adapter(self, path) -> LoadedAdapter:
+        import vera_ref
+        from vera_torch import VeraModel
+        ad = vera_ref.load_adapter(path)  # the torch side loads through the same checks
+        mods = [(m.name, m.in_features, m.out_features, m.layout) for m in ad.config.modules]
+        vm = VeraModel.from_adapter(self._file_model(mods, {k: v for k, (v, _) in ad.extra.items()}), path,
+                                    check_fingerprint=False)
+        layers = {n: vm.base_model.get_submodule(n) for n, *_ in mods}
+        c = vm.vera_configs["default"]
+        return LoadedAdapter(c.r, c.generator, None if c.generator == "stored" else c.seed, mods,
+                             {n: l.vera_lambda_d["default"].detach().double().numpy() for n, l in layers.items()},
+                             {n: l.vera_lambda_b["default"].detach().double().numpy() for n, l in layers.items()},
+                             c.vector_dtype_name)
+
+    def save_adapter(self, adapter: LoadedAdapter, path) -> None:
+        torch = self.torch
+        from vera_torch import VeraConfig, get_vera_model
+        vm = get_vera_model(self._file_model(adapter.modules),
+                            VeraConfig(r=adapter.r, target_modules=[n for n, *_ in adapter.modules],
+                                       seed=adapter.seed or 0, generator=adapter.generator))
+        with torch.no_grad():
+            for n, *_ in adapter.modules:
+                layer = vm.base_model.get_submodule(n)
+                layer.vera_lambda_d["default"].copy_(torch.from_numpy(adapter.lambda_d[n]))
+                layer.vera_lambda_b["default"].copy_(torch.from_numpy(adapter.lambda_b[n]))
+        vm.save_adapter(path, fingerprint=False)
+
+
+class _Conv1D:  # replaced below by a real nn.Module subclass (kept out of import time)
+    pass
+
+
+def _make_conv1d():
+    import torch
+    from torch import nn
+
+    class Conv1D(nn.Module):
+        """GPT-2's layout: weight (in, out), y = x W + b."""
+
+        def __init__(self, nx, nf, bias):
+            super().__init__()
+            self.nf = nf
+            self.weight = nn.Parameter(torch.zeros(nx, nf))
+            self.bias = nn.Parameter(torch.zeros(nf)) if bias else None
+
+        def forward(self, x):
+            y = x @ self.weight
+            return y + self.bias if self.bias is not None else y
+
+    class Holder(nn.Module):
+        def __init__(self, layer, n_in, n_out):
+            super().__init__()
+            self.layer = layer
+            self.pad = nn.Linear(n_in, n_out, bias=False)  # sets the shared projection's size only
+
+        def forward(self, x):
+            return self.layer(x)
+
+    return Conv1D, Holder
+
+
+_Conv1D, _Holder = None, None
+
+
+def make(fused: bool | None = None) -> TorchImpl:
+    global _Conv1D, _Holder
+    if _Conv1D is None:
+        _Conv1D, _Holder = _make_conv1d()
+    return TorchImpl(fused)
+
+
+def make_factored() -> TorchImpl:
+    return make(False)
+
+
+def make_fused() -> TorchImpl:
+    return make(True)

@@ -1,0 +1,46 @@
+"""The README's conformance table: every shipped implementation through the kit, on CPU.
+
+    python -m vera_conformance.table [--max-examples 25]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .protocol import load_implementation
+from .runner import run
+
+SHIPPED = [("vera_ref", "vera_conformance.impls.reference:make", ["float32"]),
+           ("vera_torch", "vera_conformance.impls.torch_impl:make", ["float32", "float16", "bfloat16"]),
+           ("PEFT VeRA layer", "vera_conformance.impls.peft_impl:make", ["float32"])]
+MARK = {"passed": "pass", "failed": "FAIL", "skipped": "skip", "xfailed": "xfail", "xpassed": "XPASS"}
+
+
+def table(max_examples: int = 25, impls=SHIPPED) -> str:
+    cols, rows = [], {}
+    for label, spec, dtypes in impls:
+        try:
+            impl = load_implementation(spec)
+        except ImportError as exc:
+            cols.append(f"{label} (not installed: {exc.name})")
+            continue
+        cols.append(label)
+        for res in run(impl, spec, ["cpu"], ["float32", "float16", "bfloat16"], max_examples,
+                       echo=lambda s: None):
+            key = res.id.removesuffix("_cpu")
+            rows.setdefault(key, {})[label] = MARK[res.status]
+    lines = ["| check (CPU) | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for key, marks in rows.items():
+        lines.append(f"| `{key}` | " + " | ".join(marks.get(c, "-") for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--max-examples", type=int, default=25)
+    print(table(ap.parse_args(argv).max_examples))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
