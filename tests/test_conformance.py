@@ -56,6 +56,15 @@ def test_peft_layer_passes_through_the_same_door():
     assert all("does not claim" in r.reason for r in results if r.status == "skipped")
 
 
+def test_onnx_backend_passes_what_ort_can_do():
+    pytest.importorskip("onnxruntime")
+    from vera_conformance.impls.onnx_impl import OnnxImpl
+    results = run(OnnxImpl(), "x:y", ["cpu"], ["float32", "float16"], 10, echo=lambda s: None)
+    assert summary(results)["failed"] == 0
+    assert {r.check for r in results if r.status == "passed"} == {"philox_kat", "projection_vectors", "projection",
+                                                                   "forward", "merge", "math_vectors"}
+
+
 def test_skips_xfails_report_and_replay(tmp_path):
     from vera_conformance.impls.broken import MergeWithoutLambdaB
     (tmp_path / "skips").write_text("files_*  # not today\n")

@@ -7,7 +7,8 @@ save_adapter, validate_adapter, peft_projection.
 __version__ = "1.0.0"
 
 from .adapter import Adapter, base_fingerprint, load_adapter, new_adapter, save_adapter, validate_adapter
-from .errors import AdapterFileError, ConversionError, ModelMismatchError, ProjectionError, ShapeError, VeraError
+from .errors import (AdapterFileError, ConversionError, ModelMismatchError, OnnxError, ProjectionError, ShapeError,
+                     VeraError)
 from .layer import Grads, backward, delta_weight, forward, merge, unmerge
 from .metadata import SPEC_VERSION, AdapterConfig, ModuleSpec
 from .peft_mt19937 import peft_projection
@@ -20,4 +21,5 @@ __all__ = [
     "Adapter", "AdapterConfig", "ModuleSpec", "new_adapter", "load_adapter", "save_adapter",
     "validate_adapter", "base_fingerprint",
     "VeraError", "ProjectionError", "ShapeError", "AdapterFileError", "ConversionError", "ModelMismatchError",
+    "OnnxError",
 ]

@@ -190,6 +190,49 @@ def setup_conformance_vectors(p: argparse.ArgumentParser) -> None:
     g.add_argument("--results", metavar="FILE", help="check a filled-in results file")
 
 
+def cmd_export_onnx(args) -> int:
+    import importlib
+
+    import torch
+    from vera_onnx import export
+    from vera_torch import VeraModel
+    module, _, attr = args.model.partition(":")
+    made = getattr(importlib.import_module(module), attr)()
+    model, example = made[0], made[1]
+    names = made[2] if len(made) > 2 else None
+    vm = VeraModel.from_adapter(model, args.adapter, check_fingerprint=not args.no_fingerprint_check)
+    export(vm, example, args.out, mode=args.mode, projections=args.projections, input_names=names,
+           dtype=torch.float16 if args.float16 else None)
+    print(f"wrote {args.out} ({args.mode}, {os.path.getsize(args.out)} bytes)")
+    return 0
+
+
+def setup_export_onnx(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, metavar="MODULE:FACTORY",
+                   help="a function returning (base nn.Module, example args tuple[, input names])")
+    p.add_argument("--adapter", required=True, help="the VeRA adapter file to export")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--mode", choices=("merged", "hotswap"), default="merged",
+                   help="merged: adapter folded into the weights; hotswap: lambdas as overridable inputs")
+    p.add_argument("--projections", choices=("initializers", "generator"), default="initializers",
+                   help="hotswap only: A and B as initializers, or the generator graph and the seed")
+    p.add_argument("--float16", action="store_true", help="export in float16")
+    p.add_argument("--no-fingerprint-check", action="store_true", help="load even if the base weights differ")
+
+
+def cmd_onnx_adapter(args) -> int:
+    from vera_onnx import onnx_adapter
+    mapping = onnx_adapter(args.file, args.model, args.out)
+    print(f"wrote {args.out} ({len(mapping)} parameters; name mapping in {args.out}.json)")
+    return 0
+
+
+def setup_onnx_adapter(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="a VeRA adapter file")
+    p.add_argument("--model", required=True, help="the hot-swap .onnx model it is for (checked against it)")
+    p.add_argument("--out", required=True, help="the .onnx_adapter file to write")
+
+
 def cmd_demo(args) -> int:
     from .showcase import run
     return run(args.out)
@@ -232,6 +275,16 @@ COMMANDS: list[tuple[str, str, str, Callable[[argparse.ArgumentParser], None], C
      "For implementations outside Python: write a results template (--template), fill it from your "
          "implementation, and check it (--results) against spec/vectors (spec 6).",
      setup_conformance_vectors, cmd_conformance_vectors),
+    ("export-onnx", "export a model with a VeRA adapter to ONNX (merged or hot-swap)",
+     "Load --adapter onto the model made by --model MODULE:FACTORY and export it: merged (the base "
+         "model's operators only) or hot-swap (every lambda an overridable input, lambda_b = 0 by default; "
+         "optionally the projection generator in the graph instead of A and B).",
+     setup_export_onnx, cmd_export_onnx),
+    ("onnx-adapter", "convert a VeRA file into an ONNX Runtime adapter for a hot-swap model",
+     "Write FILE's vectors as an .onnx_adapter (onnxruntime.AdapterFormat) for the hot-swap model "
+         "--model, after checking r, seed, modules and shapes against it; the name mapping goes beside it "
+         "as <out>.json.",
+     setup_onnx_adapter, cmd_onnx_adapter),
     ("demo", "run the end-to-end showcase",
      "A short end-to-end tour: generate a projection, build and train a toy VeRA layer, save, "
          "inspect, validate and reload the adapter, merge it, and see a tampered file rejected.",
@@ -260,6 +313,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except VeraError as exc:  # a rejected input: one line, no traceback
         print(f"vera-ref {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except ImportError as exc:
+        print(f"vera-ref {args.command}: needs the optional package {exc.name!r} (pip install 'vera-ref[torch,onnx]')",
+              file=sys.stderr)
         return 1
     except OSError as exc:
         print(f"vera-ref {args.command}: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)

@@ -38,3 +38,8 @@ class ConversionError(VeraError, ValueError):
 class ModelMismatchError(VeraError, ValueError):
     """An adapter does not fit the model it is loaded into: a module is missing or has
     other dimensions, or the base weights' fingerprint differs (spec 4.3)."""
+
+
+class OnnxError(VeraError, ValueError):
+    """An ONNX export or ONNX Runtime serving request that cannot be done right: an adapter that
+    does not fit the exported model, overlapping adapters, adapters under IOBinding (DESIGN 4)."""

@@ -146,6 +146,7 @@ def check_projection(impl, device, dtype, max_examples) -> Outcome:
 # --- levels M and T: math ---------------------------------------------------------------------
 
 def _layer_property(impl, device, dtype, max_examples, body, dropout=True) -> Outcome:
+    dropout = dropout and getattr(impl, "dropout", True)
     out = _property(case_specs(dropout=dropout), lambda spec: body(build_case(spec, dtype, device)), max_examples)
     out.tolerance = _tol(dtype)
     return out
@@ -196,7 +197,8 @@ def check_math_vectors(impl, device, dtype, max_examples) -> Outcome:
     """spec/vectors/math.json: the cases of the check's dtype, through forward/backward/merge as claimed."""
     from .vectors_runner import math_case
     env = json.loads((VECTORS / "math.json").read_text())
-    cases = [c for c in env["testGroups"][0]["tests"] if c["dtype"] == dtype]
+    cases = [c for c in env["testGroups"][0]["tests"] if c["dtype"] == dtype
+             and (c["dropout"] == 0 or getattr(impl, "dropout", True))]
     if not cases:
         return Outcome("skipped", f"math.json has no {dtype} cases (it has float32 and float64)")
     worst = 0.0

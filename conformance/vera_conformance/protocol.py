@@ -95,6 +95,7 @@ class Implementation:
     capabilities: frozenset[str] = frozenset()
     devices: frozenset[str] = frozenset({"cpu"})
     dtypes: frozenset[str] = frozenset({"float32"})
+    dropout = True  # False: an inference-only implementation; cases with a dropout mask are not drawn
 
     def supports(self, device: str, dtype: str) -> bool:
         return device in self.devices and dtype in self.dtypes

@@ -12,6 +12,7 @@ from .runner import run
 
 SHIPPED = [("vera_ref", "vera_conformance.impls.reference:make", ["float32"]),
            ("vera_torch", "vera_conformance.impls.torch_impl:make", ["float32", "float16", "bfloat16"]),
+           ("vera_onnx (ORT CPU)", "vera_conformance.impls.onnx_impl:make", ["float32", "float16"]),
            ("PEFT VeRA layer", "vera_conformance.impls.peft_impl:make", ["float32"])]
 MARK = {"passed": "pass", "failed": "FAIL", "skipped": "skip", "xfailed": "xfail", "xpassed": "XPASS"}
 

@@ -1,0 +1,74 @@
+"""vera_onnx on ONNX Runtime (CPU): the generator graph, hot-swap forward, merged export.
+
+ONNX Runtime runs inference only: no backward, no dropout (cases with a dropout mask are
+not drawn), no unmerge (a merged export has no adapter left to subtract); ORT adapter
+files are not spec files, so no files capability either.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+from ..protocol import Implementation, LayerCase
+
+
+class OnnxImpl(Implementation):
+    capabilities = frozenset({"generator", "forward", "merge"})
+    dtypes = frozenset({"float32", "float16"})
+    dropout = False
+
+    def __init__(self) -> None:
+        import onnxruntime as ort
+        self.ort = ort
+        self.name = f"vera_onnx (ONNX Runtime {ort.__version__}, CPU)"
+        self._tmp = tempfile.TemporaryDirectory(prefix="vera-onnx-conf-")
+
+    def _session(self, src):
+        so = self.ort.SessionOptions()
+        so.log_severity_level = 3
+        return self.ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+
+    def projection(self, seed, r, n_in, n_out, group, device):
+        from vera_onnx import projection_model
+        return tuple(self._session(projection_model(seed, r, n_in, n_out, group).SerializeToString()).run(None, {}))
+
+    def philox(self, counters, key, device):
+        from vera_onnx import philox_model
+        return self._session(philox_model().SerializeToString()).run(None, {"counters": counters, "key": key})[0]
+
+    def _export(self, c: LayerCase, mode: str):
+        import torch
+        from vera_conformance.impls.torch_impl import make
+        from vera_onnx import export
+        timpl = make()
+        m, layer, _ = timpl._model(LayerCase(**{**c.__dict__, "dtype": "float32"}))
+        tdt = torch.float16 if c.dtype == "float16" else torch.float32
+        path = os.path.join(self._tmp.name, f"{mode}.onnx")
+        x = torch.tensor(c.x, dtype=tdt)
+        export(m, (x,), path, mode=mode, dtype=tdt, input_names=["x"], projections="generator" if mode == "hotswap"
+               and c.group == 0 else "initializers")
+        return path, m, x
+
+    def forward(self, c: LayerCase):
+        path, m, x = self._export(c, "hotswap")
+        np_dt = np.float16 if c.dtype == "float16" else np.float32
+        feeds = {"x": c.x.astype(np_dt)}
+        for v, arr in (("d", c.lambda_d), ("b", c.lambda_b)):
+            feeds[f"layer.lambda_{v}"] = arr.astype(np_dt)
+        return self._session(path).run(None, feeds)[0]
+
+    def merge(self, c: LayerCase):
+        import onnx
+        from onnx import numpy_helper
+        path, m, x = self._export(c, "merged")
+        inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
+        W = inits.get("layer.weight")
+        if W is None:  # the exporter stored the transposed weight of a Linear under a generated name
+            W = next(v.T for k, v in inits.items() if v.shape == c.W.shape[::-1] and k.startswith("onnx::"))
+        return W.astype(np.float64)
+
+
+def make() -> OnnxImpl:
+    return OnnxImpl()
