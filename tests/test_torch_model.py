@@ -265,6 +265,21 @@ print(torch.equal(m(d['x']), torch.load({str(tmp_path / 'y.pt')!r})))
     assert out.stdout.strip() == "True", out.stderr
 
 
+def test_vectors_stored_rounded_and_held_in_float32(tmp_path):
+    base, m = _net()
+    randomise(m)
+    m.save_adapter(tmp_path / "a.safetensors", vector_dtype="bfloat16", packed=True)
+    ad = vera_ref.load_adapter(tmp_path / "a.safetensors")
+    assert ad.config.vector_dtype == "bfloat16" and ad.config.tensor_layout == "packed"
+    held = VeraModel.from_adapter(copy.deepcopy(base), tmp_path / "a.safetensors", vector_dtype="float32")
+    same = VeraModel.from_adapter(copy.deepcopy(base), tmp_path / "a.safetensors")
+    for name in m.vera_modules["default"]:
+        want = m.base_model.get_submodule(name).vera_lambda_b["default"].detach().to(torch.bfloat16)
+        got = held.base_model.get_submodule(name).vera_lambda_b["default"]
+        assert got.dtype == torch.float32 and torch.equal(got, want.float())  # bfloat16 values, exactly
+        assert same.base_model.get_submodule(name).vera_lambda_b["default"].dtype == torch.bfloat16
+
+
 def test_loading_refuses_a_model_it_does_not_fit(tmp_path):
     base, m = _net()
     path = tmp_path / "a.safetensors"

@@ -233,13 +233,31 @@ def setup_onnx_adapter(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="the .onnx_adapter file to write")
 
 
-def cmd_demo(args) -> int:
+def cmd_showcase(args) -> int:
     from .showcase import run
     return run(args.out)
 
 
-def setup_demo(p: argparse.ArgumentParser) -> None:
+def setup_showcase(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="results/showcase", help="folder for the files it writes")
+
+
+def cmd_demo(args) -> int:
+    from vera_demo.run import run
+    run(args)
+    return 0
+
+
+def setup_demo(p: argparse.ArgumentParser) -> None:
+    try:
+        from vera_demo.run import build_parser
+    except ImportError:  # the demo package is not installed: the command explains itself when run
+        return
+    for action in build_parser()._actions:
+        if action.dest != "help":
+            p._add_action(action)
+
+
 
 
 
@@ -285,10 +303,16 @@ COMMANDS: list[tuple[str, str, str, Callable[[argparse.ArgumentParser], None], C
          "--model, after checking r, seed, modules and shapes against it; the name mapping goes beside it "
          "as <out>.json.",
      setup_onnx_adapter, cmd_onnx_adapter),
-    ("demo", "run the end-to-end showcase",
-     "A short end-to-end tour: generate a projection, build and train a toy VeRA layer, save, "
-         "inspect, validate and reload the adapter, merge it, and see a tampered file rejected.",
+    ("demo", "the main job: finetune MiniLM with VeRA offline, compare with baselines, ship to ONNX Runtime",
+     "Finetune all-MiniLM-L6-v2 with VeRA (query/value, r=256) plus a head on Rotten Tomatoes snippets "
+         "(split by movie), compare with majority class, a logistic probe, head only and PEFT LoRA r=8 on the "
+         "same split and budget, then save, reload bit-identically, merge, export to ONNX and serve two "
+         "adapters from one ORT session. Writes results/ (table, JSON, training curve).",
      setup_demo, cmd_demo),
+    ("showcase", "a one-second tour of the NumPy reference",
+     "Generate a projection, train a toy VeRA layer with the reference backward, save, inspect, validate "
+         "and reload the adapter, merge it, and see a tampered file rejected. NumPy only.",
+     setup_showcase, cmd_showcase),
 ]
 
 

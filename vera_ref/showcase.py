@@ -1,4 +1,4 @@
-"""A short end-to-end tour of the reference (what ``vera-ref demo`` runs).
+"""A short end-to-end tour of the reference (what ``vera-ref showcase`` runs).
 
 Everything here is NumPy: a frozen toy layer, a VeRA adapter trained with the
 reference backward (spec 3.4) to recover a known target, saved, inspected,

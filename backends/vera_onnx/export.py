@@ -157,19 +157,26 @@ def export(vera_model, example_args: tuple | torch.Tensor, path: str | os.PathLi
         vm._set_module(path_, new)
         modules.append({"name": path_, "in_features": layer.in_features, "out_features": layer.out_features,
                         "layout": layer.layout, "group": spec.group})
+    extra = {}  # trained extra tensors (a task head): overridable too, defaulting to the base model's module
     for p, m in list(root.named_modules()):  # other adapters and wrappers: back to plain modules
         if isinstance(m, VeraLayer):
             vm._set_module(p, m.base_layer)
         elif isinstance(m, ModulesToSave):
+            if name in m.copies:
+                for k, t in m.original_module.state_dict().items():
+                    extra[f"{p}.{k}"] = t.detach().cpu().float().numpy()
             vm._set_module(p, m.module_for(name))
     _torch_export(_ExportRoot(root, holder), args, path, input_names, output_names, axes, fold=False)
     model = onnx.load(path)
-    _rename(model, {f"model.{m['name']}.lambda_{v}": f"{m['name']}.lambda_{v}" for m in modules for v in "db"})
+    _rename(model, {f"model.{m['name']}.lambda_{v}": f"{m['name']}.lambda_{v}" for m in modules for v in "db"}
+            | {f"model.{k}": k for k in extra})
+    _make_extra_overridable(model, extra)
     _make_overridable(model, modules, cfg)
     desc = {"spec_version": SPEC_VERSION, "adapter_format": "vera-hotswap-1", "r": cfg.r,
             "generator": cfg.generator, "seed": None if cfg.generator == "stored" else str(cfg.seed),
             "sharing": cfg.sharing, "d_initial": cfg.d_initial,
-            "projections": projections, "modules": modules,
+            "projections": projections, "modules": modules, "extra": sorted(k for k in extra
+                                                                            if _is_input(model, k)),
             "groups": {str(g): [int(A.shape[1]), int(B.shape[0])] for g, (A, B) in pairs.items()}}
     if projections == "generator":
         _projections_to_generator(model, pairs, cfg)
@@ -209,6 +216,22 @@ def _make_overridable(model: onnx.ModelProto, modules: list[dict], cfg) -> None:
             arr = numpy_helper.to_array(t)
             t.CopyFrom(numpy_helper.from_array(np.full_like(arr, fill), key))
             model.graph.input.append(onnx.helper.make_tensor_value_info(key, t.data_type, list(arr.shape)))
+
+
+def _is_input(model: onnx.ModelProto, name: str) -> bool:
+    return any(i.name == name for i in model.graph.input)
+
+
+def _make_extra_overridable(model: onnx.ModelProto, extra: dict[str, np.ndarray]) -> None:
+    """Extra tensors become inputs with the base model's values as defaults (no adapter = base model)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    for key, base_value in extra.items():
+        t = inits.get(key)
+        if t is None:
+            continue  # folded or unused by the exported forward: nothing to override
+        arr = numpy_helper.to_array(t)
+        t.CopyFrom(numpy_helper.from_array(base_value.astype(arr.dtype).reshape(arr.shape), key))
+        model.graph.input.append(onnx.helper.make_tensor_value_info(key, t.data_type, list(arr.shape)))
 
 
 def _projections_to_generator(model: onnx.ModelProto, pairs: dict, cfg) -> None:

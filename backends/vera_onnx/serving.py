@@ -31,10 +31,11 @@ _NP = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16,
 
 
 def _model_inputs(model: onnx.ModelProto) -> dict[str, tuple[type, tuple[int, ...]]]:
+    """The overridable initializers: lambdas and extra tensors (a task head)."""
     inits = {t.name: t for t in model.graph.initializer}
     out = {}
     for i in model.graph.input:
-        if i.name in inits and i.name.endswith((".lambda_d", ".lambda_b")):
+        if i.name in inits:
             t = inits[i.name]
             out[i.name] = (_NP[t.data_type], tuple(t.dims))
     return out
@@ -74,6 +75,13 @@ def adapter_parameters(adapter: str | os.PathLike | Adapter, model: str | os.Pat
         for key, arr in ((f"{m.name}.lambda_d", ad.lambda_d[m.name]), (f"{m.name}.lambda_b", ad.lambda_b[m.name])):
             dt, shape = inputs[key]
             params[key] = np.ascontiguousarray(np.asarray(arr, dtype=np.float64).astype(dt).reshape(shape))
+    for key in desc.get("extra", []):  # the adapter's trained head, where the model lets it be swapped
+        if key in ad.extra:
+            dt, shape = inputs[key]
+            arr = np.asarray(ad.extra[key][0], dtype=np.float64)
+            if arr.shape != shape:
+                raise OnnxError(f"{key}: shape {list(arr.shape)} in the adapter, {list(shape)} in the model")
+            params[key] = np.ascontiguousarray(arr.astype(dt))
     return params
 
 

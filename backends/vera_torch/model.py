@@ -282,7 +282,8 @@ class VeraModel(nn.Module):
 
     # -- files ------------------------------------------------------------------------------------
     def to_adapter(self, name: str | None = None, *, fingerprint: bool = True, packed: bool = False,
-                   base_model_name: str | None = None, provenance: dict | None = None) -> Adapter:
+                   vector_dtype: str | None = None, base_model_name: str | None = None,
+                   provenance: dict | None = None) -> Adapter:
         """The spec's in-memory adapter (vera_ref.Adapter) for ``name``; ``packed`` selects the packed
         tensor layout of spec 4.4 (two tensors instead of two per module: the smallest file)."""
         name = name or self._state.active
@@ -302,6 +303,12 @@ class VeraModel(nn.Module):
             base_model=base or None, provenance=dict(provenance or {}))
         ad = Adapter(acfg, {p: _np(l.vera_lambda_d[name]) for p, l in layers},
                      {p: _np(l.vera_lambda_b[name]) for p, l in layers})
+        if vector_dtype is not None and vector_dtype != acfg.vector_dtype:  # store the vectors rounded (spec 4.5)
+            from vera_ref.dtypes import compute_dtype, round_to
+            acfg.vector_dtype = vector_dtype
+            for d in (ad.lambda_d, ad.lambda_b):
+                for k in d:
+                    d[k] = round_to(d[k], vector_dtype).astype(compute_dtype(vector_dtype))
         if cfg.generator == "stored":
             for g, _, _ in acfg.groups():
                 spec = next(l.proj[name] for _, l in layers if l.proj[name].group == g)
@@ -318,9 +325,12 @@ class VeraModel(nn.Module):
         vera_ref.save_adapter(self.to_adapter(name, **kwargs), path)
 
     def load_adapter(self, path: str | os.PathLike | Adapter, name: str = "default", *,
-                     check_fingerprint: bool = True, activate: bool = True) -> str:
+                     check_fingerprint: bool = True, activate: bool = True, vector_dtype: str | None = None) -> str:
         """Load a spec file (or a vera_ref.Adapter) as adapter ``name``, after checking that every module
-        exists with the same dimensions and layout (and the base fingerprint, when the file has one)."""
+        exists with the same dimensions and layout (and the base fingerprint, when the file has one).
+
+        ``vector_dtype``: hold the vectors in this dtype instead of the file's (e.g. "float32" for a
+        file stored in bfloat16: exact, and the adapter math then runs in float32)."""
         ad = path if isinstance(path, Adapter) else vera_ref.load_adapter(path)
         cfg = ad.config
         for m in cfg.modules:
@@ -346,9 +356,11 @@ class VeraModel(nn.Module):
             if mine != cfg.base_model["fingerprint"]:
                 raise ModelMismatchError(f"base_model.fingerprint: this model's weights give {mine[:16]}..., the "
                                          f"adapter was trained on {cfg.base_model['fingerprint'][:16]}...")
+        # the vectors are held in the file's dtype unless asked otherwise (float32 holds float16/bfloat16 exactly)
+        held = vector_dtype or cfg.vector_dtype
         config = VeraConfig(r=cfg.r, target_modules=[m.name for m in cfg.modules], seed=cfg.seed or 0,
                             d_initial=cfg.d_initial, dropout=cfg.dropout, sharing=cfg.sharing,
-                            generator=cfg.generator, vector_dtype=cfg.vector_dtype,
+                            generator=cfg.generator, vector_dtype=held,
                             modules_to_save=sorted(heads) or None)
         stored = {g: (torch.from_numpy(np.ascontiguousarray(A)), torch.from_numpy(np.ascontiguousarray(B)))
                   for g, (A, B) in ad.stored.items()} if cfg.generator == "stored" else None
