@@ -131,7 +131,6 @@ def main() -> int:
     for _ in range(args.steps):  # interleaved, so every model sees the same machine in each round
         for i, (step, _) in enumerate(steps):
             times[i].append(step())
-    floor = statistics.median(times[0])
     rows, costs = [], {}
     for (name, _, merge_fn, switch_fn, save_fn), (_, nbytes), ts in zip(models, steps, times):
         cost = statistics.median(t - f for t, f in zip(ts, times[0]))  # paired with the floor's round

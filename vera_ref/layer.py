@@ -159,7 +159,6 @@ def backward(
     x, W, dy = op.cast(x), op.cast(W), op.cast(dy)
     A_l, B_l = op.cast(A[:, :in_f]), op.cast(B[:out_f, :])
     ld, lb = op.cast(lambda_d), op.cast(lambda_b)
-    x2 = x.reshape(-1, in_f)  # (N, in)
     dy2 = dy.reshape(-1, out_f)  # (N, out)
     xd = op.cast(_dropped(x, dropout_mask, dropout)).reshape(-1, in_f)  # (N, in)
     h = op.mm(xd, A_l.T)  # (N, r)

@@ -17,7 +17,7 @@ import numpy as np
 from . import __version__, container
 from .adapter import Adapter, new_adapter, save_adapter, _tensor_plan, base_fingerprint
 from .errors import AdapterFileError
-from .layer import backward, forward, merge, unmerge
+from .layer import backward, forward, merge
 from .metadata import CONFIG_KEY, FORMAT_KEY, FORMAT_NAME, SPEC_VERSION, VERSION_KEY, config_document, ModuleSpec
 from .peft_mt19937 import peft_projection
 from .projection import kaiming_bound, projection, table_words

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np

@@ -7,10 +7,9 @@ ProjectionStore and never enter the state_dict (unless the generator is ``stored
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 from torch import nn
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from .protocol import load_implementation
-from .runner import _repro, plan
+from .runner import plan
 
 
 def pytest_addoption(parser):

@@ -233,7 +233,7 @@ def _plot(curves: dict[str, list[float]], path: Path) -> None:
         smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
         ax.plot(np.arange(len(smooth)) + k, smooth, label=name)
     ax.set_xlabel("step")
-    ax.set_ylabel(f"training loss (moving average)")
+    ax.set_ylabel("training loss (moving average)")
     ax.set_title("Rotten Tomatoes, all-MiniLM-L6-v2")
     ax.legend()
     fig.tight_layout()
