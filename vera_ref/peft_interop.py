@@ -24,6 +24,7 @@ import numpy as np
 
 from . import container
 from .adapter import Adapter
+from .dtypes import FROM_CODE, SAFETENSORS_CODE
 from .errors import AdapterFileError, ConversionError
 from .metadata import AdapterConfig, ModuleSpec
 from .peft_mt19937 import peft_projection
@@ -88,7 +89,7 @@ def peft_to_adapter(directory: str | os.PathLike, *, dims: Mapping[str, tuple[in
     vdt = {t.dtype for n in names for t in (tensors[PREFIX + n + _LD], tensors[PREFIX + n + _LB])}
     if len(vdt) != 1:
         raise ConversionError(f"vectors have mixed dtypes {sorted(vdt)}")
-    vector_dtype = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}[vdt.pop()]
+    vector_dtype = FROM_CODE[vdt.pop()]
     acfg = AdapterConfig(r=r, modules=modules, d_initial=float(cfg.get("d_initial", 0.1)),
                          dropout=float(cfg.get("vera_dropout", 0.0)),
                          vector_dtype=vector_dtype, provenance={"converted_from": "peft",
@@ -109,9 +110,7 @@ def peft_to_adapter(directory: str | os.PathLike, *, dims: Mapping[str, tuple[in
     else:
         acfg.generator, acfg.seed = "peft-mt19937", key
     known = {PREFIX + n + s for n in names for s in (_LD, _LB)} | {"base_model.vera_A", "base_model.vera_B"}
-    extra = {k[len(PREFIX):]: (t.data, {"F32": "float32", "F16": "float16", "BF16": "bfloat16",
-                                        "F64": "float64"}[t.dtype])
-             for k, t in tensors.items() if k not in known}
+    extra = {k[len(PREFIX):]: (t.data, FROM_CODE[t.dtype]) for k, t in tensors.items() if k not in known}
     bad = [k for k in extra if not (PREFIX + k) in tensors]
     if bad:
         raise ConversionError(f"unexpected tensor {bad[0]!r}")
@@ -146,8 +145,7 @@ def adapter_to_peft(adapter: Adapter, directory: str | os.PathLike, *,
         "base_model_name_or_path": base_model_name_or_path or (cfg.base_model or {}).get("name"),
         "revision": None, "inference_mode": True,
     }
-    code = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float64": "F64"}
-    vcode = code[cfg.vector_dtype]
+    vcode = SAFETENSORS_CODE[cfg.vector_dtype]
     tensors = {}
     for m in cfg.modules:
         tensors[PREFIX + m.name + _LD] = (adapter.lambda_d[m.name], vcode)
@@ -155,7 +153,7 @@ def adapter_to_peft(adapter: Adapter, directory: str | os.PathLike, *,
     if not seed_only:
         tensors["base_model.vera_A"], tensors["base_model.vera_B"] = (A, "F32"), (B, "F32")
     for k, (arr, dt) in adapter.extra.items():
-        tensors[PREFIX + k] = (arr, code[dt])
+        tensors[PREFIX + k] = (arr, SAFETENSORS_CODE[dt])
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     container.write(d / WEIGHTS_FILE, {"format": "pt"}, tensors)

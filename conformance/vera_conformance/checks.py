@@ -15,11 +15,11 @@ from hypothesis import strategies as st
 import vera_ref
 from vera_ref.dtypes import EPS
 from vera_ref.tolerance import C, backward_magnitude, compare, forward_magnitude, merge_magnitude
+from vera_ref.vectors import VECTORS_DIR as VECTORS
 
 from .protocol import Implementation, LayerCase, LoadedAdapter
 from .strategies import build_case, case_specs, projection_args
 
-VECTORS = Path(vera_ref.__file__).resolve().parent.parent / "spec" / "vectors"
 
 
 class Mismatch(AssertionError):
@@ -224,20 +224,12 @@ def check_math_vectors(impl, device, dtype, max_examples) -> Outcome:
 
 # --- level F: files ------------------------------------------------------------------------------
 
-def _as_loaded(ad: vera_ref.Adapter) -> LoadedAdapter:
-    cfg = ad.config
-    return LoadedAdapter(cfg.r, cfg.generator, cfg.seed,
-                         [(m.name, m.in_features, m.out_features, m.layout) for m in cfg.modules],
-                         {k: np.asarray(v, np.float64) for k, v in ad.lambda_d.items()},
-                         {k: np.asarray(v, np.float64) for k, v in ad.lambda_b.items()}, cfg.vector_dtype)
-
-
 def check_files_valid(impl, device, dtype, max_examples) -> Outcome:
     env = json.loads((VECTORS / "files.json").read_text())
     cases = env["testGroups"][0]["tests"]
     for c in cases:
         path = VECTORS / "files" / c["file"]
-        want = _as_loaded(vera_ref.load_adapter(path))
+        want = LoadedAdapter.of(vera_ref.load_adapter(path))
         try:
             got = impl.load_adapter(path)
         except Exception as exc:
@@ -288,7 +280,7 @@ def check_files_roundtrip(impl, device, dtype, max_examples) -> Outcome:
             ad.lambda_b[m.name] = rng.normal(size=m.out_features).astype(np.float32)
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / "a.safetensors"
-            impl.save_adapter(_as_loaded(ad), path)
+            impl.save_adapter(LoadedAdapter.of(ad), path)
             try:
                 back = vera_ref.validate_adapter(path)
             except vera_ref.AdapterFileError as exc:

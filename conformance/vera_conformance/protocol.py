@@ -87,6 +87,15 @@ class LoadedAdapter:
     vector_dtype: str = "float32"
     extra: dict[str, np.ndarray] = field(default_factory=dict)
 
+    @classmethod
+    def of(cls, ad) -> "LoadedAdapter":
+        """The LoadedAdapter of a vera_ref.Adapter (what the reference reads from a file)."""
+        cfg = ad.config
+        return cls(cfg.r, cfg.generator, cfg.seed,
+                   [(m.name, m.in_features, m.out_features, m.layout) for m in cfg.modules],
+                   {k: np.asarray(v, np.float64) for k, v in ad.lambda_d.items()},
+                   {k: np.asarray(v, np.float64) for k, v in ad.lambda_b.items()}, cfg.vector_dtype)
+
 
 class Implementation:
     """Base class: claims nothing. Override ``capabilities`` and the matching methods."""

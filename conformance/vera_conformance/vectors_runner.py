@@ -17,16 +17,15 @@ like the shape. Omit a section you do not implement: it is reported as skipped.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 
 import vera_ref
 from vera_ref.tolerance import compare
+from vera_ref.vectors import VECTORS_DIR as VECTORS
 
 from .protocol import LayerCase
 
-VECTORS = Path(vera_ref.__file__).resolve().parent.parent / "spec" / "vectors"
 
 
 def unbits(obj) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..protocol import Implementation, LayerCase
+from .torch_impl import run_case
 
 
 class PeftImpl(Implementation):
@@ -58,29 +59,15 @@ class PeftImpl(Implementation):
             layer.vera_lambda_b["default"].copy_(torch.from_numpy(c.lambda_b))
         return pm, layer
 
-    def _run(self, c, pm, x):
-        torch = self.torch
-        if c.dropout_mask is None:
-            pm.eval()
-            return pm(x)
-        pm.train()
-        mask = torch.tensor(c.dropout_mask, dtype=x.dtype)
-        real = torch.nn.functional.dropout
-        torch.nn.functional.dropout = lambda t, p=0.5, training=True, inplace=False: t * mask / (1 - p)
-        try:
-            return pm(x)
-        finally:
-            torch.nn.functional.dropout = real
-
     def forward(self, c: LayerCase):
         pm, _ = self._model(c)
         with self.torch.no_grad():
-            return self._run(c, pm, self.torch.tensor(c.x, dtype=self.torch.float32)).numpy()
+            return run_case(c, pm, self.torch.tensor(c.x, dtype=self.torch.float32)).numpy()
 
     def backward(self, c: LayerCase):
         pm, layer = self._model(c)
         x = self.torch.tensor(c.x, dtype=self.torch.float32, requires_grad=True)
-        y = self._run(c, pm, x)
+        y = run_case(c, pm, x)
         y.backward(self.torch.tensor(c.dy, dtype=y.dtype))
         return (x.grad.numpy(), layer.vera_lambda_d["default"].grad.double().numpy(),
                 layer.vera_lambda_b["default"].grad.double().numpy())

@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 
 import vera_ref
-from vera_ref.adapter import lambda_b_key  # noqa: F401  (documents the file keys used)
 
 from ..protocol import Implementation, LayerCase, LoadedAdapter
 
@@ -39,12 +38,7 @@ class Reference(Implementation):
         return vera_ref.unmerge(W_merged, *self._proj(c), c.lambda_d, c.lambda_b, layout=c.layout, dtype=c.dtype)
 
     def load_adapter(self, path) -> LoadedAdapter:
-        ad = vera_ref.load_adapter(path)
-        cfg = ad.config
-        return LoadedAdapter(cfg.r, cfg.generator, cfg.seed,
-                             [(m.name, m.in_features, m.out_features, m.layout) for m in cfg.modules],
-                             {k: np.asarray(v, np.float64) for k, v in ad.lambda_d.items()},
-                             {k: np.asarray(v, np.float64) for k, v in ad.lambda_b.items()}, cfg.vector_dtype)
+        return LoadedAdapter.of(vera_ref.load_adapter(path))
 
     def save_adapter(self, adapter: LoadedAdapter, path) -> None:
         ad = vera_ref.new_adapter(adapter.modules, r=adapter.r, seed=adapter.seed, generator=adapter.generator,

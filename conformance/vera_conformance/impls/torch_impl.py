@@ -1,7 +1,11 @@
 """vera_torch through the public door: a one-layer model per case, on CPU or CUDA."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
+import torch
+from torch import nn
 
 from ..protocol import Implementation, LayerCase, LoadedAdapter
 
@@ -14,7 +18,6 @@ class TorchImpl(Implementation):
     dtypes = frozenset({"float32", "float16", "bfloat16", "float64"})
 
     def __init__(self, fused: bool | None = None) -> None:
-        import torch
         self.torch = torch
         self.devices = frozenset({"cpu", "cuda"} if torch.cuda.is_available() else {"cpu"})
         self.fused = fused  # None: the layer's own choice; True/False: force a path
@@ -41,14 +44,13 @@ class TorchImpl(Implementation):
         if c.layout == "linear":
             base = nn.Linear(in_f, out_f, bias=c.bias is not None)
         else:
-            from vera_torch.layer import is_conv1d  # noqa: F401
-            base = _Conv1D(in_f, out_f, c.bias is not None)
+            base = Conv1D(in_f, out_f, c.bias is not None)
         with torch.no_grad():
             base.weight.copy_(torch.from_numpy(c.W))
             if c.bias is not None:
                 base.bias.copy_(torch.from_numpy(c.bias))
         # a second, larger layer makes the shared projection (n_in, n_out) as in the case (spec 2.2)
-        holder = _Holder(base, c.n_in, c.n_out)
+        holder = Holder(base, c.n_in, c.n_out)
         holder = holder.to(dtype=dt, device=c.device)
         m = get_vera_model(holder, VeraConfig(r=c.r, target_modules=["layer", "pad"], seed=c.seed,
                                               dropout=c.dropout, sharing="shared"))
@@ -67,30 +69,15 @@ class TorchImpl(Implementation):
         x = self.torch.tensor(c.x, dtype=dt, device=c.device)
         return x.requires_grad_(grad)
 
-    def _run(self, c, m, layer, x):
-        torch = self.torch
-        if c.dropout_mask is None:
-            m.eval()
-            return m(x)
-        # the case's own mask: dropout(x) = x * mask / (1 - p) on the adapter input only (spec 3.3)
-        m.train()
-        mask = torch.tensor(c.dropout_mask, dtype=x.dtype, device=x.device)
-        real = torch.nn.functional.dropout
-        torch.nn.functional.dropout = lambda t, p, training: t * mask.to(t.dtype) / (1 - p)
-        try:
-            return m(x)
-        finally:
-            torch.nn.functional.dropout = real
-
     def forward(self, c: LayerCase):
         m, layer, dt = self._model(c)
         with self.torch.no_grad():
-            return self._run(c, m, layer, self._x(c, dt)).float().cpu().numpy()
+            return run_case(c, m, self._x(c, dt)).float().cpu().numpy()
 
     def backward(self, c: LayerCase):
         m, layer, dt = self._model(c)
         x = self._x(c, dt, grad=True)
-        y = self._run(c, m, layer, x)
+        y = run_case(c, m, x)
         y.backward(self.torch.tensor(c.dy, dtype=y.dtype, device=y.device))
         return (x.grad.float().cpu().numpy(), layer.vera_lambda_d["default"].grad.double().cpu().numpy(),
                 layer.vera_lambda_b["default"].grad.double().cpu().numpy())
@@ -124,7 +111,7 @@ class TorchImpl(Implementation):
         root = nn.Module()
         for name, fi, fo, layout in modules:
             parts = name.split(".")
-            at(parts[:-1]).add_module(parts[-1], nn.Linear(fi, fo) if layout == "linear" else _Conv1D(fi, fo, True))
+            at(parts[:-1]).add_module(parts[-1], nn.Linear(fi, fo) if layout == "linear" else Conv1D(fi, fo, True))
         for key, arr in (extra or {}).items():
             *owner, pname = key.split(".")
             at(owner).register_parameter(pname, nn.Parameter(torch.zeros(np.shape(arr))))
@@ -135,7 +122,7 @@ class TorchImpl(Implementation):
         from vera_torch import VeraModel
         ad = vera_ref.load_adapter(path)  # the torch side loads through the same checks
         mods = [(m.name, m.in_features, m.out_features, m.layout) for m in ad.config.modules]
-        vm = VeraModel.from_adapter(self._file_model(mods, {k: v for k, (v, _) in ad.extra.items()}), path,
+        vm = VeraModel.from_adapter(self._file_model(mods, {k: v for k, (v, _) in ad.extra.items()}), ad,
                                     check_fingerprint=False)
         layers = {n: vm.base_model.get_submodule(n) for n, *_ in mods}
         c = vm.vera_configs["default"]
@@ -158,46 +145,55 @@ class TorchImpl(Implementation):
         vm.save_adapter(path, fingerprint=False)
 
 
-class _Conv1D:  # replaced below by a real nn.Module subclass (kept out of import time)
-    pass
+def run_case(c: LayerCase, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """model(x), with the case's own dropout mask if it has one: dropout(x) = x * mask / (1 - p)
+    on the adapter input (spec 3.3), put in place of torch's random dropout for the call."""
+    if c.dropout_mask is None:
+        model.eval()
+        return model(x)
+    model.train()
+    mask = torch.tensor(c.dropout_mask, device=x.device)
+    with _fixed_dropout(mask):
+        return model(x)
 
 
-def _make_conv1d():
-    import torch
-    from torch import nn
-
-    class Conv1D(nn.Module):
-        """GPT-2's layout: weight (in, out), y = x W + b."""
-
-        def __init__(self, nx, nf, bias):
-            super().__init__()
-            self.nf = nf
-            self.weight = nn.Parameter(torch.zeros(nx, nf))
-            self.bias = nn.Parameter(torch.zeros(nf)) if bias else None
-
-        def forward(self, x):
-            y = x @ self.weight
-            return y + self.bias if self.bias is not None else y
-
-    class Holder(nn.Module):
-        def __init__(self, layer, n_in, n_out):
-            super().__init__()
-            self.layer = layer
-            self.pad = nn.Linear(n_in, n_out, bias=False)  # sets the shared projection's size only
-
-        def forward(self, x):
-            return self.layer(x)
-
-    return Conv1D, Holder
+@contextlib.contextmanager
+def _fixed_dropout(mask: torch.Tensor):
+    real = torch.nn.functional.dropout
+    torch.nn.functional.dropout = lambda t, p=0.5, training=True, inplace=False: t * mask.to(t.dtype) / (1 - p)
+    try:
+        yield
+    finally:
+        torch.nn.functional.dropout = real
 
 
-_Conv1D, _Holder = None, None
+class Conv1D(nn.Module):
+    """GPT-2's layout: weight (in, out), y = x W + b."""
+
+    def __init__(self, nx, nf, bias):
+        super().__init__()
+        self.nf = nf
+        self.weight = nn.Parameter(torch.zeros(nx, nf))
+        self.bias = nn.Parameter(torch.zeros(nf)) if bias else None
+
+    def forward(self, x):
+        y = x @ self.weight
+        return y + self.bias if self.bias is not None else y
+
+
+class Holder(nn.Module):
+    """The layer under test, plus a larger unused one that sets the shared projection's size (spec 2.2)."""
+
+    def __init__(self, layer, n_in, n_out):
+        super().__init__()
+        self.layer = layer
+        self.pad = nn.Linear(n_in, n_out, bias=False)
+
+    def forward(self, x):
+        return self.layer(x)
 
 
 def make(fused: bool | None = None) -> TorchImpl:
-    global _Conv1D, _Holder
-    if _Conv1D is None:
-        _Conv1D, _Holder = _make_conv1d()
     return TorchImpl(fused)
 
 
