@@ -62,7 +62,6 @@ def setup_inspect(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the header as JSON instead of a table")
 
 
-
 def cmd_validate(args) -> int:
     ad = load_adapter(args.file, max_projection_elements=args.max_projection_elements)
     cfg = ad.config
@@ -73,7 +72,6 @@ def cmd_validate(args) -> int:
 
 def setup_validate(p: argparse.ArgumentParser) -> None:
     _setup_file(p)
-
 
 
 def cmd_projection(args) -> int:
@@ -107,7 +105,6 @@ def setup_projection(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", metavar="FILE.npz", help="also save A and B (written atomically)")
 
 
-
 def cmd_vectors(args) -> int:
     from . import vectors
     return vectors.main(["--write"] if args.write else ["--check"])
@@ -117,7 +114,6 @@ def setup_vectors(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--check", action="store_true", help="compare with spec/vectors")
     g.add_argument("--write", action="store_true", help="rewrite spec/vectors")
-
 
 
 def cmd_convert(args) -> int:
@@ -256,9 +252,6 @@ def setup_demo(p: argparse.ArgumentParser) -> None:
     for action in build_parser()._actions:
         if action.dest != "help":
             p._add_action(action)
-
-
-
 
 
 COMMANDS: list[tuple[str, str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = [

@@ -61,7 +61,7 @@ class _ExportLayer(nn.Module):
     """spec 3.2 written with plain ops (no autograd functions) for tracing."""
 
     def __init__(self, base: nn.Module, projections: _Projections, group: int, in_f: int, out_f: int,
-                 lambda_d: torch.Tensor, lambda_b: torch.Tensor, conv1d: bool) -> None:
+                 lambda_d: torch.Tensor, lambda_b: torch.Tensor) -> None:
         super().__init__()
         self.base_layer = base
         self.lambda_d = nn.Parameter(lambda_d.detach().clone(), requires_grad=False)
@@ -153,7 +153,7 @@ def export(vera_model, example_args: tuple | torch.Tensor, path: str | os.PathLi
         ld = torch.arange(ld.numel(), dtype=torch.float64).to(ld.dtype) + 2 * i + 1
         lb = torch.arange(lb.numel(), dtype=torch.float64).to(lb.dtype) + 2 * i + 2
         new = _ExportLayer(layer.base_layer, holder, spec.group, layer.in_features, layer.out_features,
-                           ld, lb, layer.layout == "conv1d")
+                           ld, lb)
         vm._set_module(path_, new)
         modules.append({"name": path_, "in_features": layer.in_features, "out_features": layer.out_features,
                         "layout": layer.layout, "group": spec.group})
@@ -170,13 +170,12 @@ def export(vera_model, example_args: tuple | torch.Tensor, path: str | os.PathLi
     model = onnx.load(path)
     _rename(model, {f"model.{m['name']}.lambda_{v}": f"{m['name']}.lambda_{v}" for m in modules for v in "db"}
             | {f"model.{k}": k for k in extra})
-    _make_extra_overridable(model, extra)
+    extra_inputs = _make_extra_overridable(model, extra)
     _make_overridable(model, modules, cfg)
     desc = {"spec_version": SPEC_VERSION, "adapter_format": "vera-hotswap-1", "r": cfg.r,
             "generator": cfg.generator, "seed": None if cfg.generator == "stored" else str(cfg.seed),
             "sharing": cfg.sharing, "d_initial": cfg.d_initial,
-            "projections": projections, "modules": modules, "extra": sorted(k for k in extra
-                                                                            if _is_input(model, k)),
+            "projections": projections, "modules": modules, "extra": extra_inputs,
             "groups": {str(g): [int(A.shape[1]), int(B.shape[0])] for g, (A, B) in pairs.items()}}
     if projections == "generator":
         _projections_to_generator(model, pairs, cfg)
@@ -198,6 +197,14 @@ def _rename(model: onnx.ModelProto, names: dict[str, str]) -> None:
                 node.input[i] = names[n]
 
 
+def _override(model: onnx.ModelProto, t: onnx.TensorProto, default: np.ndarray) -> None:
+    """Initializer ``t`` becomes a graph input (an overridable initializer) whose default is ``default``."""
+    shape = list(t.dims)
+    t.CopyFrom(numpy_helper.from_array(np.asarray(default).astype(numpy_helper.to_array(t).dtype).reshape(shape),
+                                       t.name))
+    model.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, shape))
+
+
 def _make_overridable(model: onnx.ModelProto, modules: list[dict], cfg) -> None:
     """lambda initializers -> graph inputs with defaults: lambda_b = 0, lambda_d = d_initial."""
     inits = {t.name: t for t in model.graph.initializer}
@@ -212,26 +219,19 @@ def _make_overridable(model: onnx.ModelProto, modules: list[dict], cfg) -> None:
             if key not in inits:
                 raise OnnxError(f"{key}: not an initializer of the exported graph (the exporter renamed or "
                                 f"folded it)")
-            t = inits[key]
-            arr = numpy_helper.to_array(t)
-            t.CopyFrom(numpy_helper.from_array(np.full_like(arr, fill), key))
-            model.graph.input.append(onnx.helper.make_tensor_value_info(key, t.data_type, list(arr.shape)))
+            _override(model, inits[key], np.full(tuple(inits[key].dims), fill))
 
 
-def _is_input(model: onnx.ModelProto, name: str) -> bool:
-    return any(i.name == name for i in model.graph.input)
-
-
-def _make_extra_overridable(model: onnx.ModelProto, extra: dict[str, np.ndarray]) -> None:
-    """Extra tensors become inputs with the base model's values as defaults (no adapter = base model)."""
+def _make_extra_overridable(model: onnx.ModelProto, extra: dict[str, np.ndarray]) -> list[str]:
+    """Extra tensors become inputs with the base model's values as defaults (no adapter = base model);
+    returns the keys that could be made overridable."""
     inits = {t.name: t for t in model.graph.initializer}
-    for key, base_value in extra.items():
-        t = inits.get(key)
-        if t is None:
-            continue  # folded or unused by the exported forward: nothing to override
-        arr = numpy_helper.to_array(t)
-        t.CopyFrom(numpy_helper.from_array(base_value.astype(arr.dtype).reshape(arr.shape), key))
-        model.graph.input.append(onnx.helper.make_tensor_value_info(key, t.data_type, list(arr.shape)))
+    done = []
+    for key, base_value in sorted(extra.items()):
+        if key in inits:  # else folded or unused by the exported forward: nothing to override
+            _override(model, inits[key], base_value)
+            done.append(key)
+    return done
 
 
 def _projections_to_generator(model: onnx.ModelProto, pairs: dict, cfg) -> None:

@@ -56,6 +56,9 @@ def adapter_parameters(adapter: str | os.PathLike | Adapter, model: str | os.Pat
                             "(a hot-swap model swaps vectors only; A and B are fixed)")
     if cfg.generator == "stored":
         raise OnnxError("generator: stored projections cannot be swapped in; export a model for this adapter")
+    if cfg.sharing == "shared" and (desc["groups"]["0"] != [cfg.n_in, cfg.n_out]):
+        raise OnnxError(f"n_in/n_out: the adapter's projection is ({cfg.n_in}, {cfg.n_out}) but the model's is "
+                        f"{tuple(desc['groups']['0'])}")
     mods = {m["name"]: m for m in desc["modules"]}
     inputs = _model_inputs(model)
     params = {}
@@ -66,9 +69,6 @@ def adapter_parameters(adapter: str | os.PathLike | Adapter, model: str | os.Pat
         if (em["in_features"], em["out_features"], em["layout"]) != (m.in_features, m.out_features, m.layout):
             raise OnnxError(f"modules: {m.name!r} is (in={em['in_features']}, out={em['out_features']}) in the model "
                             f"but (in={m.in_features}, out={m.out_features}) in the adapter")
-        if cfg.sharing == "shared" and (desc["groups"]["0"] != [cfg.n_in, cfg.n_out]):
-            raise OnnxError(f"n_in/n_out: the adapter's projection is ({cfg.n_in}, {cfg.n_out}) but the model's is "
-                            f"{tuple(desc['groups']['0'])}")
         if not em.get("in_graph", True):
             continue  # the exported forward never calls this module
         for key, arr in ((f"{m.name}.lambda_d", ad.lambda_d[m.name]), (f"{m.name}.lambda_b", ad.lambda_b[m.name])):
@@ -128,7 +128,7 @@ class VeraOnnxSession:
             raise OnnxError(f"an adapter named {name!r} is already loaded")
         if isinstance(path, Adapter) or str(path).endswith(".safetensors"):
             file = os.path.join(self._tmp.name, f"{len(self.adapters)}.onnx_adapter")
-            onnx_adapter(path, self._model, file)
+            params = onnx_adapter(path, self._model, file)  # checked against the model while written
         else:
             file = os.fspath(path)
             params = ort.AdapterFormat.read_adapter(file).get_parameters()
@@ -137,10 +137,9 @@ class VeraOnnxSession:
                     raise OnnxError(f"{k}: the adapter sets a parameter this model does not have")
                 if tuple(v.shape()) != self._inputs[k][1]:
                     raise OnnxError(f"{k}: shape {list(v.shape())} in the adapter, {list(self._inputs[k][1])} in the model")
-        params = frozenset(ort.AdapterFormat.read_adapter(file).get_parameters())
         la = ort.LoraAdapter()
         la.Load(file)
-        self.adapters[name] = (la, params)
+        self.adapters[name] = (la, frozenset(params))
 
     def _run_options(self, adapter: str | Sequence[str] | None) -> ort.RunOptions:
         names = [] if adapter is None else [adapter] if isinstance(adapter, str) else list(adapter)

@@ -42,7 +42,7 @@ class VeraModel(nn.Module):
         object.__setattr__(self, "_store", ProjectionStore(self.vera_projections))
         self.vera_configs: dict[str, VeraConfig] = {}
         self.vera_modules: dict[str, list[str]] = {}  # adapter -> module paths, in file order
-        self._fingerprint: str | None = None
+        self._fingerprints: dict[str, str] = {}  # per adapter, taken before the first merge
         for p in self.base_model.parameters():
             p.requires_grad_(False)
         if config is not None:
@@ -247,9 +247,9 @@ class VeraModel(nn.Module):
         name = name or self._state.active
         self._require(name)
         if any(layer.merged for layer in self.vera_layers()):
-            if self._fingerprint is None:
+            if name not in self._fingerprints:
                 raise RuntimeError("the fingerprint of a merged model is unknown; unmerge() first")
-            return self._fingerprint[name] if isinstance(self._fingerprint, dict) else self._fingerprint
+            return self._fingerprints[name]
         layers = {p: self.base_model.get_submodule(p) for p in self.vera_modules[name]}
         mods = [ModuleSpec(p, l.in_features, l.out_features, l.layout) for p, l in layers.items()]
         return base_fingerprint({p: _np(l.base_layer.weight) for p, l in layers.items()}, mods)
@@ -258,8 +258,8 @@ class VeraModel(nn.Module):
         """Fold adapter ``name`` (default: the active one) into the base weights (spec 3.5)."""
         name = name or self._state.active
         self._require(name)
-        if self._fingerprint is None and not any(layer.merged for layer in self.vera_layers()):
-            self._fingerprint = {n: self.base_fingerprint(n) for n in self.vera_configs}
+        if not any(layer.merged for layer in self.vera_layers()):
+            self._fingerprints = {n: self.base_fingerprint(n) for n in self.vera_configs}
         for layer in self.vera_layers():
             if name in layer.proj:
                 layer.merge(name)
