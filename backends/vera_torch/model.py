@@ -98,11 +98,9 @@ class VeraModel(nn.Module):
     def _targets(self, config: VeraConfig, exact: Sequence[str] | None) -> list[tuple[str, nn.Module]]:
         found = []
         for path, module in self.base_model.named_modules():
-            if isinstance(module, (VeraLayer, ModulesToSave)) or ".base_layer" in path or "original_module" in path \
-                    or ".copies." in path:
-                if not isinstance(module, VeraLayer):
-                    continue
-            elif not adaptable(module):
+            # a layer adapted before, or an adaptable one not already inside a wrapper
+            if not isinstance(module, VeraLayer) and (
+                    ".base_layer" in path or _inside_head_wrapper(path) or not adaptable(module)):
                 continue
             if (path in exact) if exact is not None else config.targets(path):
                 found.append((path, module))
@@ -154,8 +152,8 @@ class VeraModel(nn.Module):
             for path, module in list(self.base_model.named_modules()):
                 if isinstance(module, ModulesToSave) and config.saves(path):
                     module.add_adapter(name)
-                elif config.saves(path) and not isinstance(module, (VeraLayer, ModulesToSave)) \
-                        and ".copies." not in path and "original_module" not in path:
+                elif (config.saves(path) and not isinstance(module, (VeraLayer, ModulesToSave))
+                      and not _inside_head_wrapper(path)):
                     wrapper = ModulesToSave(module, self._state)
                     self._set_module(path, wrapper)
                     wrapper.add_adapter(name)
@@ -397,6 +395,11 @@ class VeraModel(nn.Module):
                                          f"{list(sd[pname].shape)} in the model")
             heads.setdefault(owner, {})[pname] = arr
         return heads
+
+
+def _inside_head_wrapper(path: str) -> bool:
+    """Is ``path`` inside a ModulesToSave (its original or one of its per-adapter copies)?"""
+    return "original_module" in path or ".copies." in path
 
 
 def get_vera_model(model: nn.Module, config: VeraConfig, adapter_name: str = "default") -> VeraModel:
