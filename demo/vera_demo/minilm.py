@@ -113,9 +113,9 @@ class Bert(nn.Module):
 class Classifier(nn.Module):
     """Sentence embedding -> 2 logits: the model the demo finetunes and ships."""
 
-    def __init__(self, cfg: dict, classes: int = 2) -> None:
+    def __init__(self, cfg: dict, classes: int = 2, bert: Bert | None = None) -> None:
         super().__init__()
-        self.bert = Bert(cfg)
+        self.bert = bert if bert is not None else Bert(cfg)  # pass a loaded encoder to skip a random init
         self.classifier = nn.Linear(cfg["hidden_size"], classes)
 
     def forward(self, input_ids, attention_mask):

@@ -28,8 +28,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     d = model_dir(args.model_dir)
     bert, cfg = load_bert(d)
-    clf = Classifier(cfg)
-    clf.bert = bert
+    clf = Classifier(cfg, bert=bert)
     model = VeraModel.from_adapter(clf, args.adapter, vector_dtype="float32")  # as the demo loads it
     with open(args.texts) as f:
         texts = json.load(f)

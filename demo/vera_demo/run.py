@@ -107,8 +107,7 @@ def run(args) -> dict:
             (Xtr.shape[1] * 2 + 2) * 4, secs + t_embed, f"AdamW lr {args.lr}")
 
     def classifier():
-        clf = Classifier(cfg)
-        clf.bert = copy.deepcopy(bert)
+        clf = Classifier(cfg, bert=copy.deepcopy(bert))
         torch.manual_seed(args.seed)
         clf.classifier.reset_parameters()
         return clf

@@ -40,11 +40,15 @@ def logits_of(model, tok, texts: list[str], batch: int = 64, desc: str = "evalua
     return _by_length(lambda ids, mask: model(input_ids=ids, attention_mask=mask), tok, texts, batch, desc)
 
 
+def _adamw_cosine(params, lr: float, steps: int):
+    """The optimiser every trained method uses: AdamW, no weight decay, cosine decay to 0 over ``steps``."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + np.cos(np.pi * s / steps)))
+
+
 def train_model(model, tok, texts, labels, *, steps: int, batch: int, lr: float, seed: int, desc: str):
     """AdamW with cosine decay on whatever requires grad; returns (losses per step, seconds)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + np.cos(np.pi * s / steps)))
+    opt, sched = _adamw_cosine([p for p in model.parameters() if p.requires_grad], lr, steps)
     y = torch.tensor(labels)
     losses = []
     model.train()
@@ -66,8 +70,7 @@ def train_head(X: torch.Tensor, y: list[int], *, steps: int, batch: int, lr: flo
     """A linear head on frozen embeddings with the same budget as the adapters: (head, losses, seconds)."""
     torch.manual_seed(seed)
     head = nn.Linear(X.shape[1], 2)
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + np.cos(np.pi * s / steps)))
+    opt, sched = _adamw_cosine(head.parameters(), lr, steps)
     yt = torch.tensor(y)
     losses = []
     t0 = time.perf_counter()
