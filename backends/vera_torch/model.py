@@ -58,32 +58,22 @@ class VeraModel(nn.Module):
         return vm
 
     @classmethod
-    def from_peft(cls, model: nn.Module, directory: str | os.PathLike, name: str = "default") -> "VeraModel":
+    def from_peft(cls, model: nn.Module, directory: str | os.PathLike, name: str = "default",
+                  **kwargs: Any) -> "VeraModel":
         """Wrap ``model`` with a PEFT VeRA checkpoint (dimensions taken from the model)."""
         vm = cls(model)
-        vm.load_peft(directory, name)
+        vm.load_peft(directory, name, **kwargs)
         return vm
 
-    def load_peft(self, directory: str | os.PathLike, name: str = "default") -> str:
-        """Load a PEFT VeRA checkpoint directory as adapter ``name`` (DESIGN 5)."""
-        from vera_ref.peft_interop import PREFIX, peft_to_adapter, read_peft
-        _, tensors = read_peft(directory)
-        dims = {}
-        for k in tensors:
-            if k.startswith(PREFIX) and k.endswith(".vera_lambda_d"):
-                path = k[len(PREFIX):-len(".vera_lambda_d")]
-                try:
-                    mod = self.base_model.get_submodule(path)
-                except AttributeError:
-                    raise ModelMismatchError(f"modules: {path!r} is not in this model") from None
-                fi, fo, _ = layer_dims(mod.base_layer if isinstance(mod, VeraLayer) else mod)
-                dims[path] = (fi, fo)
-        return self.load_adapter(peft_to_adapter(directory, dims=dims), name)
+    def load_peft(self, directory: str | os.PathLike, name: str = "default", **kwargs: Any) -> str:
+        """Load a PEFT VeRA checkpoint directory as adapter ``name`` (see ``vera_torch.peft``)."""
+        from .peft import load_peft
+        return load_peft(self, directory, name, **kwargs)
 
-    def save_peft(self, directory: str | os.PathLike, name: str | None = None) -> None:
-        """Write adapter ``name`` in PEFT's checkpoint layout (projections stored unless peft-mt19937)."""
-        from vera_ref.peft_interop import adapter_to_peft
-        adapter_to_peft(self.to_adapter(name, fingerprint=False), directory)
+    def save_peft(self, directory: str | os.PathLike, name: str | None = None, **kwargs: Any) -> None:
+        """Write adapter ``name`` in PEFT's checkpoint layout (see ``vera_torch.peft``)."""
+        from .peft import save_peft
+        save_peft(self, directory, name, **kwargs)
 
     # -- attribute pass-through (model.config, model.device, ...) ---------------------------
     def __getattr__(self, name: str) -> Any:
