@@ -8,6 +8,7 @@ from .functional import project_in, vera_delta
 from .layer import ModulesToSave, VeraLayer, is_conv1d
 from .model import VeraModel, get_vera_model
 from .philox import projection
+from .views import AdapterView, HeadView, LayerView
 
 __all__ = ["VeraConfig", "VeraModel", "get_vera_model", "VeraLayer", "ModulesToSave", "projection",
-           "project_in", "vera_delta", "is_conv1d"]
+           "project_in", "vera_delta", "is_conv1d", "AdapterView", "LayerView", "HeadView"]

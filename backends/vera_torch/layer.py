@@ -132,6 +132,10 @@ class VeraLayer(nn.Module):
         self.proj.pop(name, None)
         self.dropout.pop(name, None)
 
+    def projection(self, name: str, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """The full pair of ``name``'s group (spec 2.1): A float32 (r, n_in), B float32 (n_out, r)."""
+        return self._store.get(self.proj[name], torch.device(device))
+
     def sliced_projection(self, name: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         A, B = self._store.get(self.proj[name], device)
         return A[:, : self.in_features], B[: self.out_features, :]  # spec 2.3: (r, in), (out, r)

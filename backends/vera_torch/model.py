@@ -22,6 +22,7 @@ from vera_ref.metadata import AdapterConfig, ModuleSpec
 
 from .config import DTYPE_NAMES, VeraConfig
 from .layer import ModulesToSave, ProjectionStore, ProjSpec, State, VeraLayer, adaptable, layer_dims
+from .views import AdapterView, HeadView, LayerView
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -102,10 +103,44 @@ class VeraModel(nn.Module):
             found.sort(key=lambda pm: order[pm[0]])
         return found
 
-    def _set_module(self, path: str, module: nn.Module) -> None:
+    def replace_module(self, path: str, module: nn.Module) -> None:
+        """Put ``module`` at the dotted ``path`` of the base model (replacing what is there)."""
         parent_path, _, child = path.rpartition(".")
         parent = self.base_model.get_submodule(parent_path) if parent_path else self.base_model
         setattr(parent, child, module)
+
+    _set_module = replace_module
+
+    def adapter_view(self, name: str | None = None) -> AdapterView:
+        """A read-only view of adapter ``name`` (default: the active one) for exporters (see ``views``)."""
+        name = name or self._state.active
+        self._require(name)
+        layers, projections = [], {}
+        for path in self.vera_modules[name]:
+            layer = self.base_model.get_submodule(path)
+            group = layer.proj[name].group
+            if group not in projections:
+                projections[group] = layer.projection(name, "cpu")
+            layers.append(LayerView(path, layer.base_layer, layer.in_features, layer.out_features, layer.layout,
+                                    group, layer.vera_lambda_d[name].detach(), layer.vera_lambda_b[name].detach()))
+        heads = [HeadView(path, w.copies[name], w.original_module)
+                 for path, w in self.base_model.named_modules()
+                 if isinstance(w, ModulesToSave) and name in w.copies]
+        return AdapterView(name, self.vera_configs[name], layers, heads, projections)
+
+    def unwrapped(self, keep: str | None = None) -> nn.Module:
+        """The base model with every VeraLayer replaced by its base layer and every ModulesToSave by
+        ``keep``'s copy (or the original module when ``keep`` is None or has no copy there).
+
+        Changes this VeraModel's own modules in place (no copy): use it on a copy, or last."""
+        if keep is not None:
+            self._require(keep)
+        for path, module in list(self.base_model.named_modules()):
+            if isinstance(module, VeraLayer):
+                self.replace_module(path, module.base_layer)
+            elif isinstance(module, ModulesToSave):
+                self.replace_module(path, module.module_for(keep))
+        return self.base_model
 
     def add_adapter(self, name: str, config: VeraConfig, *, modules: Sequence[str] | None = None,
                     stored: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
@@ -136,7 +171,7 @@ class VeraModel(nn.Module):
                 self._store.put_stored(spec, torch.as_tensor(A), torch.as_tensor(B))
             if not isinstance(module, VeraLayer):
                 module = VeraLayer(module, self._state, self._store)
-                self._set_module(path, module)
+                self.replace_module(path, module)
             module.add_adapter(name, spec, config.r, config.d_initial, config.dropout, config.vector_dtype)
         if config.modules_to_save:
             for path, module in list(self.base_model.named_modules()):
@@ -145,7 +180,7 @@ class VeraModel(nn.Module):
                 elif (config.saves(path) and not isinstance(module, (VeraLayer, ModulesToSave))
                       and not _inside_head_wrapper(path)):
                     wrapper = ModulesToSave(module, self._state)
-                    self._set_module(path, wrapper)
+                    self.replace_module(path, wrapper)
                     wrapper.add_adapter(name)
         self.vera_configs[name] = config
         self.vera_modules[name] = [p for p, _ in targets]
@@ -260,13 +295,7 @@ class VeraModel(nn.Module):
     def merge_and_unload(self) -> nn.Module:
         """Merge the active adapter and return the plain model, task-head copies included."""
         self.merge()
-        active = self._state.active
-        for path, module in list(self.base_model.named_modules()):
-            if isinstance(module, VeraLayer):
-                self._set_module(path, module.base_layer)
-            elif isinstance(module, ModulesToSave):
-                self._set_module(path, module.module_for(active))
-        return self.base_model
+        return self.unwrapped(self._state.active)
 
     # -- files ------------------------------------------------------------------------------------
     def to_adapter(self, name: str | None = None, *, fingerprint: bool = True, packed: bool = False,
