@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
 
 from .dtypes import FROM_CODE, SAFETENSORS_CODE, bf16_bits, bf16_from_bits
+from .atomic import atomic_write
 from .errors import AdapterFileError
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit (safetensors/src/tensor.rs MAX_HEADER_SIZE)
@@ -141,38 +141,11 @@ def to_bytes(metadata: Mapping[str, str], tensors: Mapping[str, tuple[np.ndarray
 
 
 def write_atomic(path: str | os.PathLike, payload_parts: list[bytes]) -> None:
-    """spec 4.7: write to a temporary file beside ``path``, fsync, then rename over it.
-
-    A crash at any point leaves either the old file or the new one, never a mix.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".vera-", suffix=".tmp", dir=directory)
-    try:
-        # mkstemp makes the file 0600; give it the mode an ordinary open() would
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as f:
-            for part in payload_parts:
-                f.write(part)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    """spec 4.7: the parts, concatenated, replace ``path`` atomically (``vera_ref.atomic``)."""
+    def write(f) -> None:
+        for part in payload_parts:
+            f.write(part)
+    atomic_write(path, write)
 
 
 def write(path: str | os.PathLike, metadata: Mapping[str, str], tensors: Mapping[str, tuple[np.ndarray, str]]) -> None:
