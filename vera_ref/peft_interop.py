@@ -1,4 +1,4 @@
-"""Convert between PEFT VeRA checkpoints and spec files, with NumPy alone (DESIGN 5).
+"""Convert between PEFT VeRA checkpoints and spec files, with NumPy alone (README "PEFT compatibility").
 
 A PEFT checkpoint is a directory with ``adapter_config.json`` and
 ``adapter_model.safetensors`` whose keys are
@@ -7,44 +7,148 @@ A PEFT checkpoint is a directory with ``adapter_config.json`` and
     base_model.vera_A, base_model.vera_B                              projections (save_projection=True)
     base_model.model.<module path>.<param>                            modules_to_save (a task head)
 
+Neither direction may change the model without saying so:
+
+* export writes ``target_modules`` as one regular expression of the adapted modules' full
+  paths (PEFT full-matches a string, so it cannot select anything else) and checks, with
+  PEFT's own rule (``peft_selects``), that exactly those modules are selected before a byte
+  is written;
+* import applies the same rule to the checkpoint's ``target_modules``: a module whose
+  vectors PEFT would not load, or projections PEFT would regenerate at other dimensions
+  (spec 2.2) than the checkpoint's modules give, are refused or converted with the
+  projections PEFT would use stored (generator ``stored``);
+* stored projections that equal PEFT's own MT19937 draws become generator ``peft-mt19937``
+  (seed only, spec 2.5.3) unless ``keep_projections=True`` keeps them stored.
+
 PEFT records neither the adapted layers' in_features nor, for seed-only checkpoints,
-n_in; these come from ``dims`` ({module: (in, out)}), or ``in_features`` for every
-module, or from the stored vera_A when it settles them. Stored projections that
-equal PEFT's own MT19937 draws are recorded as generator ``peft-mt19937`` (seed
-only, spec 2.5.3); others as ``stored``.
+n_in; these come from ``model_modules`` (every module of the model), ``dims``
+({module: (in, out)}), ``in_features`` for every module, or the stored vera_A.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import numpy as np
 
 from . import container
 from .adapter import Adapter
 from .dtypes import FROM_CODE, SAFETENSORS_CODE
-from .errors import AdapterFileError, ConversionError
+from .errors import AdapterFileError, ConversionError, ModelMismatchError
 from .metadata import AdapterConfig, ModuleSpec
 from .peft_mt19937 import peft_projection
 
 PREFIX = "base_model.model."
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
+MAX_CONFIG_BYTES = 1 << 20  # an adapter_config.json is a few hundred bytes; refuse anything absurd
 _LD, _LB = ".vera_lambda_d", ".vera_lambda_b"
+_KEY_NOTE = "peft_projection_prng_key"  # provenance: the PEFT key stored projections were drawn with
 
 
+# -- PEFT's target_modules rule ---------------------------------------------------------------
+def peft_selects(config: Mapping, key: str) -> bool:
+    """Does PEFT (0.21, ``tuners_utils.check_target_module_exists``) adapt the module at ``key``?
+
+    ``config`` is an adapter_config.json document; ``key`` a module path of the bare model
+    (``bert.encoder.layer.0.attention.self.query``). A string ``target_modules`` is a regular
+    expression that must match the whole key; a list matches a key equal to an entry or
+    ending in ``"." + entry``, then filtered by ``layers_to_transform``/``layers_pattern``.
+    Modules inside ``modules_to_save`` and ``exclude_modules`` are never adapted.
+    ``"all-linear"`` needs the model's classes and is refused.
+    """
+    exclude = config.get("exclude_modules")
+    if exclude:
+        if isinstance(exclude, str):
+            if re.fullmatch(exclude, key):
+                return False
+        elif key in exclude or any(key.endswith(f".{e}") for e in exclude):
+            return False
+    for m in config.get("modules_to_save") or ():
+        if re.match(rf"(^|.*\.){m}($|\..*)", key):
+            return False
+    targets = config.get("target_modules")
+    if targets is None:
+        if config.get("target_parameters") is not None:
+            return False
+        raise ConversionError("target_modules is missing: PEFT would choose modules by model type, "
+                              "which a conversion cannot know")
+    if isinstance(targets, str):
+        if targets.lower() == "all-linear":
+            raise ConversionError("target_modules is 'all-linear': PEFT resolves it against the model's classes; "
+                                  "give the module names instead")
+        return re.fullmatch(targets, key) is not None
+    if key in targets:
+        return True
+    if not any(key.endswith(f".{t}") for t in targets):
+        return False
+    indexes = config.get("layers_to_transform")
+    if indexes is None or (isinstance(indexes, list) and not indexes):
+        return True
+    pattern = config.get("layers_pattern")
+    match = None
+    if pattern is None or len(pattern) == 0:
+        match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", key)  # the first numbered segment
+    else:
+        for p in [pattern] if isinstance(pattern, str) else pattern:
+            match = re.match(rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.", key)
+            if match is not None:
+                break
+    if match is None:
+        return False
+    idx = int(match.group("idx"))
+    return idx == indexes if isinstance(indexes, int) else idx in indexes
+
+
+def exact_target_modules(names: Iterable[str]) -> str:
+    """A ``target_modules`` string PEFT full-matches against exactly ``names`` (escaped literals)."""
+    return "(?:" + "|".join(re.escape(n) for n in sorted(set(names), key=_natural)) + ")"
+
+
+def check_selection(config: Mapping, wanted: Iterable[str], others: Iterable[str]) -> None:
+    """Raise ConversionError unless PEFT's rule selects every name in ``wanted`` and none of ``others``."""
+    wanted = list(wanted)
+    missed = [n for n in wanted if not peft_selects(config, n)]
+    if missed:
+        raise ConversionError(f"target_modules {config.get('target_modules')!r}: PEFT would not adapt "
+                              f"{missed[0]!r}")
+    extra = sorted({n for n in others if n not in set(wanted) and peft_selects(config, n)}, key=_natural)
+    if extra:
+        raise ConversionError(f"target_modules {config.get('target_modules')!r}: PEFT would also adapt "
+                              f"{extra[0]!r}, which the adapter does not")
+
+
+def _near_names(names: Iterable[str]) -> set[str]:
+    """Names a suffix or prefix rule could confuse with ``names``: every ancestor and dot-suffix."""
+    out = set()
+    for n in names:
+        parts = n.split(".")
+        out.update(".".join(parts[:i]) for i in range(1, len(parts)))
+        out.update(".".join(parts[i:]) for i in range(1, len(parts)))
+        out.add("x." + n)
+    return out
+
+
+# -- reading ----------------------------------------------------------------------------------
 def read_peft(directory: str | os.PathLike) -> tuple[dict, dict[str, container.RawTensor]]:
     d = Path(directory)
     try:
-        cfg = json.loads((d / CONFIG_FILE).read_text())
+        with open(d / CONFIG_FILE, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConversionError(f"{d}: no {CONFIG_FILE} (not a PEFT checkpoint directory)") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConversionError(f"{d / CONFIG_FILE}: larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        cfg = json.loads(raw)
     except ValueError as exc:
         raise ConversionError(f"{d / CONFIG_FILE}: not valid JSON ({exc.__class__.__name__})") from None
-    if cfg.get("peft_type") != "VERA":
-        raise ConversionError(f"{d / CONFIG_FILE}: peft_type is {cfg.get('peft_type')!r}, not 'VERA'")
+    if not isinstance(cfg, dict) or cfg.get("peft_type") != "VERA":
+        got = cfg.get("peft_type") if isinstance(cfg, dict) else None
+        raise ConversionError(f"{d / CONFIG_FILE}: peft_type is {got!r}, not 'VERA'")
     if not (d / WEIGHTS_FILE).exists():
         raise ConversionError(f"{d}: no {WEIGHTS_FILE} (only the safetensors format is read)")
     try:
@@ -55,8 +159,17 @@ def read_peft(directory: str | os.PathLike) -> tuple[dict, dict[str, container.R
 
 
 def peft_to_adapter(directory: str | os.PathLike, *, dims: Mapping[str, tuple[int, int]] | None = None,
-                    in_features: int | None = None, base_model_name: str | None = None) -> Adapter:
-    """A spec adapter from a PEFT VeRA checkpoint directory."""
+                    in_features: int | None = None, base_model_name: str | None = None,
+                    keep_projections: bool = False,
+                    model_modules: Mapping[str, tuple[int, int] | None] | None = None) -> Adapter:
+    """A spec adapter from a PEFT VeRA checkpoint directory, computing what PEFT computes.
+
+    ``model_modules``: every module path of the bare model -> (in_features, out_features) for
+    nn.Linear / Conv1D, None for other modules. With it, PEFT's selection on that model is
+    reproduced exactly (dimensions of the regenerated projections included); without it, the
+    checkpoint's modules are taken to be all PEFT selects (true of every checkpoint PEFT writes).
+    ``keep_projections``: stored projections stay stored even when they are PEFT's own draws.
+    """
     cfg, tensors = read_peft(directory)
     if cfg.get("bias", "none") != "none":
         raise ConversionError(f"bias={cfg['bias']!r} is not VeRA's adapter; only bias='none' converts")
@@ -67,6 +180,26 @@ def peft_to_adapter(directory: str | os.PathLike, *, dims: Mapping[str, tuple[in
     if not names:
         raise ConversionError(f"{directory}: no '*.vera_lambda_d' tensors")
     names.sort(key=_natural)
+    for n in names:  # PEFT loads a module's vectors only if its target_modules select the module
+        if not peft_selects(cfg, n):
+            raise ConversionError(f"{n}: target_modules {cfg.get('target_modules')!r} do not select this module, "
+                                  "so PEFT would not load its vectors")
+    peft_dims = None  # (n_in, n_out) PEFT gives its projections on the model (spec 2.2), if known
+    if model_modules is not None:
+        missing = [n for n in names if n not in model_modules]
+        if missing:
+            raise ModelMismatchError(f"modules: {missing[0]!r} is not in this model")
+        selected = [k for k in model_modules if k and peft_selects(cfg, k)]
+        bad = [k for k in selected if model_modules[k] is None]
+        if bad:
+            raise ConversionError(f"target_modules {cfg.get('target_modules')!r} select {bad[0]!r}, which is not an "
+                                  "nn.Linear or Conv1D: PEFT would refuse this checkpoint on this model")
+        unloaded = sorted(set(selected) - set(names), key=_natural)
+        if unloaded and cfg.get("init_weights", True) is False:
+            raise ConversionError(f"target_modules also select {unloaded[0]!r}, which has no vectors in the "
+                                  "checkpoint, and init_weights=false gives it random ones in PEFT")
+        peft_dims = (max(model_modules[k][0] for k in selected), max(model_modules[k][1] for k in selected))
+        dims = {n: model_modules[n] for n in names}
     A = tensors.get("base_model.vera_A")
     B = tensors.get("base_model.vera_B")
     modules = []
@@ -78,7 +211,7 @@ def peft_to_adapter(directory: str | os.PathLike, *, dims: Mapping[str, tuple[in
         if dims and n in dims:
             fi, fo = dims[n]
             if fo != out_f:
-                raise ConversionError(f"{n}: dims give out_features {fo} but vera_lambda_b has {out_f}")
+                raise ConversionError(f"{n}: the model gives out_features {fo} but vera_lambda_b has {out_f}")
         elif in_features is not None:
             fi = in_features
         elif A is not None and B is not None and out_f == B.shape[0]:
@@ -96,35 +229,68 @@ def peft_to_adapter(directory: str | os.PathLike, *, dims: Mapping[str, tuple[in
                                                                "peft_version": str(cfg.get("peft_version", ""))})
     if base_model_name or cfg.get("base_model_name_or_path"):
         acfg.base_model = {"name": base_model_name or cfg["base_model_name_or_path"]}
-    stored = {}
-    if A is not None and B is not None:
-        if A.shape != (r, acfg.n_in) or B.shape != (acfg.n_out, r):
+    n_in, n_out = acfg.n_in, acfg.n_out
+    p_in, p_out = peft_dims or (n_in, n_out)
+    if p_in < n_in or p_out < n_out:
+        raise ConversionError(f"the model's modules give projections ({p_out}, {p_in}) smaller than the "
+                              f"checkpoint's ({n_out}, {n_in})")
+    save_projection = bool(cfg.get("save_projection", True))
+    has_stored = A is not None or B is not None
+    if has_stored and (A is None or B is None):
+        raise ConversionError("the checkpoint has only one of base_model.vera_A / base_model.vera_B")
+    if save_projection and not has_stored:
+        raise ConversionError("save_projection is true but base_model.vera_A / vera_B are missing: "
+                              "PEFT refuses this checkpoint")
+    if has_stored and save_projection:
+        # PEFT loads the stored pair into buffers of its own shape (float32): the shapes must be PEFT's
+        if A.shape != (r, p_in) or B.shape != (p_out, r):
             raise ConversionError(f"vera_A {list(A.shape)} / vera_B {list(B.shape)} do not match r={r}, "
-                                  f"n_in={acfg.n_in}, n_out={acfg.n_out} of the modules")
-        pa, pb = peft_projection(key, r, acfg.n_in, acfg.n_out)
-        if np.array_equal(pa, A.data.astype(np.float32)) and np.array_equal(pb, B.data.astype(np.float32)):
-            acfg.generator, acfg.seed = "peft-mt19937", key
-        else:
-            acfg.generator, acfg.seed = "stored", None
-            stored = {0: (A.data.astype(np.float32), B.data.astype(np.float32))}
+                                  f"n_in={p_in}, n_out={p_out} that PEFT gives the selected modules (spec 2.2)")
+        used = (A.data.astype(np.float32)[:, :n_in], B.data.astype(np.float32)[:n_out, :])
+        origin = "the checkpoint's vera_A / vera_B"
     else:
-        acfg.generator, acfg.seed = "peft-mt19937", key
+        used = peft_projection(key, r, p_in, p_out)  # what PEFT regenerates from the key
+        if has_stored and not (np.array_equal(used[0], A.data.astype(np.float32)) and
+                               np.array_equal(used[1], B.data.astype(np.float32))):
+            raise ConversionError("save_projection is false, so PEFT ignores the stored vera_A / vera_B and "
+                                  f"regenerates them from projection_prng_key={key}, and they differ: refusing "
+                                  "to guess which projections the model was trained with")
+        used = (used[0][:, :n_in], used[1][:n_out, :])
+        origin = f"PEFT's draws for projection_prng_key={key} at n_in={p_in}, n_out={p_out}"
+    own = peft_projection(key, r, n_in, n_out)
+    if np.array_equal(own[0], used[0]) and np.array_equal(own[1], used[1]) and not (keep_projections and has_stored):
+        acfg.generator, acfg.seed = "peft-mt19937", key  # spec 2.5.3
+        stored = {}
+    else:
+        acfg.generator, acfg.seed = "stored", None  # spec 2.5.2
+        stored = {0: (np.ascontiguousarray(used[0]), np.ascontiguousarray(used[1]))}
+        acfg.provenance["projections"] = origin
+        if np.array_equal(own[0], used[0]) and np.array_equal(own[1], used[1]):
+            acfg.provenance[_KEY_NOTE] = str(key)
     known = {PREFIX + n + s for n in names for s in (_LD, _LB)} | {"base_model.vera_A", "base_model.vera_B"}
-    extra = {k[len(PREFIX):]: (t.data, FROM_CODE[t.dtype]) for k, t in tensors.items() if k not in known}
-    bad = [k for k in extra if not (PREFIX + k) in tensors]
-    if bad:
-        raise ConversionError(f"unexpected tensor {bad[0]!r}")
-    ad = Adapter(acfg, {n: tensors[PREFIX + n + _LD].data for n in names},
-                 {n: tensors[PREFIX + n + _LB].data for n in names}, stored=stored, extra=extra)
-    return ad
+    extra = {}
+    for k, t in tensors.items():
+        if k in known:
+            continue
+        if not k.startswith(PREFIX):
+            raise ConversionError(f"unexpected tensor {k!r}")
+        extra[k[len(PREFIX):]] = (t.data, FROM_CODE[t.dtype])
+    return Adapter(acfg, {n: tensors[PREFIX + n + _LD].data for n in names},
+                   {n: tensors[PREFIX + n + _LB].data for n in names}, stored=stored, extra=extra)
 
 
+# -- writing ----------------------------------------------------------------------------------
 def adapter_to_peft(adapter: Adapter, directory: str | os.PathLike, *,
-                    base_model_name_or_path: str | None = None) -> None:
+                    base_model_name_or_path: str | None = None, keep_projections: bool = False,
+                    model_modules: Iterable[str] | None = None) -> None:
     """Write ``adapter`` as a PEFT VeRA checkpoint directory (PEFT 0.21 layout).
 
-    Projections are stored (save_projection=True) unless the generator is
-    ``peft-mt19937``, which PEFT rebuilds itself from the key.
+    ``target_modules`` is an anchored regular expression of the adapted modules' full paths;
+    before anything is written, PEFT's rule (``peft_selects``) must select exactly those modules
+    among ``model_modules`` (every module path of the model, when known) or, without them, among
+    the modules' ancestors and dot-suffixes. Projections are stored (save_projection=True) unless
+    the generator is ``peft-mt19937`` and ``keep_projections`` is false: PEFT then rebuilds them
+    from the key, at the same dimensions because it selects the same modules.
     """
     cfg = adapter.config
     if cfg.sharing != "shared":
@@ -133,18 +299,27 @@ def adapter_to_peft(adapter: Adapter, directory: str | os.PathLike, *,
     if len(layouts) != 1:
         raise ConversionError("PEFT's fan_in_fan_out is one flag; this adapter mixes linear and conv1d modules")
     A, B = adapter.projection(0)
-    seed_only = cfg.generator == "peft-mt19937"
+    seed_only = cfg.generator == "peft-mt19937" and not keep_projections
+    if cfg.generator == "peft-mt19937":
+        key = int(cfg.seed)
+    else:
+        key = int(cfg.provenance.get(_KEY_NOTE, 0)) if str(cfg.provenance.get(_KEY_NOTE, "")).isdigit() else 0
+    names = [m.name for m in cfg.modules]
+    heads = sorted({k.rpartition(".")[0] for k in adapter.extra}, key=_natural)
     pcfg = {
         "peft_type": "VERA", "task_type": None, "r": cfg.r,
-        "target_modules": sorted({m.name.rpartition(".")[2] for m in cfg.modules}),
-        "projection_prng_key": int(cfg.seed) if seed_only else 0,
+        "target_modules": exact_target_modules(names),
+        "projection_prng_key": key,
         "save_projection": not seed_only, "vera_dropout": cfg.dropout, "d_initial": cfg.d_initial,
         "fan_in_fan_out": layouts == {"conv1d"}, "bias": "none",
-        "modules_to_save": sorted({k.rpartition(".")[0] for k in adapter.extra}) or None,  # full paths
+        "modules_to_save": heads or None,  # full paths
         "init_weights": True, "layers_to_transform": None, "layers_pattern": None,
         "base_model_name_or_path": base_model_name_or_path or (cfg.base_model or {}).get("name"),
         "revision": None, "inference_mode": True,
     }
+    text = json.dumps(pcfg, indent=2) + "\n"
+    others = set(model_modules) if model_modules is not None else _near_names(names + heads)
+    check_selection(json.loads(text), names, others)  # the exact bytes written, read back
     vcode = SAFETENSORS_CODE[cfg.vector_dtype]
     tensors = {}
     for m in cfg.modules:
@@ -157,9 +332,8 @@ def adapter_to_peft(adapter: Adapter, directory: str | os.PathLike, *,
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     container.write(d / WEIGHTS_FILE, {"format": "pt"}, tensors)
-    container.write_atomic(d / CONFIG_FILE, [(json.dumps(pcfg, indent=2) + "\n").encode()])
+    container.write_atomic(d / CONFIG_FILE, [text.encode()])
 
 
 def _natural(name: str):
-    import re
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
