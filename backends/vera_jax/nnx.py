@@ -1,0 +1,338 @@
+"""VeRA for Flax NNX: adapt the ``nnx.Linear`` modules you name, train only lambda_d/lambda_b,
+load and save the spec's adapter files, merge back into plain ``nnx.Linear`` (spec 2-4).
+
+    from flax import nnx
+    import optax
+    from vera_jax.nnx import VeraParam, apply_vera, save_adapter, merge_and_unload
+
+    apply_vera(model, ["fc1", "fc2"], r=64, seed=0)          # in place; A, B from the seed
+    opt = nnx.Optimizer(model, optax.adamw(1e-2), wrt=VeraParam)   # only the VeRA vectors train
+    ...
+    save_adapter(model, "task.safetensors")                  # the same file vera_torch reads
+    merge_and_unload(model)                                  # plain nnx.Linear again
+
+Module names are the dotted paths of ``nnx.iter_modules`` (``layers.0.fc``), the names a
+file's ``modules`` hold. An ``nnx.Linear`` computes ``x @ kernel + bias`` with a kernel of
+shape (in, out), i.e. ``x W0^T`` with ``W0 = kernel^T`` (out, in): the spec's ``linear``
+layer (spec 3.7), written so in files and fingerprinted as ``kernel^T`` (spec 4.3), so a
+model trained in PyTorch with ``nn.Linear`` and one in Flax with ``nnx.Linear`` exchange
+files. A file that names a module ``conv1d`` (GPT-2's Conv1D, the same math) is served too
+and written back with its layout.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import vera_ref
+from vera_ref import Adapter, AdapterConfig, ModuleSpec
+from vera_ref.adapter import base_fingerprint, sha256_hex
+from vera_ref.dtypes import compute_dtype, round_to
+from vera_ref.errors import AdapterFileError, ModelMismatchError
+
+from .layer import adapter_out, merge
+from .philox import projection
+
+_JNP = {"float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
+
+
+class VeraParam(nnx.Param):
+    """A trained VeRA vector (lambda_d or lambda_b): the filter for ``nnx.Optimizer(..., wrt=VeraParam)``."""
+
+
+class VeraProjection(nnx.Variable):
+    """A frozen projection (A or B), rebuilt from the seed; never a ``nnx.Param``, so never trained."""
+
+
+@dataclass(frozen=True)
+class VeraSettings:
+    """The adapter-wide fields of the file (spec 4.3) that every VeraLinear of a model shares."""
+
+    r: int
+    generator: str
+    seed: int | None
+    sharing: str
+    d_initial: float
+    dropout: float
+    vector_dtype: str
+
+
+class VeraLinear(nnx.Module):
+    """An ``nnx.Linear`` with a VeRA adapter (spec 3.2): ``base(x) + lambda_b * ((lambda_d * (dropout(x) A_l^T)) B_l^T)``.
+
+    A (r, n_in) and B (n_out, r) are the shared (or per-module) projections, the same
+    VeraProjection objects in every layer that shares them; this layer uses the leading
+    slices A[:, :in], B[:out] (spec 2.3). Dropout (spec 3.3) is an ``nnx.Dropout`` on the
+    adapter input, active in ``model.train()`` mode.
+    """
+
+    def __init__(self, base: nnx.Linear, A: VeraProjection, B: VeraProjection, lambda_d, lambda_b, *,
+                 settings: VeraSettings, group: int, layout: str, rngs: nnx.Rngs | None = None) -> None:
+        self.base = base
+        self.A, self.B = A, B
+        self.lambda_d = VeraParam(jnp.asarray(lambda_d))  # (r,)
+        self.lambda_b = VeraParam(jnp.asarray(lambda_b))  # (out,)
+        self.settings, self.group, self.layout = settings, group, layout
+        self.in_features, self.out_features = base.in_features, base.out_features
+        if settings.dropout > 0 and rngs is None:
+            raise ModelMismatchError(f"dropout: p={settings.dropout} needs rngs= (an nnx.Rngs with a 'dropout' stream)")
+        self.drop = nnx.Dropout(settings.dropout, rngs=rngs) if settings.dropout > 0 else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = self.base(x)  # (..., out)
+        xd = self.drop(x) if self.drop is not None else x  # spec 3.3: adapter input only
+        z = adapter_out(xd, self.A[...], self.B[...], self.lambda_d[...], self.lambda_b[...])
+        return y + z.astype(y.dtype)
+
+    def delta_merged_kernel(self) -> jax.Array:
+        """The base kernel (in, out) with Delta W^T added (spec 3.5)."""
+        return merge(self.base.kernel[...], self.A[...], self.B[...], self.lambda_d[...], self.lambda_b[...],
+                     layout="conv1d")
+
+
+# -- finding and replacing modules ----------------------------------------------------------------
+
+def _name(path: Sequence) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def _modules(model: nnx.Module) -> dict[str, tuple[tuple, nnx.Module]]:
+    """Dotted name -> (path, module) for every module below the root, in graph order."""
+    return {_name(p): (tuple(p), m) for p, m in nnx.iter_modules(model) if len(p)}
+
+
+def _replace(model: nnx.Module, path: tuple, new: nnx.Module) -> None:
+    parent = model
+    for part in path[:-1]:
+        parent = parent[part] if isinstance(part, int) else getattr(parent, part)
+    last = path[-1]
+    if isinstance(last, int):
+        parent[last] = new
+    else:
+        setattr(parent, last, new)
+
+
+def _matches(name: str, patterns: Sequence[str] | str) -> bool:
+    """PEFT's rule, as vera_torch: suffixes (``["query"]`` matches ``...self.query``) or one regex."""
+    import re
+    if isinstance(patterns, str):
+        return re.fullmatch(patterns, name) is not None
+    return any(name == p or name.endswith("." + p) for p in patterns)
+
+
+def vera_layers(model: nnx.Module) -> list[tuple[str, VeraLinear]]:
+    """(dotted name, VeraLinear) of every adapted module, in graph order."""
+    return [(n, m) for n, (_, m) in _modules(model).items() if isinstance(m, VeraLinear)]
+
+
+# -- building adapters ----------------------------------------------------------------------------
+
+def apply_vera(model: nnx.Module, target_modules: Sequence[str] | str, r: int, *, seed: int = 0,
+               d_initial: float = 0.1, dropout: float = 0.0, sharing: str = "shared",
+               generator: str = "philox4x32-10", vector_dtype: str = "float32",
+               rngs: nnx.Rngs | None = None) -> list[str]:
+    """Adapt every ``nnx.Linear`` whose dotted name matches ``target_modules``, in place (spec 3.9:
+    lambda_b = 0, lambda_d = d_initial, an exact no-op until trained). Returns the adapted names."""
+    mods = [ModuleSpec(n, m.in_features, m.out_features) for n, (_, m) in _modules(model).items()
+            if isinstance(m, nnx.Linear) and _matches(n, target_modules)]
+    if not mods:
+        raise ModelMismatchError(f"modules: no nnx.Linear of this model matches {target_modules!r}")
+    ad = vera_ref.new_adapter(mods, r=r, seed=seed, d_initial=d_initial, dropout=dropout, sharing=sharing,
+                              generator=generator, vector_dtype=vector_dtype)
+    return _attach(model, ad, rngs=rngs, held=None, verify=False)
+
+
+def load_adapter(model: nnx.Module, path: str | os.PathLike | Adapter, *, check_fingerprint: bool = True,
+                 vector_dtype: str | None = None, rngs: nnx.Rngs | None = None) -> list[str]:
+    """Load a spec file (or a ``vera_ref.Adapter``) into ``model``, in place; returns the module names.
+
+    Every check of spec 4.6 runs (``vera_ref.load_adapter``); for ``philox4x32-10`` the checksums
+    of rule 26 are compared with this backend's own projections. Every module must be an
+    ``nnx.Linear`` (or an adapted one) of the file's dimensions, and the base weights must
+    match the file's fingerprint when it has one (``ModelMismatchError`` otherwise). Extra
+    tensors (a task head) load into the ``nnx.Linear`` they name, in PyTorch's names
+    (``head.weight`` (out, in), ``head.bias``) or Flax's (``head.kernel`` (in, out)).
+    ``vector_dtype``: hold the vectors in this dtype instead of the file's.
+    """
+    if isinstance(path, Adapter):
+        ad, verify = path, False
+    else:
+        ad = vera_ref.load_adapter(path, verify_checksums=False)
+        verify = True  # rule 26 below, against this backend's generator
+        if ad.config.generator != "philox4x32-10":  # the reference's generators check themselves
+            ad = vera_ref.load_adapter(path)
+            verify = False
+    return _attach(model, ad, rngs=rngs, held=vector_dtype, verify=verify, check_fingerprint=check_fingerprint)
+
+
+def _held_dtype(name: str):
+    if name == "float64" and not jax.config.jax_enable_x64:
+        raise ModelMismatchError("vector_dtype: float64 vectors need jax_enable_x64 (jax.config.update("
+                                 "'jax_enable_x64', True)); or load with vector_dtype='float32' to hold them rounded")
+    return jnp.float64 if name == "float64" else jnp.float32  # float32 holds float16/bfloat16 exactly
+
+
+def _projections(ad: Adapter, verify: bool) -> dict[int, tuple[VeraProjection, VeraProjection]]:
+    """One (A, B) pair of VeraProjection per group (spec 2.4), made once and shared by its layers."""
+    cfg = ad.config
+    pairs = {}
+    for g, n_in, n_out in cfg.groups():
+        if cfg.generator == "philox4x32-10":
+            A, B = projection(cfg.seed, cfg.r, n_in, n_out, g)
+        else:  # stored tensors or the PEFT stream: NumPy arrays from the reference
+            A, B = (jnp.asarray(M) for M in ad.projection(g))
+        if verify:  # spec 4.6 rule 26 with this backend's generator
+            want = next(c for c in cfg.projection_sha256 if c["group"] == g)
+            for k, M in (("A", A), ("B", B)):
+                got = sha256_hex(np.asarray(M))
+                if got != want[k]:
+                    raise AdapterFileError("projection_sha256", f"{k} of group {g} is {want[k][:16]}..., "
+                                                                f"the {cfg.generator} generator gives {got[:16]}...")
+        pairs[g] = (VeraProjection(A), VeraProjection(B))
+    return pairs
+
+
+def _attach(model: nnx.Module, ad: Adapter, *, rngs, held: str | None, verify: bool,
+            check_fingerprint: bool = False) -> list[str]:
+    cfg = ad.config
+    found = _modules(model)
+    bases = {}
+    for m in cfg.modules:
+        if m.name not in found:
+            raise ModelMismatchError(f"modules: {m.name!r} is not in this model")
+        mod = found[m.name][1]
+        base = mod.base if isinstance(mod, VeraLinear) else mod
+        if not isinstance(base, nnx.Linear):
+            raise ModelMismatchError(f"modules: {m.name!r} is a {type(base).__name__}, not an nnx.Linear")
+        if (base.in_features, base.out_features) != (m.in_features, m.out_features):
+            raise ModelMismatchError(f"modules: {m.name!r} is (in={base.in_features}, out={base.out_features}) in "
+                                     f"this model but (in={m.in_features}, out={m.out_features}) in the adapter")
+        bases[m.name] = base
+    heads = _head_values(found, ad)
+    if check_fingerprint and cfg.base_model and "fingerprint" in cfg.base_model:
+        mine = base_fingerprint({m.name: _w0(bases[m.name], m.layout) for m in cfg.modules}, cfg.modules)
+        if mine != cfg.base_model["fingerprint"]:
+            raise ModelMismatchError(f"base_model.fingerprint: this model's weights give {mine[:16]}..., the "
+                                     f"adapter was trained on {cfg.base_model['fingerprint'][:16]}...")
+    dt = _held_dtype(held or cfg.vector_dtype)
+    settings = VeraSettings(cfg.r, cfg.generator, cfg.seed, cfg.sharing, cfg.d_initial, cfg.dropout,
+                            cfg.vector_dtype)
+    pairs = _projections(ad, verify)
+    for i, m in enumerate(cfg.modules):
+        A, B = pairs[cfg.group_of(i)]
+        layer = VeraLinear(bases[m.name], A, B, jnp.asarray(ad.lambda_d[m.name], dt),
+                           jnp.asarray(ad.lambda_b[m.name], dt), settings=settings, group=cfg.group_of(i),
+                           layout=m.layout, rngs=rngs)
+        _replace(model, found[m.name][0], layer)
+    for (lin, attr), value in heads:
+        getattr(lin, attr)[...] = jnp.asarray(value, getattr(lin, attr)[...].dtype)
+    return [m.name for m in cfg.modules]
+
+
+def _w0(base: nnx.Linear, layout: str) -> np.ndarray:
+    """W0 as the file's layout stores it: (out, in) for linear, (in, out) for conv1d (spec 3.7)."""
+    k = np.asarray(base.kernel[...], dtype=np.float32)  # (in, out)
+    return k.T if layout == "linear" else k
+
+
+def _head_values(found, ad: Adapter) -> list[tuple[tuple[nnx.Linear, str], np.ndarray]]:
+    """Extra tensors (spec 4.3 extra_tensors) as (nnx.Linear, 'kernel' or 'bias') -> value, checked."""
+    out = []
+    for key, (arr, _) in ad.extra.items():
+        owner, _, pname = key.rpartition(".")
+        mod = found.get(owner, (None, None))[1]
+        if not isinstance(mod, nnx.Linear):
+            raise ModelMismatchError(f"{key}: the model has no nnx.Linear {owner!r} for this extra tensor")
+        arr = np.asarray(arr)
+        if pname == "weight":  # PyTorch's name and orientation (out, in)
+            attr, arr = "kernel", arr.T
+        elif pname in ("kernel", "bias"):
+            attr = pname
+        else:
+            raise ModelMismatchError(f"{key}: an nnx.Linear has no tensor {pname!r} (weight, kernel or bias)")
+        have = getattr(mod, attr, None)
+        if have is None or tuple(have[...].shape) != arr.shape:
+            raise ModelMismatchError(f"{key}: shape {list(arr.shape)} in the adapter but "
+                                     f"{list(have[...].shape) if have is not None else 'none'} in the model")
+        out.append(((mod, attr), arr))
+    return out
+
+
+# -- files ----------------------------------------------------------------------------------------
+
+def to_adapter(model: nnx.Module, *, fingerprint: bool = True, packed: bool = False, vector_dtype: str | None = None,
+               modules_to_save: Iterable[str] = (), base_model_name: str | None = None,
+               provenance: dict | None = None) -> Adapter:
+    """The spec's in-memory adapter (``vera_ref.Adapter``) of ``model``'s VeRA layers.
+
+    ``vector_dtype``: store the vectors rounded to this dtype (default: the dtype the adapter
+    was created or loaded with). ``modules_to_save``: dotted names of ``nnx.Linear`` task heads
+    to store as extra tensors, in PyTorch's names (``head.weight`` (out, in), ``head.bias``).
+    """
+    layers = vera_layers(model)
+    if not layers:
+        raise ModelMismatchError("modules: this model has no VeRA layers (apply_vera or load_adapter first)")
+    s = layers[0][1].settings
+    if any(layer.settings != s for _, layer in layers):
+        raise ModelMismatchError("modules: the VeRA layers of this model come from different adapters")
+    vd = vector_dtype or s.vector_dtype
+    base = {"name": base_model_name} if base_model_name else {}
+    mods = [ModuleSpec(n, layer.in_features, layer.out_features, layer.layout) for n, layer in layers]
+    if fingerprint:
+        base["fingerprint"] = base_fingerprint({n: _w0(layer.base, layer.layout) for n, layer in layers}, mods)
+    cfg = AdapterConfig(r=s.r, modules=mods, generator=s.generator, seed=s.seed, sharing=s.sharing,
+                        vector_dtype=vd, tensor_layout="packed" if packed else "per-module",
+                        d_initial=s.d_initial, dropout=s.dropout, base_model=base or None,
+                        provenance=dict(provenance or {}))
+
+    def held(v):  # spec 4.5: the vectors rounded to the file's dtype
+        return round_to(np.asarray(v, dtype=np.float64), vd).astype(compute_dtype(vd))
+
+    ad = Adapter(cfg, {n: held(layer.lambda_d[...]) for n, layer in layers},
+                 {n: held(layer.lambda_b[...]) for n, layer in layers})
+    if s.generator == "stored":
+        for n, layer in layers:
+            ad.stored[layer.group] = (np.asarray(layer.A[...], np.float32), np.asarray(layer.B[...], np.float32))
+    found = _modules(model)
+    for head in modules_to_save:
+        mod = found.get(head, (None, None))[1]
+        if not isinstance(mod, nnx.Linear):
+            raise ModelMismatchError(f"modules_to_save: {head!r} is not an nnx.Linear of this model")
+        ad.extra[f"{head}.weight"] = _extra(mod.kernel[...].T)
+        if mod.bias is not None:
+            ad.extra[f"{head}.bias"] = _extra(mod.bias[...])
+    return ad
+
+
+def _extra(a: jax.Array) -> tuple[np.ndarray, str]:
+    name = {jnp.dtype(v): k for k, v in _JNP.items()}.get(jnp.dtype(a.dtype), "float32")
+    return np.asarray(a, dtype=compute_dtype(name)), name
+
+
+def save_adapter(model: nnx.Module, path: str | os.PathLike, **kwargs) -> None:
+    """Write the model's adapter as a spec file (spec 4), atomically (``vera_ref.save_adapter``)."""
+    vera_ref.save_adapter(to_adapter(model, **kwargs), path)
+
+
+# -- merging --------------------------------------------------------------------------------------
+
+def merge_and_unload(model: nnx.Module) -> nnx.Module:
+    """Fold every adapter into its base kernel (spec 3.5) and put the plain ``nnx.Linear`` back; returns model."""
+    for name, layer in vera_layers(model):
+        base = layer.base
+        base.kernel[...] = layer.delta_merged_kernel().astype(base.kernel[...].dtype)
+        _replace(model, _modules(model)[name][0], base)
+    return model
+
+
+def unload(model: nnx.Module) -> nnx.Module:
+    """Drop every adapter without merging: the plain base model again; returns model."""
+    for name, layer in vera_layers(model):
+        _replace(model, _modules(model)[name][0], layer.base)
+    return model
