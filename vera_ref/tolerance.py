@@ -3,12 +3,15 @@
 A result is compared element by element with the float64 reference computed from
 the same (dtype-rounded) inputs:
 
-    |got - ref| <= C * eps(dtype) * S + TINY(dtype)
+    |got - ref| <= C * eps(precision) * S + TINY(precision)
 
 where S is the same computation run on the absolute values of every input (the
 classic magnitude of a sum of products, |x| |W|^T for a matmul). Every VeRA
 quantity of spec 3 is a sum of products without subtraction, so S is the
 function itself evaluated at |inputs|; unmerge uses merge's magnitude.
+
+Precisions are the four dtypes of spec 4.5 plus ``tf32`` (spec 5.2.2): binary32
+storage whose matmuls round their inputs to 10 significant bits, with its own eps.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .dtypes import EPS, TINY, check_name
+from .dtypes import EPS, TINY
 from .layer import backward, forward, merge
 
 # spec 5.2: C = 16. Calibrated on PyTorch 2.13 CPU (float32, float16, bfloat16; 180
@@ -25,27 +28,76 @@ from .layer import backward, forward, merge
 # slice or a missing factor, which are O(S) errors.
 C = 16.0
 
+# spec 5.2.2: reduced-precision float32 matmuls (TF32) are their own precision
+PRECISION_EPS = {**EPS, "tf32": 2.0**-10}
+PRECISION_TINY = {**TINY, "tf32": 2.0**-126}
+PRECISIONS = tuple(PRECISION_EPS)
+
+
+def precision_name(dtype: str) -> str:
+    """``dtype`` checked against the precisions of spec 5.2 (the four dtypes and tf32)."""
+    name = str(dtype)
+    if name not in PRECISION_EPS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {dtype!r}")
+    return name
+
 
 @dataclass(frozen=True)
 class Check:
     """Outcome of one comparison: ``ok``, the worst ``ratio`` of error to bound
-    (<= 1 passes), and where it was worst."""
+    (<= 1 passes), where it was worst, the values there, and two diagnoses of a
+    failure: ``factor`` when got is a constant multiple of ref (an unexpected scale),
+    ``tf32_ratio`` when a float32 failure fits the TF32 bound (spec 5.2.2)."""
 
     ok: bool
     ratio: float
     worst_index: tuple[int, ...]
     dtype: str
     c: float = C
+    got: float | None = None
+    ref: float | None = None
+    factor: float | None = None
+    tf32_ratio: float | None = None
 
     def describe(self) -> str:
-        return (f"max |got - ref| / (C*eps*S + tiny) = {self.ratio:.3g} at {self.worst_index} "
-                f"(dtype {self.dtype}, C={self.c:g}, eps={EPS[self.dtype]:.3g})")
+        text = (f"max |got - ref| / (C*eps*S + tiny) = {self.ratio:.3g} at {self.worst_index} "
+                f"(dtype {self.dtype}, C={self.c:g}, eps={PRECISION_EPS[self.dtype]:.3g})")
+        if self.got is not None:
+            text += f"; there got {self.got!r}, reference {self.ref!r}"
+        if self.factor is not None:
+            text += f"; got is x{self.factor:.4g} the reference everywhere: a scale such as alpha/r?"
+        if self.tf32_ratio is not None:
+            text += (f"; within the tf32 bound ({self.tf32_ratio:.3g} of it): float32 computed with TF32 matmuls, "
+                     "a named non-conformance for float32 (spec 5.2.2) - declare precision tf32 or turn TF32 off")
+        return text
 
 
 def bound(magnitude: np.ndarray, dtype: str) -> np.ndarray:
     """spec 5.2: the allowed absolute error of each element."""
-    dtype = check_name(dtype)
-    return C * EPS[dtype] * np.asarray(magnitude, dtype=np.float64) + TINY[dtype]
+    dtype = precision_name(dtype)
+    return C * PRECISION_EPS[dtype] * np.asarray(magnitude, dtype=np.float64) + PRECISION_TINY[dtype]
+
+
+def _ratio(got: np.ndarray, ref: np.ndarray, magnitude, dtype: str) -> np.ndarray:
+    with np.errstate(invalid="ignore", over="ignore"):
+        ratio = np.abs(got - ref) / bound(magnitude, dtype)
+    return np.where(np.isnan(ratio), np.inf, ratio)
+
+
+def constant_factor(got: np.ndarray, ref: np.ndarray) -> float | None:
+    """The factor f when ``got == f * ref`` to 1% on every element that matters (|ref| above
+    1e-3 of the largest) and f is not 1 -- the signature of an extra scale -- else None."""
+    got, ref = np.asarray(got, dtype=np.float64).reshape(-1), np.asarray(ref, dtype=np.float64).reshape(-1)
+    if got.shape != ref.shape or not np.all(np.isfinite(got)):
+        return None
+    big = np.abs(ref) > 1e-3 * np.max(np.abs(ref), initial=0.0)
+    if big.sum() < 2:
+        return None
+    q = got[big] / ref[big]
+    f = float(np.median(q))
+    if f == 0.0 or abs(f - 1.0) < 0.01 or np.max(np.abs(q - f)) > 0.01 * abs(f):
+        return None
+    return f
 
 
 def compare(got: np.ndarray, ref: np.ndarray, magnitude: np.ndarray, dtype: str) -> Check:
@@ -53,19 +105,24 @@ def compare(got: np.ndarray, ref: np.ndarray, magnitude: np.ndarray, dtype: str)
 
     Shapes must agree exactly; a NaN or infinity in ``got`` where ``ref`` is finite fails.
     """
-    dtype = check_name(dtype)
+    dtype = precision_name(dtype)
     got = np.asarray(got, dtype=np.float64)
     ref = np.asarray(ref, dtype=np.float64)
     if got.shape != ref.shape:
         return Check(False, float("inf"), (), dtype)
     if got.size == 0:
         return Check(True, 0.0, (), dtype)
-    with np.errstate(invalid="ignore", over="ignore"):
-        ratio = np.abs(got - ref) / bound(magnitude, dtype)
-    ratio = np.where(np.isnan(ratio), np.inf, ratio)
+    ratio = _ratio(got, ref, magnitude, dtype)
     idx = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
     worst = float(ratio[idx])
-    return Check(worst <= 1.0, worst, tuple(int(i) for i in idx), dtype)
+    if worst <= 1.0:
+        return Check(True, worst, tuple(int(i) for i in idx), dtype)
+    tf32 = None
+    if dtype == "float32":
+        t = float(np.max(_ratio(got, ref, magnitude, "tf32")))
+        tf32 = t if t <= 1.0 else None
+    return Check(False, worst, tuple(int(i) for i in idx), dtype, C, float(got[idx]), float(ref[idx]),
+                 constant_factor(got, ref), tf32)
 
 
 def _abs(*arrays):

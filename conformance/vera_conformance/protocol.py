@@ -1,43 +1,76 @@
-"""The door an implementation comes through (DESIGN 6): NumPy arrays at the boundary.
+"""The door an implementation comes through (spec 5.3): NumPy arrays at the boundary.
 
 An implementation is an object with a ``name``, the ``capabilities`` it claims, and
 ``supports(device, dtype)``. The kit calls only the methods of the capabilities
 claimed; a missing capability or an unsupported (device, dtype) skips those checks
-with the reason. Subclass ``Implementation`` and override what you have:
+with the reason. By default every dtype in ``dtypes`` is checked. Subclass
+``Implementation`` and override what you have:
 
     capability   method                                   returns
     generator    projection(seed, r, n_in, n_out, group, device)  (A float32 (r, n_in), B float32 (n_out, r))
                  philox(counters uint32 (N, 4), key uint32 (2,), device)  uint32 (N, 4)   [optional]
-    forward      forward(case)                            y (..., out)
-    backward     backward(case)                           (dx, d_lambda_d, d_lambda_b)
-    merge        merge(case)                              W + Delta W, in case.layout
-    unmerge      unmerge(case, W_merged)                  W_merged - Delta W
-    files        load_adapter(path)                       LoadedAdapter, or raise on an invalid file
+    forward      forward(case)                            y (N, out)
+    backward     backward(case)                           (dx (N, in), d_lambda_d (r,), d_lambda_b (out,))
+    merge        merge(case)                              W0 + Delta W, in case.layout
+    unmerge      unmerge(case, W_merged)                  W_merged - Delta W (the layer was not merged by you)
+    train        train_steps(case, lr, steps)             Trained: ``steps`` plain SGD steps on sum(dy * y)
+    files        load_adapter(path)                       LoadedAdapter; on an invalid file raise an exception
+                                                          with ``.field`` and ``.code`` of the spec 4.6 rule
+                                                          (vera_ref.AdapterFileError has both)
                  save_adapter(adapter, path)              writes a spec file for a LoadedAdapter
 
-Plug one in with ``--impl module:factory`` (factory() returns the object) or the
-environment variable VERA_IMPL=module:factory.
+The leading-slice rule (spec 2.3): A is (r, n_in) and B is (n_out, r) for the whole
+group, with n_in >= in_features and n_out >= out_features; a layer uses A[:, :in] and
+B[:out]. Each case gives seed, r, n_in, n_out and group: an implementation with its own
+generator makes (A, B) from them and slices; one without uses ``case.A``/``case.B``.
+
+A case with ``dropout > 0`` and a ``dropout_mask`` is training mode: dropout(x) = x *
+mask / (1 - p) on the adapter input (spec 3.3); ``dropout > 0`` without a mask is
+evaluation mode, where dropout is the identity. ``vera_conformance.torch_helpers`` puts
+a fixed mask in place of torch's random dropout.
+
+Declarations instead of faking (README of the kit):
+    layouts        the layouts of spec 3.7 it has; cases of other layouts are not drawn
+    dropout        False: inference only; cases with a dropout mask are not drawn
+    adapter_scale  a constant s (or a function of r) the adapter term is multiplied by
+                   (LoRA-style alpha/r): a named deviation from spec 3.2; the math
+                   checks fold s into lambda_b so the rest is still checked
+    generator      "philox4x32-10" (the spec's), "peft-mt19937" (bit-exact PEFT), or
+                   "own" (a framework's uniform sampler: only the distribution of A and B
+                   is checked, and the generator level is not claimed)
+
+Plug one in with ``--impl module:factory`` (factory() returns the object; the module is
+looked up in the current folder first, as pytest does) or VERA_IMPL=module:factory.
 """
 from __future__ import annotations
 
-import importlib
 import os
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
-CAPABILITIES = ("generator", "forward", "backward", "merge", "unmerge", "files")
-DTYPES = ("float32", "float16", "bfloat16", "float64")
+from vera_ref.errors import VeraError
+
+CAPABILITIES = ("generator", "forward", "backward", "merge", "unmerge", "train", "files")
+DTYPES = ("float32", "float16", "bfloat16", "float64", "tf32")  # tf32: spec 5.2.2
 DEVICES = ("cpu", "cuda")
+LAYOUTS = ("linear", "conv1d")
+GENERATOR_KINDS = ("philox4x32-10", "peft-mt19937", "own")
+
+
+class ConformanceError(VeraError, ValueError):
+    """The kit cannot run as asked: a bad implementation name or declaration, a bad ``--case``,
+    ``--only`` naming no check, an unwritable report path, a run that would check nothing."""
 
 
 @dataclass
 class LayerCase:
     """One adapted layer and its inputs (spec 3.1). Values are float64 arrays whose values are
-    exactly representable in ``dtype``; A and B are the spec's float32 projections of
-    (seed, r, n_in, n_out, group). An implementation that claims ``generator`` should make its
-    own projections from the seed (the check then covers slicing and bounds); one without may
-    use A and B as given."""
+    exactly representable in ``dtype`` (binary32 for tf32); A and B are the spec's float32
+    projections of (seed, r, n_in, n_out, group). An implementation that claims ``generator``
+    should make its own projections from the seed (the check then covers slicing and bounds);
+    one without may use A and B as given."""
 
     seed: int
     r: int
@@ -56,7 +89,7 @@ class LayerCase:
     dtype: str = "float32"
     device: str = "cpu"
     dropout: float = 0.0
-    dropout_mask: np.ndarray | None = None  # (N, in) of 0/1: dropout(x) = x * mask / (1 - p)
+    dropout_mask: np.ndarray | None = None  # (N, in) of 0/1: dropout(x) = x * mask / (1 - p); None: eval mode
 
     @property
     def in_features(self) -> int:
@@ -66,6 +99,10 @@ class LayerCase:
     def out_features(self) -> int:
         return self.lambda_b.shape[0]
 
+    @property
+    def training(self) -> bool:
+        return self.dropout_mask is not None
+
     def describe(self) -> dict:
         return {"seed": str(self.seed), "r": self.r, "n_in": self.n_in, "n_out": self.n_out, "group": self.group,
                 "layout": self.layout, "N": self.x.shape[0], "in_features": self.in_features,
@@ -74,18 +111,37 @@ class LayerCase:
 
 
 @dataclass
+class Trained:
+    """What ``train_steps`` returns: the layer after its steps.
+
+    ``trainable`` is every parameter the optimizer updated, by the implementation's own
+    names (VeRA: exactly one lambda_d (r,) and one lambda_b (out,) per layer, spec 3.4);
+    ``W``, ``bias``, ``A`` and ``B`` are the frozen tensors as the layer holds them after
+    training (A (r, k) with in <= k <= n_in, B (k, r) with out <= k <= n_out)."""
+
+    lambda_d: np.ndarray
+    lambda_b: np.ndarray
+    trainable: dict[str, np.ndarray]
+    W: np.ndarray
+    A: np.ndarray
+    B: np.ndarray
+    bias: np.ndarray | None = None
+
+
+@dataclass
 class LoadedAdapter:
     """What a files-capable implementation returns from load_adapter: the config fields the
-    checks compare and the vectors as float64 arrays."""
+    checks compare and the vectors as float64 arrays (values of ``vector_dtype``)."""
 
     r: int
     generator: str
     seed: int | None
-    modules: list[tuple[str, int, int, str]]  # (name, in_features, out_features, layout), in file order
+    modules: list[tuple[str, int, int, str]]  # (full name, in_features, out_features, layout), in file order
     lambda_d: dict[str, np.ndarray]
     lambda_b: dict[str, np.ndarray]
     vector_dtype: str = "float32"
-    extra: dict[str, np.ndarray] = field(default_factory=dict)
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # extra tensors (spec 4.4) by name
+    sharing: str = "shared"
 
     @classmethod
     def of(cls, ad) -> "LoadedAdapter":
@@ -94,7 +150,8 @@ class LoadedAdapter:
         return cls(cfg.r, cfg.generator, cfg.seed,
                    [(m.name, m.in_features, m.out_features, m.layout) for m in cfg.modules],
                    {k: np.asarray(v, np.float64) for k, v in ad.lambda_d.items()},
-                   {k: np.asarray(v, np.float64) for k, v in ad.lambda_b.items()}, cfg.vector_dtype)
+                   {k: np.asarray(v, np.float64) for k, v in ad.lambda_b.items()}, cfg.vector_dtype,
+                   {k: np.asarray(v, np.float64) for k, (v, _) in ad.extra.items()}, cfg.sharing)
 
 
 class Implementation:
@@ -104,10 +161,18 @@ class Implementation:
     capabilities: frozenset[str] = frozenset()
     devices: frozenset[str] = frozenset({"cpu"})
     dtypes: frozenset[str] = frozenset({"float32"})
+    layouts: frozenset[str] = frozenset(LAYOUTS)
     dropout = True  # False: an inference-only implementation; cases with a dropout mask are not drawn
+    adapter_scale: float | Callable[[int], float] | None = None  # a declared deviation (see the module doc)
+    generator = "philox4x32-10"
 
     def supports(self, device: str, dtype: str) -> bool:
         return device in self.devices and dtype in self.dtypes
+
+    def scale(self, r: int) -> float:
+        """The declared adapter scale for rank r (1.0: none, as spec 3.2)."""
+        s = self.adapter_scale
+        return 1.0 if s is None else float(s(r) if callable(s) else s)
 
     def projection(self, seed, r, n_in, n_out, group, device):  # pragma: no cover - interface
         raise NotImplementedError
@@ -126,6 +191,9 @@ class Implementation:
     def unmerge(self, case: LayerCase, W_merged):  # pragma: no cover - interface
         raise NotImplementedError
 
+    def train_steps(self, case: LayerCase, lr: float, steps: int) -> Trained:  # pragma: no cover - interface
+        raise NotImplementedError
+
     def load_adapter(self, path) -> LoadedAdapter:  # pragma: no cover - interface
         raise NotImplementedError
 
@@ -133,16 +201,43 @@ class Implementation:
         raise NotImplementedError
 
 
+def check_declarations(impl) -> None:
+    """Refuse declarations the kit cannot honour, with one line naming what is wrong."""
+    name = getattr(impl, "name", type(impl).__name__)
+    for attr, known in (("capabilities", CAPABILITIES), ("dtypes", DTYPES), ("devices", DEVICES),
+                        ("layouts", LAYOUTS)):
+        unknown = set(getattr(impl, attr, ())) - set(known)
+        if unknown:
+            raise ConformanceError(f"{name}: unknown {attr} {sorted(unknown)} (known: {', '.join(known)})")
+    if getattr(impl, "generator", "philox4x32-10") not in GENERATOR_KINDS:
+        raise ConformanceError(f"{name}: generator must be one of {', '.join(GENERATOR_KINDS)}, "
+                               f"got {impl.generator!r}")
+    if not getattr(impl, "layouts", LAYOUTS):
+        raise ConformanceError(f"{name}: layouts is empty (declare linear and/or conv1d)")
+
+
 def load_implementation(spec: str | None = None) -> Implementation:
-    """``module:factory`` (or $VERA_IMPL) -> the implementation object."""
+    """``module:factory`` (or $VERA_IMPL) -> the implementation object. The module is found
+    in the current folder first (as pytest does); every mistake is one ConformanceError line."""
+    from vera_ref.resolve import UsageError, resolve_object
     spec = spec or os.environ.get("VERA_IMPL")
-    if not spec or ":" not in spec:
-        raise ValueError("name an implementation as module:factory (--impl or VERA_IMPL), "
-                         "e.g. vera_conformance.impls.reference:make")
-    module, _, attr = spec.partition(":")
-    obj = getattr(importlib.import_module(module), attr)
-    impl = obj() if callable(obj) and not isinstance(obj, Implementation) else obj
-    unknown = set(impl.capabilities) - set(CAPABILITIES)
-    if unknown:
-        raise ValueError(f"{impl.name}: unknown capabilities {sorted(unknown)} (known: {', '.join(CAPABILITIES)})")
+    if not spec:
+        raise ConformanceError("name an implementation as module:factory (--impl or VERA_IMPL), "
+                               "e.g. vera_conformance.impls.reference:make")
+    try:
+        obj = resolve_object(spec, "--impl")
+    except UsageError as exc:
+        raise ConformanceError(str(exc)) from None
+    if callable(obj) and not isinstance(obj, Implementation):
+        try:
+            impl = obj()
+        except ImportError as exc:  # the factory needs an optional package
+            raise ConformanceError(f"--impl {spec}: needs the optional package {exc.name!r} "
+                                   f"({type(exc).__name__}: {exc})") from None
+    else:
+        impl = obj
+    if not hasattr(impl, "capabilities") or not hasattr(impl, "supports"):
+        raise ConformanceError(f"--impl {spec}: returned {type(impl).__name__}, not an implementation "
+                               "(subclass vera_conformance.Implementation)")
+    check_declarations(impl)
     return impl

@@ -1,4 +1,4 @@
-"""Run the conformance checks against one implementation (DESIGN 6).
+"""Run the conformance checks against one implementation (spec 5.3).
 
     vera-ref conformance --impl vera_conformance.impls.reference:make \\
         --device cpu,cuda --dtype float32,float16,bfloat16 --max-examples 50 --json-report report.json
@@ -8,7 +8,9 @@ implementation does not claim, a device that is absent, or a (device, dtype) it 
 not support is skipped with its reason. ``--skips FILE`` / ``--xfails FILE`` list test
 ids, one a line, ``# reason`` after; an entry without ``[`` may be an fnmatch pattern
 (``files_*``), one with ``[`` must be a whole id (``merge[float32]_cpu``). Every failure prints a
-command that replays the failing case; the run ends with ``N passed, N failed``.
+command that replays the failing case (and says when the failure depends on earlier calls);
+the run ends with ``N passed, N failed``. Without ``--dtype`` every dtype the implementation
+declares is checked.
 """
 from __future__ import annotations
 
@@ -16,12 +18,15 @@ import argparse
 import datetime
 import fnmatch
 import json
+import os
 import shlex
 import sys
 from dataclasses import asdict, dataclass
 
+from vera_ref.errors import VeraError
+
 from .checks import CHECKS, Check, Outcome
-from .protocol import DEVICES, DTYPES, Implementation, load_implementation
+from .protocol import DEVICES, DTYPES, ConformanceError, Implementation, load_implementation
 
 
 @dataclass
@@ -38,6 +43,7 @@ class Result:
     tolerance: dict | None
     case: dict | None
     repro: str | None
+    note: str = ""
 
 
 def _device_present(device: str) -> str | None:
@@ -89,6 +95,8 @@ def plan(impl: Implementation, devices: list[str], dtypes: list[str], only: list
                     reason = f"{chk.doc} has cases in {' and '.join(chk.dtypes)} only"
                 elif not impl.supports(device, dtype or "float32"):
                     reason = f"{impl.name} does not support device {device} with dtype {dtype or 'float32'}"
+                elif chk.needs is not None:
+                    reason = chk.needs(impl)
                 items.append((tid, chk, device, dtype, reason))
     return items
 
@@ -103,23 +111,40 @@ def _repro(impl_spec: str, chk: Check, device: str, dtype: str | None, case: dic
 
 
 def run_case(impl: Implementation, chk: Check, device: str, dtype: str | None, case: dict) -> Outcome:
-    """Replay one case spec (from a repro) instead of searching."""
-    from hypothesis import strategies as st
-    from . import checks as C
-    if chk.name in ("projection",):
-        args = tuple(int(a) for a in case["args"])
-        real = C.projection_args
-        C.projection_args = st.just(args)
-        try:
-            return chk.run(impl, device, dtype or "float32", 1)
-        finally:
-            C.projection_args = real
-    real = C.case_specs
-    C.case_specs = lambda dropout=True: st.just(case)
+    """Replay one case (from a repro) instead of searching."""
     try:
-        return chk.run(impl, device, dtype or "float32", 1)
-    finally:
-        C.case_specs = real
+        return chk.run(impl, device, dtype or "float32", 1, case=case)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise ConformanceError(f"--case does not describe a case of the check {chk.name!r} "
+                               f"({type(exc).__name__}: {exc})") from None
+
+
+def _fresh(impl: Implementation, impl_spec: str):
+    """A new implementation object, for telling a state-dependent failure from a plain one."""
+    try:
+        return load_implementation(impl_spec)
+    except Exception:
+        try:
+            return type(impl)()
+        except Exception:
+            return None
+
+
+def _state_note(impl, impl_spec, chk, device, dtype, out: Outcome) -> str:
+    """spec 5.4: a failure whose case passes on a fresh implementation depends on earlier calls."""
+    if out.case is None or chk.name == "stateless":
+        return ""
+    fresh = _fresh(impl, impl_spec)
+    if fresh is None:
+        return ""
+    try:
+        again = chk.run(fresh, device, dtype or "float32", 1, case=out.case)
+    except Exception:
+        return ""
+    if again.status == "passed":
+        return (" [state-dependent: this case passes on a fresh implementation; it failed after "
+                f"{out.examples} earlier calls in one process (a cache?), so its repro alone may pass]")
+    return ""
 
 
 def run(impl: Implementation, impl_spec: str, devices: list[str], dtypes: list[str], max_examples: int = 50,
@@ -137,7 +162,9 @@ def run(impl: Implementation, impl_spec: str, devices: list[str], dtypes: list[s
             try:
                 out = chk.run(impl, device, dtype or "float32", max_examples)
             except Exception as exc:  # an implementation that crashes outside a property check
-                out = Outcome("failed", f"{type(exc).__name__}: {exc}")
+                out = Outcome("failed", f"{type(exc).__name__}: {str(exc)[:300]}")
+            if out.status == "failed":
+                out.reason += _state_note(impl, impl_spec, chk, device, dtype, out)
         status = out.status
         xf = _listed(tid, xfail_pats)
         if xf is not None and status in ("passed", "failed"):
@@ -145,13 +172,17 @@ def run(impl: Implementation, impl_spec: str, devices: list[str], dtypes: list[s
         repro = _repro(impl_spec, chk, device, dtype, out.case) if status in ("failed", "xfailed") else None
         res = Result(tid, chk.name, chk.level, device, dtype, status, out.reason if status != "xpassed" else
                      f"expected to fail ({xf}) but passed", out.examples, out.worst_ratio, out.tolerance, out.case,
-                     repro)
+                     repro, out.note)
         results.append(res)
         line = f"{status.upper():8} {tid}"
         if res.worst_ratio is not None and status == "passed":
             line += f"  (worst error {res.worst_ratio:.3g} of the bound, {res.examples} examples)"
+        elif status == "passed" and res.examples:
+            line += f"  ({res.examples} examples)"
         if status != "passed":
             line += f"  {res.reason}"
+        elif res.note:
+            line += f"  note: {res.note}"
         echo(line)
         if repro:
             echo(f"         repro: {repro}")
@@ -162,14 +193,33 @@ def summary(results: list[Result]) -> dict:
     return {s: sum(r.status == s for r in results) for s in ("passed", "failed", "skipped", "xfailed", "xpassed")}
 
 
-def report(results: list[Result], impl: Implementation, path: str) -> None:
+def report_doc(results: list[Result], impl: Implementation) -> dict:
     import vera_ref
-    doc = {"implementation": impl.name, "spec_version": vera_ref.SPEC_VERSION, "kit": f"vera-ref {vera_ref.__version__}",
-           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "capabilities": sorted(impl.capabilities), "summary": summary(results),
-           "results": [asdict(r) for r in results]}
-    with open(path, "w") as f:
-        json.dump(doc, f, indent=1)
+    return {"implementation": impl.name, "spec_version": vera_ref.SPEC_VERSION, "kit": f"vera-ref {vera_ref.__version__}",
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "capabilities": sorted(impl.capabilities), "dtypes": sorted(impl.dtypes),
+            "declarations": {"layouts": sorted(getattr(impl, "layouts", ())), "dropout": getattr(impl, "dropout", True),
+                             "adapter_scale": None if getattr(impl, "adapter_scale", None) is None
+                             else {str(r): impl.scale(r) for r in (1, 8, 64, 256)},
+                             "generator": getattr(impl, "generator", "philox4x32-10")},
+            "summary": summary(results), "results": [asdict(r) for r in results]}
+
+
+def check_report_path(path: str) -> None:
+    """Refuse an unwritable --json-report path before the run, not after it."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ConformanceError(f"--json-report {path}: is a folder, not a file")
+    if not os.path.isdir(folder):
+        raise ConformanceError(f"--json-report {path}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise ConformanceError(f"--json-report {path}: not writable")
+
+
+def report(results: list[Result], impl: Implementation, path: str) -> None:
+    from vera_ref.atomic import atomic_write
+    text = json.dumps(report_doc(results, impl), indent=1).encode()
+    atomic_write(path, lambda f: f.write(text))
 
 
 def final_line(results: list[Result]) -> str:
@@ -179,37 +229,66 @@ def final_line(results: list[Result]) -> str:
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--impl", help="module:factory of the implementation (default: $VERA_IMPL)")
+    ap.add_argument("--impl", help="module:factory of the implementation (default: $VERA_IMPL); "
+                                   "the module is looked up in the current folder first")
     ap.add_argument("--device", default="cpu", help=f"comma-separated, of {', '.join(DEVICES)} (default cpu)")
-    ap.add_argument("--dtype", default="float32", help=f"comma-separated, of {', '.join(DTYPES)} (default float32)")
+    ap.add_argument("--dtype", default=None, help=f"comma-separated, of {', '.join(DTYPES)} "
+                                                  "(default: every dtype the implementation declares)")
     ap.add_argument("--max-examples", type=int, default=50, help="hypothesis examples per property (default 50)")
     ap.add_argument("--only", help="comma-separated check names: " + ", ".join(c.name for c in CHECKS))
     ap.add_argument("--json-report", metavar="FILE", help="write every result, tolerance and repro as JSON")
     ap.add_argument("--skips", metavar="FILE", help="test ids (patterns) to skip, with '# reason'")
     ap.add_argument("--xfails", metavar="FILE", help="test ids (patterns) expected to fail, with '# reason'")
-    ap.add_argument("--case", help="replay one case (the JSON a failure's repro prints)")
+    ap.add_argument("--case", help="replay one case (the JSON a failure's repro prints; needs --only)")
+
+
+def _names(value: str | None, known, what: str) -> list[str]:
+    names = [v.strip() for v in (value or "").split(",") if v.strip()]
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise ConformanceError(f"unknown {what} {', '.join(map(repr, bad))} (known: {', '.join(known)})")
+    return names
 
 
 def main_args(args: argparse.Namespace) -> int:
+    """``vera-ref conformance``: every mistake is one ConformanceError line; a run that checked
+    nothing is an error; exit 1 when a check failed."""
     impl = load_implementation(args.impl)
-    spec = args.impl or __import__("os").environ.get("VERA_IMPL", "")
-    devices = [d for d in args.device.split(",") if d]
-    dtypes = [d for d in args.dtype.split(",") if d]
-    for d in devices:
-        if d not in DEVICES:
-            raise SystemExit(f"unknown device {d!r} (known: {', '.join(DEVICES)})")
-    for d in dtypes:
-        if d not in DTYPES:
-            raise SystemExit(f"unknown dtype {d!r} (known: {', '.join(DTYPES)})")
+    spec = args.impl or os.environ.get("VERA_IMPL", "")
+    devices = _names(args.device, DEVICES, "device")
+    dtypes = _names(args.dtype, DTYPES, "dtype") if args.dtype else [d for d in DTYPES if d in impl.dtypes]
+    only = _names(args.only, [c.name for c in CHECKS], "check") if args.only is not None else None
+    if args.only is not None and not only:
+        raise ConformanceError("--only names no check (known: " + ", ".join(c.name for c in CHECKS) + ")")
+    if not devices or not dtypes:
+        raise ConformanceError("no device or no dtype to check")
+    if args.max_examples < 1:
+        raise ConformanceError(f"--max-examples must be >= 1, got {args.max_examples}")
+    case = None
+    if args.case:
+        try:
+            case = json.loads(args.case)
+        except ValueError as exc:
+            raise ConformanceError(f"--case is not JSON ({type(exc).__name__}: {exc})") from None
+        if not isinstance(case, dict):
+            raise ConformanceError("--case must be a JSON object (the one a failure's repro prints)")
+        if not only or len(only) != 1:
+            raise ConformanceError("--case replays one check's case: name that check with --only")
+    for path in (args.skips, args.xfails):
+        if path and not os.path.isfile(path):
+            raise ConformanceError(f"{path}: no such file")
+    if args.json_report:
+        check_report_path(args.json_report)
     print(f"vera conformance: {impl.name}; capabilities {', '.join(sorted(impl.capabilities)) or 'none'}; "
           f"devices {', '.join(devices)}; dtypes {', '.join(dtypes)}", flush=True)
-    results = run(impl, spec, devices, dtypes, args.max_examples, args.only.split(",") if args.only else None,
-                  args.skips, args.xfails, json.loads(args.case) if args.case else None,
+    results = run(impl, spec, devices, dtypes, args.max_examples, only, args.skips, args.xfails, case,
                   echo=lambda s: print(s, flush=True))
     if args.json_report:
         report(results, impl, args.json_report)
     print(final_line(results))
     s = summary(results)
+    if not s["passed"] and not s["failed"] and not s["xfailed"] and not s["xpassed"]:
+        raise ConformanceError("nothing was checked: every check was skipped (see the reasons above)")
     return 1 if s["failed"] or s["xpassed"] else 0
 
 
@@ -217,7 +296,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="vera-conformance", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(ap)
-    return main_args(ap.parse_args(argv))
+    try:
+        return main_args(ap.parse_args(argv))
+    except VeraError as exc:  # one line, no traceback
+        print(f"vera-conformance: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,18 +1,20 @@
-"""vera_ref itself, through the public door: its float32 path (and float64, the reference)."""
+"""vera_ref itself, through the public door: float64 (the reference) and its low-precision
+paths of spec 3.8 (float32, float16, bfloat16), SGD training included."""
 from __future__ import annotations
 
 import numpy as np
 
 import vera_ref
+from vera_ref.dtypes import round_to
 
-from ..protocol import Implementation, LayerCase, LoadedAdapter
+from ..protocol import Implementation, LayerCase, LoadedAdapter, Trained
 
 
 class Reference(Implementation):
     name = "vera_ref (NumPy reference)"
-    capabilities = frozenset({"generator", "forward", "backward", "merge", "unmerge", "files"})
+    capabilities = frozenset({"generator", "forward", "backward", "merge", "unmerge", "train", "files"})
     devices = frozenset({"cpu"})
-    dtypes = frozenset({"float32", "float64"})
+    dtypes = frozenset({"float32", "float16", "bfloat16", "float64"})
 
     def projection(self, seed, r, n_in, n_out, group, device):
         return vera_ref.projection(seed, r, n_in, n_out, group)
@@ -37,12 +39,24 @@ class Reference(Implementation):
     def unmerge(self, c: LayerCase, W_merged):
         return vera_ref.unmerge(W_merged, *self._proj(c), c.lambda_d, c.lambda_b, layout=c.layout, dtype=c.dtype)
 
+    def train_steps(self, c: LayerCase, lr: float, steps: int) -> Trained:
+        """Plain SGD on sum(dy * y): lambda <- lambda - lr * grad, stored in the case's dtype."""
+        A, B = self._proj(c)
+        ld, lb = c.lambda_d.copy(), c.lambda_b.copy()
+        for _ in range(steps):
+            g = vera_ref.backward(c.x, c.W, A, B, ld, lb, c.dy, layout=c.layout, dropout_mask=c.dropout_mask,
+                                  dropout=c.dropout, dtype=c.dtype)
+            ld = round_to(ld - lr * g.lambda_d, c.dtype).astype(np.float64)
+            lb = round_to(lb - lr * g.lambda_b, c.dtype).astype(np.float64)
+        return Trained(ld, lb, {"lambda_d": ld, "lambda_b": lb}, c.W, A[:, :c.in_features], B[:c.out_features],
+                       c.bias)
+
     def load_adapter(self, path) -> LoadedAdapter:
         return LoadedAdapter.of(vera_ref.load_adapter(path))
 
     def save_adapter(self, adapter: LoadedAdapter, path) -> None:
         ad = vera_ref.new_adapter(adapter.modules, r=adapter.r, seed=adapter.seed, generator=adapter.generator,
-                                  vector_dtype=adapter.vector_dtype)
+                                  sharing=adapter.sharing, vector_dtype=adapter.vector_dtype)
         for name in ad.lambda_d:
             ad.lambda_d[name] = np.asarray(adapter.lambda_d[name]).astype(ad.lambda_d[name].dtype)
             ad.lambda_b[name] = np.asarray(adapter.lambda_b[name]).astype(ad.lambda_b[name].dtype)

@@ -1,0 +1,216 @@
+"""vera_jax through the public door: pure JAX functions for the math, Flax NNX layers for training
+and files, on the CPU (and a GPU when jax has one).
+
+    vera-ref conformance --impl vera_conformance.impls.jax_impl:make --dtype float32,bfloat16
+
+Each method builds what it needs from the case and returns NumPy arrays; adding a capability
+is one more method (the protocol's table says which).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from ..protocol import CAPABILITIES, Implementation, LayerCase, LoadedAdapter
+
+_DT = {"float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16}
+
+
+def _has_gpu() -> bool:
+    try:
+        return bool(jax.devices("gpu"))
+    except RuntimeError:
+        return False
+
+
+class JaxImpl(Implementation):
+    name = "vera_jax (JAX / Flax NNX)"
+    capabilities = frozenset({"generator", "forward", "backward", "merge", "unmerge", "files"}
+                             | ({"train"} & set(CAPABILITIES)))
+    dtypes = frozenset({"float32", "float16", "bfloat16"})  # float64 needs jax_enable_x64, not claimed
+
+    def __init__(self) -> None:
+        self.devices = frozenset({"cpu", "cuda"} if _has_gpu() else {"cpu"})
+
+    @staticmethod
+    def _on(device: str):
+        return jax.default_device(jax.devices("gpu" if device == "cuda" else "cpu")[0])
+
+    # -- generator ---------------------------------------------------------------------------------
+    def projection(self, seed, r, n_in, n_out, group, device):
+        import vera_jax
+        with self._on(device):
+            A, B = vera_jax.projection(seed, r, n_in, n_out, group)
+        return np.asarray(A), np.asarray(B)
+
+    def philox(self, counters, key, device):
+        import vera_jax
+        with self._on(device):
+            return np.asarray(vera_jax.philox4x32(counters, key))
+
+    # -- math: the pure functions -------------------------------------------------------------------
+    def _args(self, c: LayerCase):
+        """x, W, bias, A, B, lambda_d, lambda_b, mask as jax arrays of the case's dtype; A, B from our generator."""
+        import vera_jax
+        dt = _DT[c.dtype]
+        A, B = vera_jax.projection(c.seed, c.r, c.n_in, c.n_out, c.group)  # float32, spec 2.1
+
+        def arr(a):
+            return None if a is None else jnp.asarray(a, dt)
+        return (arr(c.x), arr(c.W), arr(c.bias), A.astype(dt), B.astype(dt), arr(c.lambda_d), arr(c.lambda_b),
+                arr(c.dropout_mask))
+
+    def forward(self, c: LayerCase):
+        import vera_jax
+        with self._on(c.device):
+            x, W, bias, A, B, ld, lb, mask = self._args(c)
+            f = jax.jit(lambda x, W, bias, A, B, ld, lb, mask: vera_jax.forward(
+                x, W, bias, A, B, ld, lb, layout=c.layout, dropout_mask=mask, dropout=c.dropout))
+            return np.asarray(f(x, W, bias, A, B, ld, lb, mask).astype(jnp.float32))
+
+    def backward(self, c: LayerCase):
+        import vera_jax
+        with self._on(c.device):
+            x, W, bias, A, B, ld, lb, mask = self._args(c)
+
+            @jax.jit
+            def grads(x, ld, lb, dy):
+                def f(x, ld, lb):
+                    return vera_jax.forward(x, W, bias, A, B, ld, lb, layout=c.layout, dropout_mask=mask,
+                                            dropout=c.dropout)
+                _, vjp = jax.vjp(f, x, ld, lb)  # spec 3.4 through jax's own differentiation
+                return vjp(dy)
+            dx, dld, dlb = grads(x, ld, lb, jnp.asarray(c.dy, x.dtype))
+            return tuple(np.asarray(g.astype(jnp.float32)) for g in (dx, dld, dlb))
+
+    def merge(self, c: LayerCase):
+        import vera_jax
+        with self._on(c.device):
+            x, W, bias, A, B, ld, lb, _ = self._args(c)
+            return np.asarray(jax.jit(lambda *a: vera_jax.merge(*a, layout=c.layout))(W, A, B, ld, lb)
+                              .astype(jnp.float32))
+
+    def unmerge(self, c: LayerCase, W_merged):
+        import vera_jax
+        with self._on(c.device):
+            x, W, bias, A, B, ld, lb, _ = self._args(c)
+            Wm = jnp.asarray(W_merged, W.dtype)
+            return np.asarray(jax.jit(lambda *a: vera_jax.unmerge(*a, layout=c.layout))(Wm, A, B, ld, lb)
+                              .astype(jnp.float32))
+
+    # -- training: a Flax NNX layer and nnx.Optimizer on the VeRA vectors only ---------------------
+    def train_steps(self, c: LayerCase, lr: float, steps: int):
+        """``steps`` plain SGD steps on sum(dy * y) of one VeraLinear, only VeraParam trained."""
+        import optax
+        from flax import nnx
+
+        from vera_jax.nnx import VeraLinear, VeraParam, VeraProjection, VeraSettings
+
+        from ..protocol import Trained
+        with self._on(c.device):
+            x, W, bias, A, B, ld, lb, mask = self._args(c)
+            dt = _DT[c.dtype]
+            base = nnx.Linear(c.in_features, c.out_features, use_bias=bias is not None, dtype=dt, param_dtype=dt,
+                              precision=lax.Precision.HIGHEST, rngs=nnx.Rngs(0))
+            base.kernel[...] = W.T if c.layout == "linear" else W  # nnx kernel is (in, out)
+            if bias is not None:
+                base.bias[...] = bias
+            settings = VeraSettings(c.r, "philox4x32-10", c.seed, "shared", 0.1, c.dropout, c.dtype)
+            layer = VeraLinear(base, VeraProjection(A), VeraProjection(B), ld, lb, settings=settings,
+                               group=c.group, layout=c.layout, rngs=nnx.Rngs(dropout=0) if c.dropout else None)
+            if mask is None and layer.drop is not None:
+                layer.eval()  # spec 3.3: no mask means evaluation, dropout is the identity
+            opt = nnx.Optimizer(layer, optax.sgd(lr), wrt=VeraParam)
+            dy = jnp.asarray(c.dy, dt)
+
+            @nnx.jit
+            def step(layer, opt, x, dy, mask):
+                def loss(layer):
+                    return jnp.sum(dy.astype(jnp.float32) * layer(x, dropout_mask=mask).astype(jnp.float32))
+                g = nnx.grad(loss, argnums=nnx.DiffState(0, VeraParam))(layer)
+                opt.update(layer, g)
+
+            for _ in range(steps):
+                step(layer, opt, x, dy, mask)
+            trained = {"lambda_d": np.asarray(layer.lambda_d[...], np.float64),
+                       "lambda_b": np.asarray(layer.lambda_b[...], np.float64)}
+            if set(nnx.state(layer, VeraParam).flat_state().keys()) != {("lambda_d",), ("lambda_b",)}:
+                raise AssertionError("VeraParam must be exactly lambda_d and lambda_b")
+            kernel = np.asarray(layer.base.kernel[...].astype(jnp.float32), np.float64)
+            return Trained(trained["lambda_d"], trained["lambda_b"], trained,
+                           kernel.T if c.layout == "linear" else kernel,
+                           np.asarray(layer.A[...].astype(jnp.float32)), np.asarray(layer.B[...].astype(jnp.float32)),
+                           None if bias is None else np.asarray(layer.base.bias[...].astype(jnp.float32), np.float64))
+
+    # -- files: a Flax NNX model with exactly the file's modules -----------------------------------
+    @staticmethod
+    def _file_model(modules, extra=None):
+        from flax import nnx
+
+        class Node(nnx.Module):
+            pass
+
+        root = Node()
+
+        def at(parts):
+            node = root
+            for p in parts:
+                if not hasattr(node, p):
+                    setattr(node, p, Node())
+                node = getattr(node, p)
+            return node
+
+        for name, fi, fo, _layout in modules:
+            *owner, leaf = name.split(".")
+            setattr(at(owner), leaf, nnx.Linear(fi, fo, rngs=nnx.Rngs(0)))
+        heads: dict[str, dict[str, tuple]] = {}
+        for key, arr in (extra or {}).items():
+            owner, _, pname = key.rpartition(".")
+            heads.setdefault(owner, {})[pname] = np.shape(arr)
+        for owner, params in heads.items():  # a task head: an nnx.Linear of the tensors' shapes
+            if "weight" in params:
+                fo, fi = params["weight"]
+            else:
+                fi, fo = params.get("kernel", (1, 1))
+            *parent, leaf = owner.split(".")
+            setattr(at(parent), leaf, nnx.Linear(fi, fo, use_bias="bias" in params, rngs=nnx.Rngs(0)))
+        return root
+
+    def load_adapter(self, path) -> LoadedAdapter:
+        from vera_jax import read_adapter
+        from vera_jax.nnx import load_adapter, vera_layers
+        ad = read_adapter(path)  # spec 4.6, rule 26 against vera_jax's generator
+        mods = [(m.name, m.in_features, m.out_features, m.layout) for m in ad.config.modules]
+        model = self._file_model(mods, {k: v for k, (v, _) in ad.extra.items()})
+        x64 = jax.enable_x64(True) if ad.config.vector_dtype == "float64" else contextlib.nullcontext()
+        with x64:  # float64 vectors are held exactly only with x64 on
+            load_adapter(model, ad, check_fingerprint=False)
+            layers = dict(vera_layers(model))
+            s = next(iter(layers.values())).settings
+            return LoadedAdapter(s.r, s.generator, s.seed,
+                                 [(n, layer.in_features, layer.out_features, layer.layout) for n, layer in layers.items()],
+                                 {n: np.asarray(layer.lambda_d[...], np.float64) for n, layer in layers.items()},
+                                 {n: np.asarray(layer.lambda_b[...], np.float64) for n, layer in layers.items()},
+                                 s.vector_dtype)
+
+    def save_adapter(self, adapter: LoadedAdapter, path) -> None:
+        import vera_ref
+        from vera_jax.nnx import load_adapter, save_adapter
+        model = self._file_model(adapter.modules)
+        ad = vera_ref.new_adapter([vera_ref.ModuleSpec(*m) for m in adapter.modules], r=adapter.r,
+                                  seed=adapter.seed, generator=adapter.generator, vector_dtype=adapter.vector_dtype,
+                                  sharing=getattr(adapter, "sharing", "shared"))
+        for n in ad.lambda_d:
+            ad.lambda_d[n], ad.lambda_b[n] = adapter.lambda_d[n], adapter.lambda_b[n]
+        x64 = jax.enable_x64(True) if adapter.vector_dtype == "float64" else contextlib.nullcontext()
+        with x64:
+            load_adapter(model, ad)
+            save_adapter(model, path, fingerprint=False)
+
+
+def make() -> JaxImpl:
+    return JaxImpl()
