@@ -8,11 +8,17 @@ is refused or converted with the projections PEFT uses, never silently changed.
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Any, Iterator
 
 from torch import nn
 
 from .layer import ModulesToSave, VeraLayer, adaptable, layer_dims
+
+
+# VeraModel -> {adapter: provenance of the PEFT checkpoint it came from}, so that save_peft writes the
+# projection_prng_key of kept projections back (VeraModel.to_adapter starts a fresh provenance)
+_PROVENANCE: "weakref.WeakKeyDictionary[Any, dict[str, dict]]" = weakref.WeakKeyDictionary()
 
 
 def plain_modules(vm) -> Iterator[tuple[str, nn.Module]]:
@@ -44,7 +50,9 @@ def load_peft(vm, directory: str | os.PathLike, name: str = "default", *, keep_p
     """
     from vera_ref.peft_interop import peft_to_adapter
     ad = peft_to_adapter(directory, keep_projections=keep_projections, model_modules=model_modules(vm))
-    return vm.load_adapter(ad, name, **kwargs)
+    name = vm.load_adapter(ad, name, **kwargs)
+    _PROVENANCE.setdefault(vm, {})[name] = dict(ad.config.provenance)
+    return name
 
 
 def save_peft(vm, directory: str | os.PathLike, name: str | None = None, *, keep_projections: bool = False,
@@ -52,5 +60,7 @@ def save_peft(vm, directory: str | os.PathLike, name: str | None = None, *, keep
     """Write adapter ``name`` of ``vm`` in PEFT's layout, after checking PEFT selects exactly its modules
     on this model. Projections are stored unless the generator is peft-mt19937 (and not ``keep_projections``)."""
     from vera_ref.peft_interop import adapter_to_peft
-    adapter_to_peft(vm.to_adapter(name, fingerprint=False), directory, keep_projections=keep_projections,
+    name = name or vm.active_adapter
+    prov = _PROVENANCE.get(vm, {}).get(name)
+    adapter_to_peft(vm.to_adapter(name, fingerprint=False, provenance=prov), directory, keep_projections=keep_projections,
                     base_model_name_or_path=base_model_name_or_path, model_modules=list(model_modules(vm)))
