@@ -1,4 +1,4 @@
-"""The spec's generator as an ONNX graph (spec 1-2), for ONNX Runtime.
+"""The spec's generator as an ONNX graph (spec 1-2), for ONNX Runtime. Needs onnx and NumPy only.
 
 Opset 18, uint64 arithmetic: Mul, Add, BitShift, BitwiseAnd, BitwiseXor, Cast, Range,
 Concat, Reshape, Slice. Every input is a constant, so ONNX Runtime folds the whole
@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from vera_ref import generators
 from vera_ref.philox import M0, M1, ROUNDS, round_keys
 from vera_ref.projection import MATRIX_A, MATRIX_B, kaiming_bound, key_of_seed
 
@@ -116,6 +117,10 @@ def projection_nodes(seed: int, r: int, n_in: int, n_out: int, group: int, A_nam
     _table(b, seed, MATRIX_A, group, n_in, r, kaiming_bound(n_in), True, A_name)
     _table(b, seed, MATRIX_B, group, n_out, r, kaiming_bound(r), False, B_name)
     return b.nodes, b.inits
+
+
+# the spec's generator as ONNX nodes, found by exporters through the registry (spec 2.5)
+generators.register_device(generators.PHILOX.name, "onnx", projection_nodes)
 
 
 def projection_model(seed: int, r: int, n_in: int, n_out: int, group: int = 0) -> onnx.ModelProto:

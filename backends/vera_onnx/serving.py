@@ -1,17 +1,21 @@
-"""ONNX Runtime adapters from VeRA files, and one session serving many adapters (DESIGN 4).
+"""One ONNX Runtime session serving many VeRA adapters (README "ONNX and ONNX Runtime").
+Needs onnx, onnxruntime and NumPy only (no torch).
 
-A hot-swap model (``export(..., mode="hotswap")``) has ``{module}.lambda_d`` and
-``{module}.lambda_b`` as overridable initializers. ``onnx_adapter`` writes a VeRA file's
-vectors as an ONNX Runtime adapter (``onnxruntime.AdapterFormat``, ORT >= 1.20), named
-after those inputs, with the mapping recorded beside it in ``<file>.json``.
-``VeraOnnxSession`` loads adapters with ``onnxruntime.LoraAdapter`` and activates the one a
-call asks for with ``RunOptions.add_active_adapter``. It refuses what ONNX Runtime silently
-gets wrong: two active adapters that set the same parameter (ORT applies one of them), and
-adapters under IOBinding (ORT ignores them there).
+Hot-swap models (``export(..., mode="hotswap")``): adapters are loaded with
+``onnxruntime.LoraAdapter`` and the one a call asks for is activated with
+``RunOptions.add_active_adapter``; one adapter per run. The session refuses what ONNX
+Runtime silently gets wrong: two active adapters that set the same parameter (ORT applies
+one of them), and adapters under IOBinding (ORT ignores them there).
+
+Multi models (``export(..., mode="multi", capacity=K)``): the graph takes a per-row adapter
+index and holds every lambda (and task-head) table with K + 1 rows; row 0 is the base
+model, rows 1..K are slots. Loading an adapter writes its values into a free slot of the
+session's tables, removing it writes the base values back; the tables are fed with every
+run, so adapters come and go by name without re-export or a new session, and one batch
+mixes any of them row by row (``run(..., adapter_ids=[...])``).
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from typing import Any, Sequence
@@ -19,127 +23,116 @@ from typing import Any, Sequence
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import numpy_helper
 
-import vera_ref
 from vera_ref.adapter import Adapter
-from vera_ref.errors import OnnxError
 
-from .export import describe
+from .adapters import adapter_parameters, check_parameters, fit_adapter, onnx_adapter, read_checked, write_onnx_adapter
+from .description import BASE_SLOT, describe, overridable_inputs, parameter_shapes
+from .errors import OnnxError
 
-_NP = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.DOUBLE: np.float64}
-
-
-def _model_inputs(model: onnx.ModelProto) -> dict[str, tuple[type, tuple[int, ...]]]:
-    """The overridable initializers: lambdas and extra tensors (a task head)."""
-    inits = {t.name: t for t in model.graph.initializer}
-    out = {}
-    for i in model.graph.input:
-        if i.name in inits:
-            t = inits[i.name]
-            out[i.name] = (_NP[t.data_type], tuple(t.dims))
-    return out
-
-
-def adapter_parameters(adapter: str | os.PathLike | Adapter, model: str | os.PathLike | onnx.ModelProto
-                       ) -> dict[str, np.ndarray]:
-    """{model input name: array} for ``adapter``, after checking it fits the hot-swap model."""
-    if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(os.fspath(model))
-    desc = describe(model)
-    ad = adapter if isinstance(adapter, Adapter) else vera_ref.load_adapter(adapter)
-    cfg = ad.config
-    seed = None if cfg.generator == "stored" else str(cfg.seed)
-    for field, got, want in (("r", cfg.r, desc["r"]), ("generator", cfg.generator, desc["generator"]),
-                             ("seed", seed, desc["seed"]), ("sharing", cfg.sharing, desc["sharing"])):
-        if got != want:
-            raise OnnxError(f"{field}: the adapter has {got!r} but the model was exported with {want!r} "
-                            "(a hot-swap model swaps vectors only; A and B are fixed)")
-    if cfg.generator == "stored":
-        raise OnnxError("generator: stored projections cannot be swapped in; export a model for this adapter")
-    if cfg.sharing == "shared" and (desc["groups"]["0"] != [cfg.n_in, cfg.n_out]):
-        raise OnnxError(f"n_in/n_out: the adapter's projection is ({cfg.n_in}, {cfg.n_out}) but the model's is "
-                        f"{tuple(desc['groups']['0'])}")
-    mods = {m["name"]: m for m in desc["modules"]}
-    inputs = _model_inputs(model)
-    params = {}
-    for m in cfg.modules:
-        em = mods.get(m.name)
-        if em is None:
-            raise OnnxError(f"modules: {m.name!r} is not adapted in the exported model")
-        if (em["in_features"], em["out_features"], em["layout"]) != (m.in_features, m.out_features, m.layout):
-            raise OnnxError(f"modules: {m.name!r} is (in={em['in_features']}, out={em['out_features']}) in the model "
-                            f"but (in={m.in_features}, out={m.out_features}) in the adapter")
-        if not em.get("in_graph", True):
-            continue  # the exported forward never calls this module
-        for key, arr in ((f"{m.name}.lambda_d", ad.lambda_d[m.name]), (f"{m.name}.lambda_b", ad.lambda_b[m.name])):
-            dt, shape = inputs[key]
-            params[key] = np.ascontiguousarray(np.asarray(arr, dtype=np.float64).astype(dt).reshape(shape))
-    for key in desc.get("extra", []):  # the adapter's trained head, where the model lets it be swapped
-        if key in ad.extra:
-            dt, shape = inputs[key]
-            arr = np.asarray(ad.extra[key][0], dtype=np.float64)
-            if arr.shape != shape:
-                raise OnnxError(f"{key}: shape {list(arr.shape)} in the adapter, {list(shape)} in the model")
-            params[key] = np.ascontiguousarray(arr.astype(dt))
-    return params
-
-
-def onnx_adapter(adapter: str | os.PathLike | Adapter, model: str | os.PathLike | onnx.ModelProto,
-                 out: str | os.PathLike) -> dict[str, str]:
-    """Write ``adapter`` as an ONNX Runtime adapter file for the hot-swap ``model``.
-
-    Returns and records (in ``<out>.json``) the mapping from the VeRA file's tensor names to
-    the model's input names (the same names: spec 4.4 keys are the exported input names)."""
-    params = adapter_parameters(adapter, model)
-    fmt = ort.AdapterFormat()
-    fmt.set_adapter_version(1)
-    fmt.set_model_version(1)
-    fmt.set_parameters({k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in params.items()})
-    out = os.fspath(out)
-    tmp = out + ".tmp"
-    fmt.export_adapter(tmp)
-    os.replace(tmp, out)
-    mapping = {k: k for k in params}
-    src = adapter if not isinstance(adapter, Adapter) else None
-    with open(out + ".json", "w") as f:
-        json.dump({"format": "vera-onnx-adapter-map-1", "source": os.fspath(src) if src else None,
-                   "inputs": mapping}, f, indent=1, sort_keys=True)
-    return mapping
+__all__ = ["VeraOnnxSession", "onnx_adapter", "adapter_parameters"]
 
 
 class VeraOnnxSession:
-    """One ONNX Runtime session of a hot-swap model, serving many VeRA adapters."""
+    """One ONNX Runtime session of a hot-swap or multi model, serving many VeRA adapters."""
 
     def __init__(self, model_path: str | os.PathLike, providers: Sequence[str] | None = None,
                  sess_options: ort.SessionOptions | None = None) -> None:
         self.model_path = os.fspath(model_path)
-        self._model = onnx.load(self.model_path)
-        self.description = describe(self._model)
+        model = onnx.load(self.model_path)
+        self.description = describe(model)
+        self.mode: str = self.description["mode"]
         so = sess_options or ort.SessionOptions()
         so.log_severity_level = 3  # the lambda inputs are overridable initializers by design; ORT warns about each
         self.session = ort.InferenceSession(self.model_path, so, providers=list(providers or ["CPUExecutionProvider"]))
-        self._inputs = _model_inputs(self._model)
-        self.adapters: dict[str, tuple[ort.LoraAdapter, frozenset[str]]] = {}
+        self._inputs = overridable_inputs(model)
+        self._shapes = parameter_shapes(model, self.description)
+        self.adapters: dict[str, tuple[ort.LoraAdapter, frozenset[str]]] = {}  # hot-swap mode
+        self.slots: dict[str, int] = {}  # multi mode: adapter name -> table row
         self._tmp = tempfile.TemporaryDirectory(prefix="vera-onnx-")
+        if self.mode == "multi":
+            self.capacity: int = int(self.description["capacity"])
+            self._index_name: str = self.description["index_input"]
+            inits = {t.name: t for t in model.graph.initializer}
+            # the tables as fed with every run; row BASE_SLOT (and every free row) holds the base values
+            self._tables = {k: np.ascontiguousarray(numpy_helper.to_array(inits[k])) for k in self.description["tables"]}
+            self._base_rows = {k: t[BASE_SLOT].copy() for k, t in self._tables.items()}
+            self._data_inputs = [i.name for i in self.session.get_inputs()
+                                 if i.name not in self._inputs and i.name != self._index_name]
 
-    def load_adapter(self, name: str, path: str | os.PathLike | Adapter) -> None:
-        """Load a VeRA file (.safetensors, checked against the model) or an .onnx_adapter file."""
-        if name in self.adapters:
-            raise OnnxError(f"an adapter named {name!r} is already loaded")
+    # -- loading ------------------------------------------------------------------------------------------
+    def _parameters(self, path: str | os.PathLike | Adapter) -> dict[str, np.ndarray]:
         if isinstance(path, Adapter) or str(path).endswith(".safetensors"):
-            file = os.path.join(self._tmp.name, f"{len(self.adapters)}.onnx_adapter")
-            params = onnx_adapter(path, self._model, file)  # checked against the model while written
+            return fit_adapter(path, self.description, self._shapes)
+        return read_checked(path, self._shapes)
+
+    def load_adapter(self, name: str, path: str | os.PathLike | Adapter, *, replace: bool = False) -> None:
+        """Load a VeRA file (.safetensors or an in-memory Adapter, checked against the model) or an
+        .onnx_adapter file (names, dtype, shape and finiteness checked) as ``name``.
+
+        ``replace=True`` swaps the values of an adapter already loaded under ``name``. Nothing
+        changes when the load is refused."""
+        if name is None or not isinstance(name, str):
+            raise OnnxError(f"adapter names are strings, got {name!r}")
+        loaded = name in (self.slots if self.mode == "multi" else self.adapters)
+        if loaded and not replace:
+            raise OnnxError(f"an adapter named {name!r} is already loaded (load_adapter(..., replace=True) swaps it)")
+        if self.mode == "multi":
+            self._load_slot(name, self._parameters(path))
+            return
+        params = self._parameters(path)  # checked against the model
+        if isinstance(path, Adapter) or str(path).endswith(".safetensors"):
+            file = os.path.join(self._tmp.name, f"{len(os.listdir(self._tmp.name))}.onnx_adapter")
+            write_onnx_adapter(params, file)
         else:
             file = os.fspath(path)
-            params = ort.AdapterFormat.read_adapter(file).get_parameters()
-            for k, v in params.items():
-                if k not in self._inputs:
-                    raise OnnxError(f"{k}: the adapter sets a parameter this model does not have")
-                if tuple(v.shape()) != self._inputs[k][1]:
-                    raise OnnxError(f"{k}: shape {list(v.shape())} in the adapter, {list(self._inputs[k][1])} in the model")
         la = ort.LoraAdapter()
         la.Load(file)
         self.adapters[name] = (la, frozenset(params))
+
+    def set_adapter_values(self, name: str, values: dict[str, np.ndarray], *, replace: bool = False) -> None:
+        """Load in-memory values ({input name: one adapter's array}) as adapter ``name`` (multi mode);
+        checked like a file: known names, the model's dtype and row shape, finite values."""
+        if self.mode != "multi":
+            raise OnnxError("set_adapter_values needs a model exported with mode='multi'")
+        if name in self.slots and not replace:
+            raise OnnxError(f"an adapter named {name!r} is already loaded (replace=True swaps it)")
+        self._load_slot(name, check_parameters(values, self._shapes))
+
+    def _load_slot(self, name: str, params: dict[str, np.ndarray]) -> None:
+        slot = self.slots.get(name)
+        if slot is None:
+            used = set(self.slots.values())
+            free = [s for s in range(1, self.capacity + 1) if s not in used]
+            if not free:
+                raise OnnxError(f"all {self.capacity} adapter slots are in use; remove_adapter() one first "
+                                "(the capacity is fixed at export)")
+            slot = free[0]
+        for k, table in self._tables.items():  # parameters the adapter leaves out stay the base model's
+            table[slot] = params[k] if k in params else self._base_rows[k]
+        self.slots[name] = slot
+
+    def remove_adapter(self, name: str) -> None:
+        """Unload ``name``; a multi model's slot returns to the base values and is free again."""
+        if self.mode == "multi":
+            if name not in self.slots:
+                raise OnnxError(f"no adapter named {name!r} is loaded")
+            slot = self.slots.pop(name)
+            for k, table in self._tables.items():
+                table[slot] = self._base_rows[k]
+            return
+        if name not in self.adapters:
+            raise OnnxError(f"no adapter named {name!r} is loaded")
+        del self.adapters[name]
+
+    @property
+    def loaded(self) -> list[str]:
+        return list(self.slots if self.mode == "multi" else self.adapters)
+
+    # -- running ------------------------------------------------------------------------------------------
+    def _unknown(self, n: Any) -> OnnxError:
+        return OnnxError(f"no adapter named {n!r} is loaded (loaded: {', '.join(self.loaded) or 'none'})")
 
     def _run_options(self, adapter: str | Sequence[str] | None) -> ort.RunOptions:
         names = [] if adapter is None else [adapter] if isinstance(adapter, str) else list(adapter)
@@ -147,7 +140,7 @@ class VeraOnnxSession:
         seen: dict[str, str] = {}
         for n in names:
             if n not in self.adapters:
-                raise OnnxError(f"no adapter named {n!r} is loaded (loaded: {', '.join(self.adapters) or 'none'})")
+                raise self._unknown(n)
             la, params = self.adapters[n]
             for p in sorted(params):
                 if p in seen:
@@ -157,12 +150,56 @@ class VeraOnnxSession:
             ro.add_active_adapter(la)
         return ro
 
+    def adapter_index(self, adapter_ids: Sequence[str | None]) -> np.ndarray:
+        """The per-row index input for ``adapter_ids`` (None: the base model); multi mode."""
+        if isinstance(adapter_ids, str):
+            raise OnnxError("adapter_ids is a list with one adapter name (or None) per row, got a string")
+        idx = np.empty(len(adapter_ids), np.int64)
+        for i, n in enumerate(adapter_ids):
+            if n is None:
+                idx[i] = BASE_SLOT
+            elif n in self.slots:
+                idx[i] = self.slots[n]
+            else:
+                raise self._unknown(n)
+        return idx
+
+    def _batch(self, feeds: dict[str, Any]) -> int:
+        for n in self._data_inputs:
+            if n in feeds:
+                return int(np.shape(feeds[n])[0])
+        raise OnnxError(f"feeds name none of the model's inputs ({', '.join(self._data_inputs)})")
+
     def run(self, output_names: Sequence[str] | None, feeds: dict[str, Any],
-            adapter: str | Sequence[str] | None = None) -> list:
-        """``session.run`` with ``adapter`` active (None: the base model)."""
-        return self.session.run(output_names, feeds, self._run_options(adapter))
+            adapter: str | Sequence[str] | None = None, *, adapter_ids: Sequence[str | None] | None = None) -> list:
+        """``session.run`` with ``adapter`` active on every row (None: the base model), or, for a multi
+        model, ``adapter_ids``: one loaded adapter name (or None) per row of the batch."""
+        if self.mode != "multi":
+            if adapter_ids is not None:
+                ids = set(adapter_ids)
+                if len(ids) > 1:
+                    raise OnnxError("this model serves one adapter per run (exported with mode='hotswap'); export "
+                                    "it with mode='multi' to mix adapters in one batch")
+                adapter = next(iter(ids), None)
+            return self.session.run(output_names, feeds, self._run_options(adapter))
+        own = sorted(set(feeds) & (set(self._tables) | {self._index_name}))
+        if own:
+            raise OnnxError(f"{own[0]}: set by the session from its loaded adapters; do not feed it")
+        if adapter_ids is None:
+            if adapter is not None and not isinstance(adapter, str):
+                raise OnnxError("a multi model takes one adapter per row: pass adapter_ids=[...]")
+            adapter_ids = [adapter] * self._batch(feeds)
+        elif adapter is not None:
+            raise OnnxError("pass adapter or adapter_ids, not both")
+        idx = self.adapter_index(adapter_ids)
+        batch = self._batch(feeds)
+        if len(idx) != batch:
+            raise OnnxError(f"adapter_ids has {len(idx)} entries but the batch has {batch} rows")
+        return self.session.run(output_names, {**feeds, self._index_name: idx, **self._tables})
 
     def run_with_iobinding(self, binding: ort.IOBinding, adapter: str | Sequence[str] | None = None) -> None:
         if adapter:
             raise OnnxError("ONNX Runtime ignores adapters under IOBinding; call run() with feeds instead")
+        if self.mode == "multi":
+            raise OnnxError("a multi model's tables are fed by run(); call run() with feeds instead")
         self.session.run_with_iobinding(binding)

@@ -16,7 +16,7 @@ import vera_ref  # noqa: E402
 from conftest import ROOT, VECTORS  # noqa: E402
 from torch_models import TinyNet, randomise  # noqa: E402
 from vera_onnx import VeraOnnxSession, export, onnx_adapter, philox_model, projection_model  # noqa: E402
-from vera_onnx.export import _torch_export  # noqa: E402
+from vera_onnx.torch_export import _torchscript  # noqa: E402
 from vera_ref.errors import OnnxError  # noqa: E402
 from vera_ref.tolerance import compare, forward_magnitude  # noqa: E402
 from vera_torch import VeraConfig, get_vera_model  # noqa: E402
@@ -65,7 +65,7 @@ def test_merged_export_has_the_base_models_operators_and_dynamic_axes(tmp_path):
     base, m = _model()
     x = torch.randn(2, 3, 16)
     export(m, (x,), tmp_path / "merged.onnx", input_names=["x"])
-    _torch_export(base.eval(), (x,), str(tmp_path / "base.onnx"), ["x"], ["output"],
+    _torchscript(base.eval(), (x,), str(tmp_path / "base.onnx"), ["x"], ["output"],
                   {"x": {0: "batch", 1: "sequence"}}, fold=True)
     ops = lambda p: Counter(n.op_type for n in onnx.load(p).graph.node)  # noqa: E731
     assert ops(tmp_path / "merged.onnx") == ops(tmp_path / "base.onnx")
@@ -171,7 +171,7 @@ def test_refusals(tmp_path):
     other.save_adapter(tmp_path / "o.safetensors")
     with pytest.raises(OnnxError, match=r"^seed: the adapter has '6' but the model was exported with '5'"):
         sess.load_adapter("o", tmp_path / "o.safetensors")
-    with pytest.raises(OnnxError, match="^mode must be 'merged' or 'hotswap'"):
+    with pytest.raises(OnnxError, match="^mode must be .merged., .hotswap. or .multi., got .lora.$"):
         export(m, (x,), tmp_path / "x.onnx", mode="lora")
 
 

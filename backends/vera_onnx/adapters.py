@@ -1,0 +1,183 @@
+"""ONNX Runtime adapters from VeRA files (README "ONNX and ONNX Runtime"). Needs onnx,
+onnxruntime and NumPy only.
+
+A hot-swap model has ``{module}.lambda_d`` and ``{module}.lambda_b`` as overridable
+initializers; a multi model has them as tables with one row per adapter slot.
+``adapter_parameters`` turns a VeRA file into one adapter's values for those inputs after
+checking that the adapter fits the model; ``onnx_adapter`` writes them as an ONNX Runtime
+adapter (``onnxruntime.AdapterFormat``, ORT >= 1.20) with the name mapping in
+``<file>.json``, both written atomically; ``read_parameters`` reads such a file back and
+refuses values the model must not run with: unknown names, another dtype or shape, NaN/Inf.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+import vera_ref
+from vera_ref import generators
+from vera_ref.adapter import Adapter
+from vera_ref.atomic import atomic_file, atomic_write_bytes
+
+from .description import describe, parameter_shapes
+from .errors import OnnxAdapterError
+
+MAP_FORMAT = "vera-onnx-adapter-map-1"
+
+
+def _load_model(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
+    return model if isinstance(model, onnx.ModelProto) else onnx.load(os.fspath(model))
+
+
+def check_values(name: str, value: np.ndarray, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """One adapter value against the model's input ``name``: same dtype, same shape, finite."""
+    value = np.asarray(value)
+    if value.dtype != dtype:
+        raise OnnxAdapterError(name, f"dtype {value.dtype} in the adapter, {np.dtype(dtype)} in the model")
+    if tuple(value.shape) != tuple(shape):
+        raise OnnxAdapterError(name, f"shape {list(value.shape)} in the adapter, {list(shape)} in the model")
+    bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+    if bad:
+        raise OnnxAdapterError(name, f"{bad} of {value.size} values are NaN or infinite; refused")
+    return np.ascontiguousarray(value)
+
+
+def check_parameters(params: dict[str, np.ndarray], shapes: dict[str, tuple[np.dtype, tuple[int, ...]]]
+                     ) -> dict[str, np.ndarray]:
+    """Every value of ``params`` checked (``check_values``) against ``shapes`` (``parameter_shapes``)."""
+    out = {}
+    for k in sorted(params):
+        if k not in shapes:
+            raise OnnxAdapterError(k, "the adapter sets a parameter this model does not have")
+        out[k] = check_values(k, params[k], *shapes[k])
+    return out
+
+
+def _cast(name: str, values, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """A VeRA file's vector in the model's dtype; values that overflow it are refused, not served as inf."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.size != int(np.prod(shape)):
+        raise OnnxAdapterError(name, f"shape {list(arr.shape)} in the adapter, {list(shape)} in the model")
+    with np.errstate(over="ignore", invalid="ignore"):
+        arr = arr.astype(dtype).reshape(shape)
+    return check_values(name, arr, dtype, shape)
+
+
+def adapter_parameters(adapter: str | os.PathLike | Adapter, model: str | os.PathLike | onnx.ModelProto
+                       ) -> dict[str, np.ndarray]:
+    """{model input name: one adapter's value} for ``adapter``, after checking it fits the model.
+
+    For a multi model the values are one row of each table (see ``parameter_shapes``)."""
+    model = _load_model(model)
+    desc = describe(model)
+    return fit_adapter(adapter, desc, parameter_shapes(model, desc))
+
+
+def fit_adapter(adapter: str | os.PathLike | Adapter, desc: dict, shapes: dict[str, tuple[np.dtype, tuple[int, ...]]]
+                ) -> dict[str, np.ndarray]:
+    """``adapter_parameters`` given the model's ``describe()`` and ``parameter_shapes()`` (no model load)."""
+    ad = adapter if isinstance(adapter, Adapter) else vera_ref.load_adapter(adapter)
+    cfg = ad.config
+    gen = generators.get(cfg.generator)
+    seed = str(cfg.seed) if gen.has_seed else None
+    for field, got, want in (("r", cfg.r, desc["r"]), ("generator", cfg.generator, desc["generator"]),
+                             ("seed", seed, desc["seed"]), ("sharing", cfg.sharing, desc["sharing"])):
+        if got != want:
+            raise OnnxAdapterError(field, f"the adapter has {got!r} but the model was exported with {want!r} "
+                                          "(a hot-swap model swaps vectors only; A and B are fixed)")
+    if not gen.generates:
+        raise OnnxAdapterError("generator", "stored projections cannot be swapped in; export a model for this "
+                                            "adapter")
+    if cfg.sharing == "shared" and (desc["groups"]["0"] != [cfg.n_in, cfg.n_out]):
+        raise OnnxAdapterError("n_in/n_out", f"the adapter's projection is ({cfg.n_in}, {cfg.n_out}) but the "
+                                             f"model's is {tuple(desc['groups']['0'])}")
+    mods = {m["name"]: m for m in desc["modules"]}
+    params = {}
+    for m in cfg.modules:
+        em = mods.get(m.name)
+        if em is None:
+            raise OnnxAdapterError("modules", f"{m.name!r} is not adapted in the exported model")
+        if (em["in_features"], em["out_features"], em["layout"]) != (m.in_features, m.out_features, m.layout):
+            raise OnnxAdapterError("modules", f"{m.name!r} is (in={em['in_features']}, out={em['out_features']}) "
+                                              f"in the model but (in={m.in_features}, out={m.out_features}) in "
+                                              "the adapter")
+        if not em.get("in_graph", True):
+            continue  # the exported forward never calls this module
+        for key, arr in ((f"{m.name}.lambda_d", ad.lambda_d[m.name]), (f"{m.name}.lambda_b", ad.lambda_b[m.name])):
+            params[key] = _cast(key, arr, *shapes[key])
+    for key in desc.get("extra", []):  # the adapter's trained head, where the model lets it be swapped
+        if key in ad.extra:
+            dt, shape = shapes[key]
+            arr = np.asarray(ad.extra[key][0])
+            if tuple(arr.shape) != tuple(shape):
+                raise OnnxAdapterError(key, f"shape {list(arr.shape)} in the adapter, {list(shape)} in the model")
+            params[key] = _cast(key, arr, dt, shape)
+    return params
+
+
+def read_parameters(path: str | os.PathLike, model: str | os.PathLike | onnx.ModelProto) -> dict[str, np.ndarray]:
+    """The values of an ``.onnx_adapter`` file, checked against ``model`` (names, dtype, shape, finite)."""
+    return read_checked(path, parameter_shapes(_load_model(model)))
+
+
+def read_checked(path: str | os.PathLike, shapes: dict[str, tuple[np.dtype, tuple[int, ...]]]) -> dict[str, np.ndarray]:
+    """``read_parameters`` given the model's ``parameter_shapes()``."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise OnnxAdapterError("file", f"{path} is not a regular file")
+    try:
+        raw = ort.AdapterFormat.read_adapter(path).get_parameters()
+    except Exception as exc:  # ORT raises RuntimeError/Fail for anything it cannot parse
+        raise OnnxAdapterError("file", f"{path} is not an ONNX Runtime adapter file "
+                                       f"({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})"
+                               ) from None
+    return check_parameters({k: v.numpy() for k, v in raw.items()}, shapes)
+
+
+def _export_adapter_into(fmt: "ort.AdapterFormat", f) -> None:
+    """ORT writes adapters to a path only: point it at the open temporary (Linux /proc), else copy."""
+    proc = f"/proc/self/fd/{f.fileno()}"
+    if os.path.exists(proc):
+        fmt.export_adapter(proc)
+        return
+    scratch = tempfile.mkdtemp(prefix="vera-onnx-")
+    try:
+        fmt.export_adapter(os.path.join(scratch, "a"))
+        with open(os.path.join(scratch, "a"), "rb") as g:
+            shutil.copyfileobj(g, f)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def onnx_adapter(adapter: str | os.PathLike | Adapter, model: str | os.PathLike | onnx.ModelProto,
+                 out: str | os.PathLike) -> dict[str, str]:
+    """Write ``adapter`` as an ONNX Runtime adapter file for the hot-swap (or multi) ``model``.
+
+    Returns and records (in ``<out>.json``) the mapping from the VeRA file's tensor names to
+    the model's input names (the same names: spec 4.4 keys are the exported input names).
+    Both files are replaced atomically (``vera_ref.atomic``): a reader sees the old file or
+    the new one, concurrent writers never collide, a killed writer leaves no temporary."""
+    return write_onnx_adapter(adapter_parameters(adapter, model), out,
+                              adapter if not isinstance(adapter, Adapter) else None)
+
+
+def write_onnx_adapter(params: dict[str, np.ndarray], out: str | os.PathLike,
+                       source: str | os.PathLike | None = None) -> dict[str, str]:
+    """Write checked ``params`` as an ONNX Runtime adapter file plus its ``.json`` sidecar (atomically)."""
+    fmt = ort.AdapterFormat()
+    fmt.set_adapter_version(1)
+    fmt.set_model_version(1)
+    fmt.set_parameters({k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in params.items()})
+    out = os.fspath(out)
+    with atomic_file(out) as f:
+        _export_adapter_into(fmt, f)
+    mapping = {k: k for k in params}
+    sidecar = {"format": MAP_FORMAT, "source": os.fspath(source) if source else None, "inputs": mapping}
+    atomic_write_bytes(out + ".json", json.dumps(sidecar, indent=1, sort_keys=True).encode())
+    return mapping
