@@ -4,7 +4,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 EXTRAS := dev,torch,onnx,peft,demo
 
-.PHONY: demo test venv vectors bench clean
+.PHONY: demo test smoke venv vectors bench clean
 
 $(STAMP): pyproject.toml constraints.txt $(wildcard backends/*/__init__.py conformance/*/__init__.py demo/*/__init__.py)
 	@test -n "$(PY)" || { echo "need python3.11 on PATH"; exit 2; }
@@ -21,6 +21,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
+
+# the built wheel in fresh venvs (NumPy only; NumPy + onnxruntime), as users install it
+smoke: $(STAMP)
+	bash .ci/smoke
 
 vectors: $(STAMP)
 	$(VENV)/bin/vera-ref vectors --check

@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from .adapter import load_adapter, new_adapter, save_adapter, sha256_hex
+from .describe import describe, validity
 from .errors import AdapterFileError
 from .layer import backward, forward, merge
 from .projection import projection
@@ -60,10 +61,8 @@ def run(out_dir: str = "results/showcase", steps: int = 300, seed: int = 42) -> 
     print(f"      {os.path.getsize(path)} bytes on disk; storing A and B too would add {(A.size + B.size) * 4} bytes")
 
     _step("4/6 inspect and validate it, then reload: predictions must be bit-identical")
-    from .cli import main as cli_main
-    cli_main(["inspect", path])
-    if cli_main(["validate", path]) != 0:
-        return 1
+    print(describe(path))
+    print(validity(path))
     back = load_adapter(path)
     y_saved = forward(X, W0, bias, A, B, ad.lambda_d["layer"], ad.lambda_b["layer"])
     y_loaded = forward(X, W0, bias, *back.projection(), back.lambda_d["layer"], back.lambda_b["layer"])

@@ -37,25 +37,57 @@ def _file_bytes(path) -> int:
         else Path(path).stat().st_size
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="vera-ref demo", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def _positive(kind):
+    def parse(text: str):
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not v > 0 or (kind is float and not np.isfinite(v)):
+            raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
+        return v
+    parse.__name__ = f"positive {kind.__name__}"
+    return parse
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The demo's options; every value is checked here or in ``check_args`` before any training starts."""
     ap.add_argument("--out", default="results", help="results folder (default: results)")
-    ap.add_argument("--steps", type=int, default=250, help="training steps for every method (default 250)")
-    ap.add_argument("--batch", type=int, default=16, help="batch size (default 16)")
-    ap.add_argument("--r", type=int, default=256, help="VeRA rank (default 256)")
+    ap.add_argument("--steps", type=_positive(int), default=250, help="training steps for every method (default 250)")
+    ap.add_argument("--batch", type=_positive(int), default=16, help="batch size (default 16)")
+    ap.add_argument("--r", type=_positive(int), default=256, help="VeRA rank (default 256)")
     ap.add_argument("--targets", default="query,value", help="adapted modules, comma-separated suffixes")
-    ap.add_argument("--lr", type=float, default=3e-2, help="VeRA and head learning rate (default 3e-2)")
-    ap.add_argument("--lora-lr", type=float, default=1e-3, help="LoRA learning rate (default 1e-3)")
+    ap.add_argument("--lr", type=_positive(float), default=3e-2, help="VeRA and head learning rate (default 3e-2)")
+    ap.add_argument("--lora-lr", type=_positive(float), default=1e-3, help="LoRA learning rate (default 1e-3)")
     ap.add_argument("--vector-dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"),
                     help="dtype of the vectors in the shipped VeRA file (default bfloat16, spec 4.5); the "
                          "table's accuracy is the shipped adapter's")
     ap.add_argument("--model-dir", help="another BERT-style model folder (config.json, model.safetensors, "
                                         "tokenizer.json) instead of all-MiniLM-L6-v2")
-    ap.add_argument("--limit", type=int, help="use only this many train and test snippets (a quick run)")
+    ap.add_argument("--limit", type=_positive(int), help="use only this many train and test snippets (a quick run)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2, this machine's cores)")
+    ap.add_argument("--threads", type=_positive(int), default=2, help="torch threads (default 2, this machine's cores)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="vera-ref demo", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(ap)
     return ap
+
+
+def check_targets(model, targets: list[str]) -> None:
+    """Every --targets entry must name at least one nn.Linear of the model (a suffix of its path),
+    checked before any baseline or training runs."""
+    from torch import nn
+
+    from vera_ref.resolve import UsageError
+    linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    for t in targets:
+        if not t or not any(n == t or n.endswith("." + t) for n in linear):
+            names = sorted({n.rpartition(".")[2] for n in linear})
+            raise UsageError(f"--targets: {t!r} names no linear layer of the model (its linear layers end in "
+                             f"{', '.join(names)})")
 
 
 def run(args) -> dict:
@@ -80,6 +112,7 @@ def run(args) -> dict:
         test.texts, test.labels = test.texts[: args.limit], test.labels[: args.limit]
     d = model_dir(args.model_dir)
     bert, cfg = load_bert(d)
+    check_targets(bert, targets)
     tok = Tokenizer(d)
     print(f"      {len(train.texts)} train / {len(test.texts)} test snippets from {len(set(train.movies))} / "
           f"{len(set(test.movies))} movies (disjoint); model: {cfg['num_hidden_layers']} layers, hidden "
