@@ -56,7 +56,7 @@ class VeraOnnxSession:
             self._index_name: str = self.description["index_input"]
             inits = {t.name: t for t in model.graph.initializer}
             # the tables as fed with every run; row BASE_SLOT (and every free row) holds the base values
-            self._tables = {k: np.ascontiguousarray(numpy_helper.to_array(inits[k])) for k in self.description["tables"]}
+            self._tables = {k: np.array(numpy_helper.to_array(inits[k]), order="C") for k in self.description["tables"]}
             self._base_rows = {k: t[BASE_SLOT].copy() for k, t in self._tables.items()}
             self._data_inputs = [i.name for i in self.session.get_inputs()
                                  if i.name not in self._inputs and i.name != self._index_name]

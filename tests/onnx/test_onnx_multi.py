@@ -1,0 +1,186 @@
+"""vera_onnx multi mode: one ONNX Runtime session, one batch, a different adapter on every row."""
+import copy
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from torch_models import TinyNet  # noqa: E402
+from vera_onnx import OnnxAdapterError, VeraOnnxSession, describe, export  # noqa: E402
+from vera_ref.errors import OnnxError  # noqa: E402
+from vera_torch import VeraConfig, get_vera_model  # noqa: E402
+
+TARGETS = ["query", "value", "c_fc"]
+NAMES = ("a", "b", "c")
+
+
+def _trained(seed=5, r=8, names=NAMES, heads=True):
+    """TinyNet with adapters ``names`` of one (generator, seed, r), each with its own random vectors and head."""
+    torch.manual_seed(0)
+    base = TinyNet()
+    kw = {"modules_to_save": ["classifier"]} if heads else {}
+    m = get_vera_model(copy.deepcopy(base), VeraConfig(r=r, target_modules=TARGETS, seed=seed, **kw), names[0])
+    for n in names[1:]:
+        m.add_adapter(n, VeraConfig(r=r, target_modules=TARGETS, seed=seed, **kw))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "vera_lambda" in n or ".copies." in n:
+                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype))
+    return base.eval(), m.eval()
+
+
+def _alone(m, x, name):
+    """Torch output of one row block run alone with adapter ``name`` (None: the base model)."""
+    with torch.no_grad():
+        if name is None:
+            with m.disable_adapter():
+                return m(x).numpy()
+        m.set_adapter(name)
+        return m(x).numpy()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    d = tmp_path_factory.mktemp("multi")
+    base, m = _trained()
+    x = torch.randn(3, 4, 16)
+    export(m, (x,), d / "multi.onnx", mode="multi", capacity=4, input_names=["x"])
+    for n in NAMES:
+        m.save_adapter(d / f"{n}.safetensors", n)
+    sess = VeraOnnxSession(d / "multi.onnx")
+    for n in NAMES:
+        sess.load_adapter(n, d / f"{n}.safetensors")
+    return d, base, m, sess
+
+
+def test_the_graph_has_one_index_input_and_tables_with_a_base_row(served):
+    d, _, m, sess = served
+    desc = describe(d / "multi.onnx")
+    assert (desc["mode"], desc["capacity"], desc["index_input"]) == ("multi", 4, "adapter_index")
+    model = onnx.load(d / "multi.onnx")
+    inputs = {i.name: [x.dim_param or x.dim_value for x in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    assert inputs["x"] == ["batch", "sequence", 16] and inputs["adapter_index"] == ["batch"]
+    assert inputs["blocks.0.query.lambda_d"] == [5, 8] and inputs["blocks.1.c_fc.lambda_b"] == [5, 24]
+    assert inputs["classifier.weight"] == [5, 3, 16] and inputs["classifier.bias"] == [5, 3]
+    assert sorted(desc["tables"]) == sorted([f"blocks.{i}.{t}.lambda_{v}" for i in range(2) for t in TARGETS
+                                             for v in "db"] + ["classifier.bias", "classifier.weight"])
+    # one x A^T and one B^T product per adapted layer for the whole batch, whatever the number of adapters:
+    # per block 3 Linear (q, k, v) + 2 attention + 1 out + 3 adapted layers x 2; then the batched head
+    assert sum(n.op_type == "MatMul" for n in model.graph.node) == 2 * (3 + 2 + 1 + 3 * 2) + 1
+
+
+@pytest.mark.parametrize("shape", [(5, 3), (7, 6)])
+def test_mixed_batch_rows_equal_each_row_alone_with_its_adapter(served, shape):
+    _, base, m, sess = served
+    ids = (["a", None, "c", "b", "a", "c", None][: shape[0]])
+    x = torch.randn(shape[0], shape[1], 16)
+    got = sess.run(None, {"x": x.numpy()}, adapter_ids=ids)[0]
+    for i, n in enumerate(ids):
+        want = _alone(m, x[i: i + 1], n)
+        assert np.allclose(got[i: i + 1], want, atol=1e-5, rtol=1e-5), (i, n, np.abs(got[i] - want).max())
+    with torch.no_grad():  # and torch's own mixed batch
+        assert np.allclose(got, m(x, adapter_ids=ids).numpy(), atol=1e-5, rtol=1e-5)
+    # no adapter on any row: the base model
+    assert np.allclose(sess.run(None, {"x": x.numpy()})[0], base(x).detach().numpy(), atol=1e-5)
+    # one adapter for the whole batch
+    assert np.allclose(sess.run(None, {"x": x.numpy()}, adapter="b")[0], _alone(m, x, "b"), atol=1e-5)
+
+
+def test_adapters_come_and_go_by_name_in_a_running_session(tmp_path):
+    _, m = _trained(names=("a", "b", "c", "d"))
+    x = torch.randn(4, 3, 16)
+    export(m, (x,), tmp_path / "multi.onnx", mode="multi", capacity=2, input_names=["x"])
+    for n in "abcd":
+        m.save_adapter(tmp_path / f"{n}.safetensors", n)
+    sess = VeraOnnxSession(tmp_path / "multi.onnx")
+    sess.load_adapter("a", tmp_path / "a.safetensors")
+    sess.load_adapter("b", tmp_path / "b.safetensors")
+    with pytest.raises(OnnxError, match=r"^all 2 adapter slots are in use; remove_adapter\(\) one first"):
+        sess.load_adapter("c", tmp_path / "c.safetensors")
+    with pytest.raises(OnnxError, match=r"^an adapter named 'a' is already loaded"):
+        sess.load_adapter("a", tmp_path / "c.safetensors")
+    sess.remove_adapter("a")
+    with pytest.raises(OnnxError, match=r"^no adapter named 'a' is loaded \(loaded: b\)$"):
+        sess.run(None, {"x": x.numpy()}, adapter_ids=["a", "b", None, "b"])
+    sess.load_adapter("c", tmp_path / "c.safetensors")  # takes the freed slot
+    sess.load_adapter("b", tmp_path / "d.safetensors", replace=True)  # name "b" now serves d's vectors
+    ids = ["c", "b", None, "c"]
+    got = sess.run(None, {"x": x.numpy()}, adapter_ids=ids)[0]
+    for i, (n, src) in enumerate(zip(ids, ["c", "d", None, "c"])):
+        assert np.allclose(got[i: i + 1], _alone(m, x[i: i + 1], src), atol=1e-5), i
+    # an .onnx_adapter file loads into a slot too
+    from vera_onnx import onnx_adapter
+    onnx_adapter(tmp_path / "a.safetensors", tmp_path / "multi.onnx", tmp_path / "a.onnx_adapter")
+    sess.remove_adapter("c")
+    sess.load_adapter("a2", tmp_path / "a.onnx_adapter")
+    assert np.allclose(sess.run(None, {"x": x.numpy()}, adapter_ids=["a2"] * 4)[0], _alone(m, x, "a"), atol=1e-5)
+
+
+def test_refusals(served, tmp_path):
+    d, _, m, sess = served
+    x = np.random.default_rng(0).normal(size=(2, 3, 16)).astype(np.float32)
+    with pytest.raises(OnnxError, match=r"^adapter_ids has 3 entries but the batch has 2 rows$"):
+        sess.run(None, {"x": x}, adapter_ids=["a", "b", "c"])
+    with pytest.raises(OnnxError, match=r"^adapter_index: set by the session from its loaded adapters"):
+        sess.run(None, {"x": x, "adapter_index": np.zeros(2, np.int64)})
+    with pytest.raises(OnnxError, match=r"^no adapter named 'zz' is loaded \(loaded: a, b, c\)$"):
+        sess.run(None, {"x": x}, adapter_ids=["a", "zz"])
+    # an adapter of another seed needs other projections: refused (one graph = one generator, seed, r)
+    _, other = _trained(seed=6, names=("o",))
+    other.save_adapter(tmp_path / "o.safetensors", "o")
+    with pytest.raises(OnnxAdapterError, match=r"^seed: the adapter has '6' but the model was exported with '5'"):
+        sess.load_adapter("o", tmp_path / "o.safetensors")
+    _, other_r = _trained(r=4, names=("o",))
+    other_r.save_adapter(tmp_path / "o4.safetensors", "o")
+    with pytest.raises(OnnxAdapterError, match=r"^r: the adapter has 4 but the model was exported with 8"):
+        sess.load_adapter("o", tmp_path / "o4.safetensors")
+    good = {"blocks.0.query.lambda_d": np.ones(8, np.float32)}
+    sess.set_adapter_values("v", good)
+    sess.remove_adapter("v")
+    for bad, msg in (({"blocks.0.query.lambda_d": np.ones(7, np.float32)},
+                      r"^blocks\.0\.query\.lambda_d: shape \[7\] in the adapter, \[8\] in the model$"),
+                     ({"blocks.0.query.lambda_d": np.ones(8, np.float64)},
+                      r"^blocks\.0\.query\.lambda_d: dtype float64 in the adapter, float32 in the model$"),
+                     ({"blocks.0.query.lambda_b": np.array([np.nan] + [0] * 15, np.float32)},
+                      r"^blocks\.0\.query\.lambda_b: 1 of 16 values are NaN or infinite; refused$"),
+                     ({"blocks.0.nothing.lambda_b": np.ones(16, np.float32)},
+                      r"^blocks\.0\.nothing\.lambda_b: the adapter sets a parameter this model does not have$")):
+        with pytest.raises(OnnxAdapterError, match=msg):
+            sess.set_adapter_values("v", bad)
+        assert "v" not in sess.loaded  # nothing changed
+    with pytest.raises(OnnxError, match=r"^capacity: multi mode needs the number of adapter slots"):
+        export(m, (torch.from_numpy(x),), tmp_path / "x.onnx", mode="multi", input_names=["x"])
+
+
+def test_generator_graph_in_multi_mode(tmp_path):
+    _, m = _trained(heads=False)
+    x = torch.randn(3, 4, 16)
+    export(m, (x,), tmp_path / "init.onnx", mode="multi", capacity=3, input_names=["x"])
+    export(m, (x,), tmp_path / "gen.onnx", mode="multi", capacity=3, input_names=["x"], projections="generator")
+    names = {t.name for t in onnx.load(tmp_path / "gen.onnx").graph.initializer}
+    assert "vera_projections.A_0" not in names
+    outs = []
+    for f in ("init.onnx", "gen.onnx"):
+        sess = VeraOnnxSession(tmp_path / f)
+        for n in NAMES:
+            m.save_adapter(tmp_path / f"{n}.safetensors", n)
+            sess.load_adapter(n, tmp_path / f"{n}.safetensors")
+        outs.append(sess.run(None, {"x": x.numpy()}, adapter_ids=["c", "a", "b"])[0])
+    assert np.array_equal(outs[0], outs[1])
+    assert np.allclose(outs[1][:1], _alone(m, x[:1], "c"), atol=1e-5)
+
+
+def test_hotswap_session_refuses_mixed_rows(tmp_path):
+    _, m = _trained(heads=False)
+    x = torch.randn(2, 3, 16)
+    export(m, (x,), tmp_path / "hot.onnx", mode="hotswap", input_names=["x"])
+    m.save_adapter(tmp_path / "a.safetensors", "a")
+    sess = VeraOnnxSession(tmp_path / "hot.onnx")
+    sess.load_adapter("a", tmp_path / "a.safetensors")
+    assert np.allclose(sess.run(None, {"x": x.numpy()}, adapter_ids=["a", "a"])[0], _alone(m, x, "a"), atol=1e-5)
+    with pytest.raises(OnnxError, match=r"^this model serves one adapter per run \(exported with mode='hotswap'\)"):
+        sess.run(None, {"x": x.numpy()}, adapter_ids=["a", None])
