@@ -1,29 +1,37 @@
-"""VeraConfig: what to adapt and how, in PEFT's words (DESIGN 4; spec 2, 4.3)."""
+"""VeraConfig: what to adapt and how, in PEFT's words (spec 2, 3.3, 3.9, 4.3)."""
 from __future__ import annotations
 
+import math
+import numbers
 import re
 from dataclasses import dataclass, field
 
 import torch
 
-from vera_ref.metadata import GENERATORS, SHARING
+from vera_ref import generators
+from vera_ref.errors import ProjectionError
+
+from .errors import ConfigError
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
+SHARING = ("shared", "per-module")  # spec 2.4
 
 
 @dataclass
 class VeraConfig:
-    """Configuration of one VeRA adapter.
+    """Configuration of one VeRA adapter; every field is checked on construction (``ConfigError``).
 
-    r: rank; target_modules: module-name suffixes (``["query", "value"]`` matches
-    ``...attention.self.query``) or one regex matched against the full dotted name;
-    seed: the projection seed in [0, 2^64) (spec 1.3); d_initial: initial lambda_d;
-    dropout: on the adapter input only (spec 3.3); sharing: ``shared`` or
-    ``per-module`` (spec 2.4); generator: ``philox4x32-10``, ``peft-mt19937`` or
-    ``stored`` (spec 2.5); vector_dtype: dtype of the trained vectors (float32 by
-    default, also for float16/bfloat16 base models); modules_to_save: module-name
-    suffixes of fully trained extra modules (a task head), saved with the adapter.
+    r: rank, an integer >= 1; target_modules: module-name suffixes (``["query", "value"]``
+    matches ``...attention.self.query``) or one regex matched against the full dotted name;
+    seed: the projection seed, an integer (not a bool) in [0, 2^64) (spec 1.3); d_initial:
+    initial lambda_d, finite also in ``vector_dtype`` (spec 3.9); dropout: in [0, 1), on the
+    adapter input only (spec 3.3); sharing: ``shared`` or ``per-module`` (spec 2.4);
+    generator: a name of the ``vera_ref.generators`` registry (spec 2.5; ``stored`` draws a
+    fresh pair with Philox from ``seed`` and then keeps it); vector_dtype: dtype of the
+    trained vectors (float32 by default, also for float16/bfloat16 base models);
+    modules_to_save: module-name suffixes (or one regex) of fully trained extra modules
+    (a task head), saved with the adapter.
     """
 
     r: int = 256
@@ -34,25 +42,40 @@ class VeraConfig:
     sharing: str = "shared"
     generator: str = "philox4x32-10"
     vector_dtype: torch.dtype | str = torch.float32
-    modules_to_save: list[str] | None = None
+    modules_to_save: list[str] | str | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.vector_dtype, str):
-            if self.vector_dtype not in _DTYPES:
-                raise ValueError(f"vector_dtype must be one of {', '.join(_DTYPES)}, got {self.vector_dtype!r}")
+        if isinstance(self.vector_dtype, str) and self.vector_dtype in _DTYPES:
             self.vector_dtype = _DTYPES[self.vector_dtype]
-        if self.vector_dtype not in DTYPE_NAMES:
-            raise ValueError(f"vector_dtype must be one of {', '.join(_DTYPES)}, got {self.vector_dtype}")
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
-            raise ValueError(f"r must be an integer >= 1, got {self.r!r}")
-        if self.generator not in GENERATORS:
-            raise ValueError(f"generator must be one of {', '.join(GENERATORS)}, got {self.generator!r}")
+        if not isinstance(self.vector_dtype, torch.dtype) or self.vector_dtype not in DTYPE_NAMES:
+            raise ConfigError("vector_dtype", f"must be one of {', '.join(_DTYPES)}, got {self.vector_dtype!r}")
+        if isinstance(self.r, bool) or not isinstance(self.r, numbers.Integral) or self.r < 1:
+            raise ConfigError("r", f"must be an integer >= 1, got {self.r!r}")
+        self.r = int(self.r)
+        try:
+            gen = generators.get(self.generator)
+            # stored: the seed draws the first pair with the default generator, then the pair is kept
+            self.seed = (gen if gen.has_seed else generators.get(generators.DEFAULT)).check_seed(self.seed)
+        except ProjectionError as e:
+            name = "seed" if isinstance(self.generator, str) and self.generator in generators.names() else "generator"
+            raise ConfigError(name, _problem(name, e)) from None
         if self.sharing not in SHARING:
-            raise ValueError(f"sharing must be one of {', '.join(SHARING)}, got {self.sharing!r}")
+            raise ConfigError("sharing", f"must be one of {', '.join(SHARING)}, got {self.sharing!r}")
+        try:
+            gen.check_sharing(self.sharing)
+        except ProjectionError as e:
+            raise ConfigError("sharing", _problem("sharing", e)) from None
+        self.d_initial = _real("d_initial", self.d_initial)
+        if not math.isfinite(self.d_initial):
+            raise ConfigError("d_initial", f"must be a finite number, got {self.d_initial!r}")
+        if not torch.isfinite(torch.tensor(self.d_initial, dtype=torch.float64).to(self.vector_dtype)):
+            raise ConfigError("d_initial", f"{self.d_initial!r} overflows vector_dtype {self.vector_dtype_name}")
+        self.dropout = _real("dropout", self.dropout)
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if not isinstance(self.seed, int) or not 0 <= self.seed < 1 << 64:
-            raise ValueError(f"seed must be an integer in [0, 2^64), got {self.seed!r}")
+            raise ConfigError("dropout", f"must be a number in [0, 1), got {self.dropout!r}")
+        self.target_modules = _patterns("target_modules", self.target_modules)
+        if self.modules_to_save is not None:
+            self.modules_to_save = _patterns("modules_to_save", self.modules_to_save)
 
     @property
     def vector_dtype_name(self) -> str:
@@ -64,6 +87,31 @@ class VeraConfig:
 
     def saves(self, name: str) -> bool:
         return bool(self.modules_to_save) and _matches(name, self.modules_to_save)
+
+
+def _problem(name: str, e: Exception) -> str:
+    """The registry's message without its leading field name (``"seed must be ..."`` -> ``"must be ..."``)."""
+    msg = str(e)
+    return msg[len(name) + 1:] if msg.startswith(name + " ") else msg
+
+
+def _real(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(name, f"must be a number, got {value!r}")
+    return float(value)
+
+
+def _patterns(name: str, value: object) -> list[str] | str:
+    """A regex string (checked to compile) or a non-empty list of non-empty module-name suffixes."""
+    if isinstance(value, str):
+        try:
+            re.compile(value)
+        except re.error as e:
+            raise ConfigError(name, f"is not a valid regular expression ({e})") from None
+        return value
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(p, str) and p for p in value):
+        raise ConfigError(name, f"must be a regex string or a non-empty list of module names, got {value!r}")
+    return list(value)
 
 
 def _matches(name: str, patterns: list[str] | str) -> bool:

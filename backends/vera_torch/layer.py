@@ -3,20 +3,26 @@
 A VeraLayer holds the frozen base layer and, per adapter, lambda_d (r) and
 lambda_b (out) as parameters; the projections come by reference from the model's
 ProjectionStore and never enter the state_dict (unless the generator is ``stored``).
+
+Mixed batches (README "Many adapters in one batch"): rows whose adapters share a
+projection (one ``class``: the same ProjSpec on this layer) go through ONE x A_l^T and
+ONE B_l^T product; the per-row lambda_d / lambda_b are gathered from stacked tables.
 """
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+import math
+import weakref
+from dataclasses import dataclass, field
+from typing import Any, Hashable, NamedTuple
 
 import torch
 from torch import nn
 
-from vera_ref.peft_mt19937 import peft_projection
+from vera_ref import generators
 
+from .errors import BatchError, MergeError
 from .functional import choose_path, project_in, vera_delta, vera_linear
-from .philox import projection as philox_projection
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -37,6 +43,26 @@ def layer_dims(module: nn.Module) -> tuple[int, int, str]:
     return module.in_features, module.out_features, "linear"
 
 
+def peft_projection(seed: int, r: int, n_in: int, n_out: int, group: int = 0,
+                    device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """spec 2.5.3 with torch itself: PEFT's ``torch.Generator("cpu")`` draws and Kaiming-uniform bounds,
+    A first then B from one stream; float32 (r, n_in), (n_out, r) on ``device``.
+
+    Registered as the ``torch`` implementation of ``peft-mt19937`` in ``vera_ref.generators``."""
+    seed = generators.PEFT_MT19937.check_seed(seed)
+    if group:
+        generators.PEFT_MT19937.projection(seed, r, n_in, n_out, group)  # raises the registry's message
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    out = []
+    for shape, fan_in in (((r, n_in), n_in), ((n_out, r), r)):
+        bound = math.sqrt(3.0) * (math.sqrt(2) / math.sqrt(fan_in))  # PEFT's _kaiming_init, in float64
+        out.append(torch.empty(shape, dtype=torch.float32).uniform_(-bound, bound, generator=gen).to(device))
+    return out[0], out[1]
+
+
+generators.register_device(generators.PEFT_MT19937.name, "torch", peft_projection)
+
+
 class ProjSpec(NamedTuple):
     """Identity of one projection pair: equal specs share tensors (spec 2.1, 2.4)."""
 
@@ -50,19 +76,91 @@ class ProjSpec(NamedTuple):
 
 
 @dataclass
+class RowGroup:
+    """The rows of one projection class in a mixed batch (built once per forward by the model)."""
+
+    names: list[str]  # the class's adapters present in the batch
+    slots: list[int]  # their slots in the class's tables (aligned with names)
+    rows: torch.Tensor | None  # (n,) row indices of dim 0; None when the class has every row
+    local: torch.Tensor  # (n,) per row: 1 + index into names (0 is never used: every row has an adapter)
+    slot_rows: torch.Tensor  # (n,) per row: its adapter's slot
+    _moved: dict = field(default_factory=dict)
+
+    def on(self, what: str, device: torch.device) -> torch.Tensor:
+        """``rows``/``local``/``slot_rows`` on ``device``, moved once per forward."""
+        key = (what, str(device))
+        if key not in self._moved:
+            self._moved[key] = getattr(self, what).to(device)
+        return self._moved[key]
+
+
+@dataclass
+class MixedBatch:
+    """One adapter (or None: the base model) per row of dim 0."""
+
+    ids: list[str | None]
+    classes: dict[Hashable, RowGroup]
+    _moved: dict = field(default_factory=dict)
+
+    @property
+    def batch(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
 class State:
     """What every VeraLayer of one model reads at forward time."""
 
     active: str | None = None
     disabled: bool = False
-    groups: dict[str | None, torch.Tensor] | None = None  # mixed batch: adapter -> row indices
-    batch: int | None = None
+    mixed: MixedBatch | None = None
     h_cache: dict | None = None  # shared x A^T within one forward (no dropout)
 
 
+class SlotTable:
+    """A cached stack of per-adapter tensors: row s holds the tensor of the adapter in slot s
+    (row 0: ``fill``, zeros when None). A row is rewritten only when the tensor in its slot
+    changes (another tensor, or an in-place update such as an optimiser step); the stack
+    grows by doubling. Changes made through ``.data`` bypass the version counter: call
+    ``VeraModel.refresh_tables()`` after them."""
+
+    def __init__(self) -> None:
+        self.data: torch.Tensor | None = None  # (capacity, *shape)
+        self.marks: list = []
+
+    def clear(self) -> None:
+        self.data, self.marks = None, []
+
+    def get(self, entries: list[tuple[int, torch.Tensor | None]], shape: tuple[int, ...], dtype: torch.dtype,
+            device: torch.device) -> torch.Tensor:
+        need = max(s for s, _ in entries) + 1
+        d = self.data
+        if d is None or d.shape[1:] != shape or d.dtype != dtype or d.device != device:
+            d, self.marks = None, []
+        if d is None or d.shape[0] < need:
+            cap = max(need, 2 * (0 if d is None else d.shape[0]), 2)
+            new = torch.zeros((cap, *shape), dtype=dtype, device=device)
+            if d is not None:
+                new[: d.shape[0]] = d
+            self.marks += [False] * (cap - len(self.marks))
+            self.data = d = new
+        with torch.no_grad():
+            for s, t in entries:
+                mark = None if t is None else (t._version, weakref.ref(t))
+                old = self.marks[s]
+                if old is False or (mark is None) != (old is None) or (
+                        mark is not None and (old[0] != mark[0] or old[1]() is not t)):
+                    if t is None:
+                        d[s].zero_()
+                    else:
+                        d[s].copy_(t.detach())
+                    self.marks[s] = mark
+        return d
+
+
 class ProjectionStore:
-    """Projections by spec and device: generated on the device with torch integer ops
-    (philox4x32-10), by NumPy (peft-mt19937), or read from ``stored`` buffers."""
+    """Projections by spec and device: generated on the device by the generator's registered torch
+    implementation (``vera_ref.generators``), or read from ``stored`` buffers."""
 
     def __init__(self, holder: nn.Module) -> None:
         self._holder = holder  # an nn.Module whose buffers are the stored projections
@@ -71,6 +169,9 @@ class ProjectionStore:
     @staticmethod
     def buffer_names(spec: ProjSpec) -> tuple[str, str]:
         return f"{spec.owner}__A__{spec.group}", f"{spec.owner}__B__{spec.group}"
+
+    def has_stored(self, spec: ProjSpec) -> bool:
+        return hasattr(self._holder, self.buffer_names(spec)[0])
 
     def put_stored(self, spec: ProjSpec, A: torch.Tensor, B: torch.Tensor) -> None:
         na, nb = self.buffer_names(spec)
@@ -82,22 +183,24 @@ class ProjectionStore:
             delattr(self._holder, name)
 
     def get(self, spec: ProjSpec, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        if spec.generator == "stored":
+        gen = generators.get(spec.generator)
+        if not gen.generates:  # stored (spec 2.5.2)
             na, nb = self.buffer_names(spec)
             A, B = getattr(self._holder, na), getattr(self._holder, nb)
             return A.to(device), B.to(device)
         key = (spec, str(device))
         if key not in self._cache:
-            if spec.generator == "philox4x32-10":
-                self._cache[key] = philox_projection(spec.seed, spec.r, spec.n_in, spec.n_out, spec.group, device)
-            else:  # peft-mt19937: bit-identical to PEFT's torch.Generator("cpu") draws (spec 2.5.3)
-                A, B = peft_projection(spec.seed, spec.r, spec.n_in, spec.n_out)
-                self._cache[key] = (torch.from_numpy(A).to(device), torch.from_numpy(B).to(device))
+            self._cache[key] = gen.device("torch")(spec.seed, spec.r, spec.n_in, spec.n_out, spec.group, device)
         return self._cache[key]
 
 
 class VeraLayer(nn.Module):
-    """An adapted layer: y = base(x) + lambda_b * ((lambda_d * (dropout(x) A_l^T)) B_l^T) (spec 3.2)."""
+    """An adapted layer: y = base(x) + lambda_b * ((lambda_d * (dropout(x) A_l^T)) B_l^T) (spec 3.2).
+
+    Merging keeps a copy of the original weight W0 (a non-persistent buffer, one weight's
+    worth of memory in the weight's dtype per merged layer, freed by unmerge), so that
+    unmerge and ``disable_adapter()`` restore W0 bit for bit in every dtype (spec 3.6
+    allows drift; this implementation has none)."""
 
     def __init__(self, base_layer: nn.Module, state: State, store: ProjectionStore) -> None:
         super().__init__()
@@ -107,8 +210,11 @@ class VeraLayer(nn.Module):
         self.vera_lambda_b = nn.ParameterDict()
         self.proj: dict[str, ProjSpec] = {}
         self.dropout: dict[str, float] = {}
+        self.klass: dict[str, Hashable] = {}  # adapter -> its projection class (the model's grouping key)
         self.merged: list[str] = []
         self.fused: bool | None = None  # None: choose by cost; True/False: force (tests, benchmarks)
+        self.register_buffer("vera_w0", None, persistent=False)  # W0 while merged
+        self._tables: dict[tuple[Hashable, str], SlotTable] = {}  # (class, "d" | "b") -> cached stack
         object.__setattr__(self, "_state", state)  # plain references, not submodules
         object.__setattr__(self, "_store", store)
 
@@ -116,14 +222,20 @@ class VeraLayer(nn.Module):
     def weight(self) -> torch.Tensor:
         return self.base_layer.weight
 
+    @property
+    def original_weight(self) -> torch.Tensor:
+        """W0: the base weight as it was before any merge."""
+        return self.vera_w0 if self.vera_w0 is not None else self.base_layer.weight
+
     def add_adapter(self, name: str, spec: ProjSpec, r: int, d_initial: float, dropout: float,
-                    dtype: torch.dtype) -> None:
+                    dtype: torch.dtype, klass: Hashable | None = None) -> None:
         dev = self.base_layer.weight.device
         # spec 3.9: lambda_b = 0, lambda_d = d_initial: an exact no-op until trained
         self.vera_lambda_d[name] = nn.Parameter(torch.full((r,), d_initial, dtype=dtype, device=dev))
         self.vera_lambda_b[name] = nn.Parameter(torch.zeros(self.out_features, dtype=dtype, device=dev))
         self.proj[name] = spec
         self.dropout[name] = dropout
+        self.klass[name] = spec if klass is None else klass
 
     def remove_adapter(self, name: str) -> None:
         for d in (self.vera_lambda_d, self.vera_lambda_b):
@@ -131,6 +243,7 @@ class VeraLayer(nn.Module):
                 del d[name]
         self.proj.pop(name, None)
         self.dropout.pop(name, None)
+        self.klass.pop(name, None)
 
     def projection(self, name: str, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """The full pair of ``name``'s group (spec 2.1): A float32 (r, n_in), B float32 (n_out, r)."""
@@ -150,20 +263,21 @@ class VeraLayer(nn.Module):
         if p > 0 and self.training:
             h = project_in(nn.functional.dropout(xa, p, True), A_l)  # spec 3.3: adapter input only
         else:
-            h = self._shared_h(x, xa, A_l, name)
+            h = self._shared_h(x, xa, A_l, self.proj[name])
         return vera_delta(h, ld, lb, B_l)
 
-    def _shared_h(self, x: torch.Tensor, xa: torch.Tensor, A_l: torch.Tensor, name: str) -> torch.Tensor:
+    def _shared_h(self, x: torch.Tensor, xa: torch.Tensor, A_l: torch.Tensor, key: Hashable) -> torch.Tensor:
         """x A_l^T, computed once per forward for every layer that reads the same x with the same A_l."""
         cache = self._state.h_cache
         if cache is None or torch.compiler.is_compiling():
             return project_in(xa, A_l)
-        key = (id(x), x._version, self.proj[name], self.in_features, xa.dtype)
+        key = (id(x), x._version, key, self.in_features, xa.dtype)
         hit = cache.get(key)
         if hit is None:
             hit = cache[key] = (x, project_in(xa, A_l))  # holding x keeps id(x) unique
         return hit[1]
 
+    # -- merging (spec 3.5, 3.6) ------------------------------------------------------------------
     def delta_weight(self, name: str) -> torch.Tensor:
         """spec 3.5: Delta W in float32 at least, in the base weight's layout."""
         ld, lb = self.vera_lambda_d[name], self.vera_lambda_b[name]
@@ -173,32 +287,58 @@ class VeraLayer(nn.Module):
         return dW if self.layout == "linear" else dW.t()
 
     @torch.no_grad()
+    def merged_weight(self, names: list[str]) -> torch.Tensor:
+        """W0 + sum of Delta W over ``names``, summed in float32 or wider, rounded once to the weight's
+        dtype; ``MergeError`` when a value would not be finite in that dtype."""
+        w0 = self.original_weight
+        dt = torch.promote_types(w0.dtype, torch.float32)
+        W = w0.to(dt, copy=True)
+        for n in names:
+            W += self.delta_weight(n).to(device=W.device, dtype=dt)
+        out = W.to(w0.dtype)
+        if not bool(torch.isfinite(out).all()):
+            raise MergeError(f"merging {', '.join(repr(n) for n in names)} would make the "
+                             f"{tuple(w0.shape)} weight non-finite in {str(w0.dtype).replace('torch.', '')}; "
+                             f"the weights are unchanged")
+        return out
+
+    @torch.no_grad()
     def merge(self, name: str) -> None:
         if name in self.merged:
             return
-        w = self.base_layer.weight
-        w.copy_((w.to(torch.promote_types(w.dtype, torch.float32)) + self.delta_weight(name).to(w.device)).to(w.dtype))
+        W = self.merged_weight(self.merged + [name])
+        if self.vera_w0 is None:
+            self.vera_w0 = self.base_layer.weight.detach().clone()
+        self.base_layer.weight.copy_(W)
         self.merged.append(name)
 
     @torch.no_grad()
-    def unmerge(self) -> None:
-        w = self.base_layer.weight
-        while self.merged:
-            name = self.merged.pop()
-            w.copy_((w.to(torch.promote_types(w.dtype, torch.float32)) - self.delta_weight(name).to(w.device))
-                    .to(w.dtype))
+    def unmerge(self, name: str | None = None) -> None:
+        """Remove adapter ``name`` (default: every merged adapter) from the weight; with none left
+        merged the weight is W0 again, bit for bit."""
+        names = [n for n in self.merged if name is not None and n != name]
+        if self.vera_w0 is None:
+            self.merged = []
+            return
+        if names:
+            self.base_layer.weight.copy_(self.merged_weight(names))
+        else:
+            self.base_layer.weight.copy_(self.vera_w0)
+            self.vera_w0 = None
+        self.merged = names
 
+    # -- forward ----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         st = self._state
         name = st.active
-        if (not st.disabled and st.groups is None and name is not None and name in self.proj
+        if (not st.disabled and st.mixed is None and name is not None and name in self.proj
                 and name not in self.merged and not args and not kwargs and self._fused_ok(x, name)):
             return self._fused(x, name)
         result = self.base_layer(x, *args, **kwargs)
         if st.disabled:
             return result
-        if st.groups is not None:
-            return self._mixed(x, result)
+        if st.mixed is not None:
+            return self._mixed(x, result, st.mixed)
         if name is None or name not in self.proj or name in self.merged:
             return result
         return result + self.delta(x, name).to(result.dtype)
@@ -224,32 +364,88 @@ class VeraLayer(nn.Module):
         return vera_linear(x, self.base_layer.weight, self.base_layer.bias, ld.to(dt), lb.to(dt), A_l.to(dt),
                            B_l.to(dt), self.layout == "conv1d")
 
-    def _mixed(self, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
-        """One adapter per row of the batch (dim 0); rows of other adapters are untouched."""
+    def _vectors(self, key: Hashable, g: RowGroup, dt: torch.dtype, device: torch.device, r: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row lambda_d (n, r) and lambda_b (n, out) of class ``key``: gathered from the cached
+        tables when no gradient is needed, else from a stack of the present adapters' parameters
+        (so each row's gradient reaches its own adapter's vectors only)."""
+        vd, vb = self.vera_lambda_d, self.vera_lambda_b
+        here = [n in self.proj for n in g.names]
+        grad = torch.is_grad_enabled() and any(vd[n].requires_grad or vb[n].requires_grad
+                                               for n, h in zip(g.names, here) if h)
+        if grad or torch.compiler.is_compiling():
+            zd, zb = torch.zeros(r, dtype=dt, device=device), torch.zeros(self.out_features, dtype=dt, device=device)
+            LD = torch.stack([zd] + [vd[n].to(dt) if h else zd for n, h in zip(g.names, here)])  # (k + 1, r)
+            LB = torch.stack([zb] + [vb[n].to(dt) if h else zb for n, h in zip(g.names, here)])  # (k + 1, out)
+            idx = g.on("local", device)
+        else:
+            td = self._tables.setdefault((key, "d"), SlotTable())
+            tb = self._tables.setdefault((key, "b"), SlotTable())
+            LD = td.get([(s, vd[n] if h else None) for n, s, h in zip(g.names, g.slots, here)], (r,), dt, device)
+            LB = tb.get([(s, vb[n] if h else None) for n, s, h in zip(g.names, g.slots, here)],
+                        (self.out_features,), dt, device)
+            idx = g.on("slot_rows", device)
+        return LD.index_select(0, idx), LB.index_select(0, idx)
+
+    def _mixed(self, x: torch.Tensor, result: torch.Tensor, mb: MixedBatch) -> torch.Tensor:
+        """One adapter per row of dim 0: per projection class present in the batch and adapted here,
+        one x A_l^T and one B_l^T product over the class's rows (spec 3.2 row by row)."""
         if self.merged:
-            raise RuntimeError("a model with merged adapters cannot serve mixed-adapter batches; call unmerge() first")
-        if x.shape[0] != self._state.batch:
-            raise ValueError(f"adapter_ids has {self._state.batch} entries but this layer's input has "
+            raise MergeError("a model with merged adapters cannot serve mixed-adapter batches; call unmerge() first")
+        if x.shape[0] != mb.batch:
+            raise BatchError(f"adapter_ids has {mb.batch} entries but this layer's input has "
                              f"{x.shape[0]} rows (dim 0)")
-        for name, rows in self._state.groups.items():
-            if name is None or name not in self.proj:
+        for key, g in mb.classes.items():
+            first = next((n for n in g.names if n in self.proj), None)
+            if first is None:
                 continue
-            rows = rows.to(x.device)
-            d = self.delta(x.index_select(0, rows), name)
-            result = result.index_add(0, rows, d.to(result.dtype))
+            spec = self.proj[first]
+            dt = torch.float32
+            for n in g.names:
+                if n in self.proj:
+                    dt = torch.promote_types(dt, self.vera_lambda_d[n].dtype)
+            A_l, B_l = self.sliced_projection(first, x.device)
+            A_l, B_l = A_l.to(dt), B_l.to(dt)  # (r, in), (out, r)
+            rows = None if g.rows is None else g.on("rows", x.device)
+            xg = x if rows is None else x.index_select(0, rows)  # (n, ..., in)
+            xa = xg.to(dt)
+            ps = [self.dropout[n] for n in g.names if n in self.proj]
+            if self.training and max(ps) > 0:  # spec 3.3, with each row's own p
+                p = torch.tensor([0.0] + [self.dropout.get(n, 0.0) for n in g.names], dtype=dt,
+                                 device=x.device).index_select(0, g.on("local", x.device))
+                p = p.reshape((-1,) + (1,) * (xa.dim() - 1))  # (n, 1, ..., 1)
+                keep = (torch.rand_like(xa) >= p).to(dt)
+                h = project_in(xa * keep / (1 - p), A_l)
+            else:
+                h = project_in(xa, A_l) if rows is not None else self._shared_h(x, xa, A_l, key)
+            ld, lb = self._vectors(key, g, dt, x.device, spec.r)  # (n, r), (n, out)
+            bshape = (ld.shape[0],) + (1,) * (h.dim() - 2)
+            v = (h * ld.reshape(bshape + (-1,))) @ B_l.t()  # (n, ..., out)
+            d = (v * lb.reshape(bshape + (-1,))).to(result.dtype)
+            result = result + d if rows is None else result.index_add(0, rows, d)
         return result
+
+    def refresh_tables(self) -> None:
+        """Drop the cached mixed-batch tables (they are rebuilt on the next mixed batch)."""
+        self._tables.clear()
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, layout={self.layout}, adapters={list(self.proj)}"
 
 
 class ModulesToSave(nn.Module):
-    """A fully trained module (a task head): one copy per adapter, the original for none."""
+    """A fully trained module (a task head): one copy per adapter, the original for none.
+
+    In a mixed batch an nn.Linear head runs as one gathered batched product: each row's
+    weight and bias are gathered from a stack (slot 0 the original, slot s the copy of
+    the adapter in slot s); other head types run once per adapter present."""
 
     def __init__(self, original: nn.Module, state: State) -> None:
         super().__init__()
         self.original_module = original
         self.copies = nn.ModuleDict()
+        self.slots: dict[str, int] = {}
+        self._tables: dict[str, SlotTable] = {}
         object.__setattr__(self, "_state", state)
 
     def add_adapter(self, name: str) -> None:
@@ -257,20 +453,68 @@ class ModulesToSave(nn.Module):
         for p in c.parameters():
             p.requires_grad_(True)
         self.copies[name] = c
+        self.slots[name] = min(set(range(1, len(self.slots) + 2)) - set(self.slots.values()))
+
+    def remove_adapter(self, name: str) -> None:
+        if name in self.copies:
+            del self.copies[name]
+        self.slots.pop(name, None)
 
     def module_for(self, name: str | None) -> nn.Module:
         return self.copies[name] if name is not None and name in self.copies else self.original_module
+
+    def refresh_tables(self) -> None:
+        self._tables.clear()
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         st = self._state
         if st.disabled:
             return self.original_module(*args, **kwargs)
-        if st.groups is None:
+        if st.mixed is None:
             return self.module_for(st.active)(*args, **kwargs)
+        if isinstance(self.original_module, nn.Linear) and len(args) == 1 and not kwargs:
+            return self._linear_rows(args[0], st.mixed)
+        return self._loop_rows(args, kwargs, st.mixed)
+
+    def _linear_rows(self, x: torch.Tensor, mb: MixedBatch) -> torch.Tensor:
+        """y[i] = x[i] W_i^T + b_i, W_i and b_i gathered per row: one batched matmul."""
+        if x.shape[0] != mb.batch:
+            raise BatchError(f"adapter_ids has {mb.batch} entries but this module's input has "
+                             f"{x.shape[0]} rows (dim 0)")
+        names = list(dict.fromkeys(n for n in mb.ids if n is not None and n in self.copies))
+        o = self.original_module
+        mods = [o] + [self.copies[n] for n in names]
+        grad = torch.is_grad_enabled() and any(p.requires_grad for m in mods for p in m.parameters())
+        bias = o.bias is not None
+        if grad or torch.compiler.is_compiling():
+            W = torch.stack([m.weight for m in mods])  # (k + 1, out, in)
+            b = torch.stack([m.bias for m in mods]) if bias else None  # (k + 1, out)
+            pos = {n: i + 1 for i, n in enumerate(names)}
+        else:
+            entries = [(0, o.weight)] + [(self.slots[n], self.copies[n].weight) for n in names]
+            W = self._tables.setdefault("weight", SlotTable()).get(entries, tuple(o.weight.shape), o.weight.dtype,
+                                                                   o.weight.device)
+            b = self._tables.setdefault("bias", SlotTable()).get(
+                [(0, o.bias)] + [(self.slots[n], self.copies[n].bias) for n in names], tuple(o.bias.shape),
+                o.bias.dtype, o.bias.device) if bias else None
+            pos = self.slots
+        key = ("head", id(self), tuple(names), str(x.device), grad)
+        idx = mb._moved.get(key)
+        if idx is None:
+            idx = mb._moved[key] = torch.tensor([pos.get(n, 0) if n is not None else 0 for n in mb.ids],
+                                                dtype=torch.long, device=x.device)
+        Wr = W.index_select(0, idx).to(x.dtype)  # (N, out, in)
+        xr = x.reshape(x.shape[0], -1, x.shape[-1])  # (N, T, in)
+        y = torch.bmm(xr, Wr.transpose(1, 2))  # (N, T, out)
+        if b is not None:
+            y = y + b.index_select(0, idx).to(x.dtype)[:, None, :]
+        return y.reshape(*x.shape[:-1], y.shape[-1])
+
+    def _loop_rows(self, args: tuple, kwargs: dict, mb: MixedBatch) -> Any:
         x, rest = args[0], args[1:]
         out = None
-        for name, rows in st.groups.items():
-            rows = rows.to(x.device)
+        for name in dict.fromkeys(mb.ids):
+            rows = torch.tensor([i for i, n in enumerate(mb.ids) if n == name], dtype=torch.long, device=x.device)
             y = self.module_for(name)(x.index_select(0, rows), *rest, **kwargs)
             if out is None:
                 out = y.new_zeros((x.shape[0],) + tuple(y.shape[1:]))

@@ -1,4 +1,4 @@
-"""VeraModel: VeRA adapters on any nn.Module (DESIGN 4; spec 2-4).
+"""VeraModel: VeRA adapters on any nn.Module (spec 2-4; README "PyTorch").
 
     model = get_vera_model(base, VeraConfig(r=256, target_modules=["query", "value"], seed=0))
     model(**batch)                        # every argument goes to the wrapped model
@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Any, Iterator, Sequence
+import re
+from typing import Any, Hashable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 import vera_ref
-from vera_ref.adapter import Adapter, base_fingerprint
-from vera_ref.errors import ModelMismatchError
+from vera_ref import generators
+from vera_ref.adapter import Adapter, base_fingerprint, stored_keys
+from vera_ref.errors import AdapterFileError, ModelMismatchError
 from vera_ref.metadata import AdapterConfig, ModuleSpec
 
 from .config import DTYPE_NAMES, VeraConfig
-from .layer import ModulesToSave, ProjectionStore, ProjSpec, State, VeraLayer, adaptable, layer_dims
+from .errors import AdapterNameError, BatchError, ConfigError, MergeError
+from .layer import (MixedBatch, ModulesToSave, ProjectionStore, ProjSpec, RowGroup, State, VeraLayer, adaptable,
+                    layer_dims)
 from .views import AdapterView, HeadView, LayerView
 
 
@@ -43,7 +47,8 @@ class VeraModel(nn.Module):
         object.__setattr__(self, "_store", ProjectionStore(self.vera_projections))
         self.vera_configs: dict[str, VeraConfig] = {}
         self.vera_modules: dict[str, list[str]] = {}  # adapter -> module paths, in file order
-        self._fingerprints: dict[str, str] = {}  # per adapter, taken before the first merge
+        self._slots: dict[Hashable, dict[str, int]] = {}  # projection class -> adapter -> table slot (>= 1)
+        self._class_of: dict[str, Hashable] = {}
         for p in self.base_model.parameters():
             p.requires_grad_(False)
         if config is not None:
@@ -54,8 +59,14 @@ class VeraModel(nn.Module):
     def from_adapter(cls, model: nn.Module, path: str | os.PathLike | Adapter, name: str = "default",
                      **kwargs: Any) -> "VeraModel":
         """Wrap ``model`` with the adapter in a spec file (checked against the model first)."""
+        flags = [(p, p.requires_grad) for p in model.parameters()]
         vm = cls(model)
-        vm.load_adapter(path, name, **kwargs)
+        try:
+            vm.load_adapter(path, name, **kwargs)
+        except BaseException:
+            for p, flag in flags:  # a failed load leaves the model as it was
+                p.requires_grad_(flag)
+            raise
         return vm
 
     @classmethod
@@ -109,7 +120,257 @@ class VeraModel(nn.Module):
         parent = self.base_model.get_submodule(parent_path) if parent_path else self.base_model
         setattr(parent, child, module)
 
-    _set_module = replace_module
+    _set_module = replace_module  # the name vera_onnx used before replace_module was public
+
+    def _head_paths(self, config: VeraConfig, adapted: Sequence[str]) -> list[str]:
+        """Modules ``config.modules_to_save`` names: never an adapted layer, inside one, or holding one."""
+        if not config.modules_to_save:
+            return []
+        layers = set(adapted) | {p for p, m in self.base_model.named_modules() if isinstance(m, VeraLayer)}
+        found = []
+        for path, module in self.base_model.named_modules():
+            if not path or _inside_head_wrapper(path) or ".base_layer" in path or not config.saves(path):
+                continue
+            clash = next((lp for lp in sorted(layers) if lp == path or lp.startswith(path + ".")
+                          or path.startswith(lp + ".")), None)
+            if clash is not None:
+                raise ModelMismatchError(f"modules_to_save: {path!r} {'is' if clash == path else 'overlaps'} the "
+                                         f"adapted layer {clash!r}; a saved module cannot hold adapted layers")
+            found.append(path)
+        return found
+
+    def _class_key(self, name: str, config: VeraConfig, specs: list[ProjSpec]) -> Hashable:
+        """Projection identity for mixed batches: adapters with equal keys use equal A_l, B_l on every
+        layer they share (shared: the one ProjSpec; per-module: the generator, seed, r and module list)."""
+        if config.sharing == "shared":
+            return specs[0]
+        return ("per-module",) + tuple(specs)
+
+    def add_adapter(self, name: str, config: VeraConfig, *, modules: Sequence[str] | None = None,
+                    stored: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+        """Add adapter ``name`` on every module ``config`` targets (or exactly ``modules``, in that order).
+
+        Adapters may differ in r, seed and generator; each gets its own projections. Everything is
+        checked before the model is changed: on an error the model is as it was."""
+        if not isinstance(name, str) or not name or "." in name:
+            raise AdapterNameError(f"an adapter name must be a non-empty string without '.', got {name!r}")
+        if name in self.vera_configs:
+            raise AdapterNameError(f"adapter {name!r} already exists")
+        if not isinstance(config, VeraConfig):
+            raise ConfigError("config", f"must be a VeraConfig, got {type(config).__name__}")
+        targets = self._targets(config, modules)
+        if not targets:
+            raise ModelMismatchError(
+                f"no nn.Linear or Conv1D module matches target_modules={config.target_modules!r}")
+        heads = self._head_paths(config, [p for p, _ in targets])
+        dims = [layer_dims(m.base_layer if isinstance(m, VeraLayer) else m) for _, m in targets]
+        n_in, n_out = max(d[0] for d in dims), max(d[1] for d in dims)  # spec 2.2: PEFT's rule
+        gen = generators.get(config.generator)
+        seed = config.seed if gen.has_seed else None
+        owner = "" if gen.has_seed else name
+        specs = [ProjSpec(config.generator, seed, config.r, n_in, n_out, 0, owner) if config.sharing == "shared"
+                 else ProjSpec(config.generator, seed, config.r, fi, fo, i + 1, owner)
+                 for i, (fi, fo, _) in enumerate(dims)]
+        pairs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        if not gen.generates:  # stored (spec 2.5.2): given, or drawn once with the default generator and kept
+            for spec in {s.group: s for s in specs}.values():
+                if stored is not None:
+                    A, B = (torch.as_tensor(t, dtype=torch.float32) for t in stored[spec.group])
+                    if tuple(A.shape) != (spec.r, spec.n_in) or tuple(B.shape) != (spec.n_out, spec.r):
+                        raise ModelMismatchError(
+                            f"stored projection of group {spec.group}: A {list(A.shape)}, B {list(B.shape)}, this "
+                            f"model needs A {[spec.r, spec.n_in]}, B {[spec.n_out, spec.r]}")
+                else:
+                    A, B = generators.get(generators.DEFAULT).device("torch")(
+                        config.seed, spec.r, spec.n_in, spec.n_out, spec.group)
+                pairs[spec.group] = (A, B)
+        # -- checked: change the model ----------------------------------------------------------
+        key = self._class_key(name, config, specs)
+        for spec, (A, B) in zip({s.group: s for s in specs}.values(), pairs.values()):
+            self._store.put_stored(spec, A, B)
+        for (path, module), spec in zip(targets, specs):
+            if not isinstance(module, VeraLayer):
+                module = VeraLayer(module, self._state, self._store)
+                self.replace_module(path, module)
+            module.add_adapter(name, spec, config.r, config.d_initial, config.dropout, config.vector_dtype, key)
+        for path in heads:
+            module = self.base_model.get_submodule(path)
+            if not isinstance(module, ModulesToSave):
+                module = ModulesToSave(module, self._state)
+                self.replace_module(path, module)
+            module.add_adapter(name)
+        slots = self._slots.setdefault(key, {})
+        slots[name] = min(set(range(1, len(slots) + 2)) - set(slots.values()))  # reuse a freed slot
+        self._class_of[name] = key
+        self.vera_configs[name] = config
+        self.vera_modules[name] = [p for p, _ in targets]
+
+    def delete_adapter(self, name: str) -> None:
+        self._require(name)
+        if any(name in layer.merged for layer in self.vera_layers()):
+            raise MergeError(f"adapter {name!r} is merged; unmerge() first")
+        self._discard(name)
+
+    def _discard(self, name: str) -> None:
+        for layer in self.vera_layers():
+            layer.remove_adapter(name)
+        for w in self.modules_to_save():
+            w.remove_adapter(name)
+        self._store.drop(name)
+        key = self._class_of.pop(name, None)
+        if key is not None:
+            self._slots[key].pop(name, None)
+            if not self._slots[key]:
+                del self._slots[key]
+        self.vera_configs.pop(name, None)
+        self.vera_modules.pop(name, None)
+        if self._state.active == name:
+            self._state.active = None
+
+    def _require(self, name: str) -> None:
+        if name not in self.vera_configs:
+            raise AdapterNameError(f"no adapter named {name!r} (have: {', '.join(self.vera_configs) or 'none'})")
+
+    @property
+    def active_adapter(self) -> str | None:
+        return self._state.active
+
+    @property
+    def adapters(self) -> list[str]:
+        return list(self.vera_configs)
+
+    def set_adapter(self, name: str) -> None:
+        """Make ``name`` the active adapter; only its vectors (and head copies) are trainable."""
+        self._require(name)
+        if any(layer.merged and layer.merged != [name] for layer in self.vera_layers()):
+            raise MergeError("another adapter is merged; unmerge() before switching")
+        self._state.active = name
+        self.set_trainable([name])
+
+    def set_trainable(self, names: Sequence[str]) -> None:
+        """Make exactly the vectors (and head copies) of ``names`` trainable, e.g. every adapter of a
+        multi-task mixed batch; the active adapter does not change."""
+        names = list(names)
+        for n in names:
+            self._require(n)
+        for layer in self.vera_layers():
+            for n, p in list(layer.vera_lambda_d.items()) + list(layer.vera_lambda_b.items()):
+                p.requires_grad_(n in names)
+        for w in self.modules_to_save():
+            for n, c in w.copies.items():
+                for p in c.parameters():
+                    p.requires_grad_(n in names)
+
+    def vera_layers(self) -> Iterator[VeraLayer]:
+        return (m for m in self.base_model.modules() if isinstance(m, VeraLayer))
+
+    def modules_to_save(self) -> Iterator[ModulesToSave]:
+        return (m for m in self.base_model.modules() if isinstance(m, ModulesToSave))
+
+    def refresh_tables(self) -> None:
+        """Drop the cached mixed-batch tables. Needed only after changing vectors through ``.data``
+        (in-place updates and optimiser steps are seen without it)."""
+        for m in list(self.vera_layers()) + list(self.modules_to_save()):
+            m.refresh_tables()
+
+    @contextlib.contextmanager
+    def disable_adapter(self) -> Iterator[None]:
+        """Run the base model: merged adapters are unmerged for the block (the weights are W0 bit for
+        bit) and merged back after."""
+        merged = {layer: list(layer.merged) for layer in self.vera_layers() if layer.merged}
+        for layer in merged:
+            layer.unmerge()
+        self._state.disabled = True
+        try:
+            yield
+        finally:
+            self._state.disabled = False
+            for layer, names in merged.items():
+                for n in names:
+                    layer.merge(n)
+
+    # -- forward ---------------------------------------------------------------------------------
+    def _mixed_batch(self, adapter_ids: Sequence[str | None]) -> MixedBatch:
+        """Group the rows by projection class (one x A^T and one B^T product per class and layer)."""
+        if isinstance(adapter_ids, (str, bytes)):
+            raise BatchError("adapter_ids must be a sequence with one adapter name (or None) per row, got a string")
+        ids = list(adapter_ids)
+        for n in dict.fromkeys(ids):
+            if n is not None:
+                self._require(n)
+        by_class: dict[Hashable, tuple[list[str], list[int], list[int], list[int]]] = {}
+        pos: dict[str, tuple[Hashable, int]] = {}
+        for i, n in enumerate(ids):
+            if n is None:
+                continue
+            if n not in pos:
+                key = self._class_of[n]
+                names, slots, _, _ = by_class.setdefault(key, ([], [], [], []))
+                names.append(n)
+                slots.append(self._slots[key][n])
+                pos[n] = (key, len(names))
+            key, local = pos[n]
+            _, slots, rows, locs = by_class[key]
+            rows.append(i)
+            locs.append(local)
+        classes = {}
+        for key, (names, slots, rows, locs) in by_class.items():
+            classes[key] = RowGroup(
+                names, slots, None if len(rows) == len(ids) else torch.tensor(rows, dtype=torch.long),
+                torch.tensor(locs, dtype=torch.long), torch.tensor([slots[j - 1] for j in locs], dtype=torch.long))
+        return MixedBatch(ids, classes)
+
+    def forward(self, *args: Any, adapter_ids: Sequence[str | None] | None = None, **kwargs: Any) -> Any:
+        """Run the wrapped model; ``adapter_ids``: one adapter name (or None) per row of dim 0."""
+        st = self._state
+        if adapter_ids is not None:
+            st.mixed = self._mixed_batch(adapter_ids)
+        st.h_cache = {}
+        try:
+            return self.base_model(*args, **kwargs)
+        finally:
+            st.h_cache = None
+            st.mixed = None
+
+    # -- merging -----------------------------------------------------------------------------------
+    def base_fingerprint(self, name: str | None = None) -> str:
+        """spec 4.3: sha256 of the adapted modules' original base weights (W0, also while merged),
+        in ``name``'s module order."""
+        name = name or self._state.active
+        self._require(name)
+        layers = {p: self.base_model.get_submodule(p) for p in self.vera_modules[name]}
+        mods = [ModuleSpec(p, l.in_features, l.out_features, l.layout) for p, l in layers.items()]
+        return base_fingerprint({p: _np(l.original_weight) for p, l in layers.items()}, mods)
+
+    def merge(self, name: str | None = None) -> None:
+        """Fold adapter ``name`` (default: the active one) into the base weights (spec 3.5).
+
+        Delta W is computed in float32 or wider and added to W0 before one rounding to the weight's
+        dtype. ``MergeError`` (every weight unchanged) when a merged weight would not be finite.
+        Each merged layer keeps a copy of its W0 (one weight's worth of memory in its dtype, e.g.
+        2.4 MB per 768x768 float32 layer) so unmerge() restores W0 bit for bit."""
+        name = name or self._state.active
+        self._require(name)
+        done = []
+        for path, layer in self.base_model.named_modules():
+            if isinstance(layer, VeraLayer) and name in layer.proj and name not in layer.merged:
+                try:
+                    layer.merge(name)
+                except MergeError as e:
+                    for other in done:
+                        other.unmerge(name)
+                    raise MergeError(f"{path}: {e}") from None
+                done.append(layer)
+
+    def unmerge(self) -> None:
+        """Restore every merged layer's original weight W0, bit for bit (spec 3.6)."""
+        for layer in self.vera_layers():
+            layer.unmerge()
+
+    def merge_and_unload(self) -> nn.Module:
+        """Merge the active adapter and return the plain model, task-head copies included."""
+        self.merge()
+        return self.unwrapped(self._state.active)
 
     def adapter_view(self, name: str | None = None) -> AdapterView:
         """A read-only view of adapter ``name`` (default: the active one) for exporters (see ``views``)."""
@@ -142,161 +403,6 @@ class VeraModel(nn.Module):
                 self.replace_module(path, module.module_for(keep))
         return self.base_model
 
-    def add_adapter(self, name: str, config: VeraConfig, *, modules: Sequence[str] | None = None,
-                    stored: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
-        """Add adapter ``name`` on every module ``config`` targets (or exactly ``modules``, in that order).
-
-        Adapters may differ in r, seed and generator; each gets its own projections.
-        """
-        if name in self.vera_configs:
-            raise ValueError(f"adapter {name!r} already exists")
-        targets = self._targets(config, modules)
-        if not targets:
-            raise ValueError(f"no nn.Linear or Conv1D module matches target_modules={config.target_modules!r}")
-        dims = [layer_dims(m.base_layer if isinstance(m, VeraLayer) else m) for _, m in targets]
-        n_in, n_out = max(d[0] for d in dims), max(d[1] for d in dims)  # spec 2.2: PEFT's rule
-        seed = None if config.generator == "stored" else config.seed
-        for i, ((path, module), (fi, fo, _)) in enumerate(zip(targets, dims)):
-            if config.sharing == "shared":
-                spec = ProjSpec(config.generator, seed, config.r, n_in, n_out, 0, name if seed is None else "")
-            else:
-                spec = ProjSpec(config.generator, seed, config.r, fi, fo, i + 1, name if seed is None else "")
-            if config.generator == "stored" and spec.group in (0, i + 1) and not hasattr(
-                    self.vera_projections, self._store.buffer_names(spec)[0]):
-                if stored is not None:
-                    A, B = stored[spec.group]
-                else:  # a fresh stored adapter: draw its pair with the spec's generator, then keep it
-                    from .philox import projection
-                    A, B = projection(config.seed, spec.r, spec.n_in, spec.n_out, spec.group)
-                self._store.put_stored(spec, torch.as_tensor(A), torch.as_tensor(B))
-            if not isinstance(module, VeraLayer):
-                module = VeraLayer(module, self._state, self._store)
-                self.replace_module(path, module)
-            module.add_adapter(name, spec, config.r, config.d_initial, config.dropout, config.vector_dtype)
-        if config.modules_to_save:
-            for path, module in list(self.base_model.named_modules()):
-                if isinstance(module, ModulesToSave) and config.saves(path):
-                    module.add_adapter(name)
-                elif (config.saves(path) and not isinstance(module, (VeraLayer, ModulesToSave))
-                      and not _inside_head_wrapper(path)):
-                    wrapper = ModulesToSave(module, self._state)
-                    self.replace_module(path, wrapper)
-                    wrapper.add_adapter(name)
-        self.vera_configs[name] = config
-        self.vera_modules[name] = [p for p, _ in targets]
-
-    def delete_adapter(self, name: str) -> None:
-        self._require(name)
-        if any(name in layer.merged for layer in self.vera_layers()):
-            raise RuntimeError(f"adapter {name!r} is merged; unmerge() first")
-        for layer in self.vera_layers():
-            layer.remove_adapter(name)
-        for w in self.modules_to_save():
-            if name in w.copies:
-                del w.copies[name]
-        self._store.drop(name)
-        del self.vera_configs[name], self.vera_modules[name]
-        if self._state.active == name:
-            self._state.active = None
-
-    def _require(self, name: str) -> None:
-        if name not in self.vera_configs:
-            raise KeyError(f"no adapter named {name!r} (have: {', '.join(self.vera_configs) or 'none'})")
-
-    @property
-    def active_adapter(self) -> str | None:
-        return self._state.active
-
-    @property
-    def adapters(self) -> list[str]:
-        return list(self.vera_configs)
-
-    def set_adapter(self, name: str) -> None:
-        """Make ``name`` the active adapter; only its vectors (and head copies) are trainable."""
-        self._require(name)
-        if any(layer.merged and layer.merged != [name] for layer in self.vera_layers()):
-            raise RuntimeError("another adapter is merged; unmerge() before switching")
-        self._state.active = name
-        for layer in self.vera_layers():
-            for n, p in list(layer.vera_lambda_d.items()) + list(layer.vera_lambda_b.items()):
-                p.requires_grad_(n == name)
-        for w in self.modules_to_save():
-            for n, c in w.copies.items():
-                for p in c.parameters():
-                    p.requires_grad_(n == name)
-
-    def vera_layers(self) -> Iterator[VeraLayer]:
-        return (m for m in self.base_model.modules() if isinstance(m, VeraLayer))
-
-    def modules_to_save(self) -> Iterator[ModulesToSave]:
-        return (m for m in self.base_model.modules() if isinstance(m, ModulesToSave))
-
-    @contextlib.contextmanager
-    def disable_adapter(self) -> Iterator[None]:
-        """Run the base model: merged adapters are unmerged for the block and merged back after."""
-        merged = {layer: list(layer.merged) for layer in self.vera_layers() if layer.merged}
-        for layer in merged:
-            layer.unmerge()
-        self._state.disabled = True
-        try:
-            yield
-        finally:
-            self._state.disabled = False
-            for layer, names in merged.items():
-                for n in names:
-                    layer.merge(n)
-
-    # -- forward ---------------------------------------------------------------------------------
-    def forward(self, *args: Any, adapter_ids: Sequence[str | None] | None = None, **kwargs: Any) -> Any:
-        st = self._state
-        if adapter_ids is not None:
-            ids = list(adapter_ids)
-            for n in set(ids) - {None}:
-                self._require(n)
-            st.groups = {n: torch.tensor([i for i, a in enumerate(ids) if a == n], dtype=torch.long)
-                         for n in dict.fromkeys(ids)}
-            st.batch = len(ids)
-        st.h_cache = {}
-        try:
-            return self.base_model(*args, **kwargs)
-        finally:
-            st.h_cache = None
-            st.groups = None
-            st.batch = None
-
-    # -- merging -----------------------------------------------------------------------------------
-    def base_fingerprint(self, name: str | None = None) -> str:
-        """spec 4.3: sha256 of the adapted modules' base weights, in ``name``'s module order."""
-        name = name or self._state.active
-        self._require(name)
-        if any(layer.merged for layer in self.vera_layers()):
-            if name not in self._fingerprints:
-                raise RuntimeError("the fingerprint of a merged model is unknown; unmerge() first")
-            return self._fingerprints[name]
-        layers = {p: self.base_model.get_submodule(p) for p in self.vera_modules[name]}
-        mods = [ModuleSpec(p, l.in_features, l.out_features, l.layout) for p, l in layers.items()]
-        return base_fingerprint({p: _np(l.base_layer.weight) for p, l in layers.items()}, mods)
-
-    def merge(self, name: str | None = None) -> None:
-        """Fold adapter ``name`` (default: the active one) into the base weights (spec 3.5)."""
-        name = name or self._state.active
-        self._require(name)
-        if not any(layer.merged for layer in self.vera_layers()):
-            self._fingerprints = {n: self.base_fingerprint(n) for n in self.vera_configs}
-        for layer in self.vera_layers():
-            if name in layer.proj:
-                layer.merge(name)
-
-    def unmerge(self) -> None:
-        """Subtract every merged adapter from the base weights (spec 3.6)."""
-        for layer in self.vera_layers():
-            layer.unmerge()
-
-    def merge_and_unload(self) -> nn.Module:
-        """Merge the active adapter and return the plain model, task-head copies included."""
-        self.merge()
-        return self.unwrapped(self._state.active)
-
     # -- files ------------------------------------------------------------------------------------
     def to_adapter(self, name: str | None = None, *, fingerprint: bool = True, packed: bool = False,
                    vector_dtype: str | None = None, base_model_name: str | None = None,
@@ -312,9 +418,10 @@ class VeraModel(nn.Module):
             base["name"] = base_model_name
         if fingerprint:
             base["fingerprint"] = self.base_fingerprint(name)
+        gen = generators.get(cfg.generator)
         acfg = AdapterConfig(
             r=cfg.r, modules=[ModuleSpec(p, l.in_features, l.out_features, l.layout) for p, l in layers],
-            generator=cfg.generator, seed=None if cfg.generator == "stored" else cfg.seed, sharing=cfg.sharing,
+            generator=cfg.generator, seed=cfg.seed if gen.has_seed else None, sharing=cfg.sharing,
             vector_dtype=DTYPE_NAMES[cfg.vector_dtype], tensor_layout="packed" if packed else "per-module",
             d_initial=cfg.d_initial, dropout=cfg.dropout,
             base_model=base or None, provenance=dict(provenance or {}))
@@ -326,7 +433,7 @@ class VeraModel(nn.Module):
             for d in (ad.lambda_d, ad.lambda_b):
                 for k in d:
                     d[k] = round_to(d[k], vector_dtype).astype(compute_dtype(vector_dtype))
-        if cfg.generator == "stored":
+        if not gen.generates:
             for g, _, _ in acfg.groups():
                 spec = next(l.proj[name] for _, l in layers if l.proj[name].group == g)
                 A, B = self._store.get(spec, torch.device("cpu"))
@@ -346,15 +453,30 @@ class VeraModel(nn.Module):
         """Load a spec file (or a vera_ref.Adapter) as adapter ``name``, after checking that every module
         exists with the same dimensions and layout (and the base fingerprint, when the file has one).
 
+        Every problem is an ``AdapterFileError`` (the file) or a ``ModelMismatchError`` (the file and
+        this model disagree), raised before anything changes: a failed load leaves the model as it was.
+        Extra tensors are accepted only as whole modules the adapter saves (a task head), never for
+        an adapted layer or a module holding one.
+
         ``vector_dtype``: hold the vectors in this dtype instead of the file's (e.g. "float32" for a
         file stored in bfloat16: exact, and the adapter math then runs in float32)."""
         ad = path if isinstance(path, Adapter) else vera_ref.load_adapter(path)
+        if not isinstance(ad, Adapter):
+            raise AdapterFileError("adapter", f"expected a path or a vera_ref.Adapter, got {type(ad).__name__}")
+        if name in self.vera_configs:
+            raise AdapterNameError(f"adapter {name!r} already exists")
+        if activate and any(layer.merged for layer in self.vera_layers()):
+            raise MergeError("another adapter is merged; unmerge() before loading an adapter to activate "
+                             "(or load with activate=False)")
         cfg = ad.config
         for m in cfg.modules:
             try:
                 mod = self.base_model.get_submodule(m.name)
             except AttributeError:
                 raise ModelMismatchError(f"modules: {m.name!r} is not in this model") from None
+            if _inside_head_wrapper(m.name) or ".base_layer" in m.name or isinstance(mod, ModulesToSave):
+                raise ModelMismatchError(f"modules: {m.name!r} is a module saved whole (modules_to_save) or part "
+                                         f"of an adapted layer, not a layer VeRA can adapt")
             base = mod.base_layer if isinstance(mod, VeraLayer) else mod
             if not adaptable(base):
                 raise ModelMismatchError(f"modules: {m.name!r} is a {type(base).__name__}, not an nn.Linear or Conv1D")
@@ -365,42 +487,87 @@ class VeraModel(nn.Module):
                     f"(in={m.in_features}, out={m.out_features}, {m.layout}) in the adapter")
         heads = self._head_targets(ad)
         if check_fingerprint and cfg.base_model and "fingerprint" in cfg.base_model:
-            layers = {m.name: self.base_model.get_submodule(m.name) for m in cfg.modules}
-            weights = {n: _np((l.base_layer if isinstance(l, VeraLayer) else l).weight) for n, l in layers.items()}
-            if any(isinstance(l, VeraLayer) and l.merged for l in layers.values()):
-                raise ModelMismatchError("base_model.fingerprint: cannot check against merged weights; unmerge() first")
-            mine = base_fingerprint(weights, cfg.modules)
-            if mine != cfg.base_model["fingerprint"]:
-                raise ModelMismatchError(f"base_model.fingerprint: this model's weights give {mine[:16]}..., the "
-                                         f"adapter was trained on {cfg.base_model['fingerprint'][:16]}...")
-        # the vectors are held in the file's dtype unless asked otherwise (float32 holds float16/bfloat16 exactly)
+            self._check_fingerprint(cfg)
         held = vector_dtype or cfg.vector_dtype
-        config = VeraConfig(r=cfg.r, target_modules=[m.name for m in cfg.modules], seed=cfg.seed or 0,
-                            d_initial=cfg.d_initial, dropout=cfg.dropout, sharing=cfg.sharing,
-                            generator=cfg.generator, vector_dtype=held,
-                            modules_to_save=sorted(heads) or None)
-        stored = {g: (torch.from_numpy(np.ascontiguousarray(A)), torch.from_numpy(np.ascontiguousarray(B)))
-                  for g, (A, B) in ad.stored.items()} if cfg.generator == "stored" else None
-        self.add_adapter(name, config, modules=[m.name for m in cfg.modules], stored=stored)
-        with torch.no_grad():
-            for m in cfg.modules:
-                layer = self.base_model.get_submodule(m.name)
-                layer.vera_lambda_d[name].copy_(torch.from_numpy(np.asarray(ad.lambda_d[m.name], dtype=np.float64)))
-                layer.vera_lambda_b[name].copy_(torch.from_numpy(np.asarray(ad.lambda_b[m.name], dtype=np.float64)))
-            for head, params in heads.items():
-                copy = self.base_model.get_submodule(head).copies[name]
-                sd = {k: torch.from_numpy(np.asarray(v, dtype=np.float64)).to(copy.state_dict()[k].dtype)
-                      for k, v in params.items()}
-                copy.load_state_dict(sd)
-        if activate:
-            self.set_adapter(name)
+        head_re = "|".join(re.escape(h) for h in sorted(heads))
+        try:
+            config = VeraConfig(r=cfg.r, target_modules=[m.name for m in cfg.modules],
+                                seed=cfg.seed if cfg.seed is not None else 0, d_initial=cfg.d_initial,
+                                dropout=cfg.dropout, sharing=cfg.sharing, generator=cfg.generator,
+                                vector_dtype=held, modules_to_save=head_re or None)
+        except ConfigError as e:
+            if vector_dtype is not None and e.field == "vector_dtype":
+                raise
+            raise AdapterFileError(e.field, e.problem) from None
+        vectors = {m.name: (_vector(ad.lambda_d, m.name, "lambda_d", (cfg.r,), config.vector_dtype),
+                            _vector(ad.lambda_b, m.name, "lambda_b", (m.out_features,), config.vector_dtype))
+                   for m in cfg.modules}
+        stored = None
+        if not generators.get(cfg.generator).generates:
+            stored = {}
+            for g, n_in, n_out in cfg.groups():
+                if g not in ad.stored:
+                    raise AdapterFileError(stored_keys(g, cfg.sharing)[0], "missing")
+                ka, kb = stored_keys(g, cfg.sharing)
+                A, B = ad.stored[g]
+                stored[g] = (_vector({ka: A}, ka, "", (cfg.r, n_in), torch.float32),
+                             _vector({kb: B}, kb, "", (n_out, cfg.r), torch.float32))
+        head_values = self._head_values(heads)
+        self._head_paths(config, [m.name for m in cfg.modules])  # raises on a head that holds an adapted layer
+        # -- checked: change the model ----------------------------------------------------------
+        try:
+            self.add_adapter(name, config, modules=[m.name for m in cfg.modules], stored=stored)
+            with torch.no_grad():
+                for m in cfg.modules:
+                    layer = self.base_model.get_submodule(m.name)
+                    layer.vera_lambda_d[name].copy_(vectors[m.name][0])
+                    layer.vera_lambda_b[name].copy_(vectors[m.name][1])
+                for head, sd in head_values.items():
+                    self.base_model.get_submodule(head).copies[name].load_state_dict(sd)
+            if activate:
+                self.set_adapter(name)
+        except BaseException:
+            if name in self.vera_configs:  # not reached by any checked problem: a last line of defence
+                self._discard(name)
+            raise
         return name
 
-    def _head_targets(self, ad: Adapter) -> dict[str, dict[str, np.ndarray]]:
-        """Extra tensors grouped by the module that owns them, checked against the model."""
-        heads: dict[str, dict[str, np.ndarray]] = {}
-        for key, (arr, _) in ad.extra.items():
-            owner, _, pname = key.rpartition(".")
+    def _check_fingerprint(self, cfg: AdapterConfig) -> None:
+        """spec 4.3: the adapted modules' original weights must give the file's fingerprint."""
+        layers = {m.name: self.base_model.get_submodule(m.name) for m in cfg.modules}
+        weights = {n: (l.original_weight if isinstance(l, VeraLayer) else l.weight) for n, l in layers.items()}
+        mine = base_fingerprint({n: _np(w) for n, w in weights.items()}, cfg.modules)
+        want = cfg.base_model["fingerprint"]
+        if mine == want:
+            return
+        msg = f"base_model.fingerprint: this model's weights give {mine[:16]}..., the adapter was trained on {want[:16]}..."
+        cast = sorted({str(w.dtype).replace("torch.", "") for w in weights.values()} - {"float32"})
+        if cast:
+            msg += (f" (this model's adapted weights are {', '.join(cast)}; the fingerprint is of the float32 "
+                    f"weights as trained, so a cast model never matches: load before casting, or pass "
+                    f"check_fingerprint=False)")
+        raise ModelMismatchError(msg)
+
+    def _head_targets(self, ad: Adapter) -> dict[str, dict[str, tuple[np.ndarray, str]]]:
+        """Extra tensors grouped by the module that owns them, checked against the model: each owner is
+        a module saved whole (every tensor of its state_dict), not the root, not an adapted layer, not
+        inside one and not holding one."""
+        wrappers = {p for p, m in self.base_model.named_modules() if isinstance(m, ModulesToSave)}
+        adapted = {m.name for m in ad.config.modules} | {
+            p for p, m in self.base_model.named_modules() if isinstance(m, VeraLayer)}
+        heads: dict[str, dict[str, tuple[np.ndarray, str]]] = {}
+        for key, (arr, dtype) in ad.extra.items():
+            owner = next((w for w in wrappers if key.startswith(w + ".")), None)
+            owner, pname = (owner, key[len(owner) + 1:]) if owner is not None else key.rpartition(".")[::2]
+            if not owner:
+                raise ModelMismatchError(f"{key}: an extra tensor must belong to a submodule, not the model root")
+            if _inside_head_wrapper(owner) or ".base_layer" in owner:
+                raise ModelMismatchError(f"{key}: names the inside of a wrapper, not a module of the base model")
+            clash = next((a for a in sorted(adapted) if a == owner or a.startswith(owner + ".")
+                          or owner.startswith(a + ".")), None)
+            if clash is not None:
+                raise ModelMismatchError(f"{key}: {clash!r} is a layer VeRA adapts; extra tensors cannot replace "
+                                         f"an adapted layer's weights")
             try:
                 mod = self.base_model.get_submodule(owner)
             except AttributeError:
@@ -412,8 +579,51 @@ class VeraModel(nn.Module):
             if tuple(sd[pname].shape) != tuple(np.shape(arr)):
                 raise ModelMismatchError(f"{key}: shape {list(np.shape(arr))} in the adapter but "
                                          f"{list(sd[pname].shape)} in the model")
-            heads.setdefault(owner, {})[pname] = arr
+            heads.setdefault(owner, {})[pname] = (arr, dtype)
+        for owner, params in heads.items():
+            mod = self.base_model.get_submodule(owner)
+            missing = sorted(set((mod.original_module if isinstance(mod, ModulesToSave) else mod).state_dict())
+                             - set(params))
+            if missing:
+                raise ModelMismatchError(f"{owner}.{missing[0]}: missing; the adapter saves part of module {owner!r} "
+                                         f"but a saved module (modules_to_save) must be saved whole")
         return heads
+
+    def _head_values(self, heads: dict[str, dict[str, tuple[np.ndarray, str]]]) -> dict[str, dict[str, torch.Tensor]]:
+        """The extra tensors as tensors of the model's dtypes, refusing values that do not fit them."""
+        out = {}
+        for owner, params in heads.items():
+            mod = self.base_model.get_submodule(owner)
+            sd = (mod.original_module if isinstance(mod, ModulesToSave) else mod).state_dict()
+            out[owner] = {}
+            for pname, (arr, _) in params.items():
+                ref = sd[pname]
+                t = torch.from_numpy(np.array(arr, dtype=np.float64 if ref.is_floating_point() else None))
+                t = t.to(ref.dtype)
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    raise ModelMismatchError(f"{owner}.{pname}: values are not finite in "
+                                             f"{str(ref.dtype).replace('torch.', '')}, this model's dtype for it")
+                out[owner][pname] = t
+        return out
+
+
+def _vector(table: dict, module: str, what: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    """One vector (or stored matrix) of an Adapter as a ``dtype`` tensor: present, of ``shape``, finite."""
+    field = f"{module}.{what}" if what else module
+    if module not in table:
+        raise AdapterFileError(field, "missing")
+    try:
+        arr = np.asarray(table[module], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise AdapterFileError(field, "is not an array of numbers") from None
+    if arr.shape != shape:
+        raise AdapterFileError(field, f"shape {list(arr.shape)} must be {list(shape)}")
+    if not np.isfinite(arr).all():
+        raise AdapterFileError(field, "contains non-finite values (NaN or infinity)")
+    t = torch.from_numpy(arr).to(dtype)
+    if not bool(torch.isfinite(t).all()):
+        raise AdapterFileError(field, f"values overflow {str(dtype).replace('torch.', '')}")
+    return t
 
 
 def _inside_head_wrapper(path: str) -> bool:

@@ -14,9 +14,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from vera_ref import generators
+from vera_ref.errors import ProjectionError
 from vera_ref.philox import M0, M1, ROUNDS, round_keys
-from vera_ref.projection import (MATRIX_A, MATRIX_B, RANK_LIMIT, WORD_LIMIT, _check_count, check_seed, kaiming_bound,
-                                 key_of_seed)
+from vera_ref.projection import MATRIX_A, MATRIX_B, RANK_LIMIT, WORD_LIMIT, kaiming_bound, key_of_seed
 
 MASK32 = 0xFFFFFFFF
 BLOCK = 1 << 20  # counters per step: bounds the int64 temporaries to a few MB
@@ -65,13 +66,27 @@ def _table(seed: int, m: int, g: int, n_count: int, r: int, bound: np.float32, d
     return torch.cat(parts, dim=1 if rank_major else 0).contiguous()
 
 
+def _count(name: str, value: object, limit: int) -> int:
+    """spec 1.4: counts the counter words can address (the reference's messages)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ProjectionError(f"{name} must be an integer, got {type(value).__name__}")
+    if not 1 <= int(value) <= limit:
+        raise ProjectionError(f"{name} must be in [1, {limit}], got {value}")
+    return int(value)
+
+
 def projection(seed: int, r: int, n_in: int, n_out: int, group: int = 0,
                device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """spec 2.1 on ``device``: A float32 (r, n_in), B float32 (n_out, r); equals vera_ref.projection."""
-    check_seed(seed)
-    _check_count("r", r, RANK_LIMIT)
-    _check_count("n_in", n_in, WORD_LIMIT)
-    _check_count("n_out", n_out, WORD_LIMIT)
-    A = _table(int(seed), MATRIX_A, group, n_in, r, kaiming_bound(n_in), device, True)  # (r, n_in)
-    B = _table(int(seed), MATRIX_B, group, n_out, r, kaiming_bound(r), device, False)  # (n_out, r)
+    """spec 2.1 on ``device``: A float32 (r, n_in), B float32 (n_out, r); equals vera_ref.projection.
+
+    Registered as the ``torch`` implementation of ``philox4x32-10`` in ``vera_ref.generators``."""
+    seed = generators.PHILOX.check_seed(seed)
+    r, n_in, n_out = _count("r", r, RANK_LIMIT), _count("n_in", n_in, WORD_LIMIT), _count("n_out", n_out, WORD_LIMIT)
+    if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or not 0 <= int(group) < WORD_LIMIT:
+        raise ProjectionError(f"group must be an integer in [0, {WORD_LIMIT}), got {group!r}")
+    A = _table(seed, MATRIX_A, int(group), n_in, r, kaiming_bound(n_in), device, True)  # (r, n_in)
+    B = _table(seed, MATRIX_B, int(group), n_out, r, kaiming_bound(r), device, False)  # (n_out, r)
     return A, B
+
+
+generators.register_device(generators.PHILOX.name, "torch", projection)

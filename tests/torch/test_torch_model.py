@@ -13,7 +13,7 @@ from conftest import ROOT  # noqa: E402
 from torch_models import Conv1D, TinyNet, randomise  # noqa: E402
 from vera_ref.errors import ModelMismatchError  # noqa: E402
 from vera_ref.tolerance import backward_magnitude, compare, forward_magnitude  # noqa: E402
-from vera_torch import VeraConfig, VeraLayer, VeraModel, get_vera_model  # noqa: E402
+from vera_torch import AdapterNameError, BatchError, VeraConfig, VeraLayer, VeraModel, get_vera_model  # noqa: E402
 from vera_torch import functional as F  # noqa: E402
 
 
@@ -211,9 +211,9 @@ def test_mixed_adapters_in_one_batch_equal_each_row_alone():
             m.set_adapter(name)
             want = m(x[i:i + 1])
         assert torch.allclose(mixed[i:i + 1], want, atol=1e-6), i
-    with pytest.raises(KeyError, match="no adapter named 'zzz'"):
+    with pytest.raises(AdapterNameError, match="^no adapter named 'zzz'"):
         m(x, adapter_ids=["zzz"] * 5)
-    with pytest.raises(ValueError, match=r"^adapter_ids has 2 entries but this layer's input has 5 rows"):
+    with pytest.raises(BatchError, match=r"^adapter_ids has 2 entries but this layer's input has 5 rows"):
         m(x, adapter_ids=["b", "b"])
 
 
@@ -312,9 +312,9 @@ def test_stored_and_per_module_generators(tmp_path):
 
 def test_switching_adapters_and_errors():
     base, m = _net()
-    with pytest.raises(ValueError, match="^adapter 'default' already exists$"):
+    with pytest.raises(AdapterNameError, match="^adapter 'default' already exists$"):
         m.add_adapter("default", VeraConfig(r=2, target_modules=["query"]))
-    with pytest.raises(KeyError, match="no adapter named 'x'"):
+    with pytest.raises(AdapterNameError, match=r"^no adapter named 'x' \(have: default\)$"):
         m.set_adapter("x")
     m.add_adapter("two", VeraConfig(r=2, target_modules=["query"], seed=1))
     m.set_adapter("two")
