@@ -1,38 +1,30 @@
 """Adapters in memory and on disk: the VeRA profile of safetensors (spec 4).
 
-``load_adapter`` applies every rule of spec 4.6 (header, magic, version, document,
-projection size limit, tensors, values, checksums) and raises ``AdapterFileError``
-naming the field; ``save_adapter`` writes atomically (spec 4.7).
+``load_adapter`` applies every rule of spec 4.6 (path, header, magic, version, document,
+projection size limit, tensors, values, checksums) in its order and raises the
+``AdapterFileError`` of the first broken rule (``.code``, ``.field``); ``save_adapter``
+writes atomically (spec 4.7) what a reader accepts. The tensors a config implies come from
+one function, ``AdapterConfig.expected_tensors`` (spec 4.4), for reading and writing alike.
 """
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 import numpy as np
 
-from . import container
+from . import container, generators
 from .dtypes import FROM_CODE, SAFETENSORS_CODE, round_to
 from .errors import AdapterFileError
-from .metadata import (CONFIG_KEY, DEFAULT_MAX_PROJECTION_ELEMENTS, FORMAT_KEY, FORMAT_NAME, SPEC_VERSION,
-                       VERSION_KEY, AdapterConfig, ModuleSpec, check_version, config_json, parse_config)
-from .peft_mt19937 import peft_projection
-from .projection import projection
+from .metadata import (CONFIG_KEY, DEFAULT_MAX_PROJECTION_ELEMENTS, FORMAT_KEY, FORMAT_NAME, PACKED_B, PACKED_D,
+                       SPEC_VERSION, VERSION_KEY, AdapterConfig, ModuleSpec, TensorSpec, check_version, config_json,
+                       lambda_b_key, lambda_d_key, parse_config, stored_keys)
+from .rules import fail
 
-
-def lambda_d_key(module: str) -> str:
-    return f"{module}.lambda_d"  # spec 4.4
-
-
-def lambda_b_key(module: str) -> str:
-    return f"{module}.lambda_b"  # spec 4.4
-
-
-def stored_keys(group: int, sharing: str) -> tuple[str, str]:
-    """spec 4.4: tensor names of a stored projection pair."""
-    return ("A", "B") if sharing == "shared" else (f"A.{group}", f"B.{group}")
+PEFT_MARKERS = ("base_model.model.", "vera_lambda_")  # spec 4.6 step 8: tensor names of a PEFT adapter
 
 
 def sha256_hex(array: np.ndarray) -> str:
@@ -57,11 +49,10 @@ def base_fingerprint(weights: Mapping[str, np.ndarray], modules: Iterable[Module
 
 def generate_projection(cfg: AdapterConfig, group: int, n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     """A and B of one group from the named generator (spec 2.5); not for ``stored``."""
-    if cfg.generator == "philox4x32-10":
-        return projection(cfg.seed, cfg.r, n_in, n_out, group)
-    if cfg.generator == "peft-mt19937":
-        return peft_projection(cfg.seed, cfg.r, n_in, n_out)
-    raise AdapterFileError("generator", "the stored generator has no rule to generate from")
+    gen = generators.get(cfg.generator)
+    if not gen.generates:
+        raise AdapterFileError("generator", f"the {gen.name} generator has no rule to generate from")
+    return gen.projection(cfg.seed, cfg.r, n_in, n_out, group)
 
 
 @dataclass
@@ -82,7 +73,7 @@ class Adapter:
 
     def projection(self, group: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """The (A, B) pair of a group: stored, or generated once and cached."""
-        if self.config.generator == "stored":
+        if not generators.get(self.config.generator).generates:
             return self.stored[group]
         if group not in self._cache:
             dims = {g: (i, o) for g, i, o in self.config.groups()}
@@ -117,9 +108,18 @@ def new_adapter(
     base_model: dict[str, str] | None = None,
     provenance: dict | None = None,
 ) -> Adapter:
-    """A fresh adapter (spec 3.9): lambda_b = 0 and lambda_d = d_initial, an exact no-op."""
+    """A fresh adapter (spec 3.9): lambda_b = 0 and lambda_d = d_initial, an exact no-op.
+
+    The generator and seed are checked by ``vera_ref.generators`` (``ProjectionError``); every
+    other field by the document rules of spec 4.6 (``AdapterFileError``).
+    """
     mods = [m if isinstance(m, ModuleSpec) else ModuleSpec(*m) for m in modules]
-    cfg = AdapterConfig(r=r, modules=mods, generator=generator, seed=None if generator == "stored" else seed,
+    gen = generators.get(generator)
+    seed = gen.check_seed(seed if gen.has_seed else None)
+    for key, v in (("d_initial", d_initial), ("dropout", dropout)):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or not math.isfinite(v):
+            fail("E4.6.19.1" if key == "d_initial" else "E4.6.19.2", json=v)
+    cfg = AdapterConfig(r=r, modules=mods, generator=generator, seed=seed,
                         sharing=sharing, vector_dtype=vector_dtype, tensor_layout=tensor_layout,
                         d_initial=float(d_initial),
                         dropout=float(dropout), base_model=base_model, provenance=dict(provenance or {}))
@@ -134,108 +134,98 @@ def new_adapter(
     return ad
 
 
-PACKED_D, PACKED_B = "lambda_d", "lambda_b"  # spec 4.4: the packed layout's two tensors
-
-
 def _tensor_plan(ad: Adapter) -> dict[str, tuple[np.ndarray, str]]:
+    """The tensors to write, {name: (array, dtype code)}, from ``AdapterConfig.expected_tensors``."""
     cfg = ad.config
-    vcode = SAFETENSORS_CODE[cfg.vector_dtype]
     plan: dict[str, tuple[np.ndarray, str]] = {}
-    if cfg.tensor_layout == "packed":
-        plan[PACKED_D] = (np.stack([np.asarray(ad.lambda_d[m.name]) for m in cfg.modules]), vcode)  # (M, r)
-        plan[PACKED_B] = (np.concatenate([np.asarray(ad.lambda_b[m.name]) for m in cfg.modules]), vcode)  # (sum out)
-    else:
-        for m in cfg.modules:
-            plan[lambda_d_key(m.name)] = (ad.lambda_d[m.name], vcode)
-            plan[lambda_b_key(m.name)] = (ad.lambda_b[m.name], vcode)
-    if cfg.generator == "stored":
-        for g, _, _ in cfg.groups():
-            ka, kb = stored_keys(g, cfg.sharing)
-            plan[ka], plan[kb] = (ad.stored[g][0], "F32"), (ad.stored[g][1], "F32")
-    for name, (array, dtype) in ad.extra.items():
-        plan[name] = (array, SAFETENSORS_CODE[dtype])
+    for t in cfg.expected_tensors():
+        if t.name == PACKED_D and cfg.tensor_layout == "packed":
+            plan[t.name] = (np.stack([np.asarray(ad.lambda_d[m.name]) for m in cfg.modules]), t.dtype)  # (M, r)
+        elif t.name == PACKED_B and cfg.tensor_layout == "packed":
+            plan[t.name] = (np.concatenate([np.asarray(ad.lambda_b[m.name]) for m in cfg.modules]), t.dtype)
+        elif t.role == "vector":
+            module, which = t.name.rsplit(".", 1)
+            plan[t.name] = ((ad.lambda_d if which == "lambda_d" else ad.lambda_b)[module], t.dtype)
+        elif t.role == "projection":
+            group = 0 if cfg.sharing == "shared" else int(t.name.split(".", 1)[1])
+            plan[t.name] = (ad.stored[group][0 if t.name[0] == "A" else 1], t.dtype)
+        else:
+            array, dtype = ad.extra[t.name]
+            plan[t.name] = (array, SAFETENSORS_CODE[dtype])
     return plan
 
 
+def tensor_plan(adapter: Adapter) -> dict[str, tuple[np.ndarray, str]]:
+    """The tensors ``save_adapter`` writes for ``adapter``: {name: (array, safetensors dtype code)}."""
+    adapter.config.extra_tensors = sorted(adapter.extra)
+    return _tensor_plan(adapter)
+
+
 def save_adapter(adapter: Adapter, path: str | os.PathLike) -> None:
-    """Write ``adapter`` as a VeRA file (spec 4), atomically (spec 4.7).
+    """Write ``adapter`` as a VeRA file (spec 4), atomically (spec 4.7, ``vera_ref.atomic``).
 
     The checksums are recomputed from the projections, and the written bytes are
-    checked by a full load before they replace anything at ``path``.
+    checked by a full read (spec 4.6, checksums aside) before they replace anything at ``path``.
     """
     cfg = adapter.config
     cfg.extra_tensors = sorted(adapter.extra)
     cfg.projection_sha256 = adapter.checksums()
     meta = {FORMAT_KEY: FORMAT_NAME, VERSION_KEY: SPEC_VERSION, CONFIG_KEY: config_json(cfg)}
     payload = container.to_bytes(meta, _tensor_plan(adapter))
-    _check_payload(payload, cfg)
+    meta_back, tensors = container.parse(payload)  # spec 4.6 applies to writers too
+    build_adapter(meta_back, tensors, max_projection_elements=DEFAULT_MAX_PROJECTION_ELEMENTS,
+                  verify_checksums=False)
     container.write_atomic(path, [payload])
 
 
-def _check_payload(payload: bytes, cfg: AdapterConfig) -> None:
-    """Refuse to write what a reader would reject (spec 4.6 applies to writers too)."""
-    import io
-
-    f = io.BytesIO(payload)
-    meta, entries, start = container.read_header(f, len(payload))
-    tensors = {}
-    for name, (dtype, shape, b, e) in entries.items():
-        tensors[name] = container.RawTensor(dtype, shape, container._decode(payload[start + b: start + e], dtype, shape))
-    _build(meta, tensors, DEFAULT_MAX_PROJECTION_ELEMENTS, verify_checksums=False)
-
-
-def _build(meta: Mapping[str, str], tensors: Mapping[str, container.RawTensor], max_elements: int,
-           verify_checksums: bool) -> Adapter:
+def _check_kind(meta: Mapping[str, str], tensors: Mapping[str, object]) -> None:
+    """spec 4.6 step 8: the magic; a file without it is named if it is a PEFT adapter."""
     fmt = meta.get(FORMAT_KEY)
+    if fmt is None:
+        if any(n.startswith(PEFT_MARKERS[0]) or PEFT_MARKERS[1] in n for n in tensors):
+            fail("E4.6.8.1")
+        fail("E4.6.8.2")
     if fmt != FORMAT_NAME:
-        raise AdapterFileError(FORMAT_KEY, f"expected {FORMAT_NAME!r}, got {fmt!r}")
+        fail("E4.6.8.3", json=fmt)
+
+
+def build_adapter(meta: Mapping[str, str], tensors: Mapping[str, container.RawTensor], *,
+                  max_projection_elements: int = DEFAULT_MAX_PROJECTION_ELEMENTS,
+                  verify_checksums: bool = True) -> Adapter:
+    """spec 4.6 steps 8-26 on a container already read (``container.read``/``container.parse``)."""
+    _check_kind(meta, tensors)
     version = meta.get(VERSION_KEY)
     check_version(version)
     text = meta.get(CONFIG_KEY)
     if text is None:
-        raise AdapterFileError(CONFIG_KEY, "missing")
+        fail("E4.6.10.1")
     cfg = parse_config(text, version)
-    # spec 4.6: the size limit is checked before anything is generated or compared
-    if cfg.projection_elements() > max_elements:
-        raise AdapterFileError("projection", f"{cfg.projection_elements()} elements exceed the limit of "
-                                             f"{max_elements} (raise max_projection_elements to allow it)")
-    expected: dict[str, tuple[int, ...]] = {}
-    vectors = set()
-    if cfg.tensor_layout == "packed":
-        expected[PACKED_D] = (len(cfg.modules), cfg.r)
-        expected[PACKED_B] = (sum(m.out_features for m in cfg.modules),)
-        vectors = {PACKED_D, PACKED_B}
-    else:
-        for m in cfg.modules:
-            expected[lambda_d_key(m.name)] = (cfg.r,)
-            expected[lambda_b_key(m.name)] = (m.out_features,)
-            vectors |= {lambda_d_key(m.name), lambda_b_key(m.name)}
-    if cfg.generator == "stored":
-        for g, n_in, n_out in cfg.groups():
-            ka, kb = stored_keys(g, cfg.sharing)
-            expected[ka], expected[kb] = (cfg.r, n_in), (n_out, cfg.r)
-    for name in cfg.extra_tensors:
-        if name in expected:
-            raise AdapterFileError(name, "extra tensor has the name of a VeRA tensor")
-        expected[name] = None  # any shape
-    for name in expected:
-        if name not in tensors:
-            raise AdapterFileError(name, "missing")
+    # spec 4.6 step 22: the size limit is checked before anything is generated or compared
+    if cfg.projection_elements() > max_projection_elements:
+        fail("E4.6.22.1", n=cfg.projection_elements(), max=max_projection_elements)
+    expected: list[TensorSpec] = cfg.expected_tensors()
+    vera_names = {t.name for t in expected if t.role != "extra"}
+    for t in expected:  # step 23
+        if t.role == "extra" and t.name in vera_names:
+            fail("E4.6.23.1", t.name)
+    for t in expected:
+        if t.name not in tensors:
+            fail("E4.6.23.2", t.name)
+    names = {t.name for t in expected}
     for name in sorted(tensors):
-        if name not in expected:
-            raise AdapterFileError(name, "unexpected tensor (not a module vector, projection or listed extra tensor)")
-    vcode = SAFETENSORS_CODE[cfg.vector_dtype]
-    for name, shape in expected.items():
-        t = tensors[name]
-        if shape is not None and t.shape != shape:
-            raise AdapterFileError(name, f"shape {list(t.shape)} must be {list(shape)}")
-        is_vector = name in vectors
-        if is_vector and t.dtype != vcode:
-            raise AdapterFileError(name, f"dtype {t.dtype} differs from vector_dtype {cfg.vector_dtype}")
-        if shape is not None and not is_vector and t.dtype != "F32":
-            raise AdapterFileError(name, f"dtype {t.dtype} must be F32 for a stored projection")
-        if not np.all(np.isfinite(t.data)):
-            raise AdapterFileError(name, "contains non-finite values (NaN or infinity)")
+        if name not in names:
+            fail("E4.6.23.3", name)
+    for t in expected:  # step 24
+        got = tensors[t.name]
+        if t.shape is not None and got.shape != t.shape:
+            fail("E4.6.24.1", t.name, shape=list(got.shape), expected=list(t.shape))
+        if t.role == "vector" and got.dtype != t.dtype:
+            fail("E4.6.24.2", t.name, d=got.dtype, dtype=cfg.vector_dtype)
+        if t.role == "projection" and got.dtype != t.dtype:
+            fail("E4.6.24.3", t.name, d=got.dtype)
+    for t in expected:  # step 25
+        if not np.all(np.isfinite(tensors[t.name].data)):
+            fail("E4.6.25.1", t.name)
     if cfg.tensor_layout == "packed":
         ends = np.cumsum([m.out_features for m in cfg.modules])
         lds = {m.name: tensors[PACKED_D].data[i] for i, m in enumerate(cfg.modules)}
@@ -243,38 +233,36 @@ def _build(meta: Mapping[str, str], tensors: Mapping[str, container.RawTensor], 
     else:
         lds = {m.name: tensors[lambda_d_key(m.name)].data for m in cfg.modules}
         lbs = {m.name: tensors[lambda_b_key(m.name)].data for m in cfg.modules}
-    ad = Adapter(
-        cfg, lds, lbs,
-        stored={g: (tensors[stored_keys(g, cfg.sharing)[0]].data, tensors[stored_keys(g, cfg.sharing)[1]].data)
-                for g, _, _ in cfg.groups()} if cfg.generator == "stored" else {},
-        extra={n: (tensors[n].data, FROM_CODE[tensors[n].dtype]) for n in cfg.extra_tensors},
-    )
-    if verify_checksums:
+    stored = {}
+    if not generators.get(cfg.generator).generates:
+        for g, _, _ in cfg.groups():
+            ka, kb = stored_keys(g, cfg.sharing)
+            stored[g] = (tensors[ka].data, tensors[kb].data)
+    ad = Adapter(cfg, lds, lbs, stored=stored,
+                 extra={n: (tensors[n].data, FROM_CODE[tensors[n].dtype]) for n in cfg.extra_tensors})
+    if verify_checksums:  # step 26
         for want, got in zip(cfg.projection_sha256, ad.checksums()):
             for k in ("A", "B"):
                 if want[k] != got[k]:
-                    raise AdapterFileError("projection_sha256", f"{k} of group {want['group']} is {want[k][:16]}..., "
-                                                                f"the {cfg.generator} generator gives {got[k][:16]}...")
+                    fail("E4.6.26.1", k=k, g=want["group"], want=want[k][:16], generator=cfg.generator,
+                         got=got[k][:16])
     return ad
 
 
 def load_adapter(path: str | os.PathLike, *, max_projection_elements: int = DEFAULT_MAX_PROJECTION_ELEMENTS,
                  verify_checksums: bool = True) -> Adapter:
-    """Read and check a VeRA adapter file (spec 4.6); raises AdapterFileError naming the field."""
-    meta, tensors = _read(path)
-    return _build(meta, tensors, max_projection_elements, verify_checksums)
-
-
-def _read(path):
-    try:
-        return container.read(path)
-    except FileNotFoundError:
-        raise AdapterFileError("path", f"no such file: {os.fspath(path)}") from None
-    except IsADirectoryError:
-        raise AdapterFileError("path", f"is a directory: {os.fspath(path)}") from None
+    """Read and check a VeRA adapter file (spec 4.6); raises AdapterFileError (``.code``, ``.field``)."""
+    meta, tensors = container.read(path)
+    return build_adapter(meta, tensors, max_projection_elements=max_projection_elements,
+                         verify_checksums=verify_checksums)
 
 
 def validate_adapter(path: str | os.PathLike, *,
                      max_projection_elements: int = DEFAULT_MAX_PROJECTION_ELEMENTS) -> Adapter:
     """Every check of spec 4.6, checksums included; returns the adapter or raises AdapterFileError."""
     return load_adapter(path, max_projection_elements=max_projection_elements, verify_checksums=True)
+
+
+__all__ = ["Adapter", "new_adapter", "save_adapter", "load_adapter", "validate_adapter", "build_adapter",
+           "tensor_plan", "generate_projection", "sha256_hex", "base_fingerprint", "lambda_d_key", "lambda_b_key",
+           "stored_keys", "PACKED_D", "PACKED_B"]

@@ -1,32 +1,39 @@
-"""The safetensors container, read strictly and written atomically (spec 4.1, 4.7).
+"""The safetensors container, read strictly and written atomically (spec 4.1, 4.6 steps 0-7, 4.7).
 
 Layout (safetensors 0.4+): an 8-byte little-endian header length N, N bytes of
 UTF-8 JSON (``{"__metadata__": {str: str}, name: {"dtype", "shape", "data_offsets"}}``),
 then the tensor bytes, little-endian, C order, contiguous with no gap or overlap.
 
-The reader checks every size in the header against the real file size before it
-reads or allocates anything, so a hostile header cannot make it allocate more than
-the file holds. Written here (not with the ``safetensors`` package) because NumPy
-has no bfloat16 and because the checks must run before any allocation; the tests
-read our files with ``safetensors`` and theirs with ours.
+The reader refuses anything but a regular file without blocking (spec 4.6 step 0), checks the
+header length against the limit and the real file size before reading it, bounds the JSON
+text before parsing it (``vera_ref.jsontext``, spec 4.1.1), and checks every size in the
+header against the file before it reads or allocates anything for the tensors. Written here
+(not with the ``safetensors`` package) because NumPy has no bfloat16 and because the checks
+must run before any allocation.
 """
 from __future__ import annotations
 
+import io
 import json
-import math
 import os
+import stat
 from dataclasses import dataclass
-from typing import Mapping
+from typing import BinaryIO, Mapping
 
 import numpy as np
 
-from .dtypes import FROM_CODE, SAFETENSORS_CODE, bf16_bits, bf16_from_bits
+from . import jsontext
 from .atomic import atomic_write
-from .errors import AdapterFileError
+from .dtypes import FROM_CODE, SAFETENSORS_CODE, bf16_bits, bf16_from_bits
+from .rules import excerpt, fail
 
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit (safetensors/src/tensor.rs MAX_HEADER_SIZE)
+MAX_HEADER_BYTES = 100_000_000  # spec 4.1: safetensors' own limit (MAX_HEADER_SIZE = 100_000_000)
+MAX_DIMS = 16  # spec 4.1
 ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2}
 _NP = {"F64": "<f8", "F32": "<f4", "F16": "<f2"}
+_ONNX_NEXT_TAGS = {0x12, 0x1A, 0x22, 0x28, 0x32, 0x3A, 0x42}  # ModelProto fields 2-8 (spec 4.6 step 2)
+
+Entry = tuple  # (dtype code, shape, begin, end)
 
 
 @dataclass
@@ -45,82 +52,181 @@ def encode(array: np.ndarray, dtype: str) -> bytes:
     return np.ascontiguousarray(array, dtype=_NP[dtype]).tobytes()
 
 
-def _decode(buf: bytes, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+def decode(buf: bytes, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Values of a stored tensor (a copy: tensor data need not be aligned, spec 4.1)."""
     if dtype == "BF16":
         return bf16_from_bits(np.frombuffer(buf, dtype="<u2")).reshape(shape)
     return np.frombuffer(buf, dtype=_NP[dtype]).astype(_NP[dtype][1:]).reshape(shape)
 
 
-def _header_entry(name: str, entry: object, data_size: int) -> tuple[str, tuple[int, ...], int, int]:
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _nbytes(shape: list[int], itemsize: int, limit: int) -> int | None:
+    """prod(shape) * itemsize, or None once it exceeds ``limit`` (overflow-safe, spec 4.1)."""
+    if 0 in shape:
+        return 0
+    n = itemsize
+    for d in shape:
+        n *= d
+        if n > limit:
+            return None
+    return n
+
+
+def _header_entry(name: str, entry: object, data_size: int) -> Entry:
+    """spec 4.6 step 6, one entry."""
     if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-        raise AdapterFileError(name, "header entry must have exactly dtype, shape and data_offsets")
+        fail("E4.6.6.1", name)
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-    if dtype not in ITEMSIZE:
-        raise AdapterFileError(name, f"dtype {dtype!r} is not allowed (F64, F32, F16, BF16)")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
-        raise AdapterFileError(name, "shape must be a list of non-negative integers")
-    if (not isinstance(offsets, list) or len(offsets) != 2
-            or not all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)):
-        raise AdapterFileError(name, "data_offsets must be two non-negative integers")
+    if not isinstance(dtype, str) or dtype not in ITEMSIZE:
+        fail("E4.6.6.2", name, json=dtype)
+    if not isinstance(shape, list) or not all(_is_int(d) and d >= 0 for d in shape):
+        fail("E4.6.6.3", name)
+    if len(shape) > MAX_DIMS:
+        fail("E4.6.6.4", name, n=len(shape))
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) and o >= 0 for o in offsets):
+        fail("E4.6.6.5", name)
     begin, end = offsets
-    nbytes = math.prod(shape) * ITEMSIZE[dtype]  # Python ints: no overflow
+    nbytes = _nbytes(shape, ITEMSIZE[dtype], data_size)
+    if nbytes is None:
+        fail("E4.6.6.6", name, shape=excerpt(shape), d=dtype, n=data_size)
     if end - begin != nbytes:
-        raise AdapterFileError(
-            name, f"data_offsets [{begin}, {end}] do not match shape {shape} and dtype {dtype} ({nbytes} bytes)")
+        fail("E4.6.6.7", name, b=begin, e=end, shape=excerpt(shape), d=dtype, n=nbytes)
     if end > data_size:
-        raise AdapterFileError(name, f"data_offsets [{begin}, {end}] run past the end of the data ({data_size} bytes)")
+        fail("E4.6.6.8", name, b=begin, e=end, n=data_size)
     return dtype, tuple(shape), begin, end
 
 
-def read_header(f, file_size: int) -> tuple[dict[str, str], dict[str, tuple[str, tuple[int, ...], int, int]], int]:
-    """Parse and check the header; returns (metadata, {name: (dtype, shape, begin, end)}, data start)."""
-    if file_size < 8:
-        raise AdapterFileError("header", f"file is {file_size} bytes, shorter than the 8-byte length prefix")
-    n = int.from_bytes(f.read(8), "little")
-    if n > MAX_HEADER_BYTES:
-        raise AdapterFileError("header", f"length {n} exceeds the limit of {MAX_HEADER_BYTES} bytes")
-    if n > file_size - 8:
-        raise AdapterFileError("header", f"length {n} runs past the end of the file ({file_size} bytes)")
-    raw = f.read(n)
+def _json(raw: bytes | str, rules: tuple[str, ...]) -> object:
+    """jsontext.loads with its verdicts mapped to the codes ``rules`` (count, syntax, depth, number, duplicate)."""
     try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise AdapterFileError("header", f"not valid UTF-8 JSON ({exc.__class__.__name__})") from None
-    if not isinstance(header, dict):
-        raise AdapterFileError("header", "not a JSON object")
+        return jsontext.loads(raw if isinstance(raw, str) else raw.decode("utf-8"))
+    except jsontext.JsonRuleError as exc:
+        code = dict(zip(("count", "syntax", "depth", "number", "duplicate"), rules))[exc.rule]
+        if exc.rule == "count":
+            fail(code, n=exc.value)
+        if exc.rule == "number":
+            fail(code, literal=exc.value)
+        if exc.rule == "duplicate":
+            fail(code, json=exc.value)
+        fail(code)
+
+
+def looks_like_onnx(prefix: bytes) -> bool:
+    """spec 4.6 step 2: field 1 (ir_version, a small varint) then another ModelProto field."""
+    return len(prefix) >= 3 and prefix[0] == 0x08 and 1 <= prefix[1] <= 0x7F and prefix[2] in _ONNX_NEXT_TAGS
+
+
+def read_header(f: BinaryIO, file_size: int) -> tuple[dict[str, str], dict[str, Entry], int]:
+    """spec 4.6 steps 1-7: parse and check the header.
+
+    Returns (metadata, {name: (dtype, shape, begin, end)} in ascending name order, data start).
+    """
+    if file_size < 8:
+        fail("E4.6.1.1", n=file_size)
+    prefix = f.read(8)
+    n = int.from_bytes(prefix, "little")
+    if n > min(MAX_HEADER_BYTES, file_size - 8):  # not a safetensors length: name the kind if we know it
+        if looks_like_onnx(prefix):
+            fail("E4.6.2.1")
+        if prefix[:4] == b"PK\x03\x04":
+            fail("E4.6.2.2")
+    if n > MAX_HEADER_BYTES:
+        fail("E4.6.2.3", N=n)
+    if n > file_size - 8:
+        fail("E4.6.3.1", N=n, size=file_size)
+    raw = f.read(n)
+    # spec 4.1.1, steps 4.1-4.7: begins with '{', bounded, UTF-8, then the dialect's rules
+    if raw[:1] != b"{":
+        fail("E4.6.4.1")
+    count = jsontext.structural_count(raw)
+    if count > jsontext.MAX_STRUCTURAL:
+        fail("E4.6.4.2", n=count)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        fail("E4.6.4.3")
+    del raw
+    header = _json(text, ("E4.6.4.2", "E4.6.4.4", "E4.6.4.5", "E4.6.4.6", "E4.6.4.7"))
+    del text
+    assert isinstance(header, dict)  # it began with '{' and is valid JSON
     meta = header.pop("__metadata__", None)
     if meta is None:
-        raise AdapterFileError("__metadata__", "missing")
-    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
-        raise AdapterFileError("__metadata__", "must map strings to strings")
+        fail("E4.6.5.1")
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        fail("E4.6.5.2")
     data_size = file_size - 8 - n
-    entries = {name: _header_entry(name, e, data_size) for name, e in header.items()}
-    # spec 4.1: tensor data covers the data section exactly, without gap or overlap
+    entries = {name: _header_entry(name, header[name], data_size) for name in sorted(header)}
+    # spec 4.6 step 7: tensor data covers the data section exactly, without gap or overlap
     pos = 0
-    for name, (_, _, begin, end) in sorted(entries.items(), key=lambda kv: (kv[1][2], kv[1][3])):
+    for begin, end in sorted((e[2], e[3]) for e in entries.values()):
         if begin != pos:
-            raise AdapterFileError("header", f"tensor data is not contiguous (gap or overlap at byte {min(begin, pos)})")
+            fail("E4.6.7.1", n=min(begin, pos))
         pos = end
     if pos != data_size:
-        raise AdapterFileError("header", f"{data_size - pos} bytes after the last tensor")
+        fail("E4.6.7.2", n=data_size - pos)
     return meta, entries, 8 + n
 
 
+def open_regular(path: str | os.PathLike) -> BinaryIO:
+    """spec 4.6 step 0: open ``path`` for reading if it is a regular file, without ever blocking."""
+    p = os.fspath(path)
+    shown = os.fsdecode(p)
+    try:
+        st = os.stat(p)
+    except FileNotFoundError:
+        fail("E4.6.0.1", path=shown)
+    except OSError as exc:
+        fail("E4.6.0.5", reason=exc.strerror or exc.__class__.__name__)
+    if stat.S_ISDIR(st.st_mode):
+        if os.path.isfile(os.path.join(p, "adapter_config.json")):
+            fail("E4.6.0.2")
+        fail("E4.6.0.3")
+    if not stat.S_ISREG(st.st_mode):
+        fail("E4.6.0.4")
+    try:  # O_NONBLOCK: if the path was swapped for a FIFO since the stat, open still returns at once
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+                     | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        fail("E4.6.0.1", path=shown)
+    except OSError as exc:
+        fail("E4.6.0.5", reason=exc.strerror or exc.__class__.__name__)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        fail("E4.6.0.4")
+    return os.fdopen(fd, "rb")
+
+
+def _read_tensors(f: BinaryIO, entries: Mapping[str, Entry], start: int) -> dict[str, RawTensor]:
+    tensors = {}
+    for name, (dtype, shape, begin, end) in entries.items():
+        f.seek(start + begin)
+        buf = f.read(end - begin)
+        if len(buf) != end - begin:  # the file shrank while we read it
+            fail("E4.6.6.8", name, b=begin, e=end, n=len(buf) + begin)
+        tensors[name] = RawTensor(dtype, shape, decode(buf, dtype, shape))
+    return tensors
+
+
 def read(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, RawTensor]]:
-    """Read a whole safetensors file after checking its header (spec 4.1)."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        meta, entries, start = read_header(f, size)
-        tensors = {}
-        for name, (dtype, shape, begin, end) in entries.items():
-            f.seek(start + begin)
-            tensors[name] = RawTensor(dtype, shape, _decode(f.read(end - begin), dtype, shape))
-    return meta, tensors
+    """Read a whole safetensors file after checking it (spec 4.6 steps 0-7)."""
+    with open_regular(path) as f:
+        meta, entries, start = read_header(f, os.fstat(f.fileno()).st_size)
+        return meta, _read_tensors(f, entries, start)
 
 
-def read_metadata(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, tuple[str, tuple[int, ...], int, int]]]:
+def parse(payload: bytes) -> tuple[dict[str, str], dict[str, RawTensor]]:
+    """``read`` for bytes in memory."""
+    f = io.BytesIO(payload)
+    meta, entries, start = read_header(f, len(payload))
+    return meta, _read_tensors(f, entries, start)
+
+
+def read_metadata(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, Entry]]:
     """The checked header only; no tensor bytes are read."""
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         meta, entries, _ = read_header(f, os.fstat(f.fileno()).st_size)
     return meta, entries
 
@@ -152,5 +258,6 @@ def write(path: str | os.PathLike, metadata: Mapping[str, str], tensors: Mapping
     write_atomic(path, [to_bytes(metadata, tensors)])
 
 
-__all__ = ["RawTensor", "read", "read_metadata", "write", "to_bytes", "write_atomic",
-           "MAX_HEADER_BYTES", "SAFETENSORS_CODE", "FROM_CODE"]
+__all__ = ["RawTensor", "read", "read_metadata", "read_header", "parse", "open_regular", "looks_like_onnx",
+           "write", "to_bytes", "write_atomic", "encode", "decode", "MAX_HEADER_BYTES", "MAX_DIMS",
+           "SAFETENSORS_CODE", "FROM_CODE"]

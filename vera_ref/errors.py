@@ -21,18 +21,24 @@ class ShapeError(VeraError, ValueError):
 class AdapterFileError(VeraError, ValueError):
     """An adapter file or metadata document breaks a rule of spec 4.
 
-    ``field`` names the offending field (a metadata key, a tensor name, or one of
-    ``header``, ``magic``, ``version``); the message is ``"<field>: <problem>"``.
+    ``field`` names the offending field (a metadata key, a tensor name, ``header``, ``path``,
+    ``file``, ...); ``code`` is the stable, language-neutral code of the broken rule of
+    spec 4.6 (e.g. ``"E4.6.12.2"``; None for problems found outside the rules of 4.6, e.g. by
+    a backend's loader); the message is ``"<field>: <problem>"``.
     """
 
-    def __init__(self, field: str, problem: str) -> None:
+    def __init__(self, field: str, problem: str, code: str | None = None) -> None:
         self.field = field
         self.problem = problem
+        self.code = code
         super().__init__(f"{field}: {problem}")
+
+    def __reduce__(self):  # keep field, problem and code through pickling (multiprocessing)
+        return (type(self), (self.field, self.problem, self.code))
 
 
 class ConversionError(VeraError, ValueError):
-    """A checkpoint of another framework cannot be converted (spec 7)."""
+    """A checkpoint of another framework cannot be converted (spec 2.5.3)."""
 
 
 class ModelMismatchError(VeraError, ValueError):
@@ -42,4 +48,4 @@ class ModelMismatchError(VeraError, ValueError):
 
 class OnnxError(VeraError, ValueError):
     """An ONNX export or ONNX Runtime serving request that cannot be done right: an adapter that
-    does not fit the exported model, overlapping adapters, adapters under IOBinding (DESIGN 4)."""
+    does not fit the exported model, overlapping adapters, adapters under IOBinding (spec 0.3)."""

@@ -1,8 +1,11 @@
-"""The VeRA metadata document inside an adapter file (spec 4.2-4.4, 4.6).
+"""The VeRA metadata document inside an adapter file (spec 4.2-4.4, 4.6 steps 8-21).
 
-``parse_config`` applies the document rules of spec 4.6 in the order of its table,
-raising ``AdapterFileError(field, problem)`` on the first broken rule;
-``config_json`` writes the canonical form (spec 4.3).
+``parse_config`` applies the document rules of spec 4.6 in their order, raising the
+``AdapterFileError`` of the first broken rule (with its code, ``vera_ref.rules``);
+``config_json`` writes the canonical form (spec 4.3); ``AdapterConfig.expected_tensors``
+is the one list of the tensors a file of a config holds (spec 4.4), used by the reader
+and the writer alike. Everything that depends on the generator's name asks
+``vera_ref.generators``.
 """
 from __future__ import annotations
 
@@ -10,29 +13,59 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
-from .dtypes import EPS
-from .errors import AdapterFileError
+from . import generators, jsontext
+from .dtypes import EPS, SAFETENSORS_CODE
+from .errors import ProjectionError
+from .rules import fail
 
 FORMAT_KEY = "vera_format"  # spec 4.2: the magic
 FORMAT_NAME = "vera-adapter"
 VERSION_KEY = "vera_spec_version"
 CONFIG_KEY = "vera_config"
-SPEC_VERSION = "1.0"  # spec 4.8
-SPEC_MAJOR, SPEC_MINOR = 1, 0
-GENERATORS = ("philox4x32-10", "stored", "peft-mt19937")  # spec 2.5
+SPEC_VERSION = "1.1"  # spec 4.8: the version writers write
+SPEC_MAJOR, SPEC_MINOR = 1, 1
+GENERATORS = generators.names()  # spec 2.5 (the registry's names)
 SHARING = ("shared", "per-module")  # spec 2.4
 LAYOUTS = ("linear", "conv1d")  # spec 3.7
 TENSOR_LAYOUTS = ("per-module", "packed")  # spec 4.4
-DEFAULT_MAX_PROJECTION_ELEMENTS = 1 << 28  # spec 4.6: 1 GiB of float32 for A and B together
+DEFAULT_MAX_PROJECTION_ELEMENTS = 1 << 28  # spec 4.6 step 22: 1 GiB of float32 for A and B together
 _SEED_RE = re.compile(r"0|[1-9][0-9]{0,19}")
 _HEX_RE = re.compile(r"[0-9a-f]{64}")
 _NAME_RE = re.compile(r"[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*")
 _PREFIX_RE = re.compile(r"([A-Za-z0-9_\-]+\.)*")
+_VERSION_RE = re.compile(r"(0|[1-9][0-9]{0,8})\.(0|[1-9][0-9]{0,8})")
 KNOWN_FIELDS = ("r", "generator", "seed", "n_in", "n_out", "sharing", "projection_sha256", "modules",
                 "module_prefix", "tensor_layout", "vector_dtype", "d_initial", "dropout", "extra_tensors",
                 "base_model", "provenance")
+PACKED_D, PACKED_B = "lambda_d", "lambda_b"  # spec 4.4: the packed layout's two tensors
+
+
+def lambda_d_key(module: str) -> str:
+    return f"{module}.lambda_d"  # spec 4.4
+
+
+def lambda_b_key(module: str) -> str:
+    return f"{module}.lambda_b"  # spec 4.4
+
+
+def stored_keys(group: int, sharing: str) -> tuple[str, str]:
+    """spec 4.4: tensor names of a stored projection pair."""
+    return ("A", "B") if sharing == "shared" else (f"A.{group}", f"B.{group}")
+
+
+class TensorSpec(NamedTuple):
+    """One tensor a file must hold (spec 4.4): name, role, safetensors dtype and shape.
+
+    role: ``vector`` (lambda_d/lambda_b), ``projection`` (stored A/B) or ``extra``;
+    dtype and shape are None where spec 4.4/4.5 allow any (extra tensors).
+    """
+
+    name: str
+    role: str
+    dtype: str | None
+    shape: tuple[int, ...] | None
 
 
 @dataclass(frozen=True)
@@ -81,108 +114,134 @@ class AdapterConfig:
         return 0 if self.sharing == "shared" else index + 1
 
     def projection_elements(self) -> int:
+        """spec 4.6 step 22: r * sum(n_in_g + n_out_g) over the projection pairs."""
         return sum(self.r * (n_in + n_out) for _, n_in, n_out in self.groups())
 
+    def expected_tensors(self) -> list[TensorSpec]:
+        """spec 4.4: every tensor a file of this config holds, in the order of spec 4.6 step 23:
+        module vectors in module order (lambda_d before lambda_b), stored projections in group
+        order (A before B), then extra tensors in list order."""
+        vcode = SAFETENSORS_CODE[self.vector_dtype]
+        out: list[TensorSpec] = []
+        if self.tensor_layout == "packed":
+            out.append(TensorSpec(PACKED_D, "vector", vcode, (len(self.modules), self.r)))  # (M, r)
+            out.append(TensorSpec(PACKED_B, "vector", vcode, (sum(m.out_features for m in self.modules),)))
+        else:
+            for m in self.modules:
+                out.append(TensorSpec(lambda_d_key(m.name), "vector", vcode, (self.r,)))
+                out.append(TensorSpec(lambda_b_key(m.name), "vector", vcode, (m.out_features,)))
+        if not generators.get(self.generator).generates:  # spec 2.5.2: stored projections
+            for g, n_in, n_out in self.groups():
+                ka, kb = stored_keys(g, self.sharing)
+                out.append(TensorSpec(ka, "projection", "F32", (self.r, n_in)))  # A (r, n_in)
+                out.append(TensorSpec(kb, "projection", "F32", (n_out, self.r)))  # B (n_out, r)
+        out.extend(TensorSpec(name, "extra", None, None) for name in self.extra_tensors)
+        return out
 
-def _int(doc: dict, key: str, where: str = "", minimum: int = 1) -> int:
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _int(doc: dict, key: str, missing: str, bad: str) -> int:
     v = doc.get(key)
-    name = where + key
     if v is None:
-        raise AdapterFileError(name, "missing")
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise AdapterFileError(name, f"must be an integer >= {minimum}, got {json.dumps(v)}")
+        fail(missing)
+    if not _is_int(v) or v < 1:
+        fail(bad, json=v)
     return v
 
 
-def _choice(doc: dict, key: str, allowed: tuple[str, ...], where: str = "", default: str | None = None) -> str:
+def _choice(doc: dict, key: str, allowed: tuple[str, ...], missing: str | None, bad: str,
+            default: str | None = None) -> str:
     v = doc.get(key, default)
-    name = where + key
-    if v is None:
-        raise AdapterFileError(name, "missing")
-    if v not in allowed:
-        raise AdapterFileError(name, f"must be one of {', '.join(allowed)}, got {json.dumps(v)}")
+    if v is None and missing is not None:
+        fail(missing)
+    if not isinstance(v, str) or v not in allowed:
+        fail(bad, json=v, allowed=", ".join(allowed))
     return v
-
-
-def _number(doc: dict, key: str, default: float, unit_interval: bool) -> float:
-    v = doc.get(key, default)
-    bad = isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
-    if unit_interval and (bad or not 0.0 <= v < 1.0):
-        raise AdapterFileError(key, f"must be a number in [0, 1), got {json.dumps(v)}")
-    if bad:
-        raise AdapterFileError(key, f"must be a finite number, got {json.dumps(v)}")
-    return float(v)
 
 
 def _modules(doc: dict) -> list[ModuleSpec]:
-    """spec 4.3: modules as [name, in_features, out_features] or [..., layout], names after module_prefix."""
+    """spec 4.6 step 16: modules as [name, in_features, out_features] or [..., layout], after module_prefix."""
     prefix = doc.get("module_prefix", "")
     if not isinstance(prefix, str) or not _PREFIX_RE.fullmatch(prefix):
-        raise AdapterFileError("module_prefix", f"must be empty or dotted path parts each ending in '.', "
-                                                f"got {json.dumps(prefix)}")
+        fail("E4.6.16.1", json=prefix)
     mods = doc.get("modules")
     if mods is None:
-        raise AdapterFileError("modules", "missing")
+        fail("E4.6.16.2")
     if not isinstance(mods, list) or not mods:
-        raise AdapterFileError("modules", "must be a non-empty list")
+        fail("E4.6.16.3")
     out, seen = [], set()
     for i, m in enumerate(mods):
         where = f"modules[{i}]"
         if not isinstance(m, list) or len(m) not in (3, 4):
-            raise AdapterFileError(where, "must be [name, in_features, out_features] or "
-                                          "[name, in_features, out_features, layout]")
+            fail("E4.6.16.4", where)
         name = m[0]
         if not isinstance(name, str) or not _NAME_RE.fullmatch(prefix + name):
-            raise AdapterFileError(where, f"name must make a dotted module path, got {json.dumps(name)}")
+            fail("E4.6.16.5", where, json=name)
         full = prefix + name
         if full in seen:
-            raise AdapterFileError("modules", f"duplicate module {full!r}")
+            fail("E4.6.16.6", json=full)
         seen.add(full)
-        for j, what in ((1, "in_features"), (2, "out_features")):
-            v = m[j]
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise AdapterFileError(where, f"{what} must be an integer >= 1, got {json.dumps(v)}")
+        for j, code in ((1, "E4.6.16.7"), (2, "E4.6.16.8")):
+            if not _is_int(m[j]) or m[j] < 1:
+                fail(code, where, json=m[j])
         layout = m[3] if len(m) == 4 else "linear"
-        if layout not in LAYOUTS:
-            raise AdapterFileError(where, f"layout must be one of {', '.join(LAYOUTS)}, got {json.dumps(layout)}")
+        if not isinstance(layout, str) or layout not in LAYOUTS:
+            fail("E4.6.16.9", where, json=layout)
         out.append(ModuleSpec(full, m[1], m[2], layout))
     return out
 
 
-def _seed(doc: dict, generator: str) -> int | None:
+def _seed(doc: dict, gen: generators.Generator) -> int | None:
+    """spec 4.6 step 14 (spec 1.3 range), asked of the generator registry."""
     v = doc.get("seed")
-    if generator == "stored":
+    if not gen.has_seed:
         if v is not None:
-            raise AdapterFileError("seed", "must be absent for the stored generator")
+            fail("E4.6.14.1")
         return None
     if v is None:
-        raise AdapterFileError("seed", "missing")
-    if not isinstance(v, str) or not _SEED_RE.fullmatch(v) or int(v) >= 1 << 64:
-        raise AdapterFileError("seed", f"must be a decimal string in [0, 2^64), got {json.dumps(v)}")
-    return int(v)
+        fail("E4.6.14.2")
+    if not isinstance(v, str) or not _SEED_RE.fullmatch(v):
+        fail("E4.6.14.3", json=v)
+    try:
+        return gen.check_seed(int(v))
+    except ProjectionError:
+        fail("E4.6.14.3", json=v)
+
+
+def _number(doc: dict, key: str, default: float, code: str, unit_interval: bool) -> float:
+    v = doc.get(key, default)
+    ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+    if ok and unit_interval:
+        ok = 0.0 <= v < 1.0
+    if not ok:
+        fail(code, json=v)
+    return float(v)
 
 
 def _checksums(doc: dict, groups: list[tuple[int, int, int]]) -> list[dict[str, Any]]:
     v = doc.get("projection_sha256")
     if v is None:
-        raise AdapterFileError("projection_sha256", "missing")
+        fail("E4.6.21.1")
     want = [g for g, _, _ in groups]
     if (not isinstance(v, list) or [e.get("group") if isinstance(e, dict) else None for e in v] != want
             or not all(set(e) == {"group", "A", "B"} for e in v)):
-        raise AdapterFileError("projection_sha256", f"must list {{group, A, B}} for groups {want} in order")
+        fail("E4.6.21.2", groups=want)
     for e in v:
         for k in ("A", "B"):
             if not isinstance(e[k], str) or not _HEX_RE.fullmatch(e[k]):
-                raise AdapterFileError("projection_sha256", f"{k} of group {e['group']} must be 64 lowercase hex digits")
+                fail("E4.6.21.3", k=k, g=e["group"])
     return v
 
 
 def _names(doc: dict) -> list[str]:
     v = doc.get("extra_tensors", [])
     if not isinstance(v, list) or not all(isinstance(s, str) and _NAME_RE.fullmatch(s) for s in v):
-        raise AdapterFileError("extra_tensors", "must be a list of tensor names")
+        fail("E4.6.20.1")
     if len(set(v)) != len(v):
-        raise AdapterFileError("extra_tensors", "lists a name twice")
+        fail("E4.6.20.2")
     return v
 
 
@@ -190,64 +249,77 @@ def _base_model(doc: dict) -> dict[str, str] | None:
     v = doc.get("base_model")
     if v is None:
         return None
-    if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(s, str) for k, s in v.items()):
-        raise AdapterFileError("base_model", "must map strings to strings")
+    if not isinstance(v, dict) or not all(isinstance(s, str) for s in v.values()):
+        fail("E4.6.20.3")
     unknown = sorted(set(v) - {"name", "revision", "fingerprint"})
     if unknown:
-        raise AdapterFileError("base_model." + unknown[0], "unknown field")
+        fail("E4.6.20.4", "base_model." + unknown[0])
     if "fingerprint" in v and not _HEX_RE.fullmatch(v["fingerprint"]):
-        raise AdapterFileError("base_model.fingerprint", "must be 64 lowercase hex digits")
+        fail("E4.6.20.5")
     return v
 
 
 def check_version(version: str | None) -> tuple[int, int]:
-    """spec 4.8: same major accepted; returns (major, minor)."""
+    """spec 4.6 step 9, 4.8: same major accepted; returns (major, minor)."""
     if version is None:
-        raise AdapterFileError(VERSION_KEY, "missing")
-    m = re.fullmatch(r"(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)", version)
+        fail("E4.6.9.1")
+    m = _VERSION_RE.fullmatch(version) if isinstance(version, str) else None
     if not m or int(m.group(1)) != SPEC_MAJOR:
-        raise AdapterFileError(VERSION_KEY, f"unsupported version {version!r} (this reader supports {SPEC_MAJOR}.x)")
+        fail("E4.6.9.2", json=version)
     return int(m.group(1)), int(m.group(2))
 
 
-def parse_config(text: str, version: str = SPEC_VERSION) -> AdapterConfig:
-    """Parse and check the metadata document (spec 4.3, rules of 4.6)."""
-    _, minor = check_version(version)
+def parse_document(text: str) -> dict[str, Any]:
+    """spec 4.6 step 10: the document's JSON text under the dialect of spec 4.1.1, an object."""
     try:
-        doc = json.loads(text)
-    except ValueError as exc:
-        raise AdapterFileError(CONFIG_KEY, f"not valid JSON ({exc.__class__.__name__})") from None
+        doc = jsontext.loads(text)
+    except jsontext.JsonRuleError as exc:
+        if exc.rule == "count":
+            fail("E4.6.10.2", n=exc.value)
+        if exc.rule == "number":
+            fail("E4.6.10.5", literal=exc.value)
+        if exc.rule == "duplicate":
+            fail("E4.6.10.6", json=exc.value)
+        fail({"syntax": "E4.6.10.3", "depth": "E4.6.10.4"}[exc.rule])
     if not isinstance(doc, dict):
-        raise AdapterFileError(CONFIG_KEY, "must be a JSON object")
+        fail("E4.6.10.7")
+    return doc
+
+
+def parse_config(text: str, version: str = SPEC_VERSION) -> AdapterConfig:
+    """Parse and check the metadata document (spec 4.3, steps 9-21 of 4.6)."""
+    _, minor = check_version(version)
+    doc = parse_document(text)
     unknown = sorted(set(doc) - set(KNOWN_FIELDS))
     if unknown and minor <= SPEC_MINOR:  # spec 4.8: a newer minor may add fields we skip
-        raise AdapterFileError(unknown[0], "unknown field")
-    r = _int(doc, "r")
-    generator = _choice(doc, "generator", GENERATORS)
-    seed = _seed(doc, generator)
-    sharing = _choice(doc, "sharing", SHARING)
-    if generator == "peft-mt19937" and sharing != "shared":
-        raise AdapterFileError("sharing", "the peft-mt19937 generator supports only 'shared'")
+        fail("E4.6.11.1", unknown[0])
+    r = _int(doc, "r", "E4.6.12.1", "E4.6.12.2")
+    generator = _choice(doc, "generator", generators.names(), "E4.6.13.1", "E4.6.13.2")
+    gen = generators.get(generator)
+    seed = _seed(doc, gen)
+    sharing = _choice(doc, "sharing", SHARING, "E4.6.15.1", "E4.6.15.2")
+    if sharing not in gen.sharing:
+        fail("E4.6.15.3", generator=generator, allowed=" or ".join(repr(s) for s in gen.sharing))
     modules = _modules(doc)
-    n_in, n_out = _int(doc, "n_in"), _int(doc, "n_out")
+    n_in = _int(doc, "n_in", "E4.6.17.1", "E4.6.17.2")
+    n_out = _int(doc, "n_out", "E4.6.17.3", "E4.6.17.4")
     if n_in != max(m.in_features for m in modules):
-        raise AdapterFileError("n_in", f"must equal the largest in_features of the modules "
-                                       f"({max(m.in_features for m in modules)}), got {n_in}")
+        fail("E4.6.17.5", n=max(m.in_features for m in modules), v=n_in)
     if n_out != max(m.out_features for m in modules):
-        raise AdapterFileError("n_out", f"must equal the largest out_features of the modules "
-                                        f"({max(m.out_features for m in modules)}), got {n_out}")
-    cfg = AdapterConfig(
-        r=r, modules=modules, generator=generator, seed=seed, n_in=n_in, n_out=n_out, sharing=sharing,
-        vector_dtype=_choice(doc, "vector_dtype", tuple(EPS)),
-        tensor_layout=_choice(doc, "tensor_layout", TENSOR_LAYOUTS, default="per-module"),
-        d_initial=_number(doc, "d_initial", 0.1, unit_interval=False),
-        dropout=_number(doc, "dropout", 0.0, unit_interval=True),
-        extra_tensors=_names(doc), base_model=_base_model(doc),
-    )
+        fail("E4.6.17.6", n=max(m.out_features for m in modules), v=n_out)
+    vector_dtype = _choice(doc, "vector_dtype", tuple(EPS), "E4.6.18.1", "E4.6.18.2")
+    tensor_layout = _choice(doc, "tensor_layout", TENSOR_LAYOUTS, None, "E4.6.18.3", default="per-module")
+    d_initial = _number(doc, "d_initial", 0.1, "E4.6.19.1", unit_interval=False)
+    dropout = _number(doc, "dropout", 0.0, "E4.6.19.2", unit_interval=True)
+    extra = _names(doc)
+    base_model = _base_model(doc)
     prov = doc.get("provenance", {})
     if not isinstance(prov, dict):
-        raise AdapterFileError("provenance", "must be a JSON object")
-    cfg.provenance = prov
+        fail("E4.6.20.6")
+    cfg = AdapterConfig(r=r, modules=modules, generator=generator, seed=seed, n_in=n_in, n_out=n_out,
+                        sharing=sharing, vector_dtype=vector_dtype, tensor_layout=tensor_layout,
+                        d_initial=d_initial, dropout=dropout, extra_tensors=extra, base_model=base_model,
+                        provenance=prov)
     cfg.projection_sha256 = _checksums(doc, cfg.groups())
     return cfg
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,17 +17,16 @@ from typing import Any
 import numpy as np
 
 from . import __version__, container
-from .adapter import Adapter, new_adapter, save_adapter, _tensor_plan, base_fingerprint
+from .adapter import Adapter, base_fingerprint, build_adapter, new_adapter, save_adapter, tensor_plan
 from .errors import AdapterFileError
 from .layer import backward, forward, merge
 from .metadata import CONFIG_KEY, FORMAT_KEY, FORMAT_NAME, SPEC_VERSION, VERSION_KEY, config_document, ModuleSpec
 from .peft_mt19937 import peft_projection
 from .projection import kaiming_bound, projection, table_words
 from .tolerance import backward_magnitude, forward_magnitude, merge_magnitude
-from .adapter import load_adapter, sha256_hex
+from .adapter import sha256_hex
+from .resources import vectors_dir
 
-SPEC_DIR = Path(__file__).resolve().parent.parent / "spec"
-VECTORS_DIR = SPEC_DIR / "vectors"
 RANDOM123_SOURCE = ("DEShawResearch/random123 v1.14.0 (commit 9545ff6413f258be2f04c1d319d99aaef7521150), "
                     "files tests/kat_vectors and tests/old_kat_vectors, lines 'philox4x32 10 ...' verbatim")
 
@@ -62,7 +63,8 @@ def unbits(data: list, dtype: str) -> np.ndarray:
 
 # --- 6.2 Philox -------------------------------------------------------------------
 
-def philox_vectors(random123_dir: Path = VECTORS_DIR / "random123") -> dict[str, Any]:
+def philox_vectors(random123_dir: Path | None = None) -> dict[str, Any]:
+    random123_dir = vectors_dir() / "random123" if random123_dir is None else random123_dir
     groups = []
     for fname in ("kat_vectors", "old_kat_vectors"):
         tests = []
@@ -210,21 +212,39 @@ def _valid_adapters() -> list[tuple[str, Adapter]]:
         g.lambda_b[m.name] = np.arange(m.out_features, dtype=np.float32) + 100 * i
         g.lambda_d[m.name] = np.full(3, i, dtype=np.float32)
     out.append(("packed tensor layout: lambda_d (M, r) and lambda_b concatenated in module order", g))
+    h = new_adapter([("x.q", 4, 4)], r=2, seed=5, vector_dtype="float64")
+    h.extra["a.bias"] = (np.array([1.0], np.float16), "float16")  # 2 bytes first: the F64 data is not 8-aligned
+    out.append(("tensor data not aligned (a 2-byte tensor first): readers MUST accept it (spec 4.1)", h))
     return out
 
 
-def _payload(ad: Adapter, doc_edit=None, meta_edit=None, tensor_edit=None) -> bytes:
-    """A file built from ``ad`` with optional edits, bypassing the writer's own checks."""
+def _raw(text: bytes, data: bytes = b"", length: int | None = None) -> bytes:
+    """A container from a header text given byte for byte."""
+    return (len(text) if length is None else length).to_bytes(8, "little") + text + data
+
+
+def _raw_header(header: dict, data: bytes = b"", length: int | None = None) -> bytes:
+    return _raw(json.dumps(header, separators=(",", ":")).encode(), data, length)
+
+
+def _doc_bytes(ad: Adapter, doc_text=None, doc_edit=None, meta_edit=None, tensor_edit=None,
+               version: str = SPEC_VERSION) -> bytes:
+    """A file built from ``ad`` with edits, bypassing the writer's own checks.
+
+    doc_edit(doc) edits the document (a dict); doc_text(text) -> text edits its JSON text.
+    """
     ad.config.extra_tensors = sorted(ad.extra)
     ad.config.projection_sha256 = ad.checksums()
     doc = config_document(ad.config)
     if doc_edit:
         doc_edit(doc)
-    meta = {FORMAT_KEY: FORMAT_NAME, VERSION_KEY: SPEC_VERSION,
-            CONFIG_KEY: json.dumps(doc, sort_keys=True, separators=(",", ":"))}
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    if doc_text:
+        text = doc_text(text)
+    meta = {FORMAT_KEY: FORMAT_NAME, VERSION_KEY: version, CONFIG_KEY: text}
     if meta_edit:
         meta_edit(meta)
-    plan = _tensor_plan(ad)
+    plan = tensor_plan(ad)
     if tensor_edit:
         tensor_edit(plan)
     return container.to_bytes(meta, plan)
@@ -234,106 +254,255 @@ def _set(key, value):
     return lambda d: d.__setitem__(key, value)
 
 
-def _raw_header(header: dict, data: bytes = b"", length: int | None = None) -> bytes:
-    text = json.dumps(header, separators=(",", ":")).encode()
-    return (len(text) if length is None else length).to_bytes(8, "little") + text + data
+def _drop(*keys):
+    def edit(d):
+        for k in keys:
+            d.pop(k, None)
+    return edit
 
 
-def _invalid_files() -> list[tuple[str, bytes]]:
+def _valid_extra_files() -> list[tuple[str, bytes]]:
+    """Valid files the writer does not make: optional fields left out, a newer minor version."""
+    ad = new_adapter([("enc.q", 4, 4), ("enc.v", 4, 2)], r=2, seed=8)
+    ad.lambda_b["enc.v"] = np.array([0.5, -1.0], np.float32)
+    minimal = _doc_bytes(ad, version="1.0", doc_edit=lambda d: (
+        _drop("module_prefix", "tensor_layout", "d_initial", "dropout", "extra_tensors", "provenance")(d),
+        d.__setitem__("modules", [["enc.q", 4, 4], ["enc.v", 4, 2]])))
+    ad2 = new_adapter([("q", 4, 4)], r=2, seed=8)
+    newer = _doc_bytes(ad2, version="1.9", doc_edit=lambda d: d.update(
+        future_field={"added": "in 1.9"}, alpha=16), meta_edit=lambda m: m.update(
+        format="pt", trainer_note="unknown __metadata__ keys are ignored (spec 4.2)"))
+    spaced = _doc_bytes(new_adapter([("q", 4, 4)], r=2, seed=1), doc_text=lambda t: "\n " + json.dumps(
+        json.loads(t), indent=2) + "\n")
+    return [("optional fields left out (module_prefix, tensor_layout, d_initial, dropout, extra_tensors, "
+             "provenance), version 1.0", minimal),
+            ("minor version 1.9 with unknown fields (ignored, spec 4.8) and unknown __metadata__ keys", newer),
+            ("a metadata document with insignificant whitespace (readers accept any dialect-valid JSON)",
+             spaced)]
+
+
+def _invalid_files() -> list[tuple[str, str, bytes]]:
+    """(expected code, comment, bytes): one or more per rule of spec 4.6 that a file can break."""
     base = lambda: new_adapter([("q", 8, 8), ("v", 8, 4)], r=4, seed=1)  # noqa: E731
     packed = lambda: new_adapter([("q", 8, 8), ("v", 8, 4)], r=4, seed=1, tensor_layout="packed")  # noqa: E731
-    ok = _payload(base())
+    rng = np.random.default_rng(3)
+    stored = lambda: new_adapter([("fc", 4, 3)], r=2, generator="stored", stored={  # noqa: E731
+        0: (rng.normal(size=(2, 4)).astype(np.float32), rng.normal(size=(3, 2)).astype(np.float32))})
+    P = lambda **kw: _doc_bytes(base(), **kw)  # noqa: E731
     meta_ok = {FORMAT_KEY: FORMAT_NAME, VERSION_KEY: SPEC_VERSION}
-    cases: list[tuple[str, bytes]] = [
-        ("file shorter than the length prefix", b"\x10\x00\x00"),
-        ("header length of 2^40 bytes", (1 << 40).to_bytes(8, "little") + b"{}"),
-        ("header length past the end of the file", (4096).to_bytes(8, "little") + b'{"__metadata__":{}}'),
-        ("header is not JSON", (5).to_bytes(8, "little") + b"{nope"),
-        ("no __metadata__", _raw_header({})),
-        ("tensor dtype I8", _raw_header({"__metadata__": meta_ok, "q.lambda_d": {
-            "dtype": "I8", "shape": [4], "data_offsets": [0, 4]}}, b"\0" * 4)),
-        ("data_offsets disagree with the shape", _raw_header({"__metadata__": meta_ok, "q.lambda_d": {
-            "dtype": "F32", "shape": [4], "data_offsets": [0, 8]}}, b"\0" * 8)),
-        ("tensor data runs past the end of the file", _raw_header({"__metadata__": meta_ok, "q.lambda_d": {
-            "dtype": "F32", "shape": [1000000], "data_offsets": [0, 4000000]}}, b"\0" * 16)),
-        ("gap between tensors", _raw_header({"__metadata__": meta_ok,
-            "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
-            "b": {"dtype": "F32", "shape": [1], "data_offsets": [8, 12]}}, b"\0" * 12)),
-        ("bad magic (a plain PyTorch safetensors file)", _payload(base(), meta_edit=_set(FORMAT_KEY, "pt"))),
-        ("spec version 2.0", _payload(base(), meta_edit=_set(VERSION_KEY, "2.0"))),
-        ("vera_config is not JSON", _payload(base(), meta_edit=_set(CONFIG_KEY, "{r: 4"))),
-        ("unknown field in the document", _payload(base(), doc_edit=_set("alpha", 8))),
-        ("r = 0", _payload(base(), doc_edit=_set("r", 0))),
-        ("unknown generator", _payload(base(), doc_edit=_set("generator", "xorshift128"))),
-        ("seed 2^64, out of range", _payload(base(), doc_edit=_set("seed", "18446744073709551616"))),
-        ("seed as a JSON number", _payload(base(), doc_edit=_set("seed", 1))),
-        ("seed with the stored generator", _payload(base(), doc_edit=_set("generator", "stored"))),
-        ("peft-mt19937 with per-module sharing", _payload(base(), doc_edit=lambda d: d.update(
-            generator="peft-mt19937", sharing="per-module"))),
-        ("duplicate module", _payload(base(), doc_edit=lambda d: d["modules"].append(list(d["modules"][0])))),
-        ("bad layout", _payload(base(), doc_edit=lambda d: d["modules"][0].append("conv2d"))),
-        ("module entry as an object", _payload(base(), doc_edit=lambda d: d["modules"].__setitem__(
+    meta_json = json.dumps(meta_ok, separators=(",", ":"))
+    f32 = lambda shape, off: {"dtype": "F32", "shape": shape, "data_offsets": off}  # noqa: E731
+    H = lambda entries, data=b"": _raw_header({"__metadata__": meta_ok, **entries}, data)  # noqa: E731
+    deep = lambda n: "[" * n + "]" * n  # noqa: E731
+    return [
+        ("E4.6.1.1", "file shorter than the length prefix", b"\x10\x00\x00"),
+        ("E4.6.2.1", "an ONNX model (ModelProto: ir_version 8, producer_name 'pytorch')",
+         b"\x08\x08\x12\x07pytorch\x1a\x052.5.1:\x10\n\x0e\n\x01x\x12\x01y\x1a\x04Relu"),
+        ("E4.6.2.2", "a zip archive (a PyTorch .pt/.bin checkpoint is one)",
+         b"PK\x03\x04\x14\x00\x00\x00\x08\x00" + b"\x00" * 20 + b"archive/data.pkl"),
+        ("E4.6.2.3", "header length of 2^40 bytes", (1 << 40).to_bytes(8, "little") + b"{}"),
+        ("E4.6.2.3", "header length of 100,000,001 bytes (safetensors' limit is 100,000,000)",
+         (100_000_001).to_bytes(8, "little") + b"{}"),
+        ("E4.6.3.1", "header length past the end of the file", _raw(b'{"__metadata__":{}}', length=4096)),
+        ("E4.6.4.1", "header begins with a UTF-8 byte-order mark",
+         _raw(b'\xef\xbb\xbf{"__metadata__":' + meta_json.encode() + b"}")),
+        ("E4.6.4.1", "header begins with whitespace", _raw(b' {"__metadata__":' + meta_json.encode() + b"}")),
+        ("E4.6.4.2", "header of 1,048,577 '[' bytes (more than 2^20 structural bytes)",
+         _raw(b"{" + b"[" * 1_048_576)),
+        ("E4.6.4.3", "header is not UTF-8", _raw(b'{"__metadata__":{"k":"\xff\xfe"}}')),
+        ("E4.6.4.4", "header is not JSON", _raw(b"{nope")),
+        ("E4.6.4.4", "header holds a NaN literal", _raw(b'{"__metadata__":{},"x":NaN}')),
+        ("E4.6.4.4", "header with a trailing comma", _raw(b'{"__metadata__":{},}')),
+        ("E4.6.4.5", "header nested 66 levels deep", _raw(b'{"__metadata__":{},"x":' + deep(65).encode() + b"}")),
+        ("E4.6.4.6", "shape holds 2^64, beyond the integer range", H({"q.lambda_d": f32([2**64], [0, 4])})),
+        ("E4.6.4.6", "a number literal 1e400 (infinite in binary64)", _raw(b'{"__metadata__":{},"x":1e400}')),
+        ("E4.6.4.7", "duplicate key __metadata__ in the header",
+         _raw(b'{"__metadata__":{},"__metadata__":' + meta_json.encode() + b"}")),
+        ("E4.6.5.1", "no __metadata__", _raw_header({})),
+        ("E4.6.5.2", "__metadata__ value not a string", _raw_header({"__metadata__": {"vera_format": 1}})),
+        ("E4.6.6.1", "tensor entry without data_offsets", H({"q.lambda_d": {"dtype": "F32", "shape": [4]}})),
+        ("E4.6.6.2", "tensor dtype I8", H({"q.lambda_d": {"dtype": "I8", "shape": [4], "data_offsets": [0, 4]}},
+                                          b"\0" * 4)),
+        ("E4.6.6.2", "tensor dtype given as a JSON list",
+         H({"q.lambda_d": {"dtype": ["F32"], "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 4)),
+        ("E4.6.6.3", "negative dimension", H({"q.lambda_d": f32([-1], [0, 4])}, b"\0" * 4)),
+        ("E4.6.6.4", "17 dimensions", H({"q.lambda_d": f32([1] * 17, [0, 4])}, b"\0" * 4)),
+        ("E4.6.6.5", "data_offsets with one number", H({"q.lambda_d": f32([1], [4])}, b"\0" * 4)),
+        ("E4.6.6.6", "shape [2^62, 2^62]: a size past any 64-bit integer",
+         H({"q.lambda_d": f32([2**62, 2**62], [0, 4])}, b"\0" * 4)),
+        ("E4.6.6.6", "tensor larger than the whole data section",
+         H({"q.lambda_d": f32([1000000], [0, 4000000])}, b"\0" * 16)),
+        ("E4.6.6.7", "data_offsets disagree with the shape", H({"q.lambda_d": f32([4], [0, 8])}, b"\0" * 16)),
+        ("E4.6.6.8", "data_offsets run past the end of the data", H({"q.lambda_d": f32([2], [8, 16])}, b"\0" * 12)),
+        ("E4.6.7.1", "gap between tensors", H({"a": f32([1], [0, 4]), "b": f32([1], [8, 12])}, b"\0" * 12)),
+        ("E4.6.7.1", "overlapping tensors", H({"a": f32([2], [0, 8]), "b": f32([1], [4, 8])}, b"\0" * 8)),
+        ("E4.6.7.2", "bytes after the last tensor", H({"a": f32([1], [0, 4])}, b"\0" * 8)),
+        ("E4.6.8.1", "a PEFT VeRA adapter (adapter_model.safetensors)",
+         _raw_header({"__metadata__": {"format": "pt"},
+                      "base_model.model.q.vera_lambda_b.default": f32([2], [0, 8])}, b"\0" * 8)),
+        ("E4.6.8.2", "a plain safetensors file (no vera_format)",
+         _raw_header({"__metadata__": {"format": "pt"}, "weight": f32([2], [0, 8])}, b"\0" * 8)),
+        ("E4.6.8.3", "bad magic", P(meta_edit=_set(FORMAT_KEY, "pt"))),
+        ("E4.6.9.1", "no vera_spec_version", P(meta_edit=_drop(VERSION_KEY))),
+        ("E4.6.9.2", "spec version 2.0", P(meta_edit=_set(VERSION_KEY, "2.0"))),
+        ("E4.6.9.2", "spec version of 5,000 digits", P(meta_edit=_set(VERSION_KEY, "1" * 5000 + ".0"))),
+        ("E4.6.10.1", "no vera_config", P(meta_edit=_drop(CONFIG_KEY))),
+        ("E4.6.10.3", "vera_config is not JSON", P(meta_edit=_set(CONFIG_KEY, "{r: 4"))),
+        ("E4.6.10.3", "vera_config holds Infinity", P(doc_text=lambda t: t.replace('"d_initial":0.1',
+                                                                                   '"d_initial":Infinity'))),
+        ("E4.6.10.4", "provenance nested 65 levels deep (the document 66)",
+         P(doc_text=lambda t: t.replace('"provenance":{}', '"provenance":{"x":' + deep(64) + "}"))),
+        ("E4.6.10.5", "d_initial = 1e400", P(doc_text=lambda t: t.replace('"d_initial":0.1', '"d_initial":1e400'))),
+        ("E4.6.10.5", "r of 5,000 digits", P(doc_text=lambda t: t.replace('"r":4', '"r":' + "9" * 5000))),
+        ("E4.6.10.6", "duplicate key r (last-wins parsers would read r = 4)",
+         P(doc_text=lambda t: t.replace('"r":4', '"r":999,"r":4'))),
+        ("E4.6.10.7", "vera_config is a JSON array", P(meta_edit=_set(CONFIG_KEY, "[]"))),
+        ("E4.6.11.1", "unknown field in the document", P(doc_edit=_set("alpha", 8))),
+        ("E4.6.12.1", "r missing", P(doc_edit=_drop("r"))),
+        ("E4.6.12.2", "r = 0", P(doc_edit=_set("r", 0))),
+        ("E4.6.12.2", "r as a string", P(doc_edit=_set("r", "4"))),
+        ("E4.6.13.1", "generator missing", P(doc_edit=_drop("generator"))),
+        ("E4.6.13.2", "unknown generator", P(doc_edit=_set("generator", "xorshift128"))),
+        ("E4.6.14.1", "seed with the stored generator", P(doc_edit=_set("generator", "stored"))),
+        ("E4.6.14.2", "seed missing", P(doc_edit=_drop("seed"))),
+        ("E4.6.14.3", "seed 2^64, out of range", P(doc_edit=_set("seed", "18446744073709551616"))),
+        ("E4.6.14.3", "seed as a JSON number", P(doc_edit=_set("seed", 1))),
+        ("E4.6.14.3", "seed with a leading zero", P(doc_edit=_set("seed", "01"))),
+        ("E4.6.15.1", "sharing missing", P(doc_edit=_drop("sharing"))),
+        ("E4.6.15.2", "unknown sharing", P(doc_edit=_set("sharing", "none"))),
+        ("E4.6.15.3", "peft-mt19937 with per-module sharing",
+         P(doc_edit=lambda d: d.update(generator="peft-mt19937", sharing="per-module"))),
+        ("E4.6.16.1", "module_prefix not ending in '.'", P(doc_edit=_set("module_prefix", "model"))),
+        ("E4.6.16.2", "modules missing", P(doc_edit=_drop("modules"))),
+        ("E4.6.16.3", "modules empty", P(doc_edit=_set("modules", []))),
+        ("E4.6.16.4", "module entry as an object", P(doc_edit=lambda d: d["modules"].__setitem__(
             0, {"name": "q", "in_features": 8, "out_features": 8}))),
-        ("module_prefix not ending in '.'", _payload(base(), doc_edit=_set("module_prefix", "model"))),
-        ("unknown tensor_layout", _payload(base(), doc_edit=_set("tensor_layout", "interleaved"))),
-        ("n_in disagrees with the modules", _payload(base(), doc_edit=_set("n_in", 16))),
-        ("dropout = 1", _payload(base(), doc_edit=_set("dropout", 1.0))),
-        ("checksum list for the wrong groups", _payload(base(), doc_edit=lambda d: d["projection_sha256"][0]
-                                                       .update(group=1))),
-        ("hostile document: a projection of 10^12 elements", _payload(base(), doc_edit=lambda d: d.update(
+        ("E4.6.16.5", "module name with an empty part", P(doc_edit=lambda d: d["modules"][0].__setitem__(0, "a..b"))),
+        ("E4.6.16.6", "duplicate module", P(doc_edit=lambda d: d["modules"].append(list(d["modules"][0])))),
+        ("E4.6.16.7", "in_features = 0", P(doc_edit=lambda d: d["modules"][0].__setitem__(1, 0))),
+        ("E4.6.16.8", "out_features as a string", P(doc_edit=lambda d: d["modules"][1].__setitem__(2, "4"))),
+        ("E4.6.16.9", "bad layout", P(doc_edit=lambda d: d["modules"][0].append("conv2d"))),
+        ("E4.6.17.1", "n_in missing", P(doc_edit=_drop("n_in"))),
+        ("E4.6.17.2", "n_in = 0", P(doc_edit=_set("n_in", 0))),
+        ("E4.6.17.3", "n_out missing", P(doc_edit=_drop("n_out"))),
+        ("E4.6.17.4", "n_out negative", P(doc_edit=_set("n_out", -1))),
+        ("E4.6.17.5", "n_in disagrees with the modules", P(doc_edit=_set("n_in", 16))),
+        ("E4.6.17.6", "n_out disagrees with the modules", P(doc_edit=_set("n_out", 99))),
+        ("E4.6.18.1", "vector_dtype missing", P(doc_edit=_drop("vector_dtype"))),
+        ("E4.6.18.2", "vector_dtype int8", P(doc_edit=_set("vector_dtype", "int8"))),
+        ("E4.6.18.3", "unknown tensor_layout", P(doc_edit=_set("tensor_layout", "interleaved"))),
+        ("E4.6.19.1", "d_initial as a string", P(doc_edit=_set("d_initial", "0.1"))),
+        ("E4.6.19.2", "dropout = 1", P(doc_edit=_set("dropout", 1.0))),
+        ("E4.6.20.1", "extra_tensors not a list", P(doc_edit=_set("extra_tensors", "head"))),
+        ("E4.6.20.2", "extra_tensors lists a name twice", P(doc_edit=_set("extra_tensors", ["h", "h"]))),
+        ("E4.6.20.3", "base_model value not a string", P(doc_edit=_set("base_model", {"name": 1}))),
+        ("E4.6.20.4", "unknown base_model field", P(doc_edit=_set("base_model", {"name": "x", "url": "y"}))),
+        ("E4.6.20.5", "fingerprint not hex", P(doc_edit=_set("base_model", {"fingerprint": "XYZ"}))),
+        ("E4.6.20.6", "provenance is a list", P(doc_edit=_set("provenance", []))),
+        ("E4.6.21.1", "projection_sha256 missing", P(doc_edit=_drop("projection_sha256"))),
+        ("E4.6.21.2", "checksum list for the wrong groups",
+         P(doc_edit=lambda d: d["projection_sha256"][0].update(group=1))),
+        ("E4.6.21.3", "checksum not hex", P(doc_edit=lambda d: d["projection_sha256"][0].update(A="zz"))),
+        ("E4.6.22.1", "hostile document: a projection of 10^12 elements", P(doc_edit=lambda d: d.update(
             r=1000000, n_in=500000, n_out=500000, modules=[["q", 500000, 500000], ["v", 8, 4]]))),
-        ("missing lambda_b", _payload(base(), tensor_edit=lambda p: p.pop("v.lambda_b"))),
-        ("unexpected tensor", _payload(base(), tensor_edit=_set("vera_A", (np.zeros((4, 8), np.float32), "F32")))),
-        ("lambda_d of the wrong length", _payload(base(), tensor_edit=_set(
+        ("E4.6.23.1", "an extra tensor named like a VeRA vector",
+         P(doc_edit=_set("extra_tensors", ["q.lambda_d"]))),
+        ("E4.6.23.2", "missing lambda_b", P(tensor_edit=lambda p: p.pop("v.lambda_b"))),
+        ("E4.6.23.3", "unexpected tensor", P(tensor_edit=_set("vera_A", (np.zeros((4, 8), np.float32), "F32")))),
+        ("E4.6.24.1", "lambda_d of the wrong length", P(tensor_edit=_set(
             "q.lambda_d", (np.zeros(5, np.float32), "F32")))),
-        ("lambda dtype differs from vector_dtype", _payload(base(), tensor_edit=_set(
-            "q.lambda_b", (np.zeros(8, np.float16), "F16")))),
-        ("packed lambda_b of the wrong length", _payload(packed(), tensor_edit=_set(
+        ("E4.6.24.1", "packed lambda_b of the wrong length", _doc_bytes(packed(), tensor_edit=_set(
             "lambda_b", (np.zeros(11, np.float32), "F32")))),
-        ("NaN in lambda_b", _payload(base(), tensor_edit=_set(
+        ("E4.6.24.2", "lambda dtype differs from vector_dtype", P(tensor_edit=_set(
+            "q.lambda_b", (np.zeros(8, np.float16), "F16")))),
+        ("E4.6.24.3", "stored projection as F64", _doc_bytes(stored(), tensor_edit=lambda p: p.__setitem__(
+            "A", (p["A"][0], "F64")))),
+        ("E4.6.25.1", "NaN in lambda_b", P(tensor_edit=_set(
             "v.lambda_b", (np.array([0, np.nan, 0, 0], np.float32), "F32")))),
-        ("checksum of A does not match the generator", _payload(base(), doc_edit=lambda d: d["projection_sha256"][0]
-                                                               .update(A="0" * 64))),
+        ("E4.6.25.1", "infinity in a BF16 vector", _doc_bytes(
+            new_adapter([("q", 4, 2)], r=2, seed=1, vector_dtype="bfloat16"),
+            tensor_edit=_set("q.lambda_d", (np.array([np.inf, 0], np.float32), "BF16")))),
+        ("E4.6.26.1", "checksum of A does not match the generator",
+         P(doc_edit=lambda d: d["projection_sha256"][0].update(A="0" * 64))),
+        # several faults: the verdict is the first rule in the order of spec 4.6
+        ("E4.6.4.4", "multi-fault: nested 70 deep, then a syntax error (syntax is checked first)",
+         _raw(b'{"__metadata__":{},"x":' + b"[" * 70 + b"]" * 70 + b",}")),
+        ("E4.6.4.6", "multi-fault: a duplicate key, then a number out of range (numbers first)",
+         _raw(b'{"__metadata__":{},"__metadata__":{},"x":1e999}')),
+        ("E4.6.6.3", "multi-fault: tensor 'b' has a bad dtype, tensor 'a' a bad shape (names in order)",
+         H({"b": {"dtype": "I8", "shape": [1], "data_offsets": [0, 1]}, "a": f32(["x"], [1, 5])}, b"\0" * 5)),
+        ("E4.6.8.3", "multi-fault: bad magic and r = 0", P(meta_edit=_set(FORMAT_KEY, "pt"), doc_edit=_set("r", 0))),
+        ("E4.6.11.1", "multi-fault: unknown field and r missing", P(doc_edit=lambda d: (
+            d.__setitem__("zeta", 1), d.pop("r")))),
+        ("E4.6.14.3", "multi-fault: seed out of range and tensor_layout unknown", P(doc_edit=lambda d: d.update(
+            seed="99999999999999999999", tensor_layout="zigzag"))),
+        ("E4.6.23.2", "multi-fault: a missing tensor and an unexpected one",
+         P(tensor_edit=lambda p: (p.pop("q.lambda_d"), p.__setitem__("zzz", (np.zeros(1, np.float32), "F32"))))),
+        ("E4.6.24.1", "multi-fault: NaN in the first vector, a wrong shape in a later one (shapes first)",
+         P(tensor_edit=lambda p: (p.__setitem__("q.lambda_b", (np.full(8, np.nan, np.float32), "F32")),
+                                  p.__setitem__("v.lambda_d", (np.zeros(3, np.float32), "F32"))))),
+        ("E4.6.25.1", "multi-fault: NaN in a vector and a wrong checksum (values first)",
+         P(doc_edit=lambda d: d["projection_sha256"][0].update(B="0" * 64), tensor_edit=_set(
+             "q.lambda_d", (np.array([np.nan, 0, 0, 0], np.float32), "F32")))),
     ]
-    assert ok  # the base is valid: checked by the caller through the valid group
-    return cases
+
+
+UNREACHABLE_FROM_FILES = ("E4.6.0.1", "E4.6.0.2", "E4.6.0.3", "E4.6.0.4", "E4.6.0.5", "E4.6.10.2")
 
 
 def file_vectors() -> tuple[dict[str, Any], dict[str, bytes]]:
     files: dict[str, bytes] = {}
     valid, invalid = [], []
-    import tempfile, os
-    with tempfile.TemporaryDirectory() as tmp:
-        for comment, ad in _valid_adapters():
-            path = os.path.join(tmp, "f.safetensors")
-            save_adapter(ad, path)
-            data = Path(path).read_bytes()
-            name = f"valid-{len(valid) + 1:02d}.safetensors"
-            files[name] = data
-            meta, entries = container.read_metadata(path)
-            tensors = {k: {"dtype": v[0], "shape": list(v[1]),
-                           "sha256": hashlib.sha256(data[8 + int.from_bytes(data[:8], 'little') + v[2]:
-                                                         8 + int.from_bytes(data[:8], 'little') + v[3]]).hexdigest()}
-                       for k, v in sorted(entries.items())}
-            valid.append({"comment": comment, "result": "valid", "file": name,
-                          "config": json.loads(meta[CONFIG_KEY]), "tensors": tensors})
-        for comment, data in _invalid_files():
-            name = f"invalid-{len(invalid) + 1:02d}.safetensors"
-            files[name] = data
-            path = os.path.join(tmp, name)
-            Path(path).write_bytes(data)
-            try:
-                load_adapter(path)
-            except AdapterFileError as exc:
-                err = {"field": exc.field, "message": str(exc)}
-            else:
-                raise RuntimeError(f"invalid file vector {name!r} ({comment}) was accepted")
-            invalid.append({"comment": comment, "result": "invalid", "file": name, "error": err})
+    for comment, ad in _valid_adapters():
+        valid.append((comment, _saved_bytes(ad)))
+    valid += _valid_extra_files()
+    out_valid = []
+    for comment, data in valid:
+        name = f"valid-{len(out_valid) + 1:02d}.safetensors"
+        files[name] = data
+        meta, tensors = container.parse(data)
+        ad = build_adapter(meta, tensors)
+        _, entries, start = container.read_header(io.BytesIO(data), len(data))
+        out_valid.append({
+            "comment": comment, "result": "valid", "file": name, "specVersion": meta[VERSION_KEY],
+            "config": json.loads(meta[CONFIG_KEY]), "effective": config_document(ad.config),
+            "tensors": {k: {"dtype": v[0], "shape": list(v[1]),
+                            "sha256": hashlib.sha256(data[start + v[2]: start + v[3]]).hexdigest()}
+                        for k, v in sorted(entries.items())}})
+    for want, comment, data in _invalid_files():
+        name = f"invalid-{len(invalid) + 1:03d}.safetensors"
+        files[name] = data
+        try:
+            meta, tensors = container.parse(data)
+            build_adapter(meta, tensors)
+        except AdapterFileError as exc:
+            if exc.code != want:
+                raise RuntimeError(f"invalid file vector {name!r} ({comment}): expected {want}, got {exc.code} "
+                                   f"({exc})") from None
+            err = {"code": exc.code, "field": exc.field, "message": str(exc)}
+        else:
+            raise RuntimeError(f"invalid file vector {name!r} ({comment}) was accepted")
+        invalid.append({"comment": comment, "result": "invalid", "file": name, "error": err})
     env = _envelope("files", "vera_ref.vectors (this repository)",
-                    [{"type": "AdapterFileValid", "tests": valid}, {"type": "AdapterFileInvalid", "tests": invalid}],
-                    {"files": "spec/vectors/files/<file>", "tensors": "sha256 of each tensor's stored bytes",
-                     "error": "field and exact message of spec 4.6 (reader setting max_projection_elements = 2^28)"})
+                    [{"type": "AdapterFileValid", "tests": out_valid},
+                     {"type": "AdapterFileInvalid", "tests": invalid}],
+                    {"files": "spec/vectors/files/<file>",
+                     "config": "the metadata document as stored; effective: with the defaults of spec 4.3 filled in",
+                     "tensors": "sha256 of each tensor's stored bytes",
+                     "error": "code and field of the first broken rule of spec 4.6 (compare these two), and the "
+                              "reference's message (reader setting max_projection_elements = 2^28)",
+                     "coverage": "every rule of spec 4.6 has a vector except those a file cannot reach: "
+                                 + ", ".join(UNREACHABLE_FROM_FILES)})
     return env, files
+
+
+def _saved_bytes(ad: Adapter) -> bytes:
+    """The bytes ``save_adapter`` writes for ``ad``."""
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="vera-vectors-") as tmp:
+        path = os.path.join(tmp, "f.safetensors")
+        save_adapter(ad, path)
+        return Path(path).read_bytes()
 
 
 def build_all() -> dict[str, bytes]:
@@ -349,8 +518,9 @@ def build_all() -> dict[str, bytes]:
     return out
 
 
-def check(root: Path = VECTORS_DIR) -> list[str]:
+def check(root: Path | None = None) -> list[str]:
     """Differences between the vectors on disk and freshly generated ones ([] if none)."""
+    root = vectors_dir() if root is None else root
     problems = []
     built = build_all()
     for rel, data in built.items():
@@ -366,11 +536,16 @@ def check(root: Path = VECTORS_DIR) -> list[str]:
     return problems
 
 
-def write(root: Path = VECTORS_DIR) -> list[str]:
+def write(root: Path | None = None) -> list[str]:
+    """Rewrite the vectors (spec 6.6) in ``root`` (the shipped spec/vectors by default)."""
+    root = vectors_dir() if root is None else root
     built = build_all()
     (root / "files").mkdir(parents=True, exist_ok=True)
     for rel, data in built.items():
         container.write_atomic(root / rel, [data])
+    for p in (root / "files").iterdir():  # vectors no longer generated
+        if f"files/{p.name}" not in built:
+            p.unlink()
     return sorted(built)
 
 

@@ -1,0 +1,190 @@
+"""The JSON dialect of adapter files (spec 4.1.1), parsed with bounded work and memory.
+
+``loads(text)`` applies the dialect's rules as whole-text checks in a fixed order and raises
+``JsonRuleError(rule, value)`` for the first one broken:
+
+1. ``count``: at most ``MAX_STRUCTURAL`` characters that are ``"``, ``,``, ``[`` or ``{``
+   (counted anywhere in the text, strings included). Checked first, with ``str.count`` /
+   ``bytes.count``, so no parser ever sees more than about a million values: this bounds the
+   memory of everything that follows to a small multiple of the text's size.
+2. ``syntax``: the text is one JSON value per RFC 8259 (so ``NaN``, ``Infinity``, comments,
+   single quotes and trailing commas are errors).
+3. ``depth``: arrays and objects nest at most ``MAX_DEPTH`` levels (the outermost value is
+   level 1).
+4. ``number``: every integer literal (no fraction or exponent) lies in [-2^63, 2^64); every
+   other number literal has at most ``MAX_NUMBER_CHARS`` characters and a finite binary64 value.
+   ``value`` is the first offending literal in text order.
+5. ``duplicate``: no object has a key twice; ``value`` is the first repeated key in the order
+   objects end in the text.
+
+Python's own parser does the work (its C scanner); hooks record rules 4 and 5 instead of
+letting Python build 5,000-digit integers or infinities. A text so deep that the C scanner
+runs out of recursion is checked by an iterative validator, so the verdict (2 or 3) does not
+depend on Python's recursion limit.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+MAX_STRUCTURAL = 1 << 20
+MAX_DEPTH = 64
+MAX_NUMBER_CHARS = 100
+INT_MIN, INT_END = -(1 << 63), 1 << 64
+
+
+class JsonRuleError(ValueError):
+    """A rule of the dialect is broken: ``rule`` in count, syntax, depth, number, duplicate."""
+
+    def __init__(self, rule: str, value: Any = None) -> None:
+        self.rule = rule
+        self.value = value
+        super().__init__(rule)
+
+
+class _Constant(ValueError):
+    pass
+
+
+def structural_count(text: str | bytes) -> int:
+    """How many characters of ``text`` are ``"``, ``,``, ``[`` or ``{``."""
+    if isinstance(text, bytes):
+        return sum(text.count(c) for c in (b'"', b",", b"[", b"{"))
+    return sum(text.count(c) for c in ('"', ",", "[", "{"))
+
+
+def _reject_constant(name: str) -> Any:
+    raise _Constant(name)
+
+
+def loads(text: str) -> Any:
+    """Parse ``text`` under the dialect rules above; ``JsonRuleError`` names the first broken rule."""
+    n = structural_count(text)
+    if n > MAX_STRUCTURAL:
+        raise JsonRuleError("count", n)
+    found: dict[str, Any] = {}
+
+    def parse_int(s: str) -> int:
+        if len(s) > 21 or not INT_MIN <= int(s) < INT_END:  # 21 chars: '-' and 20 digits
+            found.setdefault("number", s)
+            return 0
+        return int(s)
+
+    def parse_float(s: str) -> float:
+        if len(s) > MAX_NUMBER_CHARS:
+            found.setdefault("number", s)
+            return 0.0
+        v = float(s)
+        if not math.isfinite(v):
+            found.setdefault("number", s)
+            return 0.0
+        return v
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        d = dict(items)
+        if len(d) != len(items) and "duplicate" not in found:
+            seen: set[str] = set()
+            for k, _ in items:
+                if k in seen:
+                    found["duplicate"] = k
+                    break
+                seen.add(k)
+        return d
+
+    try:
+        doc = json.loads(text, parse_int=parse_int, parse_float=parse_float, parse_constant=_reject_constant,
+                         object_pairs_hook=pairs)
+    except RecursionError:
+        if not _valid_syntax(text):
+            raise JsonRuleError("syntax") from None
+        raise JsonRuleError("depth") from None
+    except ValueError:  # JSONDecodeError, NaN/Infinity
+        raise JsonRuleError("syntax") from None
+    if depth(doc) > MAX_DEPTH:
+        raise JsonRuleError("depth")
+    if "number" in found:
+        raise JsonRuleError("number", found["number"])
+    if "duplicate" in found:
+        raise JsonRuleError("duplicate", found["duplicate"])
+    return doc
+
+
+def depth(doc: Any) -> int:
+    """Nesting depth of a parsed value: 0 for a scalar, 1 for a flat array or object (iterative)."""
+    if not isinstance(doc, (list, dict)):
+        return 0
+    deepest, stack = 0, [(doc, 1)]
+    while stack:
+        v, d = stack.pop()
+        deepest = max(deepest, d)
+        if deepest > MAX_DEPTH:
+            return deepest
+        for child in (v.values() if isinstance(v, dict) else v):
+            if isinstance(child, (list, dict)):
+                stack.append((child, d + 1))
+    return deepest
+
+
+_WS = re.compile(r"[ \t\n\r]*")
+_STRING = re.compile(r'"[^"\\\x00-\x1f]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\x00-\x1f]*)*"')
+_SCALAR = re.compile(r'"[^"\\\x00-\x1f]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\x00-\x1f]*)*"'
+                     r"|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|true|false|null")
+
+
+def _valid_syntax(text: str) -> bool:
+    """RFC 8259 syntax check without recursion (for texts too deep for the C scanner)."""
+    pos, n = _WS.match(text, 0).end(), len(text)
+    stack: list[str] = []  # '[' or '{'
+    expect_value = True
+    while True:
+        if expect_value:
+            if pos < n and text[pos] in "[{":
+                opener = text[pos]
+                pos = _WS.match(text, pos + 1).end()
+                closer = "]" if opener == "[" else "}"
+                if pos < n and text[pos] == closer:  # empty container
+                    pos += 1
+                    expect_value = False
+                    continue
+                stack.append(opener)
+                if opener == "{":
+                    m = _STRING.match(text, pos)
+                    if m is None:
+                        return False
+                    pos = _WS.match(text, m.end()).end()
+                    if pos >= n or text[pos] != ":":
+                        return False
+                    pos = _WS.match(text, pos + 1).end()
+                continue
+            m = _SCALAR.match(text, pos)
+            if m is None:
+                return False
+            pos = m.end()
+            expect_value = False
+            continue
+        pos = _WS.match(text, pos).end()
+        if not stack:
+            return pos == n
+        c = text[pos] if pos < n else ""
+        if c == ",":
+            pos = _WS.match(text, pos + 1).end()
+            if stack[-1] == "{":
+                m = _STRING.match(text, pos)
+                if m is None:
+                    return False
+                pos = _WS.match(text, m.end()).end()
+                if pos >= n or text[pos] != ":":
+                    return False
+                pos = _WS.match(text, pos + 1).end()
+            expect_value = True
+        elif c == ("]" if stack[-1] == "[" else "}"):
+            stack.pop()
+            pos += 1
+        else:
+            return False
+
+
+__all__ = ["loads", "depth", "structural_count", "JsonRuleError", "MAX_STRUCTURAL", "MAX_DEPTH",
+           "MAX_NUMBER_CHARS", "INT_MIN", "INT_END"]
