@@ -275,7 +275,7 @@ def parse_document(text: str) -> dict[str, Any]:
         doc = jsontext.loads(text)
     except jsontext.JsonRuleError as exc:
         if exc.rule == "count":
-            fail("E4.6.10.2", n=exc.value)
+            fail("E4.6.10.2")
         if exc.rule == "number":
             fail("E4.6.10.5", literal=exc.value)
         if exc.rule == "duplicate":

@@ -34,7 +34,7 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("E4.6.3.1", "header", "length {N} runs past the end of the file ({size} bytes)"),
     # step 4: the header's JSON text (spec 4.1.1)
     ("E4.6.4.1", "header", "must begin with '{{' (no byte-order mark or leading whitespace)"),
-    ("E4.6.4.2", "header", "{n} of its bytes are '\"', ',', '[' or '{{', more than the limit of 1048576"),
+    ("E4.6.4.2", "header", "more than 1048576 of its bytes are '\"', ',', '[' or '{{'"),
     ("E4.6.4.3", "header", "not valid UTF-8"),
     ("E4.6.4.4", "header", "not valid JSON (RFC 8259)"),
     ("E4.6.4.5", "header", "nested deeper than 64 levels"),
@@ -63,7 +63,7 @@ RULES: tuple[tuple[str, str, str], ...] = (
     ("E4.6.9.2", "vera_spec_version", "unsupported version {json} (this reader supports 1.x)"),
     # step 10: the document's JSON text
     ("E4.6.10.1", "vera_config", "missing"),
-    ("E4.6.10.2", "vera_config", "{n} of its characters are '\"', ',', '[' or '{{', more than the limit of 1048576"),
+    ("E4.6.10.2", "vera_config", "more than 1048576 of its characters are '\"', ',', '[' or '{{'"),
     ("E4.6.10.3", "vera_config", "not valid JSON (RFC 8259)"),
     ("E4.6.10.4", "vera_config", "nested deeper than 64 levels"),
     ("E4.6.10.5", "vera_config", "number {literal} out of range"),
