@@ -21,7 +21,8 @@ Every mode wraps the model: only the given inputs are graph inputs (by name when
 example inputs are a dict), forward keywords such as ``use_cache`` and ``logits_to_keep``
 are fixed where the forward has them, and a dict output (a Hugging Face ``ModelOutput``)
 becomes one graph output per tensor, named by its keys. The TorchScript exporter of
-torch.onnx is used (opset 18, with ``aten::diff`` added); ``exporter="dynamo"`` uses the
+torch.onnx is used (opset 18; ``aten::diff`` is added to it, process-wide, and
+``aten::cumsum`` made bool-safe for the export); ``exporter="dynamo"`` uses the
 dynamo exporter (needs onnxscript), and ``exporter="auto"`` (the default) falls back to it
 when the TorchScript exporter lacks an operator. Dynamic axes default to ``batch`` on dim 0
 of every input and ``sequence`` on dim 1 of integer (token) inputs of rank 2 and float
@@ -279,18 +280,42 @@ def _diff_symbolic(g, x, n, dim, prepend, append):
     return g.op("Sub", hi, lo)
 
 
+def _cumsum_symbolic(g, x, dim, dtype):
+    """aten::cumsum that casts a bool input to int64 first, as torch does (ONNX CumSum has no bool)."""
+    from torch.onnx import symbolic_helper as sh
+    dim = sh._get_const(dim, "i", "dim")
+    if not sh._is_none(dtype) and dtype.node().kind() == "onnx::Constant":
+        to = sh._get_const(dtype, "i", "dtype")
+        x = g.op("Cast", x, to_i=torch.onnx._type_utils.JitScalarType(to).onnx_type())
+    elif x.type().scalarType() == "Bool":
+        x = g.op("Cast", x, to_i=onnx.TensorProto.INT64)
+    return g.op("CumSum", x, g.op("Constant", value_t=torch.tensor(dim, dtype=torch.int64)))
+
+
+# aten::cumsum: the exporter's own, overridden for the duration of an export (unregistering restores it);
+# aten::diff: the exporter has none, so it is added once for the process (unregistering an operator the
+# exporter never had leaves an empty entry that breaks its "unsupported operator" message)
+_SCOPED = {"aten::cumsum": _cumsum_symbolic}
+_ADDED: set[str] = set()
+
+
 def _torchscript(model: nn.Module, args: tuple, path: str, input_names, output_names, dynamic_axes,
                  fold: bool) -> None:
     """TorchScript export. A hot-swap export is not constant-folded: folding would bake the sliced,
     transposed projections into anonymous per-layer initializers (ONNX Runtime folds at load anyway)."""
-    torch.onnx.register_custom_op_symbolic("aten::diff", _diff_symbolic, OPSET)
+    if "aten::diff" not in _ADDED:
+        torch.onnx.register_custom_op_symbolic("aten::diff", _diff_symbolic, OPSET)
+        _ADDED.add("aten::diff")
+    for op, fn in _SCOPED.items():
+        torch.onnx.register_custom_op_symbolic(op, fn, OPSET)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(model, args, path, dynamo=False, opset_version=OPSET, input_names=input_names,
                               output_names=output_names, dynamic_axes=dynamic_axes, do_constant_folding=fold)
     finally:
-        torch.onnx.unregister_custom_op_symbolic("aten::diff", OPSET)
+        for op in _SCOPED:
+            torch.onnx.unregister_custom_op_symbolic(op, OPSET)
 
 
 def _dynamo(model: nn.Module, args: tuple, path: str, input_names, output_names, dynamic_axes) -> None:
