@@ -3,6 +3,8 @@ projections, and checkpoints whose projections PEFT would regenerate differently
 import copy
 import json
 import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +14,6 @@ peft = pytest.importorskip("peft")
 pytest.importorskip("transformers")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from conftest import ROOT  # noqa: E402
 from torch_models import randomise, tiny_bert  # noqa: E402
 from vera_ref.errors import ConversionError  # noqa: E402
 from vera_ref.peft_interop import peft_to_adapter  # noqa: E402
@@ -20,7 +21,7 @@ from vera_torch import VeraConfig, VeraModel, get_vera_model  # noqa: E402
 from vera_torch.peft import model_modules  # noqa: E402
 
 TARGETS = ["query", "value", "intermediate.dense"]  # 32->32, 32->32, 32->48: mixed widths
-VERA_REF = ROOT / ".venv" / "bin" / "vera-ref"
+VERA_REF = Path(sys.executable).parent / "vera-ref"  # the console script of the environment running the tests
 IDS = torch.randint(0, 100, (3, 9), generator=torch.Generator().manual_seed(0))
 
 
