@@ -64,15 +64,15 @@ def _is_int(v: object) -> bool:
 
 
 def _nbytes(shape: list[int], itemsize: int, limit: int) -> int | None:
-    """prod(shape) * itemsize, or None once it exceeds ``limit`` (overflow-safe, spec 4.1)."""
-    if 0 in shape:
-        return 0
+    """The byte size of a tensor, or None when itemsize times the product of its non-zero
+    dimensions exceeds ``limit`` (overflow-safe; zero-size tensors too, spec 4.1 Sizes)."""
     n = itemsize
     for d in shape:
-        n *= d
-        if n > limit:
-            return None
-    return n
+        if d:
+            n *= d
+            if n > limit:
+                return None
+    return 0 if 0 in shape else n
 
 
 def _header_entry(name: str, entry: object, data_size: int) -> Entry:
