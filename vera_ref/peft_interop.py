@@ -60,6 +60,36 @@ def peft_selects(config: Mapping, key: str) -> bool:
     Modules inside ``modules_to_save`` and ``exclude_modules`` are never adapted.
     ``"all-linear"`` needs the model's classes and is refused.
     """
+    _check_rule_fields(config)
+    try:
+        return _selects(config, key)
+    except re.error as exc:
+        raise ConversionError(f"target_modules / modules_to_save: not a valid regular expression ({exc})") from None
+
+
+def _check_rule_fields(config: Mapping) -> None:
+    def strings(v):
+        return isinstance(v, list) and all(isinstance(x, str) for x in v)
+    tm = config.get("target_modules")
+    if tm is not None and not (isinstance(tm, str) or strings(tm)):
+        raise ConversionError(f"target_modules must be a string or a list of strings, got {tm!r:.80}")
+    for k in ("modules_to_save", "exclude_modules"):
+        v = config.get(k)
+        if v is not None and not (strings(v) or (k == "exclude_modules" and isinstance(v, str))):
+            raise ConversionError(f"{k} must be a list of strings, got {v!r:.80}")
+    lt = config.get("layers_to_transform")
+    if lt is not None and not (_is_int(lt) or (isinstance(lt, list) and all(_is_int(i) for i in lt))):
+        raise ConversionError(f"layers_to_transform must be an integer or a list of integers, got {lt!r:.80}")
+    lp = config.get("layers_pattern")
+    if lp is not None and not (isinstance(lp, str) or strings(lp)):
+        raise ConversionError(f"layers_pattern must be a string or a list of strings, got {lp!r:.80}")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _selects(config: Mapping, key: str) -> bool:
     exclude = config.get("exclude_modules")
     if exclude:
         if isinstance(exclude, str):
@@ -173,8 +203,11 @@ def peft_to_adapter(directory: str | os.PathLike, *, dims: Mapping[str, tuple[in
     cfg, tensors = read_peft(directory)
     if cfg.get("bias", "none") != "none":
         raise ConversionError(f"bias={cfg['bias']!r} is not VeRA's adapter; only bias='none' converts")
-    r = int(cfg["r"])
-    key = int(cfg.get("projection_prng_key", 0))
+    r, key = cfg.get("r"), cfg.get("projection_prng_key", 0)
+    if not _is_int(r) or r < 1:
+        raise ConversionError(f"r must be a positive integer, got {r!r:.80}")
+    if not _is_int(key) or not 0 <= key < 1 << 64:
+        raise ConversionError(f"projection_prng_key must be an integer in [0, 2^64), got {key!r:.80}")
     layout = "conv1d" if cfg.get("fan_in_fan_out") else "linear"
     names = [k[len(PREFIX):-len(_LD)] for k in tensors if k.startswith(PREFIX) and k.endswith(_LD)]
     if not names:
@@ -207,6 +240,10 @@ def peft_to_adapter(directory: str | os.PathLike, *, dims: Mapping[str, tuple[in
         lb = tensors.get(PREFIX + n + _LB)
         if lb is None:
             raise ConversionError(f"{n}: vera_lambda_d without vera_lambda_b")
+        ld = tensors[PREFIX + n + _LD]
+        if ld.shape != (r,) or len(lb.shape) != 1 or lb.shape[0] < 1:
+            raise ConversionError(f"{n}: vera_lambda_d {list(ld.shape)} / vera_lambda_b {list(lb.shape)} must be "
+                                  f"[{r}] / [out_features]")
         out_f = lb.shape[0]
         if dims and n in dims:
             fi, fo = dims[n]
@@ -222,9 +259,15 @@ def peft_to_adapter(directory: str | os.PathLike, *, dims: Mapping[str, tuple[in
     vdt = {t.dtype for n in names for t in (tensors[PREFIX + n + _LD], tensors[PREFIX + n + _LB])}
     if len(vdt) != 1:
         raise ConversionError(f"vectors have mixed dtypes {sorted(vdt)}")
-    vector_dtype = FROM_CODE[vdt.pop()]
-    acfg = AdapterConfig(r=r, modules=modules, d_initial=float(cfg.get("d_initial", 0.1)),
-                         dropout=float(cfg.get("vera_dropout", 0.0)),
+    code = vdt.pop()
+    if code not in FROM_CODE:
+        raise ConversionError(f"vectors are {code}; only F64, F32, F16 and BF16 convert")
+    vector_dtype = FROM_CODE[code]
+    d_initial, dropout = cfg.get("d_initial", 0.1), cfg.get("vera_dropout", 0.0)
+    for k, v in (("d_initial", d_initial), ("vera_dropout", dropout)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConversionError(f"{k} must be a number, got {v!r:.80}")
+    acfg = AdapterConfig(r=r, modules=modules, d_initial=float(d_initial), dropout=float(dropout),
                          vector_dtype=vector_dtype, provenance={"converted_from": "peft",
                                                                "peft_version": str(cfg.get("peft_version", ""))})
     if base_model_name or cfg.get("base_model_name_or_path"):
@@ -274,6 +317,8 @@ def peft_to_adapter(directory: str | os.PathLike, *, dims: Mapping[str, tuple[in
             continue
         if not k.startswith(PREFIX):
             raise ConversionError(f"unexpected tensor {k!r}")
+        if t.dtype not in FROM_CODE:
+            raise ConversionError(f"{k}: dtype {t.dtype}; only floating tensors convert")
         extra[k[len(PREFIX):]] = (t.data, FROM_CODE[t.dtype])
     return Adapter(acfg, {n: tensors[PREFIX + n + _LD].data for n in names},
                    {n: tensors[PREFIX + n + _LB].data for n in names}, stored=stored, extra=extra)
