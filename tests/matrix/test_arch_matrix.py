@@ -162,6 +162,7 @@ ARCHS = {a.name: a for a in [
     Arch("Qwen2 (GQA)", _qwen2, ["q_proj", "k_proj", "v_proj", "gate_proj"], _text(), "layers.0.self_attn.q_proj",
          n_targets=8),
     Arch("T5 (enc-dec)", _t5, ["q", "k", "v", "wi"], _text(mask=True, decoder=True), "decoder.block.1.layer.1.EncDecAttention.k",
+         # vera_onnx's default axes name every token input's dim 1 "sequence": the decoder's needs its own
          n_targets=22, export={"dynamic_axes": {"input_ids": {0: "batch", 1: "sequence"},
                                                "attention_mask": {0: "batch", 1: "sequence"},
                                                "decoder_input_ids": {0: "batch", 1: "decoder_sequence"}}}),
