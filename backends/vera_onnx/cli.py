@@ -33,8 +33,10 @@ def _run_export(args: argparse.Namespace) -> int:
     from .export import export
     model, example, names = _model_factory(args.model)
     vm = VeraModel.from_adapter(model, args.adapter, check_fingerprint=not args.no_fingerprint_check)
+    if (args.capacity is None) == (args.mode == "multi"):
+        raise UsageError("--capacity N is needed with --mode multi, and only there")
     export(vm, example, args.out, mode=args.mode, projections=args.projections, input_names=names,
-           dtype=torch.float16 if args.float16 else None)
+           dtype=torch.float16 if args.float16 else None, capacity=args.capacity)
     print(f"wrote {args.out} ({args.mode}, {os.path.getsize(args.out)} bytes)")
     return 0
 
@@ -45,10 +47,12 @@ def _setup_export(p: argparse.ArgumentParser) -> None:
                         "the current folder is found")
     p.add_argument("--adapter", required=True, help="the VeRA adapter file to export")
     p.add_argument("--out", required=True, help="the .onnx file to write")
-    p.add_argument("--mode", choices=("merged", "hotswap"), default="merged",
-                   help="merged: adapter folded into the weights; hotswap: lambdas as overridable inputs")
+    p.add_argument("--mode", choices=("merged", "hotswap", "multi"), default="merged",
+                   help="merged: adapter folded into the weights; hotswap: lambdas as overridable inputs; multi: "
+                        "tables of --capacity adapters and a per-row adapter index (mixed batches)")
+    p.add_argument("--capacity", type=int, metavar="K", help="multi only: the number of adapter slots")
     p.add_argument("--projections", choices=("initializers", "generator"), default="initializers",
-                   help="hotswap only: A and B as initializers, or the generator graph and the seed")
+                   help="hotswap and multi: A and B as initializers, or the generator graph and the seed")
     p.add_argument("--float16", action="store_true", help="export in float16")
     p.add_argument("--no-fingerprint-check", action="store_true", help="load even if the base weights differ")
 
@@ -83,8 +87,9 @@ def _setup_adapter(p: argparse.ArgumentParser) -> None:
 EXPORT_ONNX = Command(
     "export-onnx", "export a model with a VeRA adapter to ONNX (merged or hot-swap)",
     "Load --adapter onto the model made by --model MODULE:FACTORY and export it: merged (the base "
-    "model's operators only) or hot-swap (every lambda an overridable input, lambda_b = 0 by default; "
-    "optionally the projection generator in the graph instead of A and B).",
+    "model's operators only), hot-swap (every lambda an overridable input, lambda_b = 0 by default) or multi "
+    "(tables of K adapters, one adapter per row of a batch); hot-swap and multi optionally carry the projection "
+    "generator in the graph instead of A and B.",
     _setup_export, _run_export)
 
 ONNX_ADAPTER = Command(

@@ -36,3 +36,14 @@ def load(test_fraction: float = 0.2, seed: int = 0) -> tuple[Split, Split]:
     test = [r for r in rows if r[2] in test_movies]
     random.Random(seed + 1).shuffle(train)
     return (Split(*map(list, zip(*train))), Split(*map(list, zip(*test))))
+
+
+def validation_split(train: Split, fraction: float = 0.15, seed: int = 0) -> tuple[Split, Split]:
+    """(fit, validation): a fraction of the TRAINING movies held out for choosing hyperparameters,
+    so no choice ever looks at the test set and no movie is in two of the three sets."""
+    movies = sorted(set(train.movies))
+    random.Random(seed + 2).shuffle(movies)
+    held = set(movies[: max(1, round(len(movies) * fraction))])
+    pick = lambda keep: Split(*map(list, zip(*[r for r in zip(train.texts, train.labels, train.movies)  # noqa: E731
+                                               if (r[2] in held) == keep])))
+    return pick(False), pick(True)

@@ -46,15 +46,20 @@ def _adamw_cosine(params, lr: float, steps: int):
     return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + np.cos(np.pi * s / steps)))
 
 
-def train_model(model, tok, texts, labels, *, steps: int, batch: int, lr: float, seed: int, desc: str):
-    """AdamW with cosine decay on whatever requires grad; returns (losses per step, seconds)."""
+def train_model(model, tok, texts, labels, *, steps: int, batch: int, lr: float, seed: int, desc: str,
+                evaluate=None, eval_every: int = 0):
+    """AdamW with cosine decay on whatever requires grad.
+
+    Returns (losses per step, training seconds, curve): ``curve`` holds (step, evaluate()) every
+    ``eval_every`` steps and at the last step when ``evaluate`` is given; evaluation time is not
+    counted in the training seconds."""
     opt, sched = _adamw_cosine([p for p in model.parameters() if p.requires_grad], lr, steps)
     y = torch.tensor(labels)
-    losses = []
+    losses, curve, eval_seconds = [], [], 0.0
     model.train()
     t0 = time.perf_counter()
     bar = tqdm(batches(len(texts), batch, steps, seed), total=steps, desc=desc, leave=False)
-    for idx in bar:
+    for step, idx in enumerate(bar, 1):
         ids, mask = tok([texts[i] for i in idx])
         loss = nn.functional.cross_entropy(model(input_ids=ids, attention_mask=mask), y[idx])
         opt.zero_grad(set_to_none=True)
@@ -63,7 +68,31 @@ def train_model(model, tok, texts, labels, *, steps: int, batch: int, lr: float,
         sched.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-    return losses, time.perf_counter() - t0
+        if evaluate is not None and (step == steps or (eval_every and step % eval_every == 0)):
+            t1 = time.perf_counter()
+            curve.append((step, float(evaluate())))
+            model.train()
+            eval_seconds += time.perf_counter() - t1
+    return losses, time.perf_counter() - t0 - eval_seconds, curve
+
+
+def step_seconds(model, tok, texts, labels, *, batch: int, steps: int = 2) -> float:
+    """Seconds per training step of ``model`` (for the demo's up-front time estimate); the model's
+    trainable parameters are left as they were (a throw-away optimiser with lr 0)."""
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0)
+    y = torch.tensor(labels[:batch])
+    ids, mask = tok(texts[:batch])
+    model.train()
+    times = []
+    for _ in range(steps + 1):  # the first call warms up
+        t0 = time.perf_counter()
+        loss = nn.functional.cross_entropy(model(input_ids=ids, attention_mask=mask), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    opt.zero_grad(set_to_none=True)
+    return float(np.median(times[1:]))
 
 
 def train_head(X: torch.Tensor, y: list[int], *, steps: int, batch: int, lr: float, seed: int):
