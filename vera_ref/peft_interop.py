@@ -291,8 +291,10 @@ def peft_to_adapter(directory: str | os.PathLike, *, dims: Mapping[str, tuple[in
                                   f"n_in={p_in}, n_out={p_out} that PEFT gives the selected modules (spec 2.2)")
         used = (A.data.astype(np.float32)[:, :n_in], B.data.astype(np.float32)[:n_out, :])
         origin = "the checkpoint's vera_A / vera_B"
+        own = None
     else:
         used = peft_projection(key, r, p_in, p_out)  # what PEFT regenerates from the key
+        own = used if (p_in, p_out) == (n_in, n_out) else None
         if has_stored and not (np.array_equal(used[0], A.data.astype(np.float32)) and
                                np.array_equal(used[1], B.data.astype(np.float32))):
             raise ConversionError("save_projection is false, so PEFT ignores the stored vera_A / vera_B and "
@@ -300,7 +302,8 @@ def peft_to_adapter(directory: str | os.PathLike, *, dims: Mapping[str, tuple[in
                                   "to guess which projections the model was trained with")
         used = (used[0][:, :n_in], used[1][:n_out, :])
         origin = f"PEFT's draws for projection_prng_key={key} at n_in={p_in}, n_out={p_out}"
-    own = peft_projection(key, r, n_in, n_out)
+    if own is None:
+        own = peft_projection(key, r, n_in, n_out)  # PEFT's draws at the checkpoint's own dimensions
     if np.array_equal(own[0], used[0]) and np.array_equal(own[1], used[1]) and not (keep_projections and has_stored):
         acfg.generator, acfg.seed = "peft-mt19937", key  # spec 2.5.3
         stored = {}
