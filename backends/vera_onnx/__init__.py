@@ -26,7 +26,13 @@ __all__ = ["export", "describe", "onnx_adapter", "adapter_parameters", "read_par
 
 def __getattr__(name: str) -> Any:
     if name == "export":  # torch is needed by the exporter only (vera_onnx/torch_export.py)
-        from .torch_export import export
+        try:
+            from .torch_export import export
+        except ModuleNotFoundError as exc:
+            if exc.name != "torch":
+                raise
+            raise ModuleNotFoundError("vera_onnx.export needs torch (pip install 'vera-ref[torch]'); serving "
+                                      "exported models needs onnx and onnxruntime only", name="torch") from None
         globals()["export"] = export
         return export
     raise AttributeError(f"module 'vera_onnx' has no attribute {name!r}")

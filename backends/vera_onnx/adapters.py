@@ -132,12 +132,15 @@ def read_checked(path: str | os.PathLike, shapes: dict[str, tuple[np.dtype, tupl
     if not os.path.isfile(path):
         raise OnnxAdapterError("file", f"{path} is not a regular file")
     try:
-        raw = ort.AdapterFormat.read_adapter(path).get_parameters()
+        fmt = ort.AdapterFormat.read_adapter(path)
+        # the OrtValues point into ``fmt``'s buffer and do not keep it alive (ORT 1.32): copy while it lives
+        values = {k: np.array(v.numpy(), copy=True) for k, v in fmt.get_parameters().items()}
     except Exception as exc:  # ORT raises RuntimeError/Fail for anything it cannot parse
         raise OnnxAdapterError("file", f"{path} is not an ONNX Runtime adapter file "
                                        f"({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})"
                                ) from None
-    return check_parameters({k: v.numpy() for k, v in raw.items()}, shapes)
+    del fmt
+    return check_parameters(values, shapes)
 
 
 def _export_adapter_into(fmt: "ort.AdapterFormat", f) -> None:
@@ -173,6 +176,7 @@ def write_onnx_adapter(params: dict[str, np.ndarray], out: str | os.PathLike,
     fmt = ort.AdapterFormat()
     fmt.set_adapter_version(1)
     fmt.set_model_version(1)
+    # OrtValues from NumPy borrow the arrays' memory: ``params`` keeps them alive until the file is written
     fmt.set_parameters({k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in params.items()})
     out = os.fspath(out)
     with atomic_file(out) as f:

@@ -1,0 +1,202 @@
+"""vera_onnx without torch, .onnx_adapter writes that are atomic under kills and concurrent writers,
+and adapter values checked at load (dtype, shape, NaN/Inf)."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from conftest import ROOT  # noqa: E402
+from vera_onnx import OnnxAdapterError, VeraOnnxSession, export, onnx_adapter, read_parameters  # noqa: E402
+from vera_ref.atomic import is_temporary  # noqa: E402
+from vera_torch import VeraConfig, get_vera_model  # noqa: E402
+
+BLOCK_TORCH = "import sys; sys.modules['torch'] = None\n"  # any `import torch` now fails
+
+
+def _py(code: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=cwd,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT / "tests")), timeout=120)
+
+
+def _model(r=4, dtype=torch.float32):
+    torch.manual_seed(0)
+    m = get_vera_model(torch.nn.Sequential(torch.nn.Linear(12, 10), torch.nn.ReLU(), torch.nn.Linear(10, 6)),
+                       VeraConfig(r=r, target_modules=["0", "2"], seed=7))
+    m.add_adapter("b", VeraConfig(r=r, target_modules=["0", "2"], seed=7))
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "vera_lambda" in n:
+                p.copy_(torch.randn(p.shape, generator=g))
+    return m.to(dtype).eval()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("files")
+    m = _model()
+    x = torch.randn(3, 12)
+    export(m, (x,), d / "hot.onnx", mode="hotswap", input_names=["x"], projections="generator")
+    export(m, (x,), d / "multi.onnx", mode="multi", capacity=2, input_names=["x"])
+    for n in ("default", "b"):
+        m.save_adapter(d / f"{n}.safetensors", n)
+    np.save(d / "x.npy", x.numpy())
+    want = {}
+    with torch.no_grad():
+        for n in ("default", "b"):
+            m.set_adapter(n)
+            want[n] = m(x).numpy()
+    return d, want
+
+
+def test_importing_vera_onnx_loads_no_torch(tmp_path):
+    res = _py("import sys, vera_onnx\nfrom vera_onnx import VeraOnnxSession, onnx_adapter, projection_model\n"
+              "print(sorted(m for m in ('torch', 'transformers', 'vera_torch') if m in sys.modules))", tmp_path)
+    assert res.returncode == 0 and res.stdout.strip() == "[]", res.stderr
+
+
+def test_serving_works_with_torch_blocked(files):
+    d, want = files
+    code = BLOCK_TORCH + textwrap.dedent("""
+        import numpy as np
+        import vera_onnx
+        from vera_onnx import VeraOnnxSession, onnx_adapter
+        x = np.load("x.npy")
+        hot = VeraOnnxSession("hot.onnx")
+        hot.load_adapter("a", "default.safetensors")
+        onnx_adapter("b.safetensors", "hot.onnx", "b.onnx_adapter")
+        hot.load_adapter("b", "b.onnx_adapter")
+        multi = VeraOnnxSession("multi.onnx")
+        multi.load_adapter("a", "default.safetensors")
+        multi.load_adapter("b", "b.onnx_adapter")
+        np.save("out.npy", np.stack([hot.run(None, {"x": x}, adapter="a")[0], hot.run(None, {"x": x}, adapter="b")[0],
+                                     multi.run(None, {"x": x}, adapter_ids=["b", "a", "b"])[0]]))
+        try:
+            vera_onnx.export
+        except ModuleNotFoundError as exc:
+            print(exc)
+    """)
+    res = _py(code, d)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == ("vera_onnx.export needs torch (pip install 'vera-ref[torch]'); serving exported "
+                                  "models needs onnx and onnxruntime only")
+    out = np.load(d / "out.npy")
+    assert np.allclose(out[0], want["default"], atol=1e-5) and np.allclose(out[1], want["b"], atol=1e-5)
+    mixed = np.stack([want["b"][0], want["default"][1], want["b"][2]])
+    assert np.allclose(out[2], mixed, atol=1e-5)
+
+
+def _write_param_file(path, params):
+    fmt = ort.AdapterFormat()
+    fmt.set_adapter_version(1)
+    fmt.set_model_version(1)
+    fmt.set_parameters({k: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v)) for k, v in params.items()})
+    fmt.export_adapter(str(path))
+
+
+def test_onnx_adapter_values_are_checked_at_load(files, tmp_path):
+    d, _ = files
+    onnx_adapter(d / "default.safetensors", d / "hot.onnx", tmp_path / "ok.onnx_adapter")
+    good = read_parameters(tmp_path / "ok.onnx_adapter", d / "hot.onnx")
+    assert sorted(good) == ["0.lambda_b", "0.lambda_d", "2.lambda_b", "2.lambda_d"]
+    sess = VeraOnnxSession(d / "hot.onnx")
+    cases = [({**good, "0.lambda_d": good["0.lambda_d"].astype(np.float64)},
+              r"^0\.lambda_d: dtype float64 in the adapter, float32 in the model$"),
+             ({**good, "2.lambda_b": good["2.lambda_b"].astype(np.float16)},
+              r"^2\.lambda_b: dtype float16 in the adapter, float32 in the model$"),
+             ({**good, "0.lambda_b": np.where(np.arange(10) == 3, np.nan, good["0.lambda_b"]).astype(np.float32)},
+              r"^0\.lambda_b: 1 of 10 values are NaN or infinite; refused$"),
+             ({**good, "2.lambda_d": np.full(4, np.inf, np.float32)},
+              r"^2\.lambda_d: 4 of 4 values are NaN or infinite; refused$"),
+             ({**good, "0.lambda_d": np.ones(5, np.float32)}, r"^0\.lambda_d: shape \[5\] in the adapter, \[4\] in the model$"),
+             ({**good, "1.lambda_d": np.ones(4, np.float32)},
+              r"^1\.lambda_d: the adapter sets a parameter this model does not have$")]
+    for i, (params, msg) in enumerate(cases):
+        _write_param_file(tmp_path / f"bad{i}.onnx_adapter", params)
+        with pytest.raises(OnnxAdapterError, match=msg):
+            sess.load_adapter("bad", tmp_path / f"bad{i}.onnx_adapter")
+        assert "bad" not in sess.loaded
+    (tmp_path / "junk.onnx_adapter").write_bytes(b"\x00" * 64)
+    with pytest.raises(OnnxAdapterError, match=r"^file: .*junk\.onnx_adapter is not an ONNX Runtime adapter file"):
+        sess.load_adapter("bad", tmp_path / "junk.onnx_adapter")
+
+
+def test_vera_file_values_that_overflow_the_models_dtype_are_refused(tmp_path):
+    m = _model(dtype=torch.float16)
+    export(m, (torch.randn(2, 12, dtype=torch.float16),), tmp_path / "h16.onnx", mode="hotswap", input_names=["x"])
+    with torch.no_grad():
+        m.base_model[0].vera_lambda_b["default"][2] = 1e5  # finite in float32 (the file), inf in float16
+    ad = m.to_adapter("default", vector_dtype="float32")
+    with pytest.raises(OnnxAdapterError, match=r"^0\.lambda_b: 1 of 10 values are NaN or infinite; refused$"):
+        onnx_adapter(ad, tmp_path / "h16.onnx", tmp_path / "x.onnx_adapter")
+    assert not (tmp_path / "x.onnx_adapter").exists()
+
+
+def _fork_writer(src, model, out, rounds: int) -> int:
+    """A child process (fork: no interpreter start-up) that writes ``out`` ``rounds`` times, then exits."""
+    pid = os.fork()
+    if pid == 0:  # the child: exit code 0 when every write succeeded
+        code = 1
+        try:
+            for _ in range(rounds):
+                onnx_adapter(src, model, out)
+            code = 0
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _leftovers(folder):
+    return sorted(n for n in os.listdir(folder) if is_temporary(n) or n.endswith(".tmp"))
+
+
+def test_concurrent_writers_leave_one_whole_file(files, tmp_path):
+    """8 processes write the same .onnx_adapter (and sidecar) 25 times each, all at once."""
+    d, _ = files
+    out = tmp_path / "a.onnx_adapter"
+    pids = [_fork_writer(d / "default.safetensors", d / "hot.onnx", out, 25) for _ in range(8)]
+    codes = [os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in pids]
+    assert codes == [0] * 8
+    onnx_adapter(d / "default.safetensors", d / "hot.onnx", tmp_path / "ref.onnx_adapter")
+    want = read_parameters(tmp_path / "ref.onnx_adapter", d / "hot.onnx")
+    got = read_parameters(out, d / "hot.onnx")
+    assert sorted(got) == sorted(want) and all(np.array_equal(got[k], want[k]) for k in want)
+    assert json.loads((tmp_path / "a.onnx_adapter.json").read_text())["inputs"] == {k: k for k in want}
+    assert _leftovers(tmp_path) == []
+
+
+def test_sigkill_during_writes_keeps_the_old_file_and_leaves_no_temporary(files, tmp_path):
+    """A writer rewriting the file in a loop is SIGKILLed at a random moment, 50 times: every time the file
+    is a whole adapter (the old one or the new one) and no temporary of ours is left."""
+    d, _ = files
+    out = tmp_path / "a.onnx_adapter"
+    onnx_adapter(d / "b.safetensors", d / "hot.onnx", out)  # the old file
+    old = read_parameters(out, d / "hot.onnx")
+    onnx_adapter(d / "default.safetensors", d / "hot.onnx", tmp_path / "new.onnx_adapter")
+    new = read_parameters(tmp_path / "new.onnx_adapter", d / "hot.onnx")
+    rng = random.Random(0)
+    left, seen = 0, set()
+    for _ in range(50):
+        pid = _fork_writer(d / "default.safetensors", d / "hot.onnx", out, 10**6)
+        time.sleep(rng.uniform(0.0, 0.12))  # one write takes ~20-80 ms (two fsyncs)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        params = read_parameters(out, d / "hot.onnx")  # whole: parses and passes every check
+        same = [all(np.array_equal(params[k], ref[k]) for k in ref) for ref in (old, new)]
+        assert any(same)
+        seen.add(same.index(True))
+        json.loads((tmp_path / "a.onnx_adapter.json").read_text())
+        left += len(_leftovers(tmp_path))
+    assert left == 0
+    assert 1 in seen  # the writers did replace the old file
