@@ -46,8 +46,7 @@ def precision_name(dtype: str) -> str:
 class Check:
     """Outcome of one comparison: ``ok``, the worst ``ratio`` of error to bound
     (<= 1 passes), where it was worst, the values there, and two diagnoses of a
-    failure: ``factor`` when got is a constant multiple of ref (an unexpected scale),
-    ``tf32_ratio`` when a float32 failure fits the TF32 bound (spec 5.2.2)."""
+    failure: ``factor`` when got is a constant multiple of ref (an unexpected scale)."""
 
     ok: bool
     ratio: float
@@ -57,7 +56,6 @@ class Check:
     got: float | None = None
     ref: float | None = None
     factor: float | None = None
-    tf32_ratio: float | None = None
 
     def describe(self) -> str:
         text = (f"max |got - ref| / (C*eps*S + tiny) = {self.ratio:.3g} at {self.worst_index} "
@@ -66,9 +64,6 @@ class Check:
             text += f"; there got {self.got!r}, reference {self.ref!r}"
         if self.factor is not None:
             text += f"; got is x{self.factor:.4g} the reference everywhere: a scale such as alpha/r?"
-        if self.tf32_ratio is not None:
-            text += (f"; within the tf32 bound ({self.tf32_ratio:.3g} of it): float32 computed with TF32 matmuls, "
-                     "a named non-conformance for float32 (spec 5.2.2) - declare precision tf32 or turn TF32 off")
         return text
 
 
@@ -117,12 +112,8 @@ def compare(got: np.ndarray, ref: np.ndarray, magnitude: np.ndarray, dtype: str)
     worst = float(ratio[idx])
     if worst <= 1.0:
         return Check(True, worst, tuple(int(i) for i in idx), dtype)
-    tf32 = None
-    if dtype == "float32":
-        t = float(np.max(_ratio(got, ref, magnitude, "tf32")))
-        tf32 = t if t <= 1.0 else None
     return Check(False, worst, tuple(int(i) for i in idx), dtype, C, float(got[idx]), float(ref[idx]),
-                 constant_factor(got, ref), tf32)
+                 constant_factor(got, ref))
 
 
 def _abs(*arrays):

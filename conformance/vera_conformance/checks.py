@@ -22,7 +22,9 @@ import vera_ref
 from vera_ref.dtypes import round_to
 from vera_ref.tolerance import (C, PRECISION_EPS, backward_magnitude, compare, forward_magnitude,
                                 merge_magnitude)
-from vera_ref.vectors import VECTORS_DIR as VECTORS
+from vera_ref.resources import vectors_dir
+
+VECTORS = vectors_dir()
 
 from . import strategies as S
 from .protocol import Implementation, LayerCase, LoadedAdapter
@@ -309,19 +311,47 @@ def _forward_ref(c: LayerCase, s: float):
             forward_magnitude(c.x, c.W, c.bias, c.A, c.B, c.lambda_d, lb, **_kw(c)))
 
 
+def tf32_probe(impl, c: LayerCase) -> str:
+    """spec 5.2.2: does the forward round float32 matmul inputs to TF32? With W0 = I, no bias and
+    lambda_b = 0, y must be x exactly; TF32 gives x rounded to 11 significant bits."""
+    n = 8
+    x = (1.0 + np.arange(1, 4 * n + 1).reshape(4, n) * 2.0**-20)  # binary32 values with low bits set
+    p = dataclasses.replace(c, x=x, W=np.eye(n), bias=None, layout="linear", lambda_d=np.ones(c.r),
+                            lambda_b=np.zeros(n), dy=np.zeros((4, n)), dropout=0.0, dropout_mask=None,
+                            n_in=max(c.n_in, n), n_out=max(c.n_out, n))
+    if _gen_name(impl) == "peft-mt19937":
+        A, B = vera_ref.peft_projection(c.seed, c.r, p.n_in, p.n_out)
+    else:
+        A, B = vera_ref.projection(c.seed, c.r, p.n_in, p.n_out, c.group)
+    try:
+        got = np.asarray(impl.forward(dataclasses.replace(p, A=A, B=B)), np.float64)
+    except Exception:
+        return ""
+    tf32 = np.round(x * 2.0**10) / 2.0**10  # RNE to 11 significant bits for values in [1, 2)
+    if got.shape == x.shape and not np.array_equal(got, x) and np.array_equal(got, tf32):
+        return ("; the forward rounds float32 matmul inputs to 11 bits (W0 = I gives x in TF32): "
+                "float32 computed with TF32, a named non-conformance (spec 5.2.2): declare precision tf32 "
+                "or turn TF32 off")
+    return ""
+
+
 def check_forward(impl, device, dtype, max_examples, case=None) -> Outcome:
     def body(c: LayerCase):
         s = impl.scale(c.r)
-        worst = _expect(impl.forward(c), *_forward_ref(c, s), dtype, "y")
-        t = _twin(c)
-        return max(worst, _expect(impl.forward(t), *_forward_ref(t, s), dtype, "adapter term (W0 = 0, no bias)"))
+        try:
+            t = _twin(c)  # the adapter term first: its message names a scale or a missing term directly
+            worst = _expect(impl.forward(t), *_forward_ref(t, s), dtype, "adapter term (W0 = 0, no bias)")
+            return max(worst, _expect(impl.forward(c), *_forward_ref(c, s), dtype, "y"))
+        except Mismatch as exc:
+            note = tf32_probe(impl, c) if dtype == "float32" else ""
+            raise Mismatch(str(exc) + note, exc.ratio) from None
     return _layer_property(impl, device, dtype, max_examples, body, case)
 
 
 def check_eval_dropout(impl, device, dtype, max_examples, case=None) -> Outcome:
     """spec 3.3: in evaluation mode (dropout p > 0, no mask) the adapter input is not dropped."""
     def body(c: LayerCase):
-        c = dataclasses.replace(c, dropout_mask=None)
+        c = dataclasses.replace(c, dropout_mask=None, dropout=c.dropout or 0.5)
         ref, S_ = _forward_ref(c, impl.scale(c.r))
         return _expect(impl.forward(c), ref, S_, dtype, f"y in evaluation mode with dropout p = {c.dropout} "
                                                         "(must equal the forward without dropout)")
@@ -471,8 +501,8 @@ def check_train(impl, device, dtype, max_examples, case=None) -> Outcome:
             ok = arr.ndim == 2 and lo <= k <= full.shape[axis] and arr.shape == sl.shape and (
                 _bits_equal(arr, sl) or _bits_equal(arr, round_to(sl, S.storage(dtype))))
             if not ok:
-                raise Mismatch(f"{what} after training is {arr.shape}, not the unchanged leading slice of the "
-                               f"projection {full.shape} (frozen, spec 3.4)")
+                raise Mismatch(f"{what} after training ({arr.shape}) is not an unchanged leading slice of the "
+                               f"projection {full.shape}: it is frozen (spec 3.4)")
         ld, lb = c.lambda_d.copy(), c.lambda_b.copy()
         Sd, Sb = np.abs(ld), np.abs(lb)
         for _ in range(steps):
@@ -640,7 +670,16 @@ def check_files_roundtrip(impl, device, dtype, max_examples, case=None) -> Outco
         if problems:
             raise Mismatch(f"written and read back by the reference: {'; '.join(problems[:4])} differ")
         return None
-    return _property(_adapters(_layouts(impl)), body, max(5, max_examples // 4), case)
+    lay = _layouts(impl)
+    explicit = [{"r": r, "generator": gen, "seed": seed, "sharing": sharing, "vector_dtype": vdt,
+                 "modules": [["model.layers.0.attn.q", 7, 5, lay[0]], ["model.layers.0.attn.v", 3, 9, lay[-1]]],
+                 "values_seed": n}
+                for n, (r, gen, seed, sharing, vdt) in enumerate([
+                    (4, "philox4x32-10", str(2**64 - 1), "shared", "float32"),
+                    (5, "philox4x32-10", str(2**53 + 1), "per-module", "float16"),
+                    (3, "peft-mt19937", "1", "shared", "bfloat16"),
+                    (1, "philox4x32-10", "0", "shared", "float64")])]
+    return _property(_adapters(lay), body, max(5, max_examples // 4), case, explicit)
 
 
 CHECKS = [

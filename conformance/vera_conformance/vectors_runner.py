@@ -22,7 +22,9 @@ import numpy as np
 
 import vera_ref
 from vera_ref.tolerance import compare
-from vera_ref.vectors import VECTORS_DIR as VECTORS
+from vera_ref.resources import vectors_dir
+
+VECTORS = vectors_dir()
 
 from .protocol import LayerCase
 
