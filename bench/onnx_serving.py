@@ -26,7 +26,7 @@ import torch
 
 sys.path[:0] = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", d) for d in ("", "backends")]
 from vera_onnx import VeraOnnxSession, export  # noqa: E402
-from vera_onnx.export import _torch_export  # noqa: E402
+from vera_onnx.torch_export import _torchscript  # noqa: E402
 from vera_torch import VeraConfig, get_vera_model  # noqa: E402
 
 warnings.filterwarnings("ignore")
@@ -64,7 +64,7 @@ def main() -> int:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
     d = tempfile.mkdtemp(prefix="vera-onnx-bench-")
     p = lambda name: os.path.join(d, name)  # noqa: E731
-    _torch_export(base, (ids,), p("base.onnx"), ["input_ids"], ["output"],
+    _torchscript(base, (ids,), p("base.onnx"), ["input_ids"], ["output"],
                   {"input_ids": {0: "batch", 1: "sequence"}}, fold=True)
     vm.set_adapter("default")
     export(vm, (ids,), p("merged.onnx"), mode="merged", input_names=["input_ids"])
