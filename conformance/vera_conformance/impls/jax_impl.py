@@ -138,7 +138,7 @@ class JaxImpl(Implementation):
                 step(layer, opt, x, dy, mask)
             trained = {"lambda_d": np.asarray(layer.lambda_d[...], np.float64),
                        "lambda_b": np.asarray(layer.lambda_b[...], np.float64)}
-            if set(nnx.state(layer, VeraParam).flat_state().keys()) != {("lambda_d",), ("lambda_b",)}:
+            if {k for k, _ in nnx.to_flat_state(nnx.state(layer, VeraParam))} != {("lambda_d",), ("lambda_b",)}:
                 raise AssertionError("VeraParam must be exactly lambda_d and lambda_b")
             kernel = np.asarray(layer.base.kernel[...].astype(jnp.float32), np.float64)
             return Trained(trained["lambda_d"], trained["lambda_b"], trained,
@@ -195,7 +195,7 @@ class JaxImpl(Implementation):
                                  [(n, layer.in_features, layer.out_features, layer.layout) for n, layer in layers.items()],
                                  {n: np.asarray(layer.lambda_d[...], np.float64) for n, layer in layers.items()},
                                  {n: np.asarray(layer.lambda_b[...], np.float64) for n, layer in layers.items()},
-                                 s.vector_dtype)
+                                 s.vector_dtype, sharing=s.sharing)
 
     def save_adapter(self, adapter: LoadedAdapter, path) -> None:
         import vera_ref

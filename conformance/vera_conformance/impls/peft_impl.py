@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..protocol import Implementation, LayerCase
-from .torch_impl import run_case
+from ..protocol import Implementation, LayerCase, Trained
+from ..torch_helpers import run_case, sgd_steps
 
 
 class PeftImpl(Implementation):
-    capabilities = frozenset({"forward", "backward", "merge", "unmerge"})
+    capabilities = frozenset({"forward", "backward", "merge", "unmerge", "train"})
     dtypes = frozenset({"float32"})
 
     def __init__(self) -> None:
@@ -71,6 +71,14 @@ class PeftImpl(Implementation):
         y.backward(self.torch.tensor(c.dy, dtype=y.dtype))
         return (x.grad.numpy(), layer.vera_lambda_d["default"].grad.double().numpy(),
                 layer.vera_lambda_b["default"].grad.double().numpy())
+
+    def train_steps(self, c: LayerCase, lr: float, steps: int) -> Trained:
+        pm, layer = self._model(c)
+        x = self.torch.tensor(c.x, dtype=self.torch.float32)
+        return sgd_steps(c, pm, layer, x, lr, steps, lambda_d=layer.vera_lambda_d["default"],
+                         lambda_b=layer.vera_lambda_b["default"], weight=layer.base_layer.weight,
+                         A=layer.vera_A["default"], B=layer.vera_B["default"], bias=layer.base_layer.bias
+                         if c.bias is not None else None)
 
     def merge(self, c: LayerCase):
         pm, layer = self._model(c)

@@ -1,20 +1,19 @@
 """vera_torch through the public door: a one-layer model per case, on CPU or CUDA."""
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import torch
 from torch import nn
 
-from ..protocol import Implementation, LayerCase, LoadedAdapter
+from ..protocol import Implementation, LayerCase, LoadedAdapter, Trained
+from ..torch_helpers import Conv1D, run_case, sgd_steps
 
 _DT = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16", "float64": "float64"}
 
 
 class TorchImpl(Implementation):
     name = "vera_torch (PyTorch)"
-    capabilities = frozenset({"generator", "forward", "backward", "merge", "unmerge", "files"})
+    capabilities = frozenset({"generator", "forward", "backward", "merge", "unmerge", "train", "files"})
     dtypes = frozenset({"float32", "float16", "bfloat16", "float64"})
 
     def __init__(self, fused: bool | None = None) -> None:
@@ -45,6 +44,7 @@ class TorchImpl(Implementation):
             base = nn.Linear(in_f, out_f, bias=c.bias is not None)
         else:
             base = Conv1D(in_f, out_f, c.bias is not None)
+        base = base.to(dtype=dt)
         with torch.no_grad():
             base.weight.copy_(torch.from_numpy(c.W))
             if c.bias is not None:
@@ -53,7 +53,8 @@ class TorchImpl(Implementation):
         holder = Holder(base, c.n_in, c.n_out)
         holder = holder.to(dtype=dt, device=c.device)
         m = get_vera_model(holder, VeraConfig(r=c.r, target_modules=["layer", "pad"], seed=c.seed,
-                                              dropout=c.dropout, sharing="shared"))
+                                              dropout=c.dropout, sharing="shared",
+                                              vector_dtype="float64" if c.dtype == "float64" else "float32"))
         if c.group:
             for layer in m.vera_layers():  # the case's group (spec 2.4) for the layer under test
                 spec = layer.proj["default"]
@@ -72,28 +73,36 @@ class TorchImpl(Implementation):
     def forward(self, c: LayerCase):
         m, layer, dt = self._model(c)
         with self.torch.no_grad():
-            return run_case(c, m, self._x(c, dt)).float().cpu().numpy()
+            return run_case(c, m, self._x(c, dt)).double().cpu().numpy()
 
     def backward(self, c: LayerCase):
         m, layer, dt = self._model(c)
         x = self._x(c, dt, grad=True)
         y = run_case(c, m, x)
         y.backward(self.torch.tensor(c.dy, dtype=y.dtype, device=y.device))
-        return (x.grad.float().cpu().numpy(), layer.vera_lambda_d["default"].grad.double().cpu().numpy(),
+        return (x.grad.double().cpu().numpy(), layer.vera_lambda_d["default"].grad.double().cpu().numpy(),
                 layer.vera_lambda_b["default"].grad.double().cpu().numpy())
 
     def merge(self, c: LayerCase):
         m, layer, dt = self._model(c)
         m.merge()
-        return layer.base_layer.weight.detach().float().cpu().numpy()
+        return layer.base_layer.weight.detach().double().cpu().numpy()
 
     def unmerge(self, c: LayerCase, W_merged):
         m, layer, dt = self._model(c)
+        m.merge()  # public API only: merge, then put the given merged weight in place, then unmerge
         with self.torch.no_grad():
             layer.base_layer.weight.copy_(self.torch.from_numpy(W_merged))
-        layer.merged.append("default")
         m.unmerge()
-        return layer.base_layer.weight.detach().float().cpu().numpy()
+        return layer.base_layer.weight.detach().double().cpu().numpy()
+
+    def train_steps(self, c: LayerCase, lr: float, steps: int) -> Trained:
+        m, layer, dt = self._model(c)
+        view = next(v for v in m.adapter_view().layers if v.path == "layer")
+        A, B = m.adapter_view().projections[view.group]
+        return sgd_steps(c, m, layer, self._x(c, dt), lr, steps, lambda_d=layer.vera_lambda_d["default"],
+                         lambda_b=layer.vera_lambda_b["default"], weight=view.base_layer.weight, A=A, B=B,
+                         bias=view.base_layer.bias)
 
     def _file_model(self, modules, extra=None):
         """A model with exactly the file's modules (and the owners of its extra tensors)."""
@@ -126,59 +135,30 @@ class TorchImpl(Implementation):
                                     check_fingerprint=False)
         layers = {n: vm.base_model.get_submodule(n) for n, *_ in mods}
         c = vm.vera_configs["default"]
+        extra = {}
+        for head in vm.adapter_view().heads:  # the trained copies of extra modules (spec 4.4)
+            for pname, p in head.module.named_parameters():
+                key = f"{head.path}.{pname}"
+                if key in ad.extra:
+                    extra[key] = p.detach().double().numpy()
         return LoadedAdapter(c.r, c.generator, None if c.generator == "stored" else c.seed, mods,
                              {n: l.vera_lambda_d["default"].detach().double().numpy() for n, l in layers.items()},
                              {n: l.vera_lambda_b["default"].detach().double().numpy() for n, l in layers.items()},
-                             c.vector_dtype_name)
+                             c.vector_dtype_name, extra, c.sharing)
 
     def save_adapter(self, adapter: LoadedAdapter, path) -> None:
         torch = self.torch
         from vera_torch import VeraConfig, get_vera_model
         vm = get_vera_model(self._file_model(adapter.modules),
                             VeraConfig(r=adapter.r, target_modules=[n for n, *_ in adapter.modules],
-                                       seed=adapter.seed or 0, generator=adapter.generator))
+                                       seed=adapter.seed or 0, generator=adapter.generator, sharing=adapter.sharing,
+                                       vector_dtype=adapter.vector_dtype))
         with torch.no_grad():
             for n, *_ in adapter.modules:
                 layer = vm.base_model.get_submodule(n)
-                layer.vera_lambda_d["default"].copy_(torch.from_numpy(adapter.lambda_d[n]))
-                layer.vera_lambda_b["default"].copy_(torch.from_numpy(adapter.lambda_b[n]))
+                layer.vera_lambda_d["default"].copy_(torch.from_numpy(np.asarray(adapter.lambda_d[n])))
+                layer.vera_lambda_b["default"].copy_(torch.from_numpy(np.asarray(adapter.lambda_b[n])))
         vm.save_adapter(path, fingerprint=False)
-
-
-def run_case(c: LayerCase, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """model(x), with the case's own dropout mask if it has one: dropout(x) = x * mask / (1 - p)
-    on the adapter input (spec 3.3), put in place of torch's random dropout for the call."""
-    if c.dropout_mask is None:
-        model.eval()
-        return model(x)
-    model.train()
-    mask = torch.tensor(c.dropout_mask, device=x.device)
-    with _fixed_dropout(mask):
-        return model(x)
-
-
-@contextlib.contextmanager
-def _fixed_dropout(mask: torch.Tensor):
-    real = torch.nn.functional.dropout
-    torch.nn.functional.dropout = lambda t, p=0.5, training=True, inplace=False: t * mask.to(t.dtype) / (1 - p)
-    try:
-        yield
-    finally:
-        torch.nn.functional.dropout = real
-
-
-class Conv1D(nn.Module):
-    """GPT-2's layout: weight (in, out), y = x W + b."""
-
-    def __init__(self, nx, nf, bias):
-        super().__init__()
-        self.nf = nf
-        self.weight = nn.Parameter(torch.zeros(nx, nf))
-        self.bias = nn.Parameter(torch.zeros(nf)) if bias else None
-
-    def forward(self, x):
-        y = x @ self.weight
-        return y + self.bias if self.bias is not None else y
 
 
 class Holder(nn.Module):
