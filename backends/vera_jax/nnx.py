@@ -32,12 +32,12 @@ from flax import nnx
 
 import vera_ref
 from vera_ref import Adapter, AdapterConfig, ModuleSpec
-from vera_ref.adapter import base_fingerprint, sha256_hex
+from vera_ref.adapter import base_fingerprint
 from vera_ref.dtypes import compute_dtype, round_to
-from vera_ref.errors import AdapterFileError, ModelMismatchError
+from vera_ref.errors import ModelMismatchError
 
 from .layer import adapter_out, merge
-from .philox import projection
+from .files import projections, read_adapter
 
 _JNP = {"float32": jnp.float32, "float16": jnp.float16, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
 
@@ -84,10 +84,13 @@ class VeraLinear(nnx.Module):
             raise ModelMismatchError(f"dropout: p={settings.dropout} needs rngs= (an nnx.Rngs with a 'dropout' stream)")
         self.drop = nnx.Dropout(settings.dropout, rngs=rngs) if settings.dropout > 0 else None
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, *, dropout_mask: jax.Array | None = None) -> jax.Array:
+        """``dropout_mask`` (shape of x, 0/1): this exact mask instead of a random one (spec 3.3)."""
         y = self.base(x)  # (..., out)
-        xd = self.drop(x) if self.drop is not None else x  # spec 3.3: adapter input only
-        z = adapter_out(xd, self.A[...], self.B[...], self.lambda_d[...], self.lambda_b[...])
+        if dropout_mask is None and self.drop is not None:
+            x = self.drop(x)  # spec 3.3: adapter input only; identity in eval mode
+        z = adapter_out(x, self.A[...], self.B[...], self.lambda_d[...], self.lambda_b[...],
+                        dropout_mask=dropout_mask, dropout=self.settings.dropout)
         return y + z.astype(y.dtype)
 
     def delta_merged_kernel(self) -> jax.Array:
@@ -145,30 +148,23 @@ def apply_vera(model: nnx.Module, target_modules: Sequence[str] | str, r: int, *
         raise ModelMismatchError(f"modules: no nnx.Linear of this model matches {target_modules!r}")
     ad = vera_ref.new_adapter(mods, r=r, seed=seed, d_initial=d_initial, dropout=dropout, sharing=sharing,
                               generator=generator, vector_dtype=vector_dtype)
-    return _attach(model, ad, rngs=rngs, held=None, verify=False)
+    return _attach(model, ad, rngs=rngs, held=None)
 
 
 def load_adapter(model: nnx.Module, path: str | os.PathLike | Adapter, *, check_fingerprint: bool = True,
                  vector_dtype: str | None = None, rngs: nnx.Rngs | None = None) -> list[str]:
     """Load a spec file (or a ``vera_ref.Adapter``) into ``model``, in place; returns the module names.
 
-    Every check of spec 4.6 runs (``vera_ref.load_adapter``); for ``philox4x32-10`` the checksums
-    of rule 26 are compared with this backend's own projections. Every module must be an
-    ``nnx.Linear`` (or an adapted one) of the file's dimensions, and the base weights must
-    match the file's fingerprint when it has one (``ModelMismatchError`` otherwise). Extra
-    tensors (a task head) load into the ``nnx.Linear`` they name, in PyTorch's names
-    (``head.weight`` (out, in), ``head.bias``) or Flax's (``head.kernel`` (in, out)).
+    A path is read by ``vera_jax.read_adapter``: every check of spec 4.6, the checksums of rule
+    26 against this backend's projections. Every module must be an ``nnx.Linear`` (or an
+    adapted one) of the file's dimensions, and the base weights must match the file's
+    fingerprint when it has one (``ModelMismatchError`` otherwise). Extra tensors (a task
+    head) load into the ``nnx.Linear`` they name, in PyTorch's names (``head.weight``
+    (out, in), ``head.bias``) or Flax's (``head.kernel`` (in, out)).
     ``vector_dtype``: hold the vectors in this dtype instead of the file's.
     """
-    if isinstance(path, Adapter):
-        ad, verify = path, False
-    else:
-        ad = vera_ref.load_adapter(path, verify_checksums=False)
-        verify = True  # rule 26 below, against this backend's generator
-        if ad.config.generator != "philox4x32-10":  # the reference's generators check themselves
-            ad = vera_ref.load_adapter(path)
-            verify = False
-    return _attach(model, ad, rngs=rngs, held=vector_dtype, verify=verify, check_fingerprint=check_fingerprint)
+    ad = path if isinstance(path, Adapter) else read_adapter(path)
+    return _attach(model, ad, rngs=rngs, held=vector_dtype, check_fingerprint=check_fingerprint)
 
 
 def _held_dtype(name: str):
@@ -178,28 +174,7 @@ def _held_dtype(name: str):
     return jnp.float64 if name == "float64" else jnp.float32  # float32 holds float16/bfloat16 exactly
 
 
-def _projections(ad: Adapter, verify: bool) -> dict[int, tuple[VeraProjection, VeraProjection]]:
-    """One (A, B) pair of VeraProjection per group (spec 2.4), made once and shared by its layers."""
-    cfg = ad.config
-    pairs = {}
-    for g, n_in, n_out in cfg.groups():
-        if cfg.generator == "philox4x32-10":
-            A, B = projection(cfg.seed, cfg.r, n_in, n_out, g)
-        else:  # stored tensors or the PEFT stream: NumPy arrays from the reference
-            A, B = (jnp.asarray(M) for M in ad.projection(g))
-        if verify:  # spec 4.6 rule 26 with this backend's generator
-            want = next(c for c in cfg.projection_sha256 if c["group"] == g)
-            for k, M in (("A", A), ("B", B)):
-                got = sha256_hex(np.asarray(M))
-                if got != want[k]:
-                    raise AdapterFileError("projection_sha256", f"{k} of group {g} is {want[k][:16]}..., "
-                                                                f"the {cfg.generator} generator gives {got[:16]}...")
-        pairs[g] = (VeraProjection(A), VeraProjection(B))
-    return pairs
-
-
-def _attach(model: nnx.Module, ad: Adapter, *, rngs, held: str | None, verify: bool,
-            check_fingerprint: bool = False) -> list[str]:
+def _attach(model: nnx.Module, ad: Adapter, *, rngs, held: str | None, check_fingerprint: bool = False) -> list[str]:
     cfg = ad.config
     found = _modules(model)
     bases = {}
@@ -223,7 +198,7 @@ def _attach(model: nnx.Module, ad: Adapter, *, rngs, held: str | None, verify: b
     dt = _held_dtype(held or cfg.vector_dtype)
     settings = VeraSettings(cfg.r, cfg.generator, cfg.seed, cfg.sharing, cfg.d_initial, cfg.dropout,
                             cfg.vector_dtype)
-    pairs = _projections(ad, verify)
+    pairs = {g: (VeraProjection(A), VeraProjection(B)) for g, (A, B) in projections(ad).items()}
     for i, m in enumerate(cfg.modules):
         A, B = pairs[cfg.group_of(i)]
         layer = VeraLinear(bases[m.name], A, B, jnp.asarray(ad.lambda_d[m.name], dt),

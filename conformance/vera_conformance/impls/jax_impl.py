@@ -181,6 +181,8 @@ class JaxImpl(Implementation):
         return root
 
     def load_adapter(self, path) -> LoadedAdapter:
+        from flax import nnx
+
         from vera_jax import read_adapter
         from vera_jax.nnx import load_adapter, vera_layers
         ad = read_adapter(path)  # spec 4.6, rule 26 against vera_jax's generator
@@ -191,11 +193,17 @@ class JaxImpl(Implementation):
             load_adapter(model, ad, check_fingerprint=False)
             layers = dict(vera_layers(model))
             s = next(iter(layers.values())).settings
+            extra = {}
+            for key in ad.extra:  # read back from the head vera_jax loaded them into
+                owner, _, pname = key.rpartition(".")
+                head = dict(nnx.iter_modules(model))[tuple(owner.split("."))]
+                v = np.asarray(head.bias[...] if pname == "bias" else head.kernel[...], np.float64)
+                extra[key] = v.T if pname == "weight" else v
             return LoadedAdapter(s.r, s.generator, s.seed,
                                  [(n, layer.in_features, layer.out_features, layer.layout) for n, layer in layers.items()],
                                  {n: np.asarray(layer.lambda_d[...], np.float64) for n, layer in layers.items()},
                                  {n: np.asarray(layer.lambda_b[...], np.float64) for n, layer in layers.items()},
-                                 s.vector_dtype, sharing=s.sharing)
+                                 s.vector_dtype, extra, sharing=s.sharing)
 
     def save_adapter(self, adapter: LoadedAdapter, path) -> None:
         import vera_ref
