@@ -109,7 +109,8 @@ def main() -> int:
     _randomise(pm, "lora_", 2)
     pm.eval()
     lora_rss = (_rss() - rss0) / max(1, kmax - 1)
-    lora_bytes = sum(p.numel() * p.element_size() for n, p in pm.named_parameters() if n.endswith("." + names[0] + ".weight"))
+    lora_bytes = sum(p.numel() * p.element_size() for n, p in pm.named_parameters()
+                     if n.endswith("." + names[0] + ".weight"))
 
     # ORT: merged single adapter, and one multi model of capacity kmax holding every adapter
     d = tempfile.mkdtemp(prefix="vera-many-")

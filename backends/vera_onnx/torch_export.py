@@ -376,7 +376,8 @@ def export(vera_model, example_args: tuple | torch.Tensor | Mapping[str, Any], p
         raise OnnxError("a merged model has no projections to generate; use mode='hotswap'")
     if mode == "multi":
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-            raise OnnxError(f"capacity: multi mode needs the number of adapter slots, an integer >= 1, got {capacity!r}")
+            raise OnnxError("capacity: multi mode needs the number of adapter slots, an integer >= 1, got "
+                            f"{capacity!r}")
     elif capacity is not None:
         raise OnnxError("capacity applies to mode='multi' only")
     example = example_args if isinstance(example_args, (tuple, Mapping)) else (example_args,)
@@ -414,8 +415,8 @@ def export(vera_model, example_args: tuple | torch.Tensor | Mapping[str, Any], p
         # would become one input); the defaults are written after export (_make_overridable)
         shape_d, shape_b = ((K1, lv.lambda_d.numel()), (K1, lv.lambda_b.numel())) if index else \
             (tuple(lv.lambda_d.shape), tuple(lv.lambda_b.shape))
-        ld = (torch.arange(int(np.prod(shape_d)), dtype=torch.float64).reshape(shape_d) + 2 * i + 1).to(lv.lambda_d.dtype)
-        lb = (torch.arange(int(np.prod(shape_b)), dtype=torch.float64).reshape(shape_b) + 2 * i + 2).to(lv.lambda_b.dtype)
+        ld = _placeholder(shape_d, 2 * i + 1, lv.lambda_d.dtype)
+        lb = _placeholder(shape_b, 2 * i + 2, lv.lambda_b.dtype)
         args = (lv.base_layer, holder, lv.group, lv.in_features, lv.out_features, ld, lb)
         vm.replace_module(lv.path, _MultiLayer(lv.path, index, *args) if index else _ExportLayer(*args))
         modules.append({"name": lv.path, "in_features": lv.in_features, "out_features": lv.out_features,
@@ -464,6 +465,11 @@ def export(vera_model, example_args: tuple | torch.Tensor | Mapping[str, Any], p
     onnx.checker.check_model(model)
     onnx.save(model, path)
     return model
+
+
+def _placeholder(shape: tuple[int, ...], offset: int, dtype: torch.dtype) -> torch.Tensor:
+    """Distinct values of ``shape`` (0, 1, 2, ... + offset), so the exporter keeps every initializer apart."""
+    return (torch.arange(int(np.prod(shape)), dtype=torch.float64).reshape(shape) + offset).to(dtype)
 
 
 def _names_and_axes(root: _ExportRoot, tensors: list[torch.Tensor], input_names: list[str],

@@ -130,3 +130,55 @@ def test_example_dict_and_forward_kwargs_rules(tmp_path):
         export(m, ex, tmp_path / "x.onnx", input_names=["a"])
     with pytest.raises(ExportError, match=r"^forward_kwargs fixes 'input_ids', which the example inputs give too$"):
         export(m, ex, tmp_path / "x.onnx", forward_kwargs={"input_ids": None})
+
+
+def test_dynamo_needs_onnxscript_and_says_which(tmp_path):
+    import importlib.util
+    if importlib.util.find_spec("onnxscript") is not None:
+        pytest.skip("onnxscript is installed: the dynamo exporter is available")
+    m = get_vera_model(torch.nn.Sequential(torch.nn.Linear(4, 4)), VeraConfig(r=2, target_modules=["0"]))
+    with pytest.raises(ExportError, match=r"^the dynamo exporter needs onnxscript \(onnxscript==0\.7\.2\), which is "
+                                          r"not installed$"):
+        export(m, (torch.randn(2, 4),), tmp_path / "d.onnx", exporter="dynamo")
+
+    class Odd(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return torch.special.zeta(self.lin(x), torch.tensor(2.0))
+
+    m = get_vera_model(Odd(), VeraConfig(r=2, target_modules=["lin"], seed=0))
+    with pytest.raises(ExportError, match=r"zeta.*; exporter='dynamo' might \(it needs onnxscript==0\.7\.2, not "
+                                          r"installed\)$"):
+        export(m, (torch.randn(2, 4),), tmp_path / "o.onnx")  # exporter="auto"
+
+
+def test_multi_mode_on_bert_with_padding(tmp_path):
+    torch.manual_seed(0)
+    base, targets = bert()
+    m = get_vera_model(copy.deepcopy(base), VeraConfig(r=8, target_modules=targets, seed=3), "a").eval()
+    m.add_adapter("b", VeraConfig(r=8, target_modules=targets, seed=3))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "vera_lambda" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    export(m, _inputs(2, 5, True, 0), tmp_path / "multi.onnx", mode="multi", capacity=2)
+    sess = VeraOnnxSession(tmp_path / "multi.onnx")
+    for n in ("a", "b"):
+        sess.load_adapter(n, m.to_adapter(n, fingerprint=False))
+    feeds = _inputs(3, 7, True, 4)
+    ids = ["b", None, "a"]
+    got = sess.run(None, {k: v.numpy() for k, v in feeds.items()}, adapter_ids=ids)[0]
+    for i, n in enumerate(ids):
+        row = {k: v[i: i + 1] for k, v in feeds.items()}
+        with torch.no_grad():
+            if n is None:
+                with m.disable_adapter():
+                    want = m(**row).last_hidden_state.numpy()
+            else:
+                m.set_adapter(n)
+                want = m(**row).last_hidden_state.numpy()
+        assert np.abs(got[i: i + 1] - want).max() <= RTOL * max(1.0, float(np.abs(want).max())), (i, n)

@@ -119,7 +119,8 @@ def test_onnx_adapter_values_are_checked_at_load(files, tmp_path):
               r"^0\.lambda_b: 1 of 10 values are NaN or infinite; refused$"),
              ({**good, "2.lambda_d": np.full(4, np.inf, np.float32)},
               r"^2\.lambda_d: 4 of 4 values are NaN or infinite; refused$"),
-             ({**good, "0.lambda_d": np.ones(5, np.float32)}, r"^0\.lambda_d: shape \[5\] in the adapter, \[4\] in the model$"),
+             ({**good, "0.lambda_d": np.ones(5, np.float32)},
+              r"^0\.lambda_d: shape \[5\] in the adapter, \[4\] in the model$"),
              ({**good, "1.lambda_d": np.ones(4, np.float32)},
               r"^1\.lambda_d: the adapter sets a parameter this model does not have$")]
     for i, (params, msg) in enumerate(cases):
