@@ -192,14 +192,15 @@ def _check_kind(meta: Mapping[str, str], tensors: Mapping[str, object]) -> None:
 def build_adapter(meta: Mapping[str, str], tensors: Mapping[str, container.RawTensor], *,
                   max_projection_elements: int = DEFAULT_MAX_PROJECTION_ELEMENTS,
                   verify_checksums: bool = True) -> Adapter:
-    """spec 4.6 steps 8-26 on a container already read (``container.read``/``container.parse``)."""
+    """spec 4.6 steps 8-26 on a container read by ``container.read``/``container.parse`` (which
+    applied steps 0-7, so the document's text is already within the bound of E4.6.4.2)."""
     _check_kind(meta, tensors)
     version = meta.get(VERSION_KEY)
     check_version(version)
     text = meta.get(CONFIG_KEY)
     if text is None:
         fail("E4.6.10.1")
-    cfg = parse_config(text, version)
+    cfg = parse_config(text, version, counted=True)
     # spec 4.6 step 22: the size limit is checked before anything is generated or compared
     if cfg.projection_elements() > max_projection_elements:
         fail("E4.6.22.1", n=cfg.projection_elements(), max=max_projection_elements)

@@ -100,9 +100,10 @@ def _header_entry(name: str, entry: object, data_size: int) -> Entry:
 
 
 def _json(raw: bytes | str, rules: tuple[str, ...]) -> object:
-    """jsontext.loads with its verdicts mapped to the codes ``rules`` (count, syntax, depth, number, duplicate)."""
+    """jsontext.loads (rule 2 already applied to the bytes) with its verdicts mapped to the codes
+    ``rules`` (count, syntax, depth, number, duplicate)."""
     try:
-        return jsontext.loads(raw if isinstance(raw, str) else raw.decode("utf-8"))
+        return jsontext.loads(raw if isinstance(raw, str) else raw.decode("utf-8"), counted=True)
     except jsontext.JsonRuleError as exc:
         code = dict(zip(("count", "syntax", "depth", "number", "duplicate"), rules))[exc.rule]
         if exc.rule == "number":
@@ -135,12 +136,21 @@ def read_header(f: BinaryIO, file_size: int) -> tuple[dict[str, str], dict[str, 
         fail("E4.6.2.3", N=n)
     if n > file_size - 8:
         fail("E4.6.3.1", N=n, size=file_size)
-    raw = f.read(n)
-    # spec 4.1.1, steps 4.1-4.7: begins with '{', bounded, UTF-8, then the dialect's rules
-    if raw[:1] != b"{":
+    # spec 4.1.1, steps 4.1-4.7: begins with '{', bounded (counted while reading, so a hostile
+    # header is refused after its first megabytes), UTF-8, then the dialect's rules
+    raw, count = bytearray(), 0
+    while len(raw) < n:
+        chunk = f.read(min(1 << 20, n - len(raw)))
+        if not chunk:  # the file shrank while we read it
+            fail("E4.6.3.1", N=n, size=8 + len(raw))
+        if not raw and chunk[:1] != b"{":
+            fail("E4.6.4.1")
+        count += jsontext.structural_count(chunk)
+        if count > jsontext.MAX_STRUCTURAL:
+            fail("E4.6.4.2")
+        raw += chunk
+    if not raw:
         fail("E4.6.4.1")
-    if jsontext.structural_count(raw, jsontext.MAX_STRUCTURAL) > jsontext.MAX_STRUCTURAL:
-        fail("E4.6.4.2")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:

@@ -4,8 +4,8 @@
 ``JsonRuleError(rule, value)`` for the first one broken:
 
 1. ``count``: at most ``MAX_STRUCTURAL`` characters that are ``"``, ``,``, ``[`` or ``{``
-   (counted anywhere in the text, strings included). Checked first, with ``str.count`` /
-   ``bytes.count``, so no parser ever sees more than about a million values: this bounds the
+   (counted anywhere in the text, strings included). Checked first, in 1 MiB chunks with NumPy,
+   so no parser ever sees more than about a million values: this bounds the
    memory of everything that follows to a small multiple of the text's size.
 2. ``syntax``: the text is one JSON value per RFC 8259 (so ``NaN``, ``Infinity``, comments,
    single quotes and trailing commas are errors).
@@ -29,7 +29,10 @@ import math
 import re
 from typing import Any
 
+import numpy as np
+
 MAX_STRUCTURAL = 1 << 20
+_STRUCTURAL = (ord('"'), ord(","), ord("["), ord("{"))
 MAX_DEPTH = 64
 MAX_NUMBER_CHARS = 100
 INT_MIN, INT_END = -(1 << 63), 1 << 64
@@ -52,13 +55,15 @@ def structural_count(text: str | bytes, stop: int | None = None) -> int:
     """How many characters of ``text`` are ``"``, ``,``, ``[`` or ``{``.
 
     With ``stop``, counting ends (returning a number > ``stop``) as soon as the count passes
-    ``stop``: a hostile 100 MB text is refused after reading its first megabytes.
+    ``stop``: a hostile 100 MB text is refused after reading its first megabytes. Counted in
+    1 MiB chunks with NumPy (UTF-8 never puts these bytes inside a multi-byte character).
     """
     data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    a = np.frombuffer(data, dtype=np.uint8)
     n, step = 0, 1 << 20
-    for i in range(0, len(data), step):
-        chunk = data[i:i + step]
-        n += len(chunk) - len(chunk.translate(None, b'",[{'))
+    for i in range(0, a.size, step):
+        c = a[i:i + step]
+        n += sum(int(np.count_nonzero(c == b)) for b in _STRUCTURAL)
         if stop is not None and n > stop:
             return n
     return n
@@ -68,11 +73,15 @@ def _reject_constant(name: str) -> Any:
     raise _Constant(name)
 
 
-def loads(text: str) -> Any:
-    """Parse ``text`` under the dialect rules above; ``JsonRuleError`` names the first broken rule."""
-    n = structural_count(text, MAX_STRUCTURAL)
-    if n > MAX_STRUCTURAL:
-        raise JsonRuleError("count", n)
+def loads(text: str, *, counted: bool = False) -> Any:
+    """Parse ``text`` under the dialect rules above; ``JsonRuleError`` names the first broken rule.
+
+    ``counted=True``: the caller has already applied rule 1 (e.g. to the bytes the text came from).
+    """
+    if not counted:
+        n = structural_count(text, MAX_STRUCTURAL)
+        if n > MAX_STRUCTURAL:
+            raise JsonRuleError("count", n)
     found: dict[str, Any] = {}
 
     def parse_int(s: str) -> int:

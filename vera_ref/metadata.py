@@ -269,10 +269,13 @@ def check_version(version: str | None) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def parse_document(text: str) -> dict[str, Any]:
-    """spec 4.6 step 10: the document's JSON text under the dialect of spec 4.1.1, an object."""
+def parse_document(text: str, *, counted: bool = False) -> dict[str, Any]:
+    """spec 4.6 step 10: the document's JSON text under the dialect of spec 4.1.1, an object.
+
+    ``counted=True`` skips rule E4.6.10.2 for a text from a header that passed E4.6.4.2.
+    """
     try:
-        doc = jsontext.loads(text)
+        doc = jsontext.loads(text, counted=counted)
     except jsontext.JsonRuleError as exc:
         if exc.rule == "count":
             fail("E4.6.10.2")
@@ -286,10 +289,13 @@ def parse_document(text: str) -> dict[str, Any]:
     return doc
 
 
-def parse_config(text: str, version: str = SPEC_VERSION) -> AdapterConfig:
-    """Parse and check the metadata document (spec 4.3, steps 9-21 of 4.6)."""
+def parse_config(text: str, version: str = SPEC_VERSION, *, counted: bool = False) -> AdapterConfig:
+    """Parse and check the metadata document (spec 4.3, steps 9-21 of 4.6).
+
+    ``counted=True``: ``text`` comes from a header that passed E4.6.4.2 (``container.read``).
+    """
     _, minor = check_version(version)
-    doc = parse_document(text)
+    doc = parse_document(text, counted=counted)
     unknown = sorted(set(doc) - set(KNOWN_FIELDS))
     if unknown and minor <= SPEC_MINOR:  # spec 4.8: a newer minor may add fields we skip
         fail("E4.6.11.1", unknown[0])
