@@ -57,6 +57,8 @@ class Check:
     doc: str = ""
     dtypes: tuple[str, ...] = field(default=())  # empty: any
     needs: Callable[[Implementation], str | None] | None = None  # a skip reason from the declarations, or None
+    case_keys: tuple[str, ...] = ("seed", "r", "in_features", "out_features", "n_in", "n_out", "group", "layout",
+                                  "N", "bias", "scale", "values_seed", "dropout")  # what a --case must hold
 
 
 def _tol(dtype: str) -> dict:
@@ -684,18 +686,21 @@ def check_files_roundtrip(impl, device, dtype, max_examples, case=None) -> Outco
 
 CHECKS = [
     Check("philox_kat", "generator", "G", False, check_philox_kat, "the 55 Random123 philox4x32-10 vectors",
-          needs=_philox_generator),
+          needs=_philox_generator, case_keys=("tcId",)),
     Check("projection_vectors", "generator", "G", False, check_projection_vectors, "spec/vectors/projections.json",
-          needs=_philox_generator),
+          needs=_philox_generator, case_keys=("tcId",)),
     Check("projection", "generator", "G", False, check_projection, "random (seed, r, n_in, n_out, group): bit-exact",
-          needs=_not_own),
+          needs=_not_own, case_keys=("args",)),
     Check("projection_distribution", "generator", "G", False, check_projection_distribution,
-          "an own generator: bounds and uniformity of A and B", needs=_own_generator),
+          "an own generator: bounds and uniformity of A and B", needs=_own_generator,
+          case_keys=("args",)),
     Check("forward", "forward", "M", True, check_forward, "spec 3.2-3.3, whole output and adapter term (5.2.1)"),
     Check("generator_probe", "forward", "G", True, check_generator_probe,
           "one-hot forward: the projection inside the layer, bit-exact (5.1)", dtypes=("float32", "float64")),
-    Check("stateless", "forward", "M", True, check_stateless, "no state between calls (5.4)"),
-    Check("adapter_scale", "forward", "M", False, check_adapter_scale, "no scale on the adapter term (3.2)"),
+    Check("stateless", "forward", "M", True, check_stateless, "no state between calls (5.4)",
+          case_keys=("sequence",)),
+    Check("adapter_scale", "forward", "M", False, check_adapter_scale, "no scale on the adapter term (3.2)",
+          case_keys=()),
     Check("backward", "backward", "T", True, check_backward, "spec 3.4 against the float64 reference"),
     Check("eval_dropout", "forward", "T", True, check_eval_dropout, "evaluation mode drops nothing (3.3)",
           needs=_with_dropout),
@@ -703,10 +708,12 @@ CHECKS = [
     Check("merge", "merge", "M", True, check_merge, "spec 3.5, merged weight and Delta W"),
     Check("unmerge", "unmerge", "M", True, check_unmerge, "spec 3.6"),
     Check("math_vectors", "forward", "M", True, check_math_vectors, "spec/vectors/math.json",
-          dtypes=("float32", "float64"), needs=_unscaled),
-    Check("files_valid", "files", "F", False, check_files_valid, "every valid file vector reads right, every field"),
+          dtypes=("float32", "float64"), needs=_unscaled, case_keys=("tcId",)),
+    Check("files_valid", "files", "F", False, check_files_valid, "every valid file vector reads right, every field",
+          case_keys=("tcId",)),
     Check("files_invalid", "files", "F", False, check_files_invalid,
-          "every invalid file vector is refused for its rule (code and field)"),
+          "every invalid file vector is refused for its rule (code and field)", case_keys=("tcId",)),
     Check("files_roundtrip", "files", "F", False, check_files_roundtrip,
-          "written files pass the reference with every field equal"),
+          "written files pass the reference with every field equal",
+          case_keys=("r", "generator", "seed", "sharing", "vector_dtype", "modules", "values_seed")),
 ]

@@ -112,6 +112,10 @@ def _repro(impl_spec: str, chk: Check, device: str, dtype: str | None, case: dic
 
 def run_case(impl: Implementation, chk: Check, device: str, dtype: str | None, case: dict) -> Outcome:
     """Replay one case (from a repro) instead of searching."""
+    missing = [k for k in chk.case_keys if k not in case]
+    if missing:
+        raise ConformanceError(f"--case does not describe a case of the check {chk.name!r} "
+                               f"(missing {', '.join(missing)}; pass the JSON its repro printed)")
     try:
         return chk.run(impl, device, dtype or "float32", 1, case=case)
     except (KeyError, TypeError, ValueError, IndexError) as exc:

@@ -64,9 +64,11 @@ class OnnxImpl(Implementation):
         from onnx import numpy_helper
         path, m, x = self._export(c, "merged")
         inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
-        W = inits.get("layer.weight")
-        if W is None:  # the exporter stored the transposed weight of a Linear under a generated name
-            W = next(v.T for k, v in inits.items() if v.shape == c.W.shape[::-1] and k.startswith("onnx::"))
+        W = next((v for k, v in inits.items() if k == "layer.weight" or k.endswith(".layer.weight")), None)
+        if W is None:  # the exporter stored the weight for a MatMul under a generated name: (in, out)
+            W = next(v for k, v in inits.items() if k.startswith("onnx::") and v.ndim == 2
+                     and v.shape == (c.in_features, c.out_features))
+            W = W.T if c.layout == "linear" else W
         return W.astype(np.float64)
 
 
