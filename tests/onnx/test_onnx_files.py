@@ -22,6 +22,9 @@ from vera_ref.atomic import is_temporary  # noqa: E402
 from vera_torch import VeraConfig, get_vera_model  # noqa: E402
 
 BLOCK_TORCH = "import sys; sys.modules['torch'] = None\n"  # any `import torch` now fails
+# the bigger run of issue 10: VERA_ONNX_KILLS=100 VERA_ONNX_WRITERS=100 pytest tests/onnx/test_onnx_files.py
+KILLS = int(os.environ.get("VERA_ONNX_KILLS", "50"))
+WRITERS = int(os.environ.get("VERA_ONNX_WRITERS", "8"))
 
 
 def _py(code: str, cwd) -> subprocess.CompletedProcess:
@@ -163,12 +166,12 @@ def _leftovers(folder):
 
 
 def test_concurrent_writers_leave_one_whole_file(files, tmp_path):
-    """8 processes write the same .onnx_adapter (and sidecar) 25 times each, all at once."""
+    """WRITERS processes (8) write the same .onnx_adapter (and sidecar) 25 times each, all at once."""
     d, _ = files
     out = tmp_path / "a.onnx_adapter"
-    pids = [_fork_writer(d / "default.safetensors", d / "hot.onnx", out, 25) for _ in range(8)]
+    pids = [_fork_writer(d / "default.safetensors", d / "hot.onnx", out, 25) for _ in range(WRITERS)]
     codes = [os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in pids]
-    assert codes == [0] * 8
+    assert codes == [0] * WRITERS
     onnx_adapter(d / "default.safetensors", d / "hot.onnx", tmp_path / "ref.onnx_adapter")
     want = read_parameters(tmp_path / "ref.onnx_adapter", d / "hot.onnx")
     got = read_parameters(out, d / "hot.onnx")
@@ -178,8 +181,8 @@ def test_concurrent_writers_leave_one_whole_file(files, tmp_path):
 
 
 def test_sigkill_during_writes_keeps_the_old_file_and_leaves_no_temporary(files, tmp_path):
-    """A writer rewriting the file in a loop is SIGKILLed at a random moment, 50 times: every time the file
-    is a whole adapter (the old one or the new one) and no temporary of ours is left."""
+    """A writer rewriting the file in a loop is SIGKILLed at a random moment, KILLS (50) times: every time the
+    file is a whole adapter (the old one or the new one) and no temporary of ours is left."""
     d, _ = files
     out = tmp_path / "a.onnx_adapter"
     onnx_adapter(d / "b.safetensors", d / "hot.onnx", out)  # the old file
@@ -188,7 +191,7 @@ def test_sigkill_during_writes_keeps_the_old_file_and_leaves_no_temporary(files,
     new = read_parameters(tmp_path / "new.onnx_adapter", d / "hot.onnx")
     rng = random.Random(0)
     left, seen = 0, set()
-    for _ in range(50):
+    for _ in range(KILLS):
         pid = _fork_writer(d / "default.safetensors", d / "hot.onnx", out, 10**6)
         time.sleep(rng.uniform(0.0, 0.12))  # one write takes ~20-80 ms (two fsyncs)
         os.kill(pid, signal.SIGKILL)
