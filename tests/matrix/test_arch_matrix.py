@@ -368,7 +368,7 @@ def test_peft_out(trained):
         effect, _ = _worst(_run(t.base, inputs), want)
         assert effect > 100 * REL * scale, f"the adapter barely changes the outputs ({effect})"
         assert diff <= REL * scale, f"PEFT differs by {diff} (outputs up to {scale})"
-        rec.update(diff=diff, effect=effect)
+        rec.update(diff=diff, effect=effect, scale=scale)
 
 
 def test_peft_in(trained):
