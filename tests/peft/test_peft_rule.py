@@ -1,7 +1,10 @@
 """vera_ref.peft_interop.peft_selects against PEFT's own check_target_module_exists, name by name."""
 import itertools
+import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 peft = pytest.importorskip("peft")
 from peft.tuners.tuners_utils import check_target_module_exists  # noqa: E402
@@ -103,3 +106,18 @@ def test_rule_refuses_what_it_cannot_resolve():
         peft_selects({"target_modules": "all-linear"}, "a.query")
     with pytest.raises(ConversionError, match="target_modules is missing: PEFT would choose modules by model type"):
         peft_selects({"target_modules": None}, "a.query")
+
+
+_PART = st.sampled_from(["q", "k", "query", "dense", "layer", "layers", "0", "1", "11", "self", "attn", "x.y"])
+_NAME = st.lists(_PART, min_size=1, max_size=6).map(".".join)
+
+
+@given(names=st.lists(_NAME, min_size=1, max_size=12), targets=st.lists(_NAME, min_size=1, max_size=3),
+       regex=st.booleans(), layers=st.sampled_from([None, 0, [1], [0, 11]]),
+       pattern=st.sampled_from([None, "layer", ["layers", "self"]]), saves=st.sampled_from([None, ["attn"], ["k"]]))
+def test_rule_agrees_with_peft_on_random_names(names, targets, regex, layers, pattern, saves):
+    doc = {"target_modules": "|".join(re.escape(t) for t in targets) if regex else targets,
+           "layers_to_transform": layers, "layers_pattern": pattern if layers is not None else None,
+           "modules_to_save": saves}
+    for n in names:
+        assert peft_selects(doc, n) == bool(check_target_module_exists(_Cfg(doc), n)), (doc, n)
