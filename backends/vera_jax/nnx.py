@@ -31,10 +31,10 @@ import numpy as np
 from flax import nnx
 
 import vera_ref
-from vera_ref import Adapter, AdapterConfig, ModuleSpec
+from vera_ref import Adapter, AdapterConfig, ModuleSpec, generators
 from vera_ref.adapter import base_fingerprint
 from vera_ref.dtypes import compute_dtype, round_to
-from vera_ref.errors import ModelMismatchError
+from vera_ref.errors import ModelMismatchError, ProjectionError
 
 from .layer import adapter_out, merge
 from .files import projections, read_adapter
@@ -142,6 +142,9 @@ def apply_vera(model: nnx.Module, target_modules: Sequence[str] | str, r: int, *
                rngs: nnx.Rngs | None = None) -> list[str]:
     """Adapt every ``nnx.Linear`` whose dotted name matches ``target_modules``, in place (spec 3.9:
     lambda_b = 0, lambda_d = d_initial, an exact no-op until trained). Returns the adapted names."""
+    if not generators.get(generator).generates:
+        raise ProjectionError(f"the {generator} generator has no rule to generate from: load a file that "
+                              "stores A and B with load_adapter")
     mods = [ModuleSpec(n, m.in_features, m.out_features) for n, (_, m) in _modules(model).items()
             if isinstance(m, nnx.Linear) and _matches(n, target_modules)]
     if not mods:

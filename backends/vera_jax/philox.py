@@ -110,8 +110,11 @@ def table_values(key: jax.Array, m: int, g: int, n_count: int, r: int, bound) ->
 
 
 def _count(name: str, value, limit: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= int(value) <= limit:
-        raise ProjectionError(f"{name} must be an integer in [1, {limit}], got {value!r}")
+    """The reference's rule and words for a size argument (vera_ref.projection)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ProjectionError(f"{name} must be an integer, got {type(value).__name__}")
+    if not 1 <= int(value) <= limit:
+        raise ProjectionError(f"{name} must be in [1, {limit}], got {value}")
     return int(value)
 
 

@@ -223,3 +223,29 @@ def test_torch_task_head_loads_into_an_nnx_linear(tmp_path):
     ref = vera_ref.load_adapter(tmp_path / "h.safetensors")
     for k in ("fc2.weight", "fc2.bias"):
         assert np.array_equal(ad.extra[k][0], ref.extra[k][0])
+
+
+def test_stored_and_peft_generators_load_and_write_back(tmp_path):
+    # valid-04: stored projections (spec 2.5.2) and float64 vectors, held rounded to float32 on request
+    ref = vera_ref.load_adapter(VECTORS / "files" / "valid-04.safetensors")
+    (name, fi, fo) = (ref.config.modules[0].name, ref.config.modules[0].in_features, ref.config.modules[0].out_features)
+
+    class One(nnx.Module):
+        def __init__(self):
+            setattr(self, name, nnx.Linear(fi, fo, rngs=nnx.Rngs(0)))
+    m = One()
+    load_adapter(m, VECTORS / "files" / "valid-04.safetensors", vector_dtype="float32")
+    (_, layer), = vera_layers(m)
+    assert np.array_equal(np.asarray(layer.A[...]), ref.stored[0][0])
+    assert np.array_equal(np.asarray(layer.lambda_d[...]), ref.lambda_d[name].astype(np.float32))
+    save_adapter(m, tmp_path / "s.safetensors", fingerprint=False)
+    back = vera_ref.validate_adapter(tmp_path / "s.safetensors")
+    assert back.config.generator == "stored" and np.array_equal(back.stored[0][1], ref.stored[0][1])
+    assert np.array_equal(back.lambda_b[name], ref.lambda_b[name].astype(np.float32))  # float64 of the rounded values
+    with pytest.raises(vera_ref.ProjectionError, match="the stored generator has no rule to generate from"):
+        apply_vera(flax_model(weights()), ["fc1"], r=4, generator="stored")
+    # PEFT's MT19937 projections (spec 2.5.3) come from the reference
+    m = flax_model(weights())
+    apply_vera(m, ["fc1", "fc2"], r=4, seed=7, generator="peft-mt19937")
+    A, B = vera_ref.peft_projection(7, 4, HID, HID)
+    assert np.array_equal(np.asarray(dict(vera_layers(m))["fc2"].A[...]), A)

@@ -114,8 +114,12 @@ def test_registered_as_the_jax_device_implementation():
 def test_bad_arguments_are_one_line_errors():
     with pytest.raises(vera_ref.ProjectionError, match=r"seed must be in \[0, 2\^64\), got -1"):
         vera_jax.projection(-1, 4, 8, 8)
-    with pytest.raises(vera_ref.ProjectionError, match=r"r must be an integer in \[1, 17179869184\], got 0"):
-        vera_jax.projection(0, 0, 8, 8)
+    for args in [(0, 0, 8, 8), (0, 4, 2**32 + 1, 8), (0, 4, 8, 2.0), (0, True, 8, 8)]:  # the reference's words
+        with pytest.raises(vera_ref.ProjectionError) as want:
+            vera_ref.projection(*args)
+        with pytest.raises(vera_ref.ProjectionError) as got:
+            vera_jax.projection(*args)
+        assert str(got.value) == str(want.value)
     with pytest.raises(vera_ref.ProjectionError, match=r"group must be in \[0, 2\^32\), got -1"):
         vera_jax.projection(0, 4, 8, 8, -1)
     with pytest.raises(vera_ref.ProjectionError, match=r"counters must be uint32 \(N, 4\)"):
