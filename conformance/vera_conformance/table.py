@@ -1,7 +1,7 @@
 """The README's conformance table: every shipped implementation through the kit, on CPU,
 each in every dtype it declares (the default of a run).
 
-    python -m vera_conformance.table [--max-examples 25]
+    python -m vera_conformance.table [--max-examples 10]
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ SHIPPED = [("vera_ref", "vera_conformance.impls.reference:make"),
 MARK = {"passed": "pass", "failed": "FAIL", "skipped": "skip", "xfailed": "xfail", "xpassed": "XPASS"}
 
 
-def table(max_examples: int = 25, impls=SHIPPED) -> str:
+def table(max_examples: int = 10, impls=SHIPPED) -> str:
     cols, rows = [], {}
     for label, spec in impls:
         try:
@@ -39,7 +39,7 @@ def table(max_examples: int = 25, impls=SHIPPED) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--max-examples", type=int, default=25)
+    ap.add_argument("--max-examples", type=int, default=10)
     print(table(ap.parse_args(argv).max_examples))
     return 0
 

@@ -32,18 +32,20 @@ def _runner(*args, cwd=ROOT):
 @pytest.mark.parametrize("cls", Bk.BROKEN, ids=lambda c: c.__name__)
 def test_every_broken_implementation_fails_its_check(cls):
     check = Bk.CAUGHT_BY[cls]
-    results = _quiet(cls(), only=[check])
+    impl = cls()
+    results = _quiet(impl, [d for d in ("float32", "bfloat16", "tf32") if d in impl.dtypes], only=[check])
     failed = [r for r in results if r.status == "failed"]
     assert failed, f"{cls.name} passed {check}"
     for r in failed:  # one failure, one message, one repro that names the check
         assert r.repro.startswith(f"vera-ref conformance --impl x:y --only {check}")
         assert "ExceptionGroup" not in r.reason and "distinct failures" not in r.reason
-        assert r.case is not None
+        assert r.case is not None or not next(c for c in CHECKS if c.name == check).case_keys
 
 
 @pytest.mark.parametrize("cls", Bk.CONFORMING_DECLARED, ids=lambda c: c.__name__)
 def test_declared_deviations_that_conform_pass(cls):
-    results = _quiet(cls())
+    impl = cls()
+    results = _quiet(impl, [d for d in ("float32", "tf32") if d in impl.dtypes])
     assert summary(results)["failed"] == 0, [(r.id, r.reason) for r in results if r.status == "failed"]
     assert summary(results)["passed"] >= 2
 
@@ -115,7 +117,7 @@ def test_torch_backend_passes_both_paths_in_every_dtype(factory):
     results = _quiet(getattr(torch_impl, factory)(), examples=4)
     bad = [(r.id, r.reason) for r in results if r.status == "failed"]
     assert not bad
-    assert sum(r.status == "passed" for r in results) >= 40
+    assert sum(r.status == "passed" for r in results) >= 36
     for r in results:  # every float check records its tolerance (spec 5.2)
         if r.status == "passed" and r.check in ("forward", "backward", "merge", "unmerge", "train"):
             assert r.tolerance["C"] == 16 and r.worst_ratio is not None and r.worst_ratio <= 1
@@ -180,7 +182,7 @@ def test_cli_run_and_json_report(tmp_path):
     assert re.fullmatch(r"\d+ passed, [1-9]\d* failed, \d+ skipped", last), last
     assert "repro: vera-ref conformance --impl vera_conformance.impls.broken:OffByOneSlice --only forward" in res.stdout
     doc = json.loads(rep.read_text())
-    assert doc["summary"]["failed"] >= 1 and doc["spec_version"] == "1.0"
+    assert doc["summary"]["failed"] >= 1 and doc["spec_version"] == __import__("vera_ref").SPEC_VERSION
     assert doc["dtypes"] == ["bfloat16", "float16", "float32", "float64"]  # every declared dtype by default
     fwd = next(r for r in doc["results"] if r["id"] == "forward[bfloat16]_cpu")
     assert fwd["status"] == "failed" and fwd["tolerance"]["C"] == 16 and fwd["case"]["in_features"] >= 1
@@ -199,7 +201,7 @@ def test_cli_run_and_json_report(tmp_path):
     (["--impl", "vera_conformance.impls.reference:make", "--json-report", "/nonexistent-h5/r.json"],
      "the folder /nonexistent-h5 does not exist"),
     (["--impl", "vera_conformance.impls.reference:make", "--dtype", "float8"], "unknown dtype 'float8'"),
-    (["--impl", "vera_conformance.impls.peft_impl:make", "--only", "files_valid"], "nothing was checked"),
+    (["--impl", "vera_conformance.impls.broken:DeclaredTF32", "--only", "files_valid"], "nothing was checked"),
 ])
 def test_cli_mistakes_are_one_line(args, message):
     res = _runner(*args)

@@ -3,7 +3,7 @@ import numpy as np
 
 from vera_ref.layer import forward
 from vera_ref.projection import projection
-from vera_ref.tolerance import C, bound, compare, forward_magnitude
+from vera_ref.tolerance import C, bound, compare, constant_factor, forward_magnitude
 
 
 def _inputs(seed=0):
@@ -38,3 +38,25 @@ def test_nan_and_shape_mismatch_fail():
     assert not chk.ok and chk.worst_index == (0, 0)
     assert not compare(ref[:, :3], ref, S, "float32").ok
     assert "C=16" in compare(ref, ref, S, "float32").describe()
+
+
+def test_tf32_is_its_own_precision():
+    # spec 5.2.2: binary32 storage, eps 2^-10, tiny 2^-126
+    assert bound(np.array([1.0]), "tf32")[0] == 16 * 2.0**-10 + 2.0**-126
+    x, W, b, A, B, ld, lb = _inputs(2)
+    ref, S = forward(x, W, b, A, B, ld, lb), forward_magnitude(x, W, b, A, B, ld, lb)
+    tf32 = lambda a: np.round(np.asarray(a) * 2.0**10 / 2.0**np.floor(np.log2(np.abs(a) + 1e-300))) \
+        * 2.0**np.floor(np.log2(np.abs(a) + 1e-300)) / 2.0**10  # noqa: E731  (11 significant bits)
+    got = forward(tf32(x), tf32(W), b, tf32(A), tf32(B), ld, lb)
+    assert not compare(got, ref, S, "float32").ok and compare(got, ref, S, "tf32").ok
+
+
+def test_failure_names_values_and_a_constant_factor():
+    x, W, b, A, B, ld, lb = _inputs(3)
+    Wz = np.zeros_like(W)
+    ref, S = forward(x, Wz, None, A, B, ld, lb), forward_magnitude(x, Wz, None, A, B, ld, lb)
+    chk = compare(forward(x, Wz, None, A, B, ld, lb * 8.0), ref, S, "bfloat16")
+    assert not chk.ok and chk.factor == 8.0 and "x8 the reference everywhere" in chk.describe()
+    i = chk.worst_index
+    assert chk.got == 8.0 * ref[i] and chk.ref == ref[i]
+    assert constant_factor(ref, ref) is None and constant_factor(ref + 1.0, ref) is None
