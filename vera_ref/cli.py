@@ -129,16 +129,18 @@ def cmd_convert(args) -> int:
         dims = None
         if args.dims:
             dims = _read_dims(args.dims)
-        ad = peft_to_adapter(args.from_peft, dims=dims, in_features=args.in_features)
+        ad = peft_to_adapter(args.from_peft, dims=dims, in_features=args.in_features,
+                             keep_projections=args.keep_projections)
         save_adapter(ad, args.out)
         cfg = ad.config
         print(f"wrote {args.out}: {len(cfg.modules)} modules, r {cfg.r}, generator {cfg.generator}"
               + (f", seed {cfg.seed}" if cfg.seed is not None else "") + f", {os.path.getsize(args.out)} bytes")
     else:
         ad = load_adapter(args.to_peft, max_projection_elements=args.max_projection_elements)
-        adapter_to_peft(ad, args.out)
+        adapter_to_peft(ad, args.out, keep_projections=args.keep_projections)
+        seed_only = ad.config.generator == "peft-mt19937" and not args.keep_projections
         print(f"wrote {args.out}/adapter_config.json and adapter_model.safetensors "
-              f"({'seed only' if ad.config.generator == 'peft-mt19937' else 'projections stored'})")
+              f"({'seed only' if seed_only else 'projections stored'})")
     return 0
 
 
@@ -167,6 +169,10 @@ def setup_convert(p: argparse.ArgumentParser) -> None:
                    help="in_features of every adapted module (PEFT does not record it)")
     p.add_argument("--dims", metavar="JSON", help='a JSON file {"module path": [in, out], ...} for modules of '
                                                   "different sizes")
+    p.add_argument("--keep-projections", action="store_true",
+                   help="with --from-peft: keep stored vera_A/vera_B in the file even when they are PEFT's own draws "
+                        "(generator stored, not peft-mt19937); with --to-peft: write vera_A/vera_B "
+                        "(save_projection=true) even for a peft-mt19937 file")
     p.add_argument("--max-projection-elements", type=int, default=DEFAULT_MAX_PROJECTION_ELEMENTS, metavar="N",
                    help="with --to-peft: refuse files whose projections exceed N elements")
 
@@ -201,7 +207,9 @@ CORE_COMMANDS: list[Command] = [
     Command("convert", "convert between PEFT VeRA checkpoints and spec files",
             "Convert a PEFT VeRA checkpoint directory into a spec adapter file (--from-peft; NumPy only, no torch "
             "needed: seed-only checkpoints become generator peft-mt19937), or a spec file into PEFT's layout "
-            "(--to-peft; projections stored unless the generator is peft-mt19937).",
+            "(--to-peft; projections stored unless the generator is peft-mt19937). target_modules are written as "
+            "the exact module paths and checked with PEFT's rule; nothing is converted that PEFT would compute "
+            "differently.",
             setup_convert, cmd_convert),
     Command("showcase", "a one-second tour of the NumPy reference",
             "Generate a projection, train a toy VeRA layer with the reference backward, save, inspect, validate "

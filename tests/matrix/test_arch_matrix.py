@@ -43,7 +43,7 @@ import vera_ref  # noqa: E402
 from vera_ref.tolerance import backward_magnitude, compare, forward_magnitude  # noqa: E402
 from vera_torch import VeraConfig, VeraModel, get_vera_model  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.matrix]
 
 REL = 2.0**-13
 SIZES = ((2, 7), (3, 12))  # (batch, sequence) of the two ONNX Runtime runs; the first is the export's
