@@ -38,7 +38,7 @@ class AdapterFileError(VeraError, ValueError):
 
 
 class ConversionError(VeraError, ValueError):
-    """A checkpoint of another framework cannot be converted (spec 2.5.3)."""
+    """A checkpoint of another framework cannot be converted without changing the model (spec 2.5.3, 2.7)."""
 
 
 class ModelMismatchError(VeraError, ValueError):
