@@ -1,4 +1,4 @@
-"""Convert between PEFT VeRA checkpoints and spec files, with NumPy alone (README "PEFT compatibility").
+"""Convert between PEFT VeRA checkpoints and spec files, with NumPy alone (spec 2.7; README "PEFT compatibility").
 
 A PEFT checkpoint is a directory with ``adapter_config.json`` and
 ``adapter_model.safetensors`` whose keys are
