@@ -85,6 +85,7 @@ class Mutant:
     after: str
     start: int = 0       # byte offsets of the replaced span in the file
     end: int = 0
+    uses: tuple = ()      # module-level assignment: the lines of this file that read its names
     outcome: str = "pending"
     seconds: float = 0.0
     tests: int = 0
@@ -102,8 +103,10 @@ class _Collector(ast.NodeVisitor):
         for ln in self.lines:
             self.offsets.append(self.offsets[-1] + len(ln) + 1)
         self.stack: list[str] = []
-        self.sites: list[tuple[int, int, int, int, str, str, str]] = []  # start, end, line, end_line, qual, op, repl
+        self.sites: list[tuple] = []  # start, end, line, end_line, qual, op, repl, names
         self.skip_ids: set[int] = set()
+        self.top_names: tuple = ()  # names assigned by the module-level statement being walked
+        self.uses: dict[str, set[int]] = {}  # module-level name -> lines that load it
 
     # -- helpers
     def span(self, node: ast.AST) -> tuple[int, int]:
@@ -113,7 +116,8 @@ class _Collector(ast.NodeVisitor):
         if SKIP_COMMENT.encode() in self.lines[node.lineno - 1]:
             return
         s, e = self.span(node)
-        self.sites.append((s, e, node.lineno, node.end_lineno, ".".join(self.stack) or "<module>", op, repl))
+        names = () if self.stack else self.top_names
+        self.sites.append((s, e, node.lineno, node.end_lineno, ".".join(self.stack) or "<module>", op, repl, names))
 
     def expr(self, node: ast.expr, op: str, new: ast.expr) -> None:
         self.add(node, op, "(" + ast.unparse(new) + ")")
@@ -146,7 +150,15 @@ class _Collector(ast.NodeVisitor):
     def visit_Module(self, node: ast.Module) -> None:
         if node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant):
             self.skip(node.body[0])
-        self.generic_visit(node)
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Load):
+                self.uses.setdefault(sub.id, set()).add(sub.lineno)
+        for stmt in node.body:
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else \
+                [stmt.target] if isinstance(stmt, (ast.AnnAssign, ast.AugAssign)) else []
+            self.top_names = tuple(t.id for t in targets if isinstance(t, ast.Name))
+            self.visit(stmt)
+        self.top_names = ()
 
     def generic_visit(self, node: ast.AST) -> None:
         if id(node) in self.skip_ids:
@@ -275,7 +287,7 @@ def make_mutants(path: Path, rel: str) -> list[Mutant]:
     base_dump = ast.dump(tree)
     seen: dict[tuple[str, str, str], int] = {}
     out: list[Mutant] = []
-    for s, e, line, end_line, qual, op, repl in col.sites:
+    for s, e, line, end_line, qual, op, repl, names in col.sites:
         before = src[s:e].decode()
         new = src[:s] + repl.encode() + src[e:]
         try:
@@ -288,8 +300,9 @@ def make_mutants(path: Path, rel: str) -> list[Mutant]:
         n = seen.get(key, 0)
         seen[key] = n + 1
         h = hashlib.sha256(f"{rel}\0{qual}\0{before}\0{repl}\0{n}".encode()).hexdigest()[:10]
+        used = tuple(sorted({ln for n in names for ln in col.uses.get(n, ())}))
         out.append(Mutant(id=f"{rel}:{qual}:{h}", file=rel, line=line, end_line=end_line, qualname=qual, op=op,
-                          before=before, after=repl, start=s, end=e))
+                          before=before, after=repl, start=s, end=e, uses=used))
     return out
 
 
@@ -438,6 +451,16 @@ def start_mutant(work: Path, cfg: dict, m: Mutant, src: bytes, order: list[str],
 # campaign
 # ---------------------------------------------------------------------------------------------
 
+def trace_cache_path(base: Path, test_files: list[str], files: list[str]) -> Path:
+    """Where the traced run of these tests over these files is kept: keyed by every .py file of the
+    copy (any change anywhere runs the trace again), the test list and the target files."""
+    h = hashlib.sha256("\0".join(test_files + ["|"] + files + [os.environ.get("HYPOTHESIS_PROFILE", "")]).encode())
+    for f in sorted(base.rglob("*.py")):
+        h.update(str(f.relative_to(base)).encode() + b"\0" + f.read_bytes())
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vera-mutate"
+    return root / f"trace-{h.hexdigest()[:24]}.json"
+
+
 def read_equivalent() -> dict[str, str]:
     out: dict[str, str] = {}
     if EQUIVALENT.exists():
@@ -462,11 +485,11 @@ def test_files_for(pkg: str, dirs: list[str], base: Path) -> list[str]:
 def choose_files(cfg: dict, args) -> tuple[str, list[str]]:
     pkgs = cfg["packages"]
     if args.file:
-        rel = str(Path(args.file).resolve().relative_to(ROOT)) if Path(args.file).is_absolute() else args.file
+        rels = [str(Path(f).resolve().relative_to(ROOT)) if Path(f).is_absolute() else f for f in args.file]
         for name, p in pkgs.items():
-            if rel.startswith(p["source"].rstrip("/") + "/"):
-                return name, [rel]
-        sys.exit(f"mutate: {rel} is in no package of {CONFIG.relative_to(ROOT)}")
+            if all(rel.startswith(p["source"].rstrip("/") + "/") for rel in rels):
+                return name, rels
+        sys.exit(f"mutate: {' '.join(rels)} are not files of one package of {CONFIG.relative_to(ROOT)}")
     if args.package not in pkgs:
         sys.exit(f"mutate: unknown package {args.package!r}; known: {', '.join(pkgs)}")
     p = pkgs[args.package]
@@ -494,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     g = ap.add_mutually_exclusive_group(required=True)
     g.add_argument("--package", help="a package of tools/mutants/config.toml (vera_ref, vera_torch, ...)")
-    g.add_argument("--file", help="one source file, relative to the repository root")
+    g.add_argument("--file", nargs="+", help="source files of one package, relative to the repository root")
     ap.add_argument("--lines", help="only mutants starting in this line range, e.g. 40-90")
     ap.add_argument("--function", help="only mutants inside this function (qualified name, e.g. VeraLayer.merge)")
     ap.add_argument("--ids", help="only these mutant ids (comma separated, or a file of ids)")
@@ -506,6 +529,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout-factor", type=float, default=3.0)
     ap.add_argument("--json", help="write every mutant and the summary here")
     ap.add_argument("--list", action="store_true", help="print the mutants and exit")
+    ap.add_argument("--full-hypothesis", action="store_true",
+                    help="run hypothesis tests with the suite's own profile (default: [hypothesis] of the config)")
+    ap.add_argument("--no-cache", action="store_true", help="trace the tests again even if a cached trace fits")
     ap.add_argument("--keep", action="store_true", help="keep the temporary copies (their path is printed)")
     args = ap.parse_args(argv)
     t_start = time.monotonic()
@@ -542,6 +568,13 @@ def main(argv: list[str] | None = None) -> int:
                 __import__(mod)
             except Exception:  # noqa: BLE001 -- optional third-party module absent: fine
                 pass
+        hyp = cfg.get("hypothesis", {})
+        if hyp and "hypothesis" in sys.modules and not args.full_hypothesis:
+            # the test suite's conftest loads the profile named by HYPOTHESIS_PROFILE: fewer, fixed examples
+            from hypothesis import HealthCheck, settings
+            settings.register_profile("mutate", deadline=None, max_examples=int(hyp.get("max_examples", 12)),
+                                      derandomize=True, database=None, suppress_health_check=list(HealthCheck))
+            os.environ["HYPOTHESIS_PROFILE"] = "mutate"
         leaked = [m for m in sys.modules if m.split(".")[0] in cfg["packages"]]
         if leaked:
             sys.exit(f"mutate: preimports loaded our own packages {leaked}; remove them from [snapshot] preimport")
@@ -550,12 +583,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mutate: {pkg}: {len(files)} files, {len(muts)} of {total_generated} mutants, "
               f"tests: {' '.join(test_files)}", flush=True)
         t0 = time.monotonic()
-        tr_out = tmp / "trace.json"
-        code = trace_run(base, cfg, test_files, files, tmp / "trace.log", tr_out)
-        if not tr_out.exists():
-            print((tmp / "trace.log").read_text()[-4000:])
-            sys.exit(f"mutate: the traced test run crashed (exit {code})")
-        trace = json.loads(tr_out.read_text())
+        cache = trace_cache_path(base, test_files, files)
+        if cache.exists() and not args.no_cache:
+            trace = json.loads(cache.read_text())
+            print(f"mutate: traced run reused from {cache}", flush=True)
+        else:
+            tr_out = tmp / "trace.json"
+            code = trace_run(base, cfg, test_files, files, tmp / "trace.log", tr_out)
+            if not tr_out.exists():
+                print((tmp / "trace.log").read_text()[-4000:])
+                sys.exit(f"mutate: the traced test run crashed (exit {code})")
+            trace = json.loads(tr_out.read_text())
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(tr_out, cache)
         failed = set(trace["failed"])
         durations = trace["durations"]
         print(f"mutate: traced run {time.monotonic() - t0:.0f} s, {len(durations)} tests, "
@@ -566,9 +606,12 @@ def main(argv: list[str] | None = None) -> int:
             ids: set[str] = set()
             for ln in range(m.line, m.end_line + 1):
                 ids.update(hits.get(str(ln), ()))
-            if ids & {"<import>", "<between>"}:  # module level: every test that ran code of the file
-                for per in hits.values():
-                    ids.update(per)
+            if ids & {"<import>", "<between>"}:
+                readers = {i for ln in m.uses for i in hits.get(str(ln), ())} - {"<import>", "<between>"}
+                ids.update(readers)  # a module-level assignment: the tests that ran a line of this file reading it
+                if not readers:  # other module-level code: every test that ran code of the file
+                    for per in hits.values():
+                        ids.update(per)
             ids = {i for i in ids if i in durations and i not in failed}
             return sorted(ids, key=lambda i: (durations[i], i))
 
