@@ -83,21 +83,38 @@ def fit_adapter(adapter: str | os.PathLike | Adapter, desc: dict, shapes: dict[s
                 ) -> dict[str, np.ndarray]:
     """``adapter_parameters`` given the model's ``describe()`` and ``parameter_shapes()`` (no model load)."""
     ad = adapter if isinstance(adapter, Adapter) else vera_ref.load_adapter(adapter)
+    classes = desc.get("classes") or [dict(desc, suffix="")]
+    refusals = []
+    for cl in classes:  # multi mode: the first projection class the adapter fits
+        try:
+            return _fit_class(ad, cl, desc, shapes)
+        except OnnxAdapterError as exc:
+            refusals.append(exc)
+    if len(refusals) == 1:
+        raise refusals[0]
+    raise OnnxAdapterError("projection", f"the adapter fits none of the model's {len(classes)} projection classes: "
+                                         + "; ".join(f"class {i}: {e}" for i, e in enumerate(refusals)))
+
+
+def _fit_class(ad: Adapter, cl: dict, desc: dict, shapes: dict[str, tuple[np.dtype, tuple[int, ...]]]
+               ) -> dict[str, np.ndarray]:
+    """One adapter's values for the inputs of projection class ``cl`` (its r, generator, seed, sharing, modules)."""
     cfg = ad.config
     gen = generators.get(cfg.generator)
     seed = str(cfg.seed) if gen.has_seed else None
-    for field, got, want in (("r", cfg.r, desc["r"]), ("generator", cfg.generator, desc["generator"]),
-                             ("seed", seed, desc["seed"]), ("sharing", cfg.sharing, desc["sharing"])):
+    for field, got, want in (("r", cfg.r, cl["r"]), ("generator", cfg.generator, cl["generator"]),
+                             ("seed", seed, cl["seed"]), ("sharing", cfg.sharing, cl["sharing"])):
         if got != want:
             raise OnnxAdapterError(field, f"the adapter has {got!r} but the model was exported with {want!r} "
                                           "(a hot-swap model swaps vectors only; A and B are fixed)")
     if not gen.generates:
         raise OnnxAdapterError("generator", "stored projections cannot be swapped in; export a model for this "
                                             "adapter")
-    if cfg.sharing == "shared" and (desc["groups"]["0"] != [cfg.n_in, cfg.n_out]):
+    if cfg.sharing == "shared" and (cl["groups"]["0"] != [cfg.n_in, cfg.n_out]):
         raise OnnxAdapterError("n_in/n_out", f"the adapter's projection is ({cfg.n_in}, {cfg.n_out}) but the "
-                                             f"model's is {tuple(desc['groups']['0'])}")
-    mods = {m["name"]: m for m in desc["modules"]}
+                                             f"model's is {tuple(cl['groups']['0'])}")
+    mods = {m["name"]: m for m in cl["modules"]}
+    suffix = cl.get("suffix", "")
     params = {}
     for m in cfg.modules:
         em = mods.get(m.name)
@@ -109,7 +126,8 @@ def fit_adapter(adapter: str | os.PathLike | Adapter, desc: dict, shapes: dict[s
                                               "the adapter")
         if not em.get("in_graph", True):
             continue  # the exported forward never calls this module
-        for key, arr in ((f"{m.name}.lambda_d", ad.lambda_d[m.name]), (f"{m.name}.lambda_b", ad.lambda_b[m.name])):
+        for v, arr in (("d", ad.lambda_d[m.name]), ("b", ad.lambda_b[m.name])):
+            key = f"{m.name}.lambda_{v}{suffix}"
             params[key] = _cast(key, arr, *shapes[key])
     for key in desc.get("extra", []):  # the adapter's trained head, where the model lets it be swapped
         if key in ad.extra:

@@ -10,8 +10,12 @@ adapters (``onnx_adapter``) set them per run.
 ``mode="multi"``: as hot-swap, but each lambda input is a table of ``capacity + 1`` rows
 (row 0 the base model, rows 1..K adapter slots) and the graph takes ``adapter_index``, an
 int64 per row of the batch: every row gets its own adapter's vectors while ``x A^T`` and
-the product with ``B^T`` stay one matmul each for the whole batch (the adapters of one
-graph share A and B: one generator, seed, r and sharing, those of the exported adapter).
+the product with ``B^T`` stay one matmul each for the whole batch per projection class.
+A projection class is what adapters must share to share A and B: generator, seed, r,
+sharing and adapted modules (spec 2.1, 2.4). The graph serves the classes of the model's
+adapters at export (``adapters=``): the exported adapter's class has the hot-swap input
+names ``{module}.lambda_d``; class c > 0 has ``{module}.lambda_d@c``. A slot's rows in the
+tables of the other classes hold lambda_b = 0, so each row pays one product pair per class.
 A task head in ``modules_to_save`` that is an ``nn.Linear`` becomes a weight and a bias
 table applied per row by one batched product.
 With ``projections="generator"`` (hot-swap and multi) the model carries the seed and the
@@ -65,13 +69,31 @@ __all__ = ["export", "describe", "MODES", "EXPORTERS", "FIXED_KEYWORDS", "INDEX_
 
 
 class _Projections(nn.Module):
-    """The shared projection pairs as buffers: one initializer each in the exported graph."""
+    """The shared projection pairs as buffers ``A_{key}``, ``B_{key}``: one initializer each in the graph.
+    key: the group (spec 2.4) for the first projection class, ``c{class}_{group}`` for the others."""
 
-    def __init__(self, pairs: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def __init__(self, pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
         super().__init__()
-        for g, (A, B) in pairs.items():
-            self.register_buffer(f"A_{g}", A.clone())
-            self.register_buffer(f"B_{g}", B.clone())
+        for key, (A, B) in pairs.items():
+            self.register_buffer(f"A_{key}", A.clone())
+            self.register_buffer(f"B_{key}", B.clone())
+
+
+def _pkey(c: int, group: int) -> str:
+    return str(group) if c == 0 else f"c{c}_{group}"
+
+
+def _suffix(c: int) -> str:
+    """Input-name suffix of projection class ``c``: none for the first (the hot-swap names), ``@c`` after."""
+    return "" if c == 0 else f"@{c}"
+
+
+def _class_key(view) -> tuple:
+    """Projection identity of an adapter (spec 2.1, 2.4): adapters with equal keys share A, B and modules."""
+    cfg = view.config
+    return (cfg.generator, cfg.seed, cfg.r, cfg.sharing,
+            tuple((lv.path, lv.in_features, lv.out_features, lv.group) for lv in view.layers),
+            tuple(sorted((g, tuple(A.shape), tuple(B.shape)) for g, (A, B) in view.projections.items())))
 
 
 class _Index:
@@ -188,8 +210,8 @@ class _ExportLayer(nn.Module):
 
     def _h(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         dt = self.lambda_d.dtype
-        A = getattr(self._proj, f"A_{self.group}")[:, : self.in_f]  # (r, in), spec 2.3
-        B = getattr(self._proj, f"B_{self.group}")[: self.out_f, :]  # (out, r)
+        A = getattr(self._proj, f"A_{_pkey(0, self.group)}")[:, : self.in_f]  # (r, in), spec 2.3
+        B = getattr(self._proj, f"B_{_pkey(0, self.group)}")[: self.out_f, :]  # (out, r)
         return torch.matmul(x.to(dt), A.to(dt).t()), B.to(dt)  # (..., r), (out, r)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -216,22 +238,38 @@ def _per_row(table: torch.Tensor, index: _Index, x: torch.Tensor, what: str) -> 
     return rows
 
 
-class _MultiLayer(_ExportLayer):
-    """spec 3.2 with per-row vectors: one x A^T and one B^T product for the whole batch, lambda_d
-    and lambda_b gathered from (K+1, r) and (K+1, out) tables by the row's adapter index."""
+class _MultiLayer(nn.Module):
+    """spec 3.2 with per-row vectors: for each projection class adapting this layer, one x A^T and one
+    B^T product for the whole batch, lambda_d and lambda_b gathered from (K+1, r) and (K+1, out) tables by
+    the row's adapter index (rows of adapters of other classes hold lambda_b = 0 there)."""
 
-    def __init__(self, path: str, index: _Index, *args: Any) -> None:
-        super().__init__(*args)
+    def __init__(self, path: str, index: _Index, base: nn.Module, projections: _Projections,
+                 entries: list[tuple[int, int, int, int, torch.Tensor, torch.Tensor]]) -> None:
+        super().__init__()
+        self.base_layer = base
         self.path = path
+        self.entries = []  # (lambda_d attribute, lambda_b attribute, projection key, in, out)
+        for c, group, in_f, out_f, ld, lb in entries:
+            ad, ab = ("lambda_d", "lambda_b") if c == 0 else (f"lambda_d_c{c}", f"lambda_b_c{c}")
+            self.register_parameter(ad, nn.Parameter(ld.detach().clone(), requires_grad=False))
+            self.register_parameter(ab, nn.Parameter(lb.detach().clone(), requires_grad=False))
+            self.entries.append((ad, ab, _pkey(c, group), in_f, out_f))
+        object.__setattr__(self, "_proj", projections)
         object.__setattr__(self, "_index", index)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, B = self._h(x)  # (batch, ..., r)
-        ld = _per_row(self.lambda_d, self._index, x, self.path)  # (batch, 1.., r)
-        lb = _per_row(self.lambda_b, self._index, x, self.path)  # (batch, 1.., out)
-        v = torch.matmul(h * ld, B.t())  # (batch, ..., out)
         y = self.base_layer(x)
-        return y + (v * lb).to(y.dtype)
+        for ad, ab, key, in_f, out_f in self.entries:
+            ld_t, lb_t = getattr(self, ad), getattr(self, ab)
+            dt = ld_t.dtype
+            A = getattr(self._proj, f"A_{key}")[:, :in_f].to(dt)  # (r, in), spec 2.3
+            B = getattr(self._proj, f"B_{key}")[:out_f, :].to(dt)  # (out, r)
+            h = torch.matmul(x.to(dt), A.t())  # (batch, ..., r)
+            ld = _per_row(ld_t, self._index, x, self.path)  # (batch, 1.., r)
+            lb = _per_row(lb_t, self._index, x, self.path)  # (batch, 1.., out)
+            v = torch.matmul(h * ld, B.t())  # (batch, ..., out)
+            y = y + (v * lb).to(y.dtype)
+        return y
 
 
 class _MultiHead(nn.Module):
@@ -352,7 +390,8 @@ def export(vera_model, example_args: tuple | torch.Tensor | Mapping[str, Any], p
            mode: str = "merged", adapter: str | None = None, input_names: Sequence[str] | None = None,
            output_names: Sequence[str] | None = None, dynamic_axes: dict | None = None,
            projections: str = "initializers", dtype: torch.dtype | None = None, capacity: int | None = None,
-           exporter: str = "auto", forward_kwargs: Mapping[str, Any] | None = None) -> onnx.ModelProto:
+           exporter: str = "auto", forward_kwargs: Mapping[str, Any] | None = None,
+           adapters: Sequence[str] | None = None) -> onnx.ModelProto:
     """Export adapter ``adapter`` (default: the active one) of a VeraModel to ``path``; returns the model.
 
     The VeraModel is not changed (a copy is exported).
@@ -360,7 +399,9 @@ def export(vera_model, example_args: tuple | torch.Tensor | Mapping[str, Any], p
     inputs named ``input_names``, default ``input_0``...), or a dict name -> tensor (keyword
     arguments; the keys name the graph inputs; non-tensor values are fixed keywords).
     ``mode``: "merged", "hotswap" or "multi" (module docstring). ``capacity``: multi mode's
-    number of adapter slots K. ``dtype``: cast the copy (e.g. torch.float16).
+    number of adapter slots K. ``adapters``: multi mode: the adapters whose projection classes
+    (generator, seed, r, sharing, modules) the graph serves (default: every adapter of the model;
+    ``adapter`` is the first). ``dtype``: cast the copy (e.g. torch.float16).
     ``exporter``: "auto" (TorchScript, dynamo where it lacks an operator), "torchscript", "dynamo".
     ``forward_kwargs``: keywords fixed in the graph (``use_cache=False`` and ``logits_to_keep=0``
     are added where the forward has them). ``output_names``: default ``output`` for a tensor,
@@ -399,28 +440,58 @@ def export(vera_model, example_args: tuple | torch.Tensor | Mapping[str, Any], p
         names_out, axes = _names_and_axes(root, tensors, input_names, output_names, dynamic_axes)
         _run_exporter(exporter, root, tuple(tensors), path, input_names, names_out, axes, fold=True)
         return onnx.load(path)
-    if projections == "generator":
-        if not gen.has_seed:
-            raise OnnxError("the stored generator has no seed to put in the graph; use projections='initializers'")
-        try:
-            gen.device("onnx")
-        except ProjectionError:
-            raise OnnxError(f"the {gen.name} generator has no ONNX graph; use projections='initializers'") from None
-    holder = _Projections(view.projections)
     index = _Index() if mode == "multi" else None
+    views = [view]  # one per projection class; multi mode serves every class of the model's adapters
+    if index is not None:
+        if not gen.generates:
+            raise OnnxError("the stored generator's projections belong to one adapter; multi mode needs a "
+                            "generator (export mode='hotswap' or 'merged')")
+        keys = {_class_key(view)}
+        for other in (adapters if adapters is not None else list(vm.vera_configs)):
+            if other not in vm.vera_configs:
+                raise OnnxError(f"no adapter named {other!r}")
+            ov = vm.adapter_view(other)
+            if generators.get(ov.config.generator).generates and _class_key(ov) not in keys:
+                keys.add(_class_key(ov))
+                views.append(ov)
+    elif adapters is not None:
+        raise OnnxError("adapters applies to mode='multi' only")
+    if projections == "generator":
+        for v in views:
+            g_ = generators.get(v.config.generator)
+            if not g_.has_seed:
+                raise OnnxError("the stored generator has no seed to put in the graph; use projections='initializers'")
+            try:
+                g_.device("onnx")
+            except ProjectionError:
+                raise OnnxError(f"the {g_.name} generator has no ONNX graph; use projections='initializers'") from None
+    holder = _Projections({_pkey(c, g): AB for c, v in enumerate(views) for g, AB in v.projections.items()})
     K1 = (capacity or 0) + 1  # table rows: the base model and K slots
-    modules = []
-    for i, lv in enumerate(view.layers):
+    by_path: dict[str, list] = {}
+    for c, v in enumerate(views):
+        for lv in v.layers:
+            by_path.setdefault(lv.path, []).append((c, lv))
+    modules: list[list[dict]] = [[] for _ in views]
+    i = 0
+    for path_, entries in by_path.items():
         # distinct placeholder values: the exporter merges equal initializers (two untouched lambda_d
         # would become one input); the defaults are written after export (_make_overridable)
-        shape_d, shape_b = ((K1, lv.lambda_d.numel()), (K1, lv.lambda_b.numel())) if index else \
-            (tuple(lv.lambda_d.shape), tuple(lv.lambda_b.shape))
-        ld = _placeholder(shape_d, 2 * i + 1, lv.lambda_d.dtype)
-        lb = _placeholder(shape_b, 2 * i + 2, lv.lambda_b.dtype)
-        args = (lv.base_layer, holder, lv.group, lv.in_features, lv.out_features, ld, lb)
-        vm.replace_module(lv.path, _MultiLayer(lv.path, index, *args) if index else _ExportLayer(*args))
-        modules.append({"name": lv.path, "in_features": lv.in_features, "out_features": lv.out_features,
-                        "layout": lv.layout, "group": lv.group})
+        specs = []
+        for c, lv in entries:
+            shape_d, shape_b = ((K1, lv.lambda_d.numel()), (K1, lv.lambda_b.numel())) if index else \
+                (tuple(lv.lambda_d.shape), tuple(lv.lambda_b.shape))
+            specs.append((c, lv.group, lv.in_features, lv.out_features,
+                          _placeholder(shape_d, 2 * i + 1, lv.lambda_d.dtype),
+                          _placeholder(shape_b, 2 * i + 2, lv.lambda_b.dtype)))
+            i += 1
+            modules[c].append({"name": lv.path, "in_features": lv.in_features, "out_features": lv.out_features,
+                               "layout": lv.layout, "group": lv.group})
+        base = entries[0][1].base_layer
+        if index is not None:
+            vm.replace_module(path_, _MultiLayer(path_, index, base, holder, specs))
+        else:
+            _, group, in_f, out_f, ld, lb = specs[0]
+            vm.replace_module(path_, _ExportLayer(base, holder, group, in_f, out_f, ld, lb))
     extra = {}  # trained extra tensors (a task head): overridable too, defaulting to the base model's module
     for hv in view.heads:
         base_state = {f"{hv.path}.{k}": t.detach().cpu() for k, t in hv.original.state_dict().items()}
@@ -446,20 +517,32 @@ def export(vera_model, example_args: tuple | torch.Tensor | Mapping[str, Any], p
         axes[INDEX_INPUT] = {0: "batch"}
     used = _run_exporter(exporter, root, tuple(example_all), path, names_in, names_out, axes, fold=False)
     model = onnx.load(path)
-    _rename(model, {f"model.{m['name']}.lambda_{v}": f"{m['name']}.lambda_{v}" for m in modules for v in "db"}
-            | {f"model.{k}": k for k in extra})
+    renames = {f"model.{k}": k for k in extra}
+    for c, mods in enumerate(modules):
+        for m in mods:
+            for v in "db":
+                renames[f"model.{m['name']}.lambda_{v}" + ("" if c == 0 else f"_c{c}")] = \
+                    f"{m['name']}.lambda_{v}{_suffix(c)}"
+    _rename(model, renames)
     extra_inputs = _make_extra_overridable(model, extra)
-    _make_overridable(model, modules, cfg)
+    classes = []
+    for c, v in enumerate(views):
+        _make_overridable(model, modules[c], v.config, _suffix(c))
+        g_ = generators.get(v.config.generator)
+        classes.append({"suffix": _suffix(c), "r": v.config.r, "generator": v.config.generator,
+                        "seed": str(v.config.seed) if g_.has_seed else None, "sharing": v.config.sharing,
+                        "d_initial": v.config.d_initial, "modules": modules[c],
+                        "groups": {str(g): [int(A.shape[1]), int(B.shape[0])] for g, (A, B) in v.projections.items()}})
     desc = {"spec_version": SPEC_VERSION, "adapter_format": "vera-hotswap-1" if index is None else "vera-multi-1",
-            "mode": mode, "r": cfg.r, "generator": cfg.generator, "seed": str(cfg.seed) if gen.has_seed else None,
-            "sharing": cfg.sharing, "d_initial": cfg.d_initial, "exporter": used,
-            "projections": projections, "modules": modules, "extra": extra_inputs,
-            "groups": {str(g): [int(A.shape[1]), int(B.shape[0])] for g, (A, B) in view.projections.items()}}
+            "mode": mode, "exporter": used, "projections": projections, "extra": extra_inputs,
+            **{k: classes[0][k] for k in ("r", "generator", "seed", "sharing", "d_initial", "modules", "groups")}}
     if index is not None:
-        desc.update(capacity=capacity, index_input=INDEX_INPUT, base_slot=BASE_SLOT,
-                    tables=[f"{m['name']}.lambda_{v}" for m in modules if m["in_graph"] for v in "db"] + extra_inputs)
+        desc.update(capacity=capacity, index_input=INDEX_INPUT, base_slot=BASE_SLOT, classes=classes,
+                    tables=[f"{m['name']}.lambda_{v}{cl['suffix']}" for cl in classes for m in cl["modules"]
+                            if m["in_graph"] for v in "db"] + extra_inputs)
     if projections == "generator":
-        _projections_to_generator(model, view.projections, cfg, gen)
+        for c, v in enumerate(views):
+            _projections_to_generator(model, v.projections, v.config, generators.get(v.config.generator), c)
     del model.metadata_props[:]
     model.metadata_props.add(key=META_KEY, value=json.dumps(desc, sort_keys=True))
     onnx.checker.check_model(model)
@@ -511,17 +594,17 @@ def _override(model: onnx.ModelProto, t: onnx.TensorProto, default: np.ndarray) 
     model.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, shape))
 
 
-def _make_overridable(model: onnx.ModelProto, modules: list[dict], cfg) -> None:
+def _make_overridable(model: onnx.ModelProto, modules: list[dict], cfg, suffix: str = "") -> None:
     """lambda initializers -> graph inputs with defaults: lambda_b = 0, lambda_d = d_initial (every row)."""
     inits = {t.name: t for t in model.graph.initializer}
     used = {i for n in model.graph.node for i in n.input}
     for m in modules:
         # an adapted module the forward never calls leaves nothing in the graph to override
-        m["in_graph"] = any(m["name"] + s in used for s in (".lambda_d", ".lambda_b"))
+        m["in_graph"] = any(m["name"] + s + suffix in used for s in (".lambda_d", ".lambda_b"))
         if not m["in_graph"]:
             continue
-        for suffix, fill in ((".lambda_d", cfg.d_initial), (".lambda_b", 0.0)):
-            key = m["name"] + suffix
+        for what, fill in ((".lambda_d", cfg.d_initial), (".lambda_b", 0.0)):
+            key = m["name"] + what + suffix
             if key not in inits:
                 raise OnnxError(f"{key}: not an initializer of the exported graph (the exporter renamed or "
                                 f"folded it)")
@@ -540,20 +623,24 @@ def _make_extra_overridable(model: onnx.ModelProto, extra: dict[str, np.ndarray]
     return done
 
 
-def _projections_to_generator(model: onnx.ModelProto, pairs: dict, cfg, gen: generators.Generator) -> None:
-    """Replace the A_g / B_g initializers by the generator subgraph (spec 1-2) under the same names."""
+def _projections_to_generator(model: onnx.ModelProto, pairs: dict, cfg, gen: generators.Generator, c: int = 0
+                              ) -> None:
+    """Replace projection class ``c``'s A / B initializers by the generator subgraph (spec 1-2), same names."""
     nodes_of = gen.device("onnx")
     g = model.graph
     names = {t.name for t in g.initializer}
     for group, (A, B) in pairs.items():
-        a_name, b_name = f"vera_projections.A_{group}", f"vera_projections.B_{group}"
-        if a_name not in names or b_name not in names:
-            raise OnnxError(f"{a_name}: not an initializer of the exported graph")
+        a_name, b_name = f"vera_projections.A_{_pkey(c, group)}", f"vera_projections.B_{_pkey(c, group)}"
+        # a projection equal to another class's (one seed and r on fewer modules) is read through an Identity of
+        # that one (the exporter merges equal initializers): generate only what is still an initializer
+        if a_name not in names and b_name not in names:
+            continue
+        outs = [nm if nm in names else nm + "/unread" for nm in (a_name, b_name)]
         keep = [t for t in g.initializer if t.name not in (a_name, b_name)]
         del g.initializer[:]
         g.initializer.extend(keep)
-        nodes, inits = nodes_of(cfg.seed, cfg.r, int(A.shape[1]), int(B.shape[0]), group, a_name, b_name,
-                                prefix=f"vera_generator_{group}")
+        nodes, inits = nodes_of(cfg.seed, cfg.r, int(A.shape[1]), int(B.shape[0]), group, *outs,
+                                prefix=f"vera_generator_{_pkey(c, group)}")
         old = list(g.node)
         del g.node[:]
         g.node.extend(nodes + old)  # the generator first: its outputs feed the adapter layers

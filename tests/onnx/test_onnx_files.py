@@ -147,14 +147,17 @@ def test_vera_file_values_that_overflow_the_models_dtype_are_refused(tmp_path):
     assert not (tmp_path / "x.onnx_adapter").exists()
 
 
-def _fork_writer(src, model, out, rounds: int) -> int:
-    """A child process (fork: no interpreter start-up) that writes ``out`` ``rounds`` times, then exits."""
+def _fork_writer(src, model, out, rounds: int, done_fd: int | None = None) -> int:
+    """A child process (fork: no interpreter start-up) that writes ``out`` ``rounds`` times, then exits;
+    it writes one byte to ``done_fd`` after each completed write."""
     pid = os.fork()
     if pid == 0:  # the child: exit code 0 when every write succeeded
         code = 1
         try:
             for _ in range(rounds):
                 onnx_adapter(src, model, out)
+                if done_fd is not None:
+                    os.write(done_fd, b".")
             code = 0
         finally:
             os._exit(code)
@@ -191,11 +194,16 @@ def test_sigkill_during_writes_keeps_the_old_file_and_leaves_no_temporary(files,
     new = read_parameters(tmp_path / "new.onnx_adapter", d / "hot.onnx")
     rng = random.Random(0)
     left, seen = 0, set()
-    for _ in range(KILLS):
-        pid = _fork_writer(d / "default.safetensors", d / "hot.onnx", out, 10**6)
-        time.sleep(rng.uniform(0.0, 0.12))  # one write takes ~20-80 ms (two fsyncs)
+    for i in range(KILLS):
+        r, w = os.pipe()
+        pid = _fork_writer(d / "default.safetensors", d / "hot.onnx", out, 10**6, w)
+        os.close(w)
+        if i % 2:  # every other kill lands after at least one whole write (a write takes ~20-80 ms)
+            os.read(r, 1)
+        time.sleep(rng.uniform(0.0, 0.08))
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+        os.close(r)
         params = read_parameters(out, d / "hot.onnx")  # whole: parses and passes every check
         same = [all(np.array_equal(params[k], ref[k]) for k in ref) for ref in (old, new)]
         assert any(same)

@@ -184,3 +184,38 @@ def test_hotswap_session_refuses_mixed_rows(tmp_path):
     assert np.allclose(sess.run(None, {"x": x.numpy()}, adapter_ids=["a", "a"])[0], _alone(m, x, "a"), atol=1e-5)
     with pytest.raises(OnnxError, match=r"^this model serves one adapter per run \(exported with mode='hotswap'\)"):
         sess.run(None, {"x": x.numpy()}, adapter_ids=["a", None])
+
+
+def test_adapters_of_different_seeds_ranks_and_modules_in_one_batch(tmp_path):
+    """One graph serves every projection class of the model's adapters: (seed 5, r 8), (seed 6, r 8),
+    (seed 5, r 4) and (seed 5, r 8 on query only); each row equals its adapter run alone."""
+    torch.manual_seed(0)
+    m = get_vera_model(TinyNet(), VeraConfig(r=8, target_modules=TARGETS, seed=5), "a")
+    m.add_adapter("b", VeraConfig(r=8, target_modules=TARGETS, seed=6))
+    m.add_adapter("c", VeraConfig(r=4, target_modules=TARGETS, seed=5))
+    m.add_adapter("d", VeraConfig(r=8, target_modules=["query"], seed=5))
+    m.add_adapter("a2", VeraConfig(r=8, target_modules=TARGETS, seed=5))  # a's class
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "vera_lambda" in n:
+                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).float())
+    m.eval()
+    x = torch.randn(6, 3, 16)
+    export(m, (x,), tmp_path / "multi.onnx", mode="multi", capacity=5, input_names=["x"], projections="generator")
+    desc = describe(tmp_path / "multi.onnx")
+    assert [(c["seed"], c["r"], c["suffix"], len(c["modules"])) for c in desc["classes"]] == \
+        [("5", 8, "", 6), ("6", 8, "@1", 6), ("5", 4, "@2", 6), ("5", 8, "@3", 2)]
+    sess = VeraOnnxSession(tmp_path / "multi.onnx")
+    for n in ("a", "b", "c", "d", "a2"):
+        m.save_adapter(tmp_path / f"{n}.safetensors", n)
+        sess.load_adapter(n, tmp_path / f"{n}.safetensors")
+    ids = ["d", "b", None, "c", "a2", "a"]
+    got = sess.run(None, {"x": x.numpy()}, adapter_ids=ids)[0]
+    for i, n in enumerate(ids):
+        assert np.allclose(got[i: i + 1], _alone(m, x[i: i + 1], n), atol=1e-5, rtol=1e-5), (i, n)
+    _, other = _trained(seed=9, names=("o",), heads=False)
+    other.save_adapter(tmp_path / "o.safetensors", "o")
+    with pytest.raises(OnnxAdapterError, match=r"^projection: the adapter fits none of the model's 4 projection "
+                                               r"classes: class 0: seed: the adapter has '9' but"):
+        sess.load_adapter("o", tmp_path / "o.safetensors")
