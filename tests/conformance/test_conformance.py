@@ -277,3 +277,18 @@ def test_readme_table_is_the_kits_output():
     pytest.importorskip("onnxruntime")
     from vera_conformance.table import table
     assert table() in (ROOT / "README.md").read_text()
+
+
+def test_worked_example_wraps_a_third_party_layer_in_under_30_lines():
+    pytest.importorskip("torch")
+    example = (ROOT / "conformance/examples/wrap_torch_layer.py").read_text()
+    wrapper = example.split("# ---- the wrapper")[1].split("\n", 1)[1]
+    code = [ln for ln in wrapper.splitlines() if ln.strip()]
+    assert len(code) < 30
+    readme = (ROOT / "conformance/README.md").read_text()
+    block = readme.split("```python\n")[1].split("```")[0]
+    assert [ln.split("  # noqa")[0] for ln in code] == [ln for ln in block.splitlines() if ln.strip()]
+    res = _runner("--impl", "wrap_torch_layer:make", "--max-examples", "3", "--only",
+                  "forward,backward,train,eval_dropout,generator_probe", cwd=ROOT / "conformance/examples")
+    assert res.returncode == 0, res.stdout[-1500:] + res.stderr
+    assert res.stdout.strip().endswith("5 passed, 0 failed, 0 skipped")

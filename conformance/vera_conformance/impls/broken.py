@@ -363,6 +363,21 @@ class OwnGeneratorUniform(OwnGeneratorNormal):
                 rng.uniform(-bB, bB, (n_out, r)).astype(np.float32))
 
 
+class PeftGenerator(Reference):
+    """Claims PEFT's generator (spec 2.5.3) instead of Philox: checked bit-exactly against it."""
+    name = "PEFT's MT19937 generator, declared"
+    generator = "peft-mt19937"
+
+    def projection(self, seed, r, n_in, n_out, group, device):
+        return vera_ref.peft_projection(seed, r, n_in, n_out)
+
+
+class PeftGeneratorClaimedAsPhilox(PeftGenerator):
+    """PEFT's generator without saying so: the projections are not the spec's."""
+    name = "broken: PEFT's generator claimed as philox4x32-10"
+    generator = "philox4x32-10"
+
+
 # the check of a default run that catches each one (the meta-tests assert it fails there)
 CAUGHT_BY = {
     TransposedA: "projection", LambdaDAfterB: "forward", OwnUniform: "projection", BoundFromLayer: "forward",
@@ -375,7 +390,8 @@ CAUGHT_BY = {
     WriterFloat32Vectors: "files_roundtrip", WriterAllLinear: "files_roundtrip",
     WriterSeedThroughFloat: "files_roundtrip",
     DeclaredAlphaOverR: "adapter_scale", OwnGeneratorNormal: "projection_distribution",
+    PeftGeneratorClaimedAsPhilox: "projection_vectors",
 }
 BROKEN = list(CAUGHT_BY)
 # declared deviations that are conforming in what they declare (the meta-tests assert they pass)
-CONFORMING_DECLARED = [DeclaredTF32, OwnGeneratorUniform]
+CONFORMING_DECLARED = [DeclaredTF32, OwnGeneratorUniform, PeftGenerator]
