@@ -159,12 +159,15 @@ def main() -> int:
           f"RoBERTa-base-shaped encoder, {args.layers} of 12 layers; batch {args.batch} rows x {args.seq} tokens; "
           f"VeRA r={R} on query+value (one seed); LoRA r=8 on the same; median of {args.repeats} interleaved calls")
     anchor_t, anchor_o = med["torch ours one adapter"], med["ORT merged"]
-    print(f"{'K':>4} | {'ours one':>9} {'ours mixed':>10} {'x one':>6} | {'PEFT mixed':>10} {'PEFT/ours':>9} | "
-          f"{'ORT merged':>10} {'ORT multi':>9} {'x merged':>8}   (ms)")
+    one_ids = med[f"torch ours mixed K={ks[0]}"] if ks[0] == 1 else None
+    print(f"{'K':>4} | {'ours one':>9} {'ours mixed':>10} {'x one':>6} {'x K=1':>6} | {'PEFT mixed':>10} "
+          f"{'PEFT/ours':>9} | {'ORT merged':>10} {'ORT multi':>9} {'x merged':>8}   (ms)")
     for k in ks:
         om, pl, mm = med[f"torch ours mixed K={k}"], med[f"torch PEFT LoRA mixed K={k}"], med[f"ORT multi mixed K={k}"]
-        print(f"{k:>4} | {anchor_t * 1e3:>9.1f} {om * 1e3:>10.1f} {om / anchor_t:>6.2f} | {pl * 1e3:>10.1f} "
+        x1 = f"{om / one_ids:>6.2f}" if one_ids else f"{'-':>6}"
+        print(f"{k:>4} | {anchor_t * 1e3:>9.1f} {om * 1e3:>10.1f} {om / anchor_t:>6.2f} {x1} | {pl * 1e3:>10.1f} "
               f"{pl / om:>9.2f} | {anchor_o * 1e3:>10.1f} {mm * 1e3:>9.1f} {mm / anchor_o:>8.2f}")
+    print("ours one: set_adapter, every row; x K=1: against adapter_ids with one adapter on every row")
     print(f"memory per added adapter: ours {ours_bytes:,} B of vectors (RSS growth {ours_rss:,.0f} B), "
           f"ORT multi {ort_bytes:,} B per table slot, PEFT LoRA r=8 {lora_bytes:,} B (RSS growth {lora_rss:,.0f} B)")
     print(f"check: ORT multi vs torch mixed (K={kmax}) max |diff| {np.abs(o_mixed - t_mixed.numpy()).max():.2e}; "

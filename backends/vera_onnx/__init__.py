@@ -12,7 +12,12 @@ onnxruntime and NumPy only; ``export`` needs torch and imports it on first use.
 """
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
+
+for _dep in ("onnx", "onnxruntime"):  # the serving side's only dependencies besides NumPy
+    if importlib.util.find_spec(_dep) is None:
+        raise ModuleNotFoundError(f"vera_onnx needs {_dep} (pip install 'vera-ref[onnx]')", name=_dep)
 
 from .adapters import adapter_parameters, onnx_adapter, read_parameters
 from .description import describe
