@@ -88,6 +88,8 @@ class RowGroup:
 
     def on(self, what: str, device: torch.device) -> torch.Tensor:
         """``rows``/``local``/``slot_rows`` on ``device``, moved once per forward."""
+        if torch.compiler.is_compiling():
+            return getattr(self, what).to(device)
         key = (what, str(device))
         if key not in self._moved:
             self._moved[key] = getattr(self, what).to(device)
@@ -127,6 +129,7 @@ class SlotTable:
     def __init__(self) -> None:
         self.data: torch.Tensor | None = None  # (capacity, *shape)
         self.marks: list = []
+        self.writes = 0  # rows written so far (tests check that adding an adapter writes only its rows)
 
     def clear(self) -> None:
         self.data, self.marks = None, []
@@ -155,6 +158,7 @@ class SlotTable:
                     else:
                         d[s].copy_(t.detach())
                     self.marks[s] = mark
+                    self.writes += 1
         return d
 
 
@@ -407,23 +411,36 @@ class VeraLayer(nn.Module):
             A_l, B_l = self.sliced_projection(first, x.device)
             A_l, B_l = A_l.to(dt), B_l.to(dt)  # (r, in), (out, r)
             rows = None if g.rows is None else g.on("rows", x.device)
-            xg = x if rows is None else x.index_select(0, rows)  # (n, ..., in)
-            xa = xg.to(dt)
             ps = [self.dropout[n] for n in g.names if n in self.proj]
             if self.training and max(ps) > 0:  # spec 3.3, with each row's own p
+                xa = (x if rows is None else x.index_select(0, rows)).to(dt)  # (n, ..., in)
                 p = torch.tensor([0.0] + [self.dropout.get(n, 0.0) for n in g.names], dtype=dt,
                                  device=x.device).index_select(0, g.on("local", x.device))
                 p = p.reshape((-1,) + (1,) * (xa.dim() - 1))  # (n, 1, ..., 1)
                 keep = (torch.rand_like(xa) >= p).to(dt)
                 h = project_in(xa * keep / (1 - p), A_l)
             else:
-                h = project_in(xa, A_l) if rows is not None else self._shared_h(x, xa, A_l, key)
+                h = self._class_h(x, rows, A_l, dt, (key, spec))
             ld, lb = self._vectors(key, g, dt, x.device, spec.r)  # (n, r), (n, out)
             bshape = (ld.shape[0],) + (1,) * (h.dim() - 2)
             v = (h * ld.reshape(bshape + (-1,))) @ B_l.t()  # (n, ..., out)
             d = (v * lb.reshape(bshape + (-1,))).to(result.dtype)
             result = result + d if rows is None else result.index_add(0, rows, d)
         return result
+
+    def _class_h(self, x: torch.Tensor, rows: torch.Tensor | None, A_l: torch.Tensor, dt: torch.dtype,
+                 ident: Hashable) -> torch.Tensor:
+        """x[rows] A_l^T (n, ..., r): once per forward for every layer that reads the same x with the same
+        projection and rows (query, key and value of one block)."""
+        cache = self._state.h_cache
+        key = (id(x), x._version, "rows", ident, self.in_features, dt)  # ident: (class, this layer's ProjSpec)
+        if cache is not None and not torch.compiler.is_compiling() and key in cache:
+            return cache[key][1]
+        xg = x if rows is None else x.index_select(0, rows)  # (n, ..., in)
+        h = project_in(xg.to(dt), A_l)
+        if cache is not None and not torch.compiler.is_compiling():
+            cache[key] = (x, h)  # holding x keeps id(x) unique
+        return h
 
     def refresh_tables(self) -> None:
         """Drop the cached mixed-batch tables (they are rebuilt on the next mixed batch)."""

@@ -290,6 +290,7 @@ class VeraModel(nn.Module):
                     layer.merge(n)
 
     # -- forward ---------------------------------------------------------------------------------
+    @torch.compiler.disable
     def _mixed_batch(self, adapter_ids: Sequence[str | None]) -> MixedBatch:
         """Group the rows by projection class (one x A^T and one B^T product per class and layer)."""
         if isinstance(adapter_ids, (str, bytes)):
