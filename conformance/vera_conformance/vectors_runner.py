@@ -6,10 +6,12 @@ An implementation outside Python runs the vectors itself and writes one JSON fil
      "philox4x32_10": {"<tcId>": ["<w0 hex>", "<w1>", "<w2>", "<w3>"], ...},
      "projections":   {"<tcId>": {"sha256_A": "<hex>", "sha256_B": "<hex>"}, ...},
      "math":          {"<tcId>": {"y": {"shape": [...], "bits": [...]}, "dx": ..., ...}, ...},
-     "files":         {"<tcId>": "accepted" | "rejected", ...}}
+     "files":         {"<tcId>": "accepted" | {"rejected": {"code": "E4.6.<step>.<n>", "field": "..."}}, ...}}
 
 Bits are the output's float64 bits in 16-digit hex (or float32 bits in 8 digits), nested
-like the shape. Omit a section you do not implement: it is reported as skipped.
+like the shape. A rejected file names the spec 4.6 rule it broke (its code and field, spec
+6.5); a bare "rejected" fails. Omit a section you do not implement, or leave the template's
+empty values: they are reported as skipped.
 ``vera-ref conformance-vectors --template FILE`` writes the skeleton with every tcId;
 ``vera-ref conformance-vectors --results FILE`` checks it and ends with
 ``N passed, N failed``.
@@ -65,13 +67,22 @@ def template() -> dict:
             "files": {str(t["tcId"]): "" for t in _load("files.json")}}
 
 
+def _empty(v) -> bool:
+    """A template value not filled in: "", [], {} or a mapping of such (shapes aside)."""
+    if isinstance(v, dict):
+        return all(_empty(x) for k, x in v.items() if k != "shape")
+    return v is None or v == "" or v == []
+
+
 def _section(results: dict, name: str, vectors_file: str, judge) -> list[tuple[str, str, str]]:
     """[(id, status, detail)] for one vector file; judge(test, result) -> (ok, detail)."""
     sec = results.get(name)
+    if not isinstance(sec, dict):
+        sec = None
     out = []
     for t in _load(vectors_file):
         tid = f"{name}/{t['tcId']}"
-        if sec is None or str(t["tcId"]) not in sec:
+        if sec is None or str(t["tcId"]) not in sec or _empty(sec[str(t["tcId"])]):
             out.append((tid, "skipped", "no result"))
             continue
         ok, detail = judge(t, sec[str(t["tcId"])])
@@ -101,8 +112,15 @@ def _math(t, got):
 
 
 def _file(t, got):
-    want = "accepted" if t["result"] == "valid" else "rejected"
-    return got == want, f"{t['file']}: {got}, expected {want}"
+    if t["result"] == "valid":
+        return got == "accepted", f"{t['file']}: {got!r}, expected 'accepted'"
+    err = t["error"]
+    want = {"code": err.get("code"), "field": err["field"]}
+    named = got.get("rejected") if isinstance(got, dict) else None
+    if not isinstance(named, dict):
+        return False, f"{t['file']}: {got!r}, expected {{'rejected': {want}}} (the rule it breaks, spec 6.5)"
+    ok = named.get("field") == want["field"] and (want["code"] is None or named.get("code") == want["code"])
+    return ok, f"{t['file']}: rejected for {named}, expected {want} ({err['message']})"
 
 
 def check_results(results: dict) -> list[tuple[str, str, str]]:

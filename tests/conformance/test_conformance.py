@@ -261,14 +261,17 @@ def test_vectors_runner_for_other_languages(tmp_path):
         try:
             vera_ref.load_adapter(ROOT / "spec/vectors/files" / t["file"])
             results["files"][str(t["tcId"])] = "accepted"
-        except vera_ref.AdapterFileError:
-            results["files"][str(t["tcId"])] = "rejected"
+        except vera_ref.AdapterFileError as exc:
+            results["files"][str(t["tcId"])] = {"rejected": {"code": exc.code, "field": exc.field}}
+    bad_file = next(t for t in env("files.json") if t["result"] == "invalid")["tcId"]
     rows = V.check_results(results)
     assert not [r for r in rows if r[1] == "failed"]
     assert sum(r[1] == "passed" for r in rows) == 55 + len(results["projections"]) + len(env("files.json"))
     results["philox4x32_10"]["1"] = ["00000000"] * 4
+    results["files"][str(bad_file)] = "rejected"  # a rejection that names no rule fails (spec 6.5)
     bad = [r for r in V.check_results(results) if r[1] == "failed"]
-    assert [r[0] for r in bad] == ["philox4x32_10/1"]
+    assert [r[0] for r in bad] == ["philox4x32_10/1", f"files/{bad_file}"]
+    assert all(r[1] == "skipped" for r in V.check_results(V.template()))  # an unfilled template checks nothing
 
 
 def test_readme_table_is_the_kits_output():
