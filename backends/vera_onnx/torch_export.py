@@ -419,8 +419,8 @@ def export(vera_model, example_args: tuple | torch.Tensor | Mapping[str, Any], p
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
             raise OnnxError("capacity: multi mode needs the number of adapter slots, an integer >= 1, got "
                             f"{capacity!r}")
-    elif capacity is not None:
-        raise OnnxError("capacity applies to mode='multi' only")
+    elif capacity is not None or adapters is not None:
+        raise OnnxError(f"{'capacity' if capacity is not None else 'adapters'} applies to mode='multi' only")
     example = example_args if isinstance(example_args, (tuple, Mapping)) else (example_args,)
     name = adapter or vera_model.active_adapter
     if name not in vera_model.vera_configs:
@@ -454,8 +454,6 @@ def export(vera_model, example_args: tuple | torch.Tensor | Mapping[str, Any], p
             if generators.get(ov.config.generator).generates and _class_key(ov) not in keys:
                 keys.add(_class_key(ov))
                 views.append(ov)
-    elif adapters is not None:
-        raise OnnxError("adapters applies to mode='multi' only")
     if projections == "generator":
         for v in views:
             g_ = generators.get(v.config.generator)
