@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from .protocol import load_implementation
+from .protocol import DTYPES, load_implementation
 from .runner import plan
 
 
@@ -15,7 +15,8 @@ def pytest_addoption(parser):
     g = parser.getgroup("vera", "VeRA conformance")
     g.addoption("--vera-impl", help="module:factory of the implementation (default $VERA_IMPL)")
     g.addoption("--vera-device", default="cpu", help="comma-separated devices (cpu, cuda)")
-    g.addoption("--vera-dtype", default="float32", help="comma-separated dtypes")
+    g.addoption("--vera-dtype", default=None, help="comma-separated dtypes (default: every dtype the "
+                                                   "implementation declares)")
     g.addoption("--vera-max-examples", type=int, default=50, help="hypothesis examples per property")
 
 
@@ -25,7 +26,8 @@ def pytest_generate_tests(metafunc):
     opt = metafunc.config.getoption
     spec = opt("--vera-impl")
     impl = load_implementation(spec)
-    items = plan(impl, opt("--vera-device").split(","), opt("--vera-dtype").split(","))
+    dtypes = opt("--vera-dtype").split(",") if opt("--vera-dtype") else [d for d in DTYPES if d in impl.dtypes]
+    items = plan(impl, opt("--vera-device").split(","), dtypes)
     metafunc.parametrize("vera_item", [(impl, spec or "", *it) for it in items], ids=[it[0] for it in items])
 
 

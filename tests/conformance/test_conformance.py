@@ -232,7 +232,8 @@ def test_impl_module_is_found_in_the_current_folder(tmp_path):
 def test_pytest_plugin(tmp_path):
     res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "vera_conformance.pytest_plugin", "--pyargs",
                           "vera_conformance", "--vera-impl", "vera_conformance.impls.reference:make",
-                          "--vera-max-examples", "3", "--vera-device", "cpu,cuda", "-p", "no:cacheprovider"],
+                          "--vera-max-examples", "3", "--vera-device", "cpu,cuda", "--vera-dtype", "float32",
+                          "-p", "no:cacheprovider"],
                          capture_output=True, text=True, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-2000:]
     n = len(CHECKS)  # float32 only: one item per check and device; cuda absent or claimed not
