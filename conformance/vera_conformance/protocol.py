@@ -234,6 +234,9 @@ def load_implementation(spec: str | None = None) -> Implementation:
         except ImportError as exc:  # the factory needs an optional package
             raise ConformanceError(f"--impl {spec}: needs the optional package {exc.name!r} "
                                    f"({type(exc).__name__}: {exc})") from None
+        except Exception as exc:  # the user's factory failed: one line, never a traceback
+            raise ConformanceError(f"--impl {spec}: the factory raised {type(exc).__name__}: "
+                                   f"{str(exc)[:300]}") from None
     else:
         impl = obj
     if not hasattr(impl, "capabilities") or not hasattr(impl, "supports"):

@@ -219,6 +219,10 @@ def test_impl_module_is_found_in_the_current_folder(tmp_path):
     res = _runner("--impl", "myvera_h5:make", "--only", "files_valid", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().endswith("1 passed, 0 failed, 0 skipped")
+    (tmp_path / "failing_h5.py").write_text("def make():\n    raise RuntimeError('no GPU here')\n")
+    res = _runner("--impl", "failing_h5:make", cwd=tmp_path)
+    assert res.returncode != 0 and "Traceback" not in res.stderr
+    assert "the factory raised RuntimeError: no GPU here" in res.stderr
     with pytest.raises(ConformanceError, match="unknown capabilities"):
         (tmp_path / "badcap_h5.py").write_text("class X:\n    name = 'x'\n    capabilities = {'gen'}\n"
                                                "    def supports(self, d, t):\n        return True\n")
