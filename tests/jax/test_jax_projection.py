@@ -93,7 +93,7 @@ def test_float_mapping_exhaustive_over_every_24_bit_value():
     rng = np.random.default_rng(0)
     words = (np.arange(1 << 24, dtype=np.uint32) << np.uint32(8)) | rng.integers(0, 256, 1 << 24, dtype=np.uint32)
     f = jax.jit(vera_jax.words_to_float)
-    for fan_in in (1, 768, 4097):
+    for fan_in in (1, 4097):  # bound 2.449... and 0.0382...: different exponents, different roundings
         bound = vera_ref.kaiming_bound(fan_in)
         got = bits(f(words, bound))
         assert np.array_equal(got, bits(ref_words_to_float(words, bound))), fan_in
