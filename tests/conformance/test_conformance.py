@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from vera_conformance.checks import CHECKS, Outcome
+from vera_conformance.checks import CHECKS
 from vera_conformance.impls import broken as Bk
 from vera_conformance.impls.reference import Reference
 from vera_conformance.protocol import DTYPES, ConformanceError, load_implementation

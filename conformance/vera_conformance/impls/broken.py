@@ -14,7 +14,6 @@ import math
 import numpy as np
 
 import vera_ref
-from vera_ref.dtypes import round_to
 from vera_ref.projection import kaiming_bound
 
 from ..protocol import LayerCase, LoadedAdapter, Trained
