@@ -145,8 +145,10 @@ def apply_vera(model: nnx.Module, target_modules: Sequence[str] | str, r: int, *
     if not generators.get(generator).generates:
         raise ProjectionError(f"the {generator} generator has no rule to generate from: load a file that "
                               "stores A and B with load_adapter")
-    mods = [ModuleSpec(n, m.in_features, m.out_features) for n, (_, m) in _modules(model).items()
-            if isinstance(m, nnx.Linear) and _matches(n, target_modules)]
+    found = _modules(model)
+    inside = tuple(n + "." for n, (_, m) in found.items() if isinstance(m, VeraLinear))  # their .base is not a target
+    mods = [ModuleSpec(n, m.in_features, m.out_features) for n, (_, m) in found.items()
+            if isinstance(m, nnx.Linear) and not n.startswith(inside) and _matches(n, target_modules)]
     if not mods:
         raise ModelMismatchError(f"modules: no nnx.Linear of this model matches {target_modules!r}")
     ad = vera_ref.new_adapter(mods, r=r, seed=seed, d_initial=d_initial, dropout=dropout, sharing=sharing,

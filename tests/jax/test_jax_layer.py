@@ -166,3 +166,11 @@ def test_unload_restores_the_base_and_dropout_needs_rngs():
         apply_vera(MLP(nnx.Rngs(0)), ["head"], r=4, dropout=0.1)
     with pytest.raises(vera_ref.ModelMismatchError, match=r"modules: no nnx.Linear of this model matches \['nope'\]"):
         apply_vera(MLP(nnx.Rngs(0)), ["nope"], r=4)
+    with pytest.raises(vera_ref.ModelMismatchError, match=r"modules: no nnx.Linear of this model matches '.\*base'"):
+        apply_vera(model_with_head_adapted(), ".*base", r=4)  # the wrapped nnx.Linear is not a target
+
+
+def model_with_head_adapted():
+    m = MLP(nnx.Rngs(0))
+    apply_vera(m, ["head"], r=4)
+    return m
