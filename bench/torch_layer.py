@@ -11,7 +11,7 @@ Rows: the floor (no adapter), PEFT LoRA r=8, PEFT VeRA and ours at r=256 and 102
 "cost" = median over rounds of (step time - the floor's time in the same round);
 every round runs each model once, so drift of the machine's speed cancels. "saved MB" = bytes autograd keeps for backward, counted
 with torch.autograd.graph.saved_tensors_hooks (CPU has no allocator peak counter).
-Targets (issue 3): our cost <= 0.6x PEFT's at r=1024 and <= PEFT's at r=256; a
+Targets: our cost <= 0.6x PEFT's at r=1024 and <= PEFT's at r=256; a
 RoBERTa-large-shaped q/v r=256 float32 adapter <= 250,000 bytes (PEFT: 2,356,488).
 """
 from __future__ import annotations

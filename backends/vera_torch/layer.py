@@ -134,6 +134,9 @@ class SlotTable:
     def clear(self) -> None:
         self.data, self.marks = None, []
 
+    def __getstate__(self) -> dict:  # pickled models (torch.save) rebuild their tables on first use
+        return {"data": None, "marks": [], "writes": self.writes}
+
     def get(self, entries: list[tuple[int, torch.Tensor | None]], shape: tuple[int, ...], dtype: torch.dtype,
             device: torch.device) -> torch.Tensor:
         need = max(s for s, _ in entries) + 1

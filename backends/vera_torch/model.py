@@ -280,11 +280,11 @@ class VeraModel(nn.Module):
         merged = {layer: list(layer.merged) for layer in self.vera_layers() if layer.merged}
         for layer in merged:
             layer.unmerge()
-        self._state.disabled = True
+        outer, self._state.disabled = self._state.disabled, True
         try:
             yield
         finally:
-            self._state.disabled = False
+            self._state.disabled = outer  # nested blocks keep the outer block disabled
             for layer, names in merged.items():
                 for n in names:
                     layer.merge(n)

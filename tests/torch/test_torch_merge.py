@@ -78,6 +78,19 @@ def test_a_refused_merge_rolls_back_the_layers_merged_before_it():
     assert _same_bits(_weights(m), w0) and not any(layer.merged for layer in m.vera_layers())
 
 
+def test_nested_disable_stays_disabled_until_the_outer_block_ends():
+    m = _model(torch.float32, 1.0)
+    x = torch.randn(2, 3, 16)
+    y = m(x)
+    m.merge()
+    with m.disable_adapter():
+        y0 = m(x)
+        with m.disable_adapter():
+            assert torch.equal(m(x), y0)
+        assert torch.equal(m(x), y0)
+    assert torch.allclose(m(x), y, atol=1e-5) and not torch.equal(m(x), y0)
+
+
 def test_fingerprint_and_loading_work_while_merged(tmp_path):
     m = _model(torch.float32, 1.0)
     before = m.base_fingerprint()
