@@ -77,6 +77,17 @@ class _Projections(nn.Module):
         for key, (A, B) in pairs.items():
             self.register_buffer(f"A_{key}", A.clone())
             self.register_buffer(f"B_{key}", B.clone())
+        object.__setattr__(self, "h_cache", {})
+
+    def project_in(self, x: torch.Tensor, key: str, in_f: int, dt: torch.dtype) -> torch.Tensor:
+        """x A^T (..., r) for projection ``key`` sliced to ``in_f`` (spec 2.3), once per forward for every
+        layer that reads the same x (query and value of one block): one MatMul node in the graph."""
+        ck = (id(x), key, in_f, dt)
+        hit = self.h_cache.get(ck)
+        if hit is None:
+            A = getattr(self, f"A_{key}")[:, :in_f].to(dt)  # (r, in)
+            hit = self.h_cache[ck] = (x, torch.matmul(x.to(dt), A.t()))  # holding x keeps id(x) unique
+        return hit[1]
 
 
 def _pkey(c: int, group: int) -> str:
@@ -119,7 +130,18 @@ class _ExportRoot(nn.Module):
     def forward(self, *tensors: torch.Tensor):
         if self._index is not None:
             self._index.value, tensors = tensors[-1], tensors[:-1]
-        return _flatten(self._call(self.model, tensors))
+        return _flatten(self.call(tensors))
+
+    def call(self, tensors: Sequence[torch.Tensor]) -> Any:
+        """The model on ``tensors`` (the index already set), with a fresh x A^T cache."""
+        proj = getattr(self, "vera_projections", None)
+        if proj is not None:
+            proj.h_cache.clear()
+        try:
+            return self._call(self.model, tensors)
+        finally:
+            if proj is not None:
+                proj.h_cache.clear()
 
 
 class _Call:
@@ -210,9 +232,8 @@ class _ExportLayer(nn.Module):
 
     def _h(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         dt = self.lambda_d.dtype
-        A = getattr(self._proj, f"A_{_pkey(0, self.group)}")[:, : self.in_f]  # (r, in), spec 2.3
-        B = getattr(self._proj, f"B_{_pkey(0, self.group)}")[: self.out_f, :]  # (out, r)
-        return torch.matmul(x.to(dt), A.to(dt).t()), B.to(dt)  # (..., r), (out, r)
+        B = getattr(self._proj, f"B_{_pkey(0, self.group)}")[: self.out_f, :]  # (out, r), spec 2.3
+        return self._proj.project_in(x, _pkey(0, self.group), self.in_f, dt), B.to(dt)  # (..., r), (out, r)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, B = self._h(x)
@@ -262,9 +283,8 @@ class _MultiLayer(nn.Module):
         for ad, ab, key, in_f, out_f in self.entries:
             ld_t, lb_t = getattr(self, ad), getattr(self, ab)
             dt = ld_t.dtype
-            A = getattr(self._proj, f"A_{key}")[:, :in_f].to(dt)  # (r, in), spec 2.3
-            B = getattr(self._proj, f"B_{key}")[:out_f, :].to(dt)  # (out, r)
-            h = torch.matmul(x.to(dt), A.t())  # (batch, ..., r)
+            B = getattr(self._proj, f"B_{key}")[:out_f, :].to(dt)  # (out, r), spec 2.3
+            h = self._proj.project_in(x, key, in_f, dt)  # (batch, ..., r)
             ld = _per_row(ld_t, self._index, x, self.path)  # (batch, 1.., r)
             lb = _per_row(lb_t, self._index, x, self.path)  # (batch, 1.., out)
             v = torch.matmul(h * ld, B.t())  # (batch, ..., out)
@@ -558,8 +578,7 @@ def _names_and_axes(root: _ExportRoot, tensors: list[torch.Tensor], input_names:
     """Output names (from one torch forward when not given) and dynamic axes (defaults on every input)."""
     if output_names is None:
         with torch.no_grad():
-            output_names = _output_names(root._call(root.model, tensors) if root._index is None
-                                         else _probe(root, tensors))
+            output_names = _output_names(root.call(tensors) if root._index is None else _probe(root, tensors))
     axes = dynamic_axes if dynamic_axes is not None else _default_axes(input_names, tensors)
     return list(output_names), dict(axes)
 
@@ -568,7 +587,7 @@ def _probe(root: _ExportRoot, tensors: list[torch.Tensor]) -> Any:
     """One forward of a multi root outside tracing (the index is the last tensor)."""
     root._index.value = tensors[-1]
     try:
-        return root._call(root.model, tensors[:-1])
+        return root.call(tensors[:-1])
     finally:
         root._index.value = None
 

@@ -68,9 +68,10 @@ def test_the_graph_has_one_index_input_and_tables_with_a_base_row(served):
     assert inputs["classifier.weight"] == [5, 3, 16] and inputs["classifier.bias"] == [5, 3]
     assert sorted(desc["tables"]) == sorted([f"blocks.{i}.{t}.lambda_{v}" for i in range(2) for t in TARGETS
                                              for v in "db"] + ["classifier.bias", "classifier.weight"])
-    # one x A^T and one B^T product per adapted layer for the whole batch, whatever the number of adapters:
-    # per block 3 Linear (q, k, v) + 2 attention + 1 out + 3 adapted layers x 2; then the batched head
-    assert sum(n.op_type == "MatMul" for n in model.graph.node) == 2 * (3 + 2 + 1 + 3 * 2) + 1
+    # for the whole batch, whatever the number of adapters: one x A^T per distinct layer input (query and value
+    # read the same x: one; c_fc another) and one B^T product per adapted layer. Per block: 3 Linear (q, k, v)
+    # + 2 attention + 1 out + 2 x A^T + 3 B^T; then the batched head
+    assert sum(n.op_type == "MatMul" for n in model.graph.node) == 2 * (3 + 2 + 1 + 2 + 3) + 1
 
 
 @pytest.mark.parametrize("shape", [(5, 3), (7, 6)])
