@@ -401,7 +401,7 @@ def _child_setup(work: Path, cfg: dict, log: Path) -> None:
 
 
 def _pytest_args(files: list[str], extra: list[str]) -> list[str]:
-    return ["-q", "-p", "no:cacheprovider", "-o", "addopts=", "--rootdir", ".", "-W", "ignore::DeprecationWarning",
+    return ["-q", "-rfE", "-p", "no:cacheprovider", "-o", "addopts=", "--rootdir", ".", "-W", "ignore::DeprecationWarning",
             *extra, *files]
 
 
@@ -656,6 +656,10 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     rc = os.waitstatus_to_exitcode(res[1])
                     m.outcome = {0: "survived", 1: "killed", 2: "killed"}.get(rc, "error")
+                    if m.outcome == "killed":  # by which test
+                        log = (tmp / f"{work.name}.log").read_text(errors="replace")
+                        hit = re.findall(r"^(?:FAILED|ERROR) (\S+)", log, re.M)
+                        m.detail = hit[0] if hit else ""
                     if m.outcome == "error":
                         m.detail = f"pytest exit {rc}: " + (tmp / f"{work.name}.log").read_text()[-300:]
                 m.seconds = time.monotonic() - t

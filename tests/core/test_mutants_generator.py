@@ -65,14 +65,16 @@ def test_philox_words_on_scalar_counters_equals_the_scalar_twin():
         assert tuple(int(np.broadcast_to(w, n.shape)[i]) for w in got) == want
 
 
-def test_block_philox_without_out_returns_the_words():
+@pytest.mark.parametrize("m", [0, 1, 7, 0xFFFFFFFF])
+def test_block_philox_without_out_returns_the_words(m):
+    """Any 32-bit counter word c2 (spec 1.4 uses m = 0, 1; the block path must not rely on it)."""
     gen = BlockPhilox(12)
     n = np.arange(5, 8, dtype=np.uint32)[None, :]  # (1, 3)
     kb = np.arange(0xFFFFFFFE - 3, 0xFFFFFFFE + 1, dtype=np.uint32)[:, None]  # (4, 1)
-    words = gen.words(n, kb, 1, 77, (3, 0xFFFFFFFF))
+    words = gen.words(n, kb, m, 77, (3, 0xFFFFFFFF))
     for a in range(4):
         for b in range(3):
-            want = philox4x32_scalar((int(n[0, b]), int(kb[a, 0]), 1, 77), (3, 0xFFFFFFFF))
+            want = philox4x32_scalar((int(n[0, b]), int(kb[a, 0]), m, 77), (3, 0xFFFFFFFF))
             assert tuple(int(np.broadcast_to(w, (4, 3))[a, b]) for w in words) == want
 
 
@@ -209,3 +211,15 @@ def test_projection_larger_than_one_block():
         assert float(A[k, n]) == value(element(seed, 0, 0, n, k), n_in)
     for n, k in [(0, 0), (4999, 5), (2048, 3), (1365, 4), (1366, 1)]:
         assert float(B[n, k]) == value(element(seed, 1, 0, n, k), r)
+
+
+def test_block_philox_with_out_writes_and_returns_out():
+    gen = BlockPhilox(6)
+    n = np.arange(3, dtype=np.uint32)[:, None]  # (3, 1)
+    kb = np.arange(2, dtype=np.uint32)[None, :]  # (1, 2)
+    bufs = np.zeros((4, 3, 2), dtype=np.uint32)
+    out = tuple(bufs[j] for j in range(4))
+    assert gen.words(n, kb, 0, 5, (1, 2), out=out) is out
+    for a in range(3):
+        for b in range(2):
+            assert tuple(int(bufs[j, a, b]) for j in range(4)) == philox4x32_scalar((a, b, 0, 5), (1, 2))
