@@ -293,45 +293,64 @@ class VeraLayer(nn.Module):
         dW = (lb.to(dt)[:, None] * B_l.to(dt)) @ (ld.to(dt)[:, None] * A_l.to(dt))  # (out, in)
         return dW if self.layout == "linear" else dW.t()
 
+    def _factors(self, name: str, dt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lambda_b * B_l) (out, r) and (lambda_d * A_l) (r, in) in ``dt``: Delta W is their product (spec 3.5)."""
+        ld, lb = self.vera_lambda_d[name], self.vera_lambda_b[name]
+        A_l, B_l = self.sliced_projection(name, ld.device)
+        return lb.to(dt)[:, None] * B_l.to(dt), ld.to(dt)[:, None] * A_l.to(dt)
+
     @torch.no_grad()
-    def merged_weight(self, names: list[str]) -> torch.Tensor:
-        """W0 + sum of Delta W over ``names``, summed in float32 or wider, rounded once to the weight's
-        dtype; ``MergeError`` when a value would not be finite in that dtype."""
-        w0 = self.original_weight
-        dt = torch.promote_types(w0.dtype, torch.float32)
-        W = w0.to(dt, copy=True)
-        for n in names:
-            W += self.delta_weight(n).to(device=W.device, dtype=dt)
-        out = W.to(w0.dtype)
-        if not bool(torch.isfinite(out).all()):
-            raise MergeError(f"merging {', '.join(repr(n) for n in names)} would make the "
-                             f"{tuple(w0.shape)} weight non-finite in {str(w0.dtype).replace('torch.', '')}; "
-                             f"the weights are unchanged")
-        return out
+    def _write_merged(self, names: list[str]) -> bool:
+        """weight = W0 + sum of Delta W over ``names``, accumulated in float32 or wider (in place for
+        float32/float64 weights, else in a float32 buffer) and rounded once; True when every value is
+        finite in the weight's dtype."""
+        w, w0 = self.base_layer.weight, self.vera_w0
+        if not names:
+            w.copy_(w0)
+            return True
+        dt = torch.promote_types(w.dtype, torch.float32)
+        acc = w if w.dtype == dt else torch.empty(w.shape, dtype=dt, device=w.device)
+        for i, n in enumerate(names):
+            P, Q = self._factors(n, dt)  # (out, r), (r, in)
+            if self.layout == "conv1d":
+                P, Q = Q.t(), P.t()  # Delta W^T: (in, r), (r, out)
+            if i == 0:
+                torch.addmm(w0.to(dt), P, Q, out=acc)
+            else:
+                acc.addmm_(P, Q)
+        if acc is not w:
+            w.copy_(acc)
+        # a finite sum means every value is finite (inf and NaN propagate); only a sum that overflows
+        # or is not finite needs the element-wise check
+        return bool(torch.isfinite(w.sum())) or bool(torch.isfinite(w).all())
 
     @torch.no_grad()
     def merge(self, name: str) -> None:
+        """Fold ``name`` into the weight: W0 + Delta W, the sum in float32 or wider, rounded once to the
+        weight's dtype. ``MergeError``, the weight unchanged, when a value would not be finite."""
         if name in self.merged:
             return
-        W = self.merged_weight(self.merged + [name])
-        if self.vera_w0 is None:
-            self.vera_w0 = self.base_layer.weight.detach().clone()
-        self.base_layer.weight.copy_(W)
+        w = self.base_layer.weight
+        fresh = self.vera_w0 is None
+        if fresh:
+            self.vera_w0 = w.detach().clone()
+        if not self._write_merged(self.merged + [name]):
+            self._write_merged(self.merged)  # the same bits as before (the same computation)
+            if fresh:
+                self.vera_w0 = None
+            raise MergeError(f"merging {name!r} would make the {tuple(w.shape)} weight non-finite in "
+                             f"{str(w.dtype).replace('torch.', '')}; the weights are unchanged")
         self.merged.append(name)
 
     @torch.no_grad()
     def unmerge(self, name: str | None = None) -> None:
         """Remove adapter ``name`` (default: every merged adapter) from the weight; with none left
-        merged the weight is W0 again, bit for bit."""
+        merged the weight is W0 again, bit for bit, and the copy of W0 is freed."""
         names = [n for n in self.merged if name is not None and n != name]
-        if self.vera_w0 is None:
-            self.merged = []
-            return
-        if names:
-            self.base_layer.weight.copy_(self.merged_weight(names))
-        else:
-            self.base_layer.weight.copy_(self.vera_w0)
-            self.vera_w0 = None
+        if self.vera_w0 is not None:
+            self._write_merged(names)
+            if not names:
+                self.vera_w0 = None
         self.merged = names
 
     # -- forward ----------------------------------------------------------------------------------
