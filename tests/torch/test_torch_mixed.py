@@ -132,6 +132,27 @@ def test_linear_heads_are_one_batched_product(monkeypatch):
     assert torch.allclose(y, _alone(m, x, IDS), atol=1e-5)
 
 
+def test_dropout_in_a_mixed_batch_is_per_row():
+    """spec 3.3 with each row's own p: rows of an adapter with p = 0 see no dropout, even next to rows of an
+    adapter of the same projection class with p = 0.5."""
+    torch.manual_seed(0)
+    m = get_vera_model(TinyNet(), VeraConfig(r=8, target_modules=TARGETS, seed=5), "a")
+    m.add_adapter("c", VeraConfig(r=8, target_modules=TARGETS, seed=5, dropout=0.5))
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "vera_lambda" in n:
+                p.normal_()
+    x = torch.randn(4, 5, 16)
+    m.eval()
+    with torch.no_grad():
+        clean = m(x, adapter_ids=["a", "c", "a", "c"])
+    m.train()
+    with torch.no_grad():
+        noisy = m(x, adapter_ids=["a", "c", "a", "c"])
+    torch.testing.assert_close(noisy[0::2], clean[0::2], rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(noisy[1::2], clean[1::2], atol=1e-3)
+
+
 def test_errors():
     m = _model(torch.float32)
     x = torch.randn(3, 5, 16)
