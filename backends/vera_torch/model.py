@@ -461,9 +461,9 @@ class VeraModel(nn.Module):
 
         ``vector_dtype``: hold the vectors in this dtype instead of the file's (e.g. "float32" for a
         file stored in bfloat16: exact, and the adapter math then runs in float32)."""
+        if not isinstance(path, (Adapter, str, os.PathLike)):
+            raise AdapterFileError("path", f"expected a file path or a vera_ref.Adapter, got {type(path).__name__}")
         ad = path if isinstance(path, Adapter) else vera_ref.load_adapter(path)
-        if not isinstance(ad, Adapter):
-            raise AdapterFileError("adapter", f"expected a path or a vera_ref.Adapter, got {type(ad).__name__}")
         if name in self.vera_configs:
             raise AdapterNameError(f"adapter {name!r} already exists")
         if activate and any(layer.merged for layer in self.vera_layers()):

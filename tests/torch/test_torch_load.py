@@ -121,6 +121,8 @@ def test_only_documented_errors_and_the_same_name_twice():
     for _, ad, err, _ in _cases(base, m):
         assert issubclass(err, VeraError)
     before = _snapshot(m)
+    with pytest.raises(AdapterFileError, match=r"^path: expected a file path or a vera_ref\.Adapter, got int$"):
+        m.load_adapter(3, "x")
     with pytest.raises(AdapterNameError, match=r"^adapter 'default' already exists$"):
         m.load_adapter(m.to_adapter(), "default")
     assert _same(_snapshot(m), before)
