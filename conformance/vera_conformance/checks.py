@@ -464,7 +464,8 @@ def check_stateless(impl, device, dtype, max_examples, case=None) -> Outcome:
     def body(seq):
         worst = 0.0
         for n, spec in enumerate(seq["sequence"]):
-            after = f"call {n + 1} of {len(seq['sequence'])} (after a larger shape with the same seed and r): "
+            after = f"call {n + 1} of {len(seq['sequence'])}" + (
+                " (after a larger shape with the same seed and r): " if n else " (after earlier checks' calls): ")
             c = _build(impl, spec, dtype, device)
             if gen:
                 _projection_equal(impl, c.seed, c.r, c.n_in, c.n_out, c.group, device, after)
