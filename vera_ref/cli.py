@@ -28,6 +28,7 @@ from .metadata import DEFAULT_MAX_PROJECTION_ELEMENTS
 from .resolve import UsageError
 
 ENTRY_POINT_GROUP = "vera_ref.commands"
+OURS = {"vera_ref", "vera_torch", "vera_onnx", "vera_jax", "vera_conformance", "vera_demo"}
 # which extra of the vera-ref distribution installs a missing optional package (pyproject.toml)
 EXTRA_OF = {"torch": "torch", "safetensors": "torch", "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx",
             "hypothesis": "conformance", "peft": "peft", "transformers": "peft", "tokenizers": "demo",
@@ -245,6 +246,8 @@ def load_plugin(ep: metadata.EntryPoint) -> Command:
     try:
         cmd = ep.load()
     except ImportError as exc:
+        if (exc.name or "").partition(".")[0] in OURS:
+            raise  # our own module missing: a bug, reported as an internal error
         raise UsageError(f"the {ep.name} command {install_hint(exc)}") from None
     if not isinstance(cmd, Command):
         raise UsageError(f"entry point {ep.name} = {ep.value} is not a vera_ref.cli.Command")
@@ -292,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vera-ref {name}: {exc}", file=sys.stderr)
         return 1
     except ImportError as exc:
+        if (exc.name or "").partition(".")[0] in OURS:  # one of our own modules is missing: a bug, not a user's
+            return _internal(name, exc)
         print(f"vera-ref {name}: {install_hint(exc)}", file=sys.stderr)
         return 1
     except OSError as exc:
@@ -304,11 +309,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"vera-ref {name}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug of ours: still one line; the traceback on request
-        if os.environ.get("VERA_DEBUG"):
-            raise
-        print(f"vera-ref {name}: internal error: {type(exc).__name__}: {str(exc)[:300]} "
-              "(set VERA_DEBUG=1 for the traceback)", file=sys.stderr)
-        return 3
+        return _internal(name, exc)
+
+
+def _internal(name: str, exc: BaseException) -> int:
+    if os.environ.get("VERA_DEBUG"):
+        raise exc
+    print(f"vera-ref {name}: internal error: {type(exc).__name__}: {str(exc)[:300]} "
+          "(set VERA_DEBUG=1 for the traceback)", file=sys.stderr)
+    return 3
 
 
 if __name__ == "__main__":  # python -m vera_ref.cli: run the imported module, so plugins see one Command class

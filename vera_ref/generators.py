@@ -24,8 +24,9 @@ from typing import Any, Callable
 import numpy as np
 
 from .errors import ProjectionError
-
-SEED_LIMIT = 1 << 64  # spec 1.3: seed in [0, 2^64)
+from .peft_mt19937 import peft_projection
+from .projection import projection
+from .seed import SEED_LIMIT, check_seed  # noqa: F401  (SEED_LIMIT re-exported)
 
 Projection = Callable[[int, int, int, int, int], "tuple[np.ndarray, np.ndarray]"]
 
@@ -62,11 +63,7 @@ class Generator:
             if seed is not None:
                 raise ProjectionError(f"the {self.name} generator takes no seed, got {seed!r}")
             return None
-        if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
-            raise ProjectionError(f"seed must be an integer, got {type(seed).__name__}")
-        if not 0 <= int(seed) < SEED_LIMIT:
-            raise ProjectionError(f"seed must be in [0, 2^64), got {seed}")
-        return int(seed)
+        return check_seed(seed)
 
     def check_sharing(self, sharing: str) -> None:
         if sharing not in self.sharing:
@@ -118,14 +115,12 @@ def register_device(name: str, framework: str, fn: Callable[..., Any]) -> None:
 
 
 def _philox(seed: int, r: int, n_in: int, n_out: int, group: int) -> tuple[np.ndarray, np.ndarray]:
-    from .projection import projection
     return projection(seed, r, n_in, n_out, group)
 
 
 def _peft(seed: int, r: int, n_in: int, n_out: int, group: int) -> tuple[np.ndarray, np.ndarray]:
     if group:
         raise ProjectionError("group applies to philox4x32-10 only: peft-mt19937 has one shared pair (spec 2.5.3)")
-    from .peft_mt19937 import peft_projection
     return peft_projection(seed, r, n_in, n_out)
 
 

@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from .errors import ProjectionError
+from .seed import check_seed as seed_rule
 from .philox import philox_words
 from .philox_blocks import BlockPhilox
 
@@ -32,9 +33,8 @@ def key_of_seed(seed: int) -> tuple[int, int]:
 
 
 def check_seed(seed: int) -> None:
-    """spec 1.3, asked of the generator registry (``ProjectionError`` if out of range)."""
-    from .generators import PHILOX
-    PHILOX.check_seed(seed)
+    """spec 1.3 (``ProjectionError`` if out of range); the rule lives in ``vera_ref.seed``."""
+    seed_rule(seed)
 
 
 def _check_count(name: str, value: int, limit: int) -> None:

@@ -30,7 +30,7 @@ def _run_export(args: argparse.Namespace) -> int:
     import torch
     from vera_torch import VeraModel
 
-    from .export import export
+    from . import export
     model, example, names = _model_factory(args.model)
     vm = VeraModel.from_adapter(model, args.adapter, check_fingerprint=not args.no_fingerprint_check)
     if (args.capacity is None) == (args.mode == "multi"):
