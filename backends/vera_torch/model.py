@@ -120,8 +120,6 @@ class VeraModel(nn.Module):
         parent = self.base_model.get_submodule(parent_path) if parent_path else self.base_model
         setattr(parent, child, module)
 
-    _set_module = replace_module  # the name vera_onnx used before replace_module was public
-
     def _head_paths(self, config: VeraConfig, adapted: Sequence[str]) -> list[str]:
         """Modules ``config.modules_to_save`` names: never an adapted layer, inside one, or holding one."""
         if not config.modules_to_save:
