@@ -223,3 +223,29 @@ def test_block_philox_with_out_writes_and_returns_out():
     for a in range(3):
         for b in range(2):
             assert tuple(int(bufs[j, a, b]) for j in range(4)) == philox4x32_scalar((a, b, 0, 5), (1, 2))
+
+
+# -- the generator registry (spec 2.5) --------------------------------------------------------------
+
+def test_sharing_modes_per_generator():
+    from vera_ref import generators
+    generators.get("philox4x32-10").check_sharing("per-module")
+    generators.get("stored").check_sharing("shared")
+    with pytest.raises(ProjectionError, match=r"^the peft-mt19937 generator supports sharing 'shared' only, "
+                                              r"got 'per-module'$"):
+        generators.get("peft-mt19937").check_sharing("per-module")
+    with pytest.raises(ProjectionError, match=r"^the philox4x32-10 generator supports sharing 'shared' or "
+                                              r"'per-module' only, got 'per_module'$"):
+        generators.get("philox4x32-10").check_sharing("per_module")
+
+
+def test_registered_devices_are_returned():
+    from vera_ref import generators
+
+    def fake(*args):  # a device implementation for a framework nobody else uses
+        return args
+
+    generators.register_device("stored", "mutants-test-framework", fake)
+    assert generators.get("stored").device("mutants-test-framework") is fake
+    with pytest.raises(ProjectionError, match=r"^no nothing-here implementation of the stored generator"):
+        generators.get("stored").device("nothing-here")
