@@ -509,7 +509,7 @@ def select(muts: list[Mutant], args) -> list[Mutant]:
         want = set(Path(args.ids).read_text().split()) if Path(args.ids).exists() else set(args.ids.split(","))
         muts = [m for m in muts if m.id in want]
     if args.sample and args.sample < len(muts):
-        muts = sorted(random.Random(args.seed).sample(muts, args.sample), key=lambda m: (m.file, m.start))
+        muts = random.Random(args.seed).sample(muts, args.sample)  # run in random order: a cut budget stays a sample
     return muts
 
 
