@@ -15,7 +15,8 @@ from .runner import run
 SHIPPED = [("vera_ref", "vera_conformance.impls.reference:make"),
            ("vera_torch", "vera_conformance.impls.torch_impl:make"),
            ("vera_onnx (ORT CPU)", "vera_conformance.impls.onnx_impl:make"),
-           ("PEFT VeRA layer", "vera_conformance.impls.peft_impl:make")]
+           ("PEFT VeRA layer", "vera_conformance.impls.peft_impl:make"),
+           ("vera_jax (JAX CPU)", "vera_conformance.impls.jax_impl:make")]
 MARK = {"passed": "pass", "failed": "FAIL", "skipped": "skip", "xfailed": "xfail", "xpassed": "XPASS"}
 
 
