@@ -55,23 +55,25 @@ def fresh_base(dtype: torch.dtype) -> Net:
     return Net().to(dtype)
 
 
-def ref_projections(cfg: VeraConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The full pair each layer reads, from the NumPy reference (spec 2.1, 2.4, 2.5)."""
+def ref_projections(cfg: VeraConfig, targets: tuple[str, ...]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The full pair each targeted layer reads, from the NumPy reference (spec 2.1, 2.2, 2.4, 2.5)."""
+    dims = [(p, fi, fo) for p, fi, fo in LAYERS if p in targets]
+    n_in, n_out = max(d[1] for d in dims), max(d[2] for d in dims)  # spec 2.2: the largest dimensions
     out = {}
-    for i, (path, fi, fo) in enumerate(LAYERS):
+    for i, (path, fi, fo) in enumerate(dims):
         if cfg.generator == "peft-mt19937":
-            out[path] = vera_ref.peft_projection(cfg.seed, cfg.r, N_IN, N_OUT)
+            out[path] = vera_ref.peft_projection(cfg.seed, cfg.r, n_in, n_out)
         elif cfg.sharing == "shared":  # philox, and stored (drawn once from the seed with philox)
-            out[path] = vera_ref.projection(cfg.seed, cfg.r, N_IN, N_OUT, 0)
+            out[path] = vera_ref.projection(cfg.seed, cfg.r, n_in, n_out, 0)
         else:
             out[path] = vera_ref.projection(cfg.seed, cfg.r, fi, fo, i + 1)
     return out
 
 
-def fingerprint(W0: dict[str, np.ndarray]) -> str:
-    """spec 4.3, written out: sha256 over each module in order of its name, NUL, W0 as <f4 (out, in)."""
+def fingerprint(W0: dict[str, np.ndarray], paths) -> str:
+    """spec 4.3, written out: sha256 over each module in file order: its name, NUL, W0 as <f4 (out, in)."""
     h = hashlib.sha256()
-    for path, _, _ in LAYERS:
+    for path in paths:
         h.update(path.encode() + b"\0" + np.ascontiguousarray(W0[path], dtype="<f4").tobytes())
     return h.hexdigest()
 
@@ -90,6 +92,7 @@ class Lifecycle(RuleBasedStateMachine):
         self.W0np = {p: w.double().numpy() for p, w in self.W0.items()}
         self.bias = {p: getattr(self.model.base_model, p).bias.detach().double().numpy() for p, _, _ in LAYERS}
         self.cfgs: dict[str, VeraConfig] = {}
+        self.targets: dict[str, tuple[str, ...]] = {}
         self.proj: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}
         self.vec: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {}  # name -> path -> (ld, lb) float64
         self.merged: list[str] = []
@@ -103,6 +106,8 @@ class Lifecycle(RuleBasedStateMachine):
         return {p: self.layer(p).weight.detach().clone() for p, _, _ in LAYERS}
 
     def delta(self, name: str, path: str, fi: int, fo: int) -> np.ndarray:
+        if path not in self.targets[name]:
+            return np.zeros((fo, fi))
         A, B = self.proj[name][path]
         ld, lb = self.vec[name][path]
         return vera_ref.delta_weight(A, B, ld, lb, fi, fo)  # (out, in), float64
@@ -112,7 +117,7 @@ class Lifecycle(RuleBasedStateMachine):
         for i, (path, fi, fo) in enumerate(LAYERS):
             W = self.W0np[path] + sum((self.delta(n, path, fi, fo) for n in merged), np.zeros((fo, fi)))
             y = h @ W.T + self.bias[path]
-            if adapter is not None and adapter not in merged and not disabled:
+            if adapter is not None and adapter not in merged and not disabled and path in self.targets[adapter]:
                 A, B = self.proj[adapter][path]
                 ld, lb = self.vec[adapter][path]
                 y = vera_ref.forward(h, W, self.bias[path], A, B, ld, lb)
@@ -148,11 +153,12 @@ class Lifecycle(RuleBasedStateMachine):
     @precondition(lambda self: self.model is not None)
     @rule(name=st.sampled_from(NAMES), r=st.sampled_from([1, 3, 4]),
           seed=st.sampled_from([0, 7, 2**32 + 5, 2**64 - 1]), gen=st.sampled_from(GENERATORS),
-          vector_dtype=st.sampled_from(["float32", "float32", "float64"]))
-    def add(self, name, r, seed, gen, vector_dtype):
+          vector_dtype=st.sampled_from(["float32", "float32", "float64"]),
+          mods=st.sampled_from([("q", "v"), ("q", "v"), ("q",), ("v",)]))
+    def add(self, name, r, seed, gen, vector_dtype, mods=("q", "v")):
         if gen[0] == "peft-mt19937":
             seed = seed % 2**32 if seed != 2**64 - 1 else 3  # keep MT19937 inputs small and fast
-        cfg = VeraConfig(r=r, target_modules=["q", "v"], seed=seed, generator=gen[0], sharing=gen[1],
+        cfg = VeraConfig(r=r, target_modules=list(mods), seed=seed, generator=gen[0], sharing=gen[1],
                          d_initial=0.5, vector_dtype=vector_dtype)
         before = self.weights()
         if name in self.cfgs:
@@ -162,9 +168,10 @@ class Lifecycle(RuleBasedStateMachine):
             return
         self.model.add_adapter(name, cfg)
         self.cfgs[name] = cfg
-        self.proj[name] = ref_projections(cfg)
+        self.targets[name] = mods
+        self.proj[name] = ref_projections(cfg, mods)
         # spec 3.9: lambda_d = d_initial, lambda_b = 0
-        self.vec[name] = {p: (np.full(r, 0.5), np.zeros(fo)) for p, _, fo in LAYERS}
+        self.vec[name] = {p: (np.full(r, 0.5), np.zeros(fo)) for p, _, fo in LAYERS if p in mods}
         self.assert_weights(before, "add")
 
     @precondition(lambda self: self.model is not None and self.cfgs)
@@ -176,7 +183,8 @@ class Lifecycle(RuleBasedStateMachine):
             return
         name = data.draw(st.sampled_from(free))
         rng = np.random.default_rng(seed)
-        for path, _, fo in LAYERS:
+        for path in self.targets[name]:
+            fo = dict((p, o) for p, _, o in LAYERS)[path]
             layer = self.layer(path)
             pd, pb = layer.vera_lambda_d[name], layer.vera_lambda_b[name]
             ld = rng.uniform(-1, 1, pd.shape[0])
@@ -202,7 +210,8 @@ class Lifecycle(RuleBasedStateMachine):
             self.active = name
             for path, _, _ in LAYERS:  # only the active adapter's vectors are trainable
                 for n in self.cfgs:
-                    assert self.layer(path).vera_lambda_b[n].requires_grad == (n == name)
+                    if path in self.targets[n]:
+                        assert self.layer(path).vera_lambda_b[n].requires_grad == (n == name)
         self.assert_weights(before, "set_adapter")
 
     @precondition(lambda self: self.model is not None)
@@ -217,7 +226,7 @@ class Lifecycle(RuleBasedStateMachine):
                 self.model.delete_adapter(name)
         else:
             self.model.delete_adapter(name)
-            for d in (self.cfgs, self.proj, self.vec):
+            for d in (self.cfgs, self.proj, self.vec, self.targets):
                 del d[name]
             if self.active == name:
                 self.active = None
@@ -294,10 +303,10 @@ class Lifecycle(RuleBasedStateMachine):
         """to_adapter -> a fresh copy of the base model: same fingerprint, projections and output."""
         name = self.active
         ad = self.model.to_adapter(name)
-        assert ad.config.base_model["fingerprint"] == fingerprint(self.W0np)
+        assert ad.config.base_model["fingerprint"] == fingerprint(self.W0np, self.targets[name])
         if self.cfgs[name].generator == "stored":
             for g, (A, B) in ad.stored.items():
-                path = LAYERS[0][0] if g in (0, 1) else LAYERS[1][0]
+                path = self.targets[name][max(g - 1, 0)]
                 np.testing.assert_array_equal(A, self.proj[name][path][0])
                 np.testing.assert_array_equal(B, self.proj[name][path][1])
         other = VeraModel.from_adapter(fresh_base(self.dtype), ad, name)
@@ -320,7 +329,7 @@ class Lifecycle(RuleBasedStateMachine):
         if self.model is None:
             return
         for n in self.cfgs:
-            assert self.model.base_fingerprint(n) == fingerprint(self.W0np), f"fingerprint of {n!r}"
+            assert self.model.base_fingerprint(n) == fingerprint(self.W0np, self.targets[n]), f"fingerprint of {n!r}"
 
 
 Lifecycle.TestCase.settings = settings(max_examples=50, stateful_step_count=20, deadline=None,
