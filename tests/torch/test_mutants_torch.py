@@ -88,3 +88,18 @@ def test_an_adapter_without_its_stored_projection_is_refused(sharing):
     del ad.stored[g]
     with pytest.raises(AdapterFileError, match=rf"^{'A' if g == 0 else 'A.2'}: missing$"):
         VeraModel.from_adapter(net(), ad)
+
+
+@pytest.mark.parametrize("which", ["A", "B"])
+def test_given_stored_projections_must_fit_the_model(which):
+    from vera_ref.errors import ModelMismatchError
+    A, B = (torch.from_numpy(t) for t in vera_ref.projection(1, 2, 8, 6))
+    bad = {"A": (A[:, :7], B), "B": (A, B[:5])}[which]
+    m = VeraModel(net())
+    with pytest.raises(ModelMismatchError, match=r"^stored projection of group 0: A \[2, (7|8)\], B \[(5|6), 2\], "
+                                                 r"this model needs A \[2, 8\], B \[6, 2\]$"):
+        m.add_adapter("s", VeraConfig(r=2, target_modules=["q", "v"], generator="stored"), stored={0: bad})
+    assert m.adapters == [] and not list(m.vera_layers())
+    m.add_adapter("s", VeraConfig(r=2, target_modules=["q", "v"], generator="stored"), stored={0: (A * 2, B)})
+    got, _ = m.base_model.q.projection("s")
+    assert torch.equal(got, A * 2)  # the given pair is kept, not redrawn from the seed
