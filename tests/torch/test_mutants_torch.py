@@ -103,3 +103,157 @@ def test_given_stored_projections_must_fit_the_model(which):
     m.add_adapter("s", VeraConfig(r=2, target_modules=["q", "v"], generator="stored"), stored={0: (A * 2, B)})
     got, _ = m.base_model.q.projection("s")
     assert torch.equal(got, A * 2)  # the given pair is kept, not redrawn from the seed
+
+
+def test_exact_module_lists_name_missing_modules():
+    from vera_ref.errors import ModelMismatchError
+    m = VeraModel(net())
+    with pytest.raises(ModelMismatchError, match=r"^modules: 'nope' is not an nn\.Linear or Conv1D of this model$"):
+        m.add_adapter("a", VeraConfig(r=2), modules=["q", "nope"])
+    m.add_adapter("a", VeraConfig(r=2), modules=["v", "q"])
+    assert m.vera_modules["a"] == ["v", "q"]  # the given order (the file's order)
+
+
+class Headed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q = nn.Linear(8, 6)
+        self.act = nn.Tanh()
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.head(self.act(self.q(x)))
+
+
+def test_regex_targets_skip_non_layers_wrapped_layers_and_head_copies():
+    torch.manual_seed(0)
+    m = VeraModel(Headed(), VeraConfig(r=2, target_modules=["q"], modules_to_save=["head"]))
+    # matches q, q.base_layer, act, head's original_module and copies: only q may be adapted
+    m.add_adapter("b", VeraConfig(r=3, target_modules=r"q.*|act|head\..*", seed=2))
+    assert m.vera_modules["b"] == ["q"]
+    assert type(m.base_model.q.base_layer) is nn.Linear and isinstance(m.base_model.act, nn.Tanh)
+    names = {p for p, mod in m.base_model.named_modules() if type(mod).__name__ == "VeraLayer"}
+    assert names == {"q"}
+
+
+def test_a_saved_module_cannot_hold_or_be_an_adapted_layer():
+    from vera_ref.errors import ModelMismatchError
+    torch.manual_seed(0)
+    m = VeraModel(Headed())
+    with pytest.raises(ModelMismatchError, match=r"^modules_to_save: 'q' is the adapted layer 'q'"):
+        m.add_adapter("a", VeraConfig(r=2, target_modules=["q"], modules_to_save=["q"]))
+    m2 = VeraModel(nn.Sequential(Headed()))
+    with pytest.raises(ModelMismatchError, match=r"^modules_to_save: '0' overlaps the adapted layer '0\.q'"):
+        m2.add_adapter("a", VeraConfig(r=2, target_modules=["q"], modules_to_save=r"0"))
+    assert m.adapters == [] and m2.adapters == []
+
+
+def test_deleting_an_adapter_forgets_it_everywhere():
+    m = VeraModel(net(), VeraConfig(r=2, target_modules=["q", "v"], generator="stored", seed=3, dropout=0.1))
+    m.add_adapter("b", VeraConfig(r=3, target_modules=["q", "v"], seed=1))
+    assert any(k.startswith("vera_projections.default__") for k in m.state_dict())
+    m.delete_adapter("default")
+    assert not any("default" in k for k in m.state_dict()), [k for k in m.state_dict() if "default" in k]
+    for layer in m.vera_layers():
+        assert "default" not in layer.proj and "default" not in layer.dropout and "default" not in layer.klass
+
+
+def test_slots_survive_deleting_one_adapter_of_a_class():
+    """a, b, c share one projection class; deleting a must keep b's slot, c takes a free one."""
+    torch.manual_seed(0)
+    m = VeraModel(net())
+    x = torch.randn(3, 8)
+    want = {}
+    for i, n in enumerate(["a", "b", "c"]):
+        if n == "c":
+            m.delete_adapter("a")
+        m.add_adapter(n, VeraConfig(r=2, target_modules=["q", "v"], seed=5))
+        with torch.no_grad():
+            for layer in m.vera_layers():
+                layer.vera_lambda_b[n].copy_(torch.linspace(-1, 1, layer.out_features) * (i + 1))
+        m.set_adapter(n)
+        with torch.no_grad():
+            want[n] = m(x)
+    with torch.no_grad():
+        got = m(x, adapter_ids=["c", "b", None])
+        base = m.base_model.v.base_layer(torch.tanh(m.base_model.q.base_layer(x)))
+    torch.testing.assert_close(got[0], want["c"][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[1], want["b"][1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[2], base[2], rtol=1e-5, atol=1e-6)
+
+
+def test_merge_accepts_a_finite_weight_whose_sum_overflows():
+    """float16 weights of 60000: every value finite, their sum is not (the finite check must look
+    at the values, not only at the sum)."""
+    lin = nn.Linear(64, 4).to(torch.float16)
+    with torch.no_grad():
+        lin.weight.fill_(60000.0)
+    m = VeraModel(nn.Sequential(lin), VeraConfig(r=2, target_modules=["0"]))
+    with torch.no_grad():
+        m.base_model[0].vera_lambda_b["default"].fill_(1e-3)
+    m.merge()
+    assert bool(torch.isfinite(m.base_model[0].weight).all())
+    assert m.base_model[0].merged == ["default"]
+    m.unmerge()
+    assert bool((m.base_model[0].weight == 60000.0).all())
+
+
+def test_fused_path_gradient_of_lambda_b_alone():
+    """Training lambda_b with lambda_d frozen on the fused path: lambda_b still gets its spec 3.4 gradient."""
+    torch.manual_seed(0)
+    m = VeraModel(nn.Sequential(nn.Linear(8, 6)), VeraConfig(r=3, target_modules=["0"], seed=2))
+    layer = m.base_model[0]
+    layer.fused = True
+    with torch.no_grad():
+        layer.vera_lambda_b["default"].copy_(torch.linspace(-1, 1, 6))
+    layer.vera_lambda_d["default"].requires_grad_(False)
+    x = torch.randn(5, 8, dtype=torch.float32)
+    dy = torch.randn(5, 6)
+    (m(x) * dy).sum().backward()
+    A, B = vera_ref.projection(2, 3, 8, 6)
+    g = vera_ref.backward(x.double().numpy(), layer.base_layer.weight.detach().double().numpy(), A, B,
+                          layer.vera_lambda_d["default"].detach().double().numpy(),
+                          layer.vera_lambda_b["default"].detach().double().numpy(), dy.double().numpy())
+    got = layer.vera_lambda_b["default"].grad
+    assert got is not None
+    np.testing.assert_allclose(got.double().numpy(), g.lambda_b, rtol=1e-4, atol=1e-5)
+
+
+def test_vera_linear_default_layout_is_linear():
+    from vera_torch.functional import vera_linear
+    torch.manual_seed(0)
+    x, W, b = torch.randn(4, 8, dtype=torch.float64), torch.randn(6, 8, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    A, B = vera_ref.projection(1, 3, 8, 6)
+    ld, lb = np.linspace(-1, 1, 3), np.linspace(1, 2, 6)
+    got = vera_linear(x, W, b, torch.from_numpy(ld), torch.from_numpy(lb), torch.from_numpy(A).double(),
+                      torch.from_numpy(B).double())
+    want = vera_ref.forward(x.numpy(), W.numpy(), b.numpy(), A, B, ld, lb)
+    np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-10, atol=1e-12)
+
+
+def test_a_layer_called_outside_the_model_and_its_repr():
+    m = VeraModel(net(), VeraConfig(r=2, target_modules=["q"]))
+    q = m.base_model.q
+    with torch.no_grad():
+        q.vera_lambda_b["default"].fill_(0.5)
+        x = torch.randn(3, 8)
+        A, B = vera_ref.projection(0, 2, 8, 6)
+        want = vera_ref.forward(x.double().numpy(), q.base_layer.weight.double().numpy(),
+                                q.base_layer.bias.double().numpy(), A, B, np.full(2, 0.1), np.full(6, 0.5))
+        q.fused = False
+        np.testing.assert_allclose(q(x).double().numpy(), want, rtol=1e-5, atol=1e-6)  # no h cache: plain path
+    assert "in=8, out=6, layout=linear" in repr(q)
+
+
+def test_a_failure_after_the_checks_leaves_no_half_loaded_adapter(monkeypatch):
+    m = VeraModel(net(), VeraConfig(r=2, target_modules=["q", "v"]))
+    ad = m.to_adapter()
+    other = VeraModel(net())
+
+    def boom(name):
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(other, "set_adapter", boom)
+    with pytest.raises(RuntimeError, match="injected"):
+        other.load_adapter(ad, "x")
+    assert other.adapters == [] and all("x" not in layer.proj for layer in other.vera_layers())
