@@ -257,3 +257,28 @@ def test_a_failure_after_the_checks_leaves_no_half_loaded_adapter(monkeypatch):
     with pytest.raises(RuntimeError, match="injected"):
         other.load_adapter(ad, "x")
     assert other.adapters == [] and all("x" not in layer.proj for layer in other.vera_layers())
+
+
+def test_training_mixed_batch_with_an_adapter_absent_from_a_layer():
+    """a (q and v, dropout 0.5) and b (q only, no dropout) share a projection class; in training mode
+    b's rows get no adapter term on v and no dropout anywhere: exactly b's eval-mode output."""
+    torch.manual_seed(0)
+    m = VeraModel(net())
+    m.add_adapter("a", VeraConfig(r=2, target_modules=["q", "v"], seed=5, dropout=0.5))
+    m.add_adapter("b", VeraConfig(r=2, target_modules=["q"], seed=5))
+    assert m.base_model.q.klass["a"] == m.base_model.q.klass["b"]
+    with torch.no_grad():
+        for layer in m.vera_layers():
+            for n in layer.vera_lambda_b:
+                layer.vera_lambda_b[n].fill_(0.7)
+    x = torch.randn(4, 8)
+    m.set_adapter("b")
+    m.eval()
+    with torch.no_grad():
+        want = m(x)
+    m.train()
+    with torch.no_grad():
+        got = m(x, adapter_ids=["a", "b", "a", "b"])
+    assert bool(torch.isfinite(got).all())
+    torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[3], want[3], rtol=1e-5, atol=1e-6)
