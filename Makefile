@@ -19,8 +19,9 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/vera-ref demo
 
+# two workers, one thread each: the 2-core machine this project runs on (VERA_TEST_WORKERS=0 runs in-process)
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
+	OMP_NUM_THREADS=1 $(VENV)/bin/python -m pytest -q -p no:cacheprovider -n $${VERA_TEST_WORKERS:-2}
 
 # the built wheel in fresh venvs (NumPy only; NumPy + onnxruntime), as users install it
 smoke: $(STAMP)

@@ -285,7 +285,9 @@ def test_readme_table_is_the_kits_output():
     pytest.importorskip("onnxruntime")
     pytest.importorskip("jax")
     from vera_conformance.table import table
-    assert table() in (ROOT / "README.md").read_text()
+    # 2 examples a property (plus the fixed boundary cases): the cells are pass/skip/-, which the
+    # other tests here check with more examples; this one keeps the README in step with the kit
+    assert table(max_examples=2) in (ROOT / "README.md").read_text()
 
 
 def test_worked_example_wraps_a_third_party_layer_in_under_30_lines():

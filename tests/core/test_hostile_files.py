@@ -259,8 +259,9 @@ def test_killed_writers_leave_the_old_file_and_no_temporaries(tmp_path, anonymou
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         assert load_adapter(path).config.r == 2  # the old file or a whole new one
-        if anonymous:
-            assert _temps(tmp_path) == []
+        # anonymous: a kill between linkat and the rename can still leave one named temporary;
+        # named: the temporary of the killed write stays; either is swept by the next write
+        assert len(_temps(tmp_path)) <= 1
     save_adapter(new_adapter([("q", 8, 8)], r=2, seed=5), path)
     assert _temps(tmp_path) == [] and load_adapter(path).config.seed == 5
 

@@ -193,7 +193,7 @@ def test_sigkill_during_writes_keeps_the_old_file_and_leaves_no_temporary(files,
     onnx_adapter(d / "default.safetensors", d / "hot.onnx", tmp_path / "new.onnx_adapter")
     new = read_parameters(tmp_path / "new.onnx_adapter", d / "hot.onnx")
     rng = random.Random(0)
-    left, seen = 0, set()
+    seen = set()
     for i in range(KILLS):
         r, w = os.pipe()
         pid = _fork_writer(d / "default.safetensors", d / "hot.onnx", out, 10**6, w)
@@ -209,6 +209,13 @@ def test_sigkill_during_writes_keeps_the_old_file_and_leaves_no_temporary(files,
         assert any(same)
         seen.add(same.index(True))
         json.loads((tmp_path / "a.onnx_adapter.json").read_text())
-        left += len(_leftovers(tmp_path))
-    assert left == 0
+        left = _leftovers(tmp_path)
+        # a kill between naming the anonymous temporary (linkat) and renaming it over the target can
+        # leave one named temporary of ours (spec 4.7); the next write of that target sweeps it
+        assert len(left) <= 2, left  # at most the file's and the sidecar's
+        if left:
+            onnx_adapter(d / "b.safetensors", d / "hot.onnx", out)
+            assert _leftovers(tmp_path) == []
     assert 1 in seen  # the writers did replace the old file
+    onnx_adapter(d / "b.safetensors", d / "hot.onnx", out)
+    assert _leftovers(tmp_path) == []
