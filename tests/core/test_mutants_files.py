@@ -150,3 +150,102 @@ def test_a_file_without_the_magic_and_not_peft(tmp_path):
     p = tmp_path / "other.safetensors"
     p.write_bytes(struct.pack("<Q", len(header)) + header + b"\0" * 8)
     assert code_of(lambda: vera_ref.load_adapter(p)) == "E4.6.8.2"
+
+
+# -- more of spec 4: layouts, versions, messages, paths ------------------------------------------------
+
+def test_packed_stored_per_module_round_trip(tmp_path):
+    mods = [ModuleSpec("a.q", 6, 5), ModuleSpec("a.v", 4, 7)]
+    stored = {1: vera_ref.projection(2, 3, 6, 5, 9), 2: vera_ref.projection(3, 3, 4, 7, 9)}
+    ad = new_adapter(mods, 3, seed=None, generator="stored", sharing="per-module", tensor_layout="packed",
+                     stored=stored)
+    ad.lambda_d["a.v"][:] = [1, 2, 3]
+    ad.lambda_b["a.q"][:] = np.arange(5)
+    p = tmp_path / "packed.safetensors"
+    save_adapter(ad, p)
+    back = vera_ref.load_adapter(p)
+    assert back.config.tensor_layout == "packed"
+    assert back.lambda_d["a.v"].tolist() == [1, 2, 3] and back.lambda_b["a.q"].tolist() == [0, 1, 2, 3, 4]
+    for g in (1, 2):
+        assert np.array_equal(back.stored[g][0], stored[g][0]) and np.array_equal(back.stored[g][1], stored[g][1])
+
+
+def _doc_with(extra: dict) -> str:
+    import json
+    from vera_ref.metadata import config_json
+    doc = json.loads(config_json(new_adapter([ModuleSpec("m", 3, 4)], 2, seed=3).config))
+    doc.update(extra)
+    return json.dumps(doc)
+
+
+def test_unknown_fields_by_minor_version():
+    """spec 4.8: a file of a newer minor may carry fields we do not know (skipped); ours may not."""
+    from vera_ref.metadata import SPEC_VERSION
+    major, minor = (int(v) for v in SPEC_VERSION.split("."))
+    text = _doc_with({"zz_future": 1})
+    assert parse_config(text, f"{major}.{minor + 1}").r == 2
+    assert code_of(lambda: parse_config(text, SPEC_VERSION)) == "E4.6.11.1"
+    assert code_of(lambda: parse_config(text, f"{major + 1}.0")) == "E4.6.9.2"
+
+
+def test_excerpts_are_cut_at_the_limit():
+    from vera_ref.rules import EXCERPT, excerpt
+    assert excerpt(list(range(5))) == "[0, 1, 2, 3, 4]"
+    long = excerpt(list(range(1000)))
+    assert len(long) == EXCERPT and long.endswith("...") and long.startswith("[0, 1, 2, 3")
+    assert excerpt("x" * EXCERPT, limit=EXCERPT + 2) == '"' + "x" * EXCERPT + '"'  # an exact fit is not cut
+    assert excerpt("x" * EXCERPT, limit=EXCERPT + 1) == '"' + "x" * (EXCERPT - 3) + "..."
+    assert excerpt(list(range(30)), limit=20) == "[0, 1, 2, 3, 4, 5..."
+
+    class Odd:
+        def __repr__(self):
+            return "<odd " + "y" * 200 + ">"
+
+    assert excerpt(Odd()) == ("<odd " + "y" * 200)[: EXCERPT - 3] + "..."
+
+
+def test_generate_projection_refuses_stored():
+    from vera_ref.adapter import generate_projection
+    ad = new_adapter([ModuleSpec("m", 3, 4)], 2, seed=None, generator="stored",
+                     stored={0: vera_ref.projection(0, 2, 3, 4)})
+    with pytest.raises(AdapterFileError, match=r"^generator: the stored generator has no rule to generate from$"):
+        generate_projection(ad.config, 0, 3, 4)
+
+
+def test_new_adapter_checks_the_document_and_rounds_bfloat16():
+    with pytest.raises(AdapterFileError):
+        new_adapter([ModuleSpec("m", 3, 4), ModuleSpec("m", 3, 4)], 2)  # one name twice
+    ad = new_adapter([ModuleSpec("m", 3, 4)], 2, vector_dtype="bfloat16", d_initial=0.1)
+    assert ad.lambda_d["m"].dtype == np.float32 and ad.lambda_d["m"].tolist() == [0.10009765625] * 2
+
+
+def test_paths_that_are_not_files(tmp_path):
+    assert code_of(lambda: vera_ref.load_adapter(tmp_path / "missing.safetensors")) == "E4.6.0.1"
+    assert code_of(lambda: vera_ref.load_adapter(tmp_path)) == "E4.6.0.3"
+    (tmp_path / "adapter_config.json").write_text("{}")
+    assert code_of(lambda: vera_ref.load_adapter(tmp_path)) == "E4.6.0.2"
+    if __import__("os").path.exists("/dev/null"):
+        assert code_of(lambda: vera_ref.load_adapter("/dev/null")) == "E4.6.0.4"
+
+
+def test_a_file_that_shrinks_while_its_header_is_read():
+    import io
+    from vera_ref.container import read_header
+    header = b'{"__metadata__": {}}'
+    data = struct.pack("<Q", len(header)) + header
+    f = io.BytesIO(data[:-5])  # the file lost its last 5 bytes after its size was taken
+    with pytest.raises(AdapterFileError) as e:
+        read_header(f, len(data))
+    assert e.value.code == "E4.6.3.1"
+    assert f"{8 + len(header) - 5}" in str(e.value)  # the size it found
+
+
+def test_container_write_and_read_back(tmp_path):
+    from vera_ref import container
+    p = tmp_path / "plain.safetensors"
+    container.write(p, {"k": "v"}, {"t": (np.arange(6, dtype=np.float32).reshape(2, 3), "F32"),
+                                    "h": (np.array([1.5, -2.0]), "BF16")})
+    meta, tensors = container.read(p)
+    assert meta == {"k": "v"}
+    assert tensors["t"].dtype == "F32" and tensors["t"].data.tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert tensors["h"].dtype == "BF16" and tensors["h"].data.tolist() == [1.5, -2.0]
