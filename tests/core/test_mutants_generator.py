@@ -249,3 +249,12 @@ def test_registered_devices_are_returned():
     assert generators.get("stored").device("mutants-test-framework") is fake
     with pytest.raises(ProjectionError, match=r"^no nothing-here implementation of the stored generator"):
         generators.get("stored").device("nothing-here")
+
+
+def test_layer_slice_bounds_are_inclusive():
+    from vera_ref.projection import slice_for_layer
+    A, B = projection(3, 4, 10, 12)
+    A_l, B_l = slice_for_layer(A, B, 10, 12)  # the whole projection is a valid layer
+    assert A_l.shape == (4, 10) and B_l.shape == (12, 4)
+    with pytest.raises(ProjectionError, match=r"^layer \(12 x 11\) is larger than the projection"):
+        slice_for_layer(A, B, 11, 12)
