@@ -82,3 +82,24 @@ def test_in_memory_values_need_a_multi_model(hot):
     sess, _, _ = hot
     with pytest.raises(OnnxError, match=r"^set_adapter_values needs a model exported with mode='multi'$"):
         sess.set_adapter_values("v", {})
+
+
+def test_a_missing_adapter_file_is_named(hot):
+    sess, _, d = hot
+    with pytest.raises(OnnxError, match=r"^file: "):
+        sess.load_adapter("gone", d / "missing.onnx_adapter")
+    assert "gone" not in sess.loaded
+
+
+@pytest.mark.parametrize("mode,projections,message", [
+    ("multi", "initializers", r"^the stored generator's projections belong to one adapter; multi mode needs a"),
+    ("hotswap", "generator", r"^the stored generator has no seed to put in the graph; use projections='initializers'"),
+])
+def test_stored_projections_cannot_be_exported_where_a_seed_is_needed(tmp_path, mode, projections, message):
+    torch.manual_seed(0)
+    m = get_vera_model(nn.Sequential(nn.Linear(6, 5)), VeraConfig(r=3, target_modules=["0"], generator="stored",
+                                                                  seed=2)).eval()
+    with pytest.raises(OnnxError, match=message):
+        export(m, (torch.randn(2, 6),), tmp_path / "x.onnx", mode=mode, projections=projections, input_names=["x"],
+               **({"capacity": 2} if mode == "multi" else {}))
+    assert not (tmp_path / "x.onnx").exists()
