@@ -86,6 +86,7 @@ class Mutant:
     start: int = 0       # byte offsets of the replaced span in the file
     end: int = 0
     uses: tuple = ()      # module-level assignment: the lines of this file that read its names
+    names: tuple = ()     # module-level assignment: the names it assigns
     outcome: str = "pending"
     seconds: float = 0.0
     tests: int = 0
@@ -302,7 +303,7 @@ def make_mutants(path: Path, rel: str) -> list[Mutant]:
         h = hashlib.sha256(f"{rel}\0{qual}\0{before}\0{repl}\0{n}".encode()).hexdigest()[:10]
         used = tuple(sorted({ln for n in names for ln in col.uses.get(n, ())}))
         out.append(Mutant(id=f"{rel}:{qual}:{h}", file=rel, line=line, end_line=end_line, qualname=qual, op=op,
-                          before=before, after=repl, start=s, end=e, uses=used))
+                          before=before, after=repl, start=s, end=e, uses=used, names=tuple(names)))
     return out
 
 
@@ -601,6 +602,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mutate: traced run {time.monotonic() - t0:.0f} s, {len(durations)} tests, "
               f"{len(failed)} failing unmutated (left out): {' '.join(sorted(failed)) or '-'}", flush=True)
 
+        test_text = {f: (base / f).read_text(errors="replace") for f in test_files}
+
         def tests_for(m: Mutant) -> list[str]:
             hits = trace["hits"].get(m.file, {})
             ids: set[str] = set()
@@ -608,6 +611,10 @@ def main(argv: list[str] | None = None) -> int:
                 ids.update(hits.get(str(ln), ()))
             if ids & {"<import>", "<between>"}:
                 readers = {i for ln in m.uses for i in hits.get(str(ln), ())} - {"<import>", "<between>"}
+                if m.names:  # and the tests of files that name it (a constant a test imports and checks)
+                    named = [f for f in test_text if any(re.search(rf"\b{re.escape(n)}\b", test_text[f])
+                                                         for n in m.names)]
+                    readers |= {i for i in durations if i.split("::")[0] in named}
                 ids.update(readers)  # a module-level assignment: the tests that ran a line of this file reading it
                 if not readers:  # other module-level code: every test that ran code of the file
                     for per in hits.values():

@@ -258,3 +258,13 @@ def test_layer_slice_bounds_are_inclusive():
     assert A_l.shape == (4, 10) and B_l.shape == (12, 4)
     with pytest.raises(ProjectionError, match=r"^layer \(12 x 11\) is larger than the projection"):
         slice_for_layer(A, B, 11, 12)
+
+
+def test_rank_beyond_one_block_of_b():
+    """r > 4 * 8192: B's rank groups span several blocks (spec 1.4 blocks in B's layout)."""
+    seed, r = 77, 4 * 8192 + 9
+    A, B = projection(seed, r, 1, 2)
+    for k in (0, 4 * 8192 - 1, 4 * 8192, 4 * 8192 + 4, r - 1):
+        for n in (0, 1):
+            assert float(B[n, k]) == value(element(seed, 1, 0, n, k), r), (n, k)
+        assert float(A[k, 0]) == value(element(seed, 0, 0, 0, k), 1), k
