@@ -249,3 +249,18 @@ def test_container_write_and_read_back(tmp_path):
     assert meta == {"k": "v"}
     assert tensors["t"].dtype == "F32" and tensors["t"].data.tolist() == [[0, 1, 2], [3, 4, 5]]
     assert tensors["h"].dtype == "BF16" and tensors["h"].data.tolist() == [1.5, -2.0]
+
+
+def test_paths_the_system_cannot_stat_or_open(tmp_path):
+    import os
+    f = tmp_path / "f.safetensors"
+    f.write_bytes(b"\0" * 16)
+    with pytest.raises(AdapterFileError) as e:
+        vera_ref.load_adapter(f / "inside")  # a file used as a folder: stat fails with ENOTDIR
+    assert e.value.code == "E4.6.0.5" and "Not a directory" in str(e.value)
+    if os.geteuid() != 0:  # root reads anything
+        f.chmod(0)
+        try:
+            assert code_of(lambda: vera_ref.load_adapter(f)) == "E4.6.0.5"
+        finally:
+            f.chmod(0o600)
