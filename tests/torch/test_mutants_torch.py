@@ -282,3 +282,59 @@ def test_training_mixed_batch_with_an_adapter_absent_from_a_layer():
     assert bool(torch.isfinite(got).all())
     torch.testing.assert_close(got[1], want[1], rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got[3], want[3], rtol=1e-5, atol=1e-6)
+
+
+class SeqHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q = nn.Linear(8, 6)
+        self.head = nn.Sequential(nn.Tanh(), nn.Linear(6, 2))  # not a Linear: served row by row
+
+    def forward(self, x):
+        return self.head(self.q(x))
+
+
+def _two_headed():
+    torch.manual_seed(0)
+    m = VeraModel(SeqHead())
+    for i, n in enumerate(("a", "b")):
+        m.add_adapter(n, VeraConfig(r=2, target_modules=["q"], seed=1, modules_to_save=["head"]))
+        with torch.no_grad():
+            m.base_model.q.vera_lambda_b[n].fill_(0.3 * (i + 1))
+            m.base_model.head.copies[n][1].weight.mul_(-(i + 2))
+    return m
+
+
+def test_mixed_batch_with_a_head_that_is_not_a_linear():
+    m = _two_headed()
+    x = torch.randn(4, 8)
+    want = {}
+    for n in ("a", "b"):
+        m.set_adapter(n)
+        with torch.no_grad():
+            want[n] = m(x)
+    with torch.no_grad():
+        got = m(x, adapter_ids=["b", "a", None, "b"])
+        base = m.base_model.head.original_module(m.base_model.q.base_layer(x))
+    torch.testing.assert_close(got[0], want["b"][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[1], want["a"][1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[2], base[2], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got[3], want["b"][3], rtol=1e-5, atol=1e-6)
+
+
+def test_refresh_tables_after_data_changes_and_deepcopy():
+    import copy
+    m = _two_headed()
+    x = torch.randn(2, 8)
+    with torch.no_grad():
+        m(x, adapter_ids=["a", "b"])  # fills the cached per-slot tables
+        m.base_model.q.vera_lambda_b["a"].data.fill_(-2.0)  # bypasses the version counter (documented)
+    m.refresh_tables()
+    m.set_adapter("a")
+    with torch.no_grad():
+        want_a = m(x)
+        got = m(x, adapter_ids=["a", "b"])
+    torch.testing.assert_close(got[0], want_a[0], rtol=1e-5, atol=1e-6)
+    twin = copy.deepcopy(m)
+    with torch.no_grad():
+        torch.testing.assert_close(twin(x, adapter_ids=["a", "b"]), got, rtol=0, atol=0)
