@@ -532,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true", help="print the mutants and exit")
     ap.add_argument("--full-hypothesis", action="store_true",
                     help="run hypothesis tests with the suite's own profile (default: [hypothesis] of the config)")
+    ap.add_argument("--trace", help="reuse this trace file (from the cache folder) instead of tracing again")
     ap.add_argument("--no-cache", action="store_true", help="trace the tests again even if a cached trace fits")
     ap.add_argument("--keep", action="store_true", help="keep the temporary copies (their path is printed)")
     args = ap.parse_args(argv)
@@ -585,7 +586,10 @@ def main(argv: list[str] | None = None) -> int:
               f"tests: {' '.join(test_files)}", flush=True)
         t0 = time.monotonic()
         cache = trace_cache_path(base, test_files, files)
-        if cache.exists() and not args.no_cache:
+        if args.trace:  # a trace of an earlier run, trusted as is (its tests and lines must still match)
+            trace = json.loads(Path(args.trace).read_text())
+            print(f"mutate: traced run taken from {args.trace}", flush=True)
+        elif cache.exists() and not args.no_cache:
             trace = json.loads(cache.read_text())
             print(f"mutate: traced run reused from {cache}", flush=True)
         else:
