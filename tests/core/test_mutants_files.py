@@ -264,3 +264,29 @@ def test_paths_the_system_cannot_stat_or_open(tmp_path):
             assert code_of(lambda: vera_ref.load_adapter(f)) == "E4.6.0.5"
         finally:
             f.chmod(0o600)
+
+
+def test_d_initial_is_any_finite_number_and_parse_document_counts():
+    from vera_ref.metadata import parse_document
+    assert new_adapter([ModuleSpec("m", 3, 4)], 2, d_initial=2.5).config.d_initial == 2.5
+    assert new_adapter([ModuleSpec("m", 3, 4)], 2, d_initial=-3).config.d_initial == -3.0
+    text = '{"r": [' + "0," * (1 << 20) + "0]}"
+    assert code_of(lambda: parse_document(text)) == "E4.6.10.2"
+
+
+def test_header_structural_count_boundary(tmp_path):
+    """E4.6.4.2 fires above 2^20 structural characters, not at 2^20."""
+    from vera_ref import jsontext
+
+    def header(k):
+        return '{"a":[' + "0," * k + "0]}"
+
+    base = jsontext.structural_count(header(0))
+    at = header(jsontext.MAX_STRUCTURAL - base)
+    assert jsontext.structural_count(at) == jsontext.MAX_STRUCTURAL
+    p = tmp_path / "h.safetensors"
+    for text, refused in ((at, False), (header(jsontext.MAX_STRUCTURAL - base + 1), True)):
+        raw = text.encode()
+        p.write_bytes(struct.pack("<Q", len(raw)) + raw)
+        got = code_of(lambda: vera_ref.load_adapter(p))
+        assert (got == "E4.6.4.2") == refused, got

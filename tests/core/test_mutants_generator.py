@@ -268,3 +268,26 @@ def test_rank_beyond_one_block_of_b():
         for n in (0, 1):
             assert float(B[n, k]) == value(element(seed, 1, 0, n, k), r), (n, k)
         assert float(A[k, 0]) == value(element(seed, 0, 0, 0, k), 1), k
+
+
+def test_registry_lookups_and_refusals():
+    from vera_ref import generators
+    assert generators.names() == ("philox4x32-10", "stored", "peft-mt19937")
+    for bad in ("x", 3, None):
+        with pytest.raises(ProjectionError, match=r"^generator must be one of philox4x32-10, stored, peft-mt19937, got "):
+            generators.get(bad)
+    with pytest.raises(ProjectionError, match=r"^generator 'stored' is already registered$"):
+        generators.register(generators.get("stored"))
+    ph, st_, pf = (generators.get(n) for n in generators.names())
+    assert (ph.has_seed, ph.slices, st_.has_seed, st_.slices, pf.has_seed, pf.slices) == \
+        (True, True, False, True, True, False)
+    assert st_.check_seed(None) is None
+    with pytest.raises(ProjectionError, match=r"^the stored generator takes no seed, got 3$"):
+        st_.check_seed(3)
+    with pytest.raises(ProjectionError, match=r"^the stored generator has no rule to generate from: A and B are stored$"):
+        st_.projection(0, 2, 3, 4)
+    A, B = ph.projection(9, 2, 3, 4)  # group 0 by default
+    A0, B0 = projection(9, 2, 3, 4, 0)
+    assert np.array_equal(A, A0) and np.array_equal(B, B0)
+    with pytest.raises(ProjectionError, match=r"^group applies to philox4x32-10 only"):
+        pf.projection(9, 2, 3, 4, 1)
