@@ -151,6 +151,17 @@ _SCALAR = re.compile(r'"[^"\\\x00-\x1f]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\
                      r"|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|true|false|null")
 
 
+def _after_key(text: str, pos: int) -> int:
+    """The position after an object key, its colon and white space; -1 when there is none."""
+    m = _STRING.match(text, pos)
+    if m is None:
+        return -1
+    pos = _WS.match(text, m.end()).end()
+    if pos >= len(text) or text[pos] != ":":
+        return -1
+    return _WS.match(text, pos + 1).end()
+
+
 def _valid_syntax(text: str) -> bool:
     """RFC 8259 syntax check without recursion (for texts too deep for the C scanner)."""
     pos, n = _WS.match(text, 0).end(), len(text)
@@ -168,13 +179,9 @@ def _valid_syntax(text: str) -> bool:
                     continue
                 stack.append(opener)
                 if opener == "{":
-                    m = _STRING.match(text, pos)
-                    if m is None:
+                    pos = _after_key(text, pos)
+                    if pos < 0:
                         return False
-                    pos = _WS.match(text, m.end()).end()
-                    if pos >= n or text[pos] != ":":
-                        return False
-                    pos = _WS.match(text, pos + 1).end()
                 continue
             m = _SCALAR.match(text, pos)
             if m is None:
@@ -189,13 +196,9 @@ def _valid_syntax(text: str) -> bool:
         if c == ",":
             pos = _WS.match(text, pos + 1).end()
             if stack[-1] == "{":
-                m = _STRING.match(text, pos)
-                if m is None:
+                pos = _after_key(text, pos)
+                if pos < 0:
                     return False
-                pos = _WS.match(text, m.end()).end()
-                if pos >= n or text[pos] != ":":
-                    return False
-                pos = _WS.match(text, pos + 1).end()
             expect_value = True
         elif c == ("]" if stack[-1] == "[" else "}"):
             stack.pop()
