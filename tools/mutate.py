@@ -16,7 +16,7 @@ What it does:
    a call statement or ``assert`` removed, ``return x`` -> ``return None``, arithmetic
    operator swaps, slice bounds moved by one, dtype and layout name swaps); each mutant
    changes one source span and is identified by a stable id (file, function, the span's
-   text before and after, occurrence), which ``tools/mutants/EQUIVALENT.md`` refers to;
+   text before and after, occurrence), which ``tools/mutants/EQUIVALENT*.md`` refer to;
 3. runs the package's test folders once with a line tracer on the chosen files: which
    test executes which line, how long each test takes, and which tests fail unmutated
    (those are left out of every later run and listed);
@@ -463,9 +463,10 @@ def trace_cache_path(base: Path, test_files: list[str], files: list[str]) -> Pat
 
 
 def read_equivalent() -> dict[str, str]:
+    """Reviewed equivalent mutants: EQUIVALENT.md and one EQUIVALENT-<package>.md per package."""
     out: dict[str, str] = {}
-    if EQUIVALENT.exists():
-        for line in EQUIVALENT.read_text().splitlines():
+    for path in sorted(EQUIVALENT.parent.glob("EQUIVALENT*.md")):
+        for line in path.read_text().splitlines():
             m = re.match(r"\s*[-*]\s+`([^`]+)`\s*(?:[-:\u2014]+\s*)?(.*)", line)
             if m:
                 out[m.group(1)] = m.group(2).strip()
