@@ -6,8 +6,11 @@ column (``kb``). Rounds 0-1 therefore work on a ``(1, N)`` row and a ``(KB, 1)``
 column, and full ``(KB, N)`` arrays appear from round 1 on. Results are the words of
 ``philox.philox_words`` bit for bit (tested); this file only reorders the work.
 
-High and low halves of each uint64 product are read as strided uint32 views, so
-splitting them costs nothing.
+From round 3 on the two multiplied words travel as one pair array ``X = (x0; x2)``
+of shape ``(2,) + S``, so each round is three NumPy calls (multiply, xor, key xor)
+instead of six: at block sizes that fit a core's cache the per-call cost is a
+large share of the time (``bench/rng.py``). High and low halves of each uint64
+product are read as strided uint32 views, so splitting them costs nothing.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from .philox import M0, M1, ROUNDS, round_keys
 _U32 = np.uint32
 _M0 = np.uint64(M0)
 _M1 = np.uint64(M1)
+_M_PAIR = np.array([M0, M1], dtype=np.uint64)  # (2,): x0 * M0, x2 * M1 (spec 1.2)
 
 
 def _hi(p: np.ndarray) -> np.ndarray:
@@ -32,34 +36,50 @@ class BlockPhilox:
     """Reusable buffers for blocks of at most ``size`` counters."""
 
     def __init__(self, size: int) -> None:
-        self._p = [np.empty(size, np.uint64) for _ in range(4)]  # two (P0, P1) pairs
-        self._x0 = np.empty(size, _U32)
-        self._x2 = np.empty(size, _U32)
+        self._P = [np.empty(2 * size, np.uint64) for _ in range(2)]  # (P0; P1) pairs, rounds alternate
+        self._X = np.empty(2 * size, _U32)  # (x0; x2)
         self._views: dict[tuple[int, ...], tuple] = {}
+        self._keys: dict[tuple[int, int], tuple] = {}
 
     def _shaped(self, shape: tuple[int, ...]) -> tuple:
-        """Buffers of ``shape`` with their hi/lo views, made once per shape."""
+        """Buffers of ``(2,) + shape`` with their views, made once per shape."""
         if shape not in self._views:
             size = shape[0] * shape[1]
-            p = [b[:size].reshape(shape) for b in self._p]
-            self._views[shape] = (p, [_hi(b) for b in p], [_lo(b) for b in p],
-                                  self._x0[:size].reshape(shape), self._x2[:size].reshape(shape))
+            P = [b[: 2 * size].reshape((2,) + shape) for b in self._P]  # (2, *S) uint64
+            X = self._X[: 2 * size].reshape((2,) + shape)  # (2, *S) uint32
+            # hi(P)[::-1] = (hi P1; hi P0) and lo(P)[::-1] = (x1; x3): the pair feeding (x0; x2)
+            hi_r = [_hi(p)[::-1] for p in P]
+            lo_r = [_lo(p)[::-1] for p in P]
+            M = _M_PAIR.reshape((2,) + (1,) * len(shape))
+            self._views[shape] = (P, hi_r, lo_r, X, M)
         return self._views[shape]
+
+    def _round_keys(self, key: tuple[int, int], ndim: int) -> tuple:
+        """Round keys as Python ints and as (2, 1, ...) uint32 pair arrays, made once per key."""
+        if (key, ndim) not in self._keys:
+            ks = round_keys(key, ROUNDS)
+            pairs = [np.array(k, dtype=_U32).reshape((2,) + (1,) * ndim) for k in ks]
+            self._keys[(key, ndim)] = (ks, pairs)
+        return self._keys[(key, ndim)]
 
     def words(
         self, n: np.ndarray, kb: np.ndarray, m: int, g: int, key: tuple[int, int],
-        out: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Output words of counters (n, kb, m, g).
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Output words of counters (n, kb, m, g), as an array of shape ``(4,) + S``.
 
         n and kb are uint32 arrays that broadcast against each other, one of them a
-        row and the other a column: (1, N) with (KB, 1), or (N, 1) with (1, KB). The
-        words have the broadcast shape S. With ``out`` (four writable uint32 views of
-        shape S) they are written there; otherwise returned as arrays or views valid
-        until the next call.
+        row and the other a column: (1, N) with (KB, 1), or (N, 1) with (1, KB). S is
+        their broadcast shape, and word j of Philox is ``result[j]``. With ``out`` (a
+        writable uint32 array or view of shape ``(4,) + S``) the words are written
+        there and ``out`` is returned.
         """
-        p, hi, lo, x0, x2 = self._shaped(np.broadcast_shapes(n.shape, kb.shape))
-        ks = round_keys(key, ROUNDS)
+        shape = np.broadcast_shapes(n.shape, kb.shape)
+        if out is None:
+            out = np.empty((4,) + shape, dtype=_U32)
+        P, hi_r, lo_r, X, M = self._shaped(shape)
+        ks, kpairs = self._round_keys(key, len(shape))
+        x0, x2 = X[0], X[1]
         # round 0: c0 = n (row), c1 = kb (column), c2 = m, c3 = g
         k0, k1 = ks[0]
         r0 = n * _M0  # (1, N) uint64
@@ -76,37 +96,24 @@ class BlockPhilox:
         c1 = _lo(q1)  # (1, N)
         np.bitwise_xor(_hi(q0) ^ _U32(k1), c3, out=x2)  # (KB, N): first full array
         c3 = _lo(q0)  # (KB, 1)
-        # round 2: x0 row, x2 full
+        # round 2: x0 row, x2 full; P1 goes to P[0][1] so round 3 finds x1 = lo(P[0][1])
         k0, k1 = ks[2]
         q0 = c0 * _M0  # (1, N)
-        np.multiply(x2, _M1, out=p[1])  # (KB, N)
-        np.bitwise_xor(hi[1], c1 ^ _U32(k0), out=x0)  # (KB, N)
-        c1 = lo[1]
+        np.multiply(x2, _M1, out=P[0][1])  # (KB, N)
+        np.bitwise_xor(hi_r[0][0], c1 ^ _U32(k0), out=x0)  # (KB, N)
         np.bitwise_xor(_hi(q0) ^ _U32(k1), c3, out=x2)  # row ^ column -> (KB, N)
         c3 = _lo(q0) ^ _U32(ks[3][1])  # (1, N) row, pre-xored with round 3's k1
-        # round 3: x3 is a row, folded with its key above
-        k0, _ = ks[3]
-        np.multiply(x0, _M0, out=p[2])
-        np.multiply(x2, _M1, out=p[3])
-        np.bitwise_xor(hi[3], c1, out=x0)
-        x0 ^= _U32(k0)
-        np.bitwise_xor(hi[2], c3, out=x2)
-        c1, c3 = lo[3], lo[2]
-        # rounds 4..9: general; buffers alternate so the previous low halves survive
+        # round 3: both words full; x3 is still a row, folded with its key above
+        np.multiply(X, M, out=P[1])  # (2, KB, N)
+        np.bitwise_xor(hi_r[1][0], lo_r[0][0], out=x0)
+        x0 ^= _U32(ks[3][0])
+        np.bitwise_xor(hi_r[1][1], c3, out=x2)
+        # rounds 4..9: the pair; P buffers alternate so the previous low halves survive
         for i in range(4, ROUNDS):
-            k0, k1 = ks[i]
-            j0, j1 = 2 * (i % 2), 2 * (i % 2) + 1  # this round's (P0, P1) buffers
-            np.multiply(x0, _M0, out=p[j0])
-            np.multiply(x2, _M1, out=p[j1])
-            last = out is not None and i == ROUNDS - 1
-            y0, y2 = (out[0], out[2]) if last else (x0, x2)
-            np.bitwise_xor(hi[j1], c1, out=y0)
-            y0 ^= _U32(k0)
-            np.bitwise_xor(hi[j0], c3, out=y2)
-            y2 ^= _U32(k1)
-            c1, c3 = lo[j1], lo[j0]
-        if out is None:
-            return x0, c1, x2, c3
-        np.copyto(out[1], c1)
-        np.copyto(out[3], c3)
+            cur, prev = i % 2, 1 - i % 2
+            np.multiply(X, M, out=P[cur])  # (2, *S) uint64
+            y = out[0::2] if i == ROUNDS - 1 else X  # (x0; x2)
+            np.bitwise_xor(hi_r[cur], lo_r[prev], out=y)
+            y ^= kpairs[i]
+        np.copyto(out[1::2], lo_r[(ROUNDS - 1) % 2])  # (x1; x3)
         return out
