@@ -325,3 +325,13 @@ def test_link_anonymous_names_the_inode(tmp_path):
 def test_fsync_dir_never_raises(tmp_path):
     atomic._fsync_dir(str(tmp_path / "missing"))
     atomic._fsync_dir(str(tmp_path))
+
+
+@pytest.mark.skipif(not HAS_TMPFILE, reason="no O_TMPFILE here")
+def test_by_default_the_data_has_no_name_while_it_is_written(tmp_path):
+    # spec 4.7: on Linux the reference writes into an anonymous O_TMPFILE inode, named only before the rename
+    with atomic.atomic_file(tmp_path / "out.bin") as f:
+        f.write(b"x" * 1000)
+        f.flush()
+        assert _entries(tmp_path) == []
+    assert _entries(tmp_path) == ["out.bin"]
