@@ -19,10 +19,14 @@ What it does:
    text before and after, occurrence), which ``tools/mutants/EQUIVALENT*.md`` refer to;
 3. runs the package's test folders once with a line tracer on the chosen files: which
    test executes which line, how long each test takes, and which tests fail unmutated
-   (those are left out of every later run and listed);
+   (those are left out of every later run and listed). Lines a shared (module, class, package,
+   session) fixture runs count for every test using it; the tracer stays on when the code under
+   test calls ``sys.settrace(None)`` and is put back before each test phase if it was replaced;
+   code in subprocesses and forked children is not traced;
 4. for each mutant, runs only the tests that executed its line (fastest first, ``-x``) in a
    child forked from a process that already imported the heavy third-party modules, under
-   a per-mutant timeout (3x the selected tests' traced time + 10 s); a failure or error is
+   a per-mutant timeout (3x the selected tests' traced time, with the setup of the module- or
+   session-scoped fixtures they use and the collection of their files, + 10 s); a failure or error is
    ``killed``, exceeding the timeout is ``timeout`` (counted as killed), all passing is
    ``survived``, no test executing the line is ``no-cov`` (counted as survived);
 5. prints killed / timeout / survived / no-cov / equivalent per file, the mutation score on
@@ -352,7 +356,15 @@ class _Select:
 
 
 class _Trace:
-    """pytest plugin: which test executes which line of the target files; durations; outcomes."""
+    """pytest plugin: which test executes which line of the target files; durations; outcomes.
+
+    The tracer survives code under test that turns tracing off: while it runs, ``sys.settrace(None)``
+    leaves it installed (code that saves ``sys.gettrace()`` and restores it later works unchanged), a
+    foreign tracer is let in but ours comes back before the next setup, call or teardown phase and
+    fixture setup (as it does if C code reset it), and threads started through :mod:`threading`
+    get it too. Lines run while a module-, class-, package- or session-scoped fixture is set up are
+    counted for every test that uses that fixture, not only the first one that happened to set it
+    up: a mutant of the code a shared fixture runs selects all the tests that read its result."""
 
     def __init__(self, targets: set[str]) -> None:
         self.targets = targets
@@ -360,6 +372,14 @@ class _Trace:
         self.hits: dict[str, dict[int, set[str]]] = {t: {} for t in targets}
         self.durations: dict[str, float] = {}
         self.failed: set[str] = set()
+        self.fixtures: dict[str, list[str]] = {}          # test -> keys of the shared fixtures it uses
+        self.fixture_seconds: dict[str, float] = {}       # shared fixture key -> time its setups took
+        self.collect_seconds: dict[str, float] = {}       # test file -> time its collection took
+        self.reinstalled = 0   # times the tracer was found replaced or off at a phase and put back
+        self.kept = 0          # sys.settrace(None) calls that left it on
+        self.foreign = 0       # foreign tracers let in for a while
+        self._fn = self.tracer  # one bound-method object: `sys.gettrace() is self._fn` must hold
+        self._real_settrace = sys.settrace
 
     def _local(self, frame, event, arg):
         if event == "line":
@@ -372,14 +392,77 @@ class _Trace:
             return self._local
         return None
 
+    def _settrace(self, fn) -> None:
+        """Stands in for ``sys.settrace`` during the traced run."""
+        if fn is None or fn is self._fn:
+            self.kept += fn is None
+            self._real_settrace(self._fn)
+        else:
+            self.foreign += 1
+            self._real_settrace(fn)
+
+    def ensure(self) -> None:
+        """Put the tracer back if something turned it off or replaced it (for this thread and new ones)."""
+        import threading
+        if sys.gettrace() is not self._fn:
+            self.reinstalled += 1
+            self._real_settrace(self._fn)
+        if threading.gettrace() is not self._fn:
+            threading.settrace(self._fn)
+
     def start(self) -> None:
         import threading
-        sys.settrace(self.tracer)
-        threading.settrace(self.tracer)
+        sys.settrace = self._settrace
+        self._real_settrace(self._fn)
+        threading.settrace(self._fn)
+
+    def stop(self) -> None:
+        import threading
+        sys.settrace = self._real_settrace
+        sys.settrace(None)
+        threading.settrace(None)
+
+    @staticmethod
+    def _shared_key(fixturedef) -> str | None:
+        if getattr(fixturedef, "scope", "function") == "function":
+            return None
+        return f"<fixture {fixturedef.baseid}::{fixturedef.argname}>"
 
     def pytest_runtest_protocol(self, item, nextitem):  # noqa: ARG002
         self.current = item.nodeid
+        try:
+            defs = item._fixtureinfo.name2fixturedefs  # private but stable since pytest 3
+            keys = {self._shared_key(defs[n][-1]) for n in item.fixturenames if defs.get(n)}
+        except AttributeError:
+            keys = set()
+        self.fixtures[item.nodeid] = sorted(k for k in keys if k)
         self._t0 = time.perf_counter()
+
+    def _phase(self):
+        self.ensure()
+        yield
+
+    pytest_runtest_setup = pytest_runtest_call = pytest_runtest_teardown = _phase
+
+    def pytest_fixture_setup(self, fixturedef, request):  # noqa: ARG002
+        self.ensure()
+        key = self._shared_key(fixturedef)
+        if key is None:
+            yield
+            return
+        prev, self.current = self.current, key
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.fixture_seconds[key] = self.fixture_seconds.get(key, 0.0) + time.perf_counter() - t0
+            self.current = prev
+
+    def pytest_make_collect_report(self, collector):
+        t0 = time.perf_counter()
+        yield
+        if type(collector).__name__ == "Module":
+            self.collect_seconds[collector.nodeid] = time.perf_counter() - t0
 
     def pytest_runtest_logreport(self, report):
         if report.failed:
@@ -387,6 +470,33 @@ class _Trace:
         if report.when == "teardown":
             self.durations[report.nodeid] = time.perf_counter() - self._t0
             self.current = "<between>"
+
+    def result(self, root: Path) -> dict:
+        """The trace as saved: a shared fixture's lines belong to every test that uses the fixture."""
+        users: dict[str, set[str]] = {}
+        for test, keys in self.fixtures.items():
+            for k in keys:
+                users.setdefault(k, set()).add(test)
+        hits = {}
+        for f, d in self.hits.items():
+            per = {}
+            for ln, ids in d.items():
+                out = set()
+                for i in ids:
+                    out |= users.get(i, set()) if i.startswith("<fixture ") else {i}
+                per[ln] = sorted(out)
+            hits[str(Path(f).relative_to(root))] = per
+        return {"hits": hits, "durations": self.durations, "failed": sorted(self.failed),
+                "fixtures": {t: k for t, k in self.fixtures.items() if k}, "fixture_seconds": self.fixture_seconds,
+                "collect_seconds": self.collect_seconds,
+                "tracer": {"reinstalled": self.reinstalled, "kept_on": self.kept, "foreign": self.foreign}}
+
+    @classmethod
+    def mark_hooks(cls) -> None:
+        """The generator hooks are pytest hook wrappers (pytest is imported in the traced child only)."""
+        import pytest
+        for name in ("_phase", "pytest_fixture_setup", "pytest_make_collect_report"):
+            pytest.hookimpl(hookwrapper=True)(getattr(cls, name))
 
 
 def _child_setup(work: Path, cfg: dict, log: Path) -> None:
@@ -413,14 +523,14 @@ def trace_run(work: Path, cfg: dict, test_files: list[str], targets: list[str], 
         try:
             _child_setup(work, cfg, log)
             import pytest
+            _Trace.mark_hooks()
             tr = _Trace({str(work / t) for t in targets})
             tr.start()
-            code = pytest.main(_pytest_args(test_files, []), plugins=[tr])
-            sys.settrace(None)
-            hits = {str(Path(f).relative_to(work)): {ln: sorted(ids) for ln, ids in d.items()}
-                    for f, d in tr.hits.items()}
-            out.write_text(json.dumps({"hits": hits, "durations": tr.durations, "failed": sorted(tr.failed),
-                                       "exit": int(code)}))
+            try:
+                code = pytest.main(_pytest_args(test_files, []), plugins=[tr])
+            finally:
+                tr.stop()
+            out.write_text(json.dumps({**tr.result(work), "exit": int(code)}))
         except BaseException as e:  # noqa: BLE001 -- the child must never return into the parent's code
             print("trace run crashed:", repr(e), flush=True)
         finally:
@@ -608,6 +718,20 @@ def main(argv: list[str] | None = None) -> int:
               f"{len(failed)} failing unmutated (left out): {' '.join(sorted(failed)) or '-'}", flush=True)
 
         test_text = {f: (base / f).read_text(errors="replace") for f in test_files}
+        tracer = trace.get("tracer", {})
+        if tracer.get("reinstalled") or tracer.get("kept_on") or tracer.get("foreign"):
+            print(f"mutate: the tests turned tracing off or replaced it; the tracer was kept on "
+                  f"{tracer.get('kept_on', 0)} times, put back {tracer.get('reinstalled', 0)} times "
+                  f"({tracer.get('foreign', 0)} foreign tracers let in for a while)", flush=True)
+
+        def expected_seconds(order: list[str]) -> float:
+            """What the selected tests took in the traced run, plus the setup of the shared fixtures each
+            uses (it may fall to any of them) and the collection of their files (imports included)."""
+            fx, fxs = trace.get("fixtures", {}), trace.get("fixture_seconds", {})
+            cs = trace.get("collect_seconds", {})
+            used = {k for i in order for k in fx.get(i, ())}
+            return (sum(durations[i] for i in order) + sum(fxs.get(k, 0.0) for k in used)
+                    + sum(cs.get(f, 0.0) for f in {i.split("::")[0] for i in order}))
 
         def tests_for(m: Mutant) -> list[str]:
             hits = trace["hits"].get(m.file, {})
@@ -646,7 +770,7 @@ def main(argv: list[str] | None = None) -> int:
             while todo and free and time.monotonic() < deadline:
                 m, order = todo.pop(0)
                 work = free.pop()
-                timeout = args.timeout_factor * sum(durations[i] for i in order) + 10.0
+                timeout = args.timeout_factor * expected_seconds(order) + 10.0
                 pid = start_mutant(work, cfg, m, sources[m.file], order, tmp / f"{work.name}.log")
                 m.tests = len(order)
                 running[pid] = (m, work, time.monotonic(), timeout)
