@@ -11,6 +11,7 @@ ONE B_l^T product; the per-row lambda_d / lambda_b are gathered from stacked tab
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import weakref
 from dataclasses import dataclass, field
@@ -472,12 +473,28 @@ class VeraLayer(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, layout={self.layout}, adapters={list(self.proj)}"
 
 
+def _linear_leaves(head: nn.Module) -> list[str] | None:
+    """Paths of the nn.Linear inside ``head`` ("" for the head itself) when they hold every parameter
+    and buffer of it; None otherwise (the head then runs once per adapter in a mixed batch)."""
+    leaves = [p for p, m in head.named_modules() if isinstance(m, nn.Linear)]
+    owned = {f"{p}.{n}" if p else n for p in leaves for n, _ in head.get_submodule(p).named_parameters(recurse=False)}
+    if not leaves or {n for n, _ in head.named_parameters()} != owned or any(True for _ in head.buffers()):
+        return None
+    if any(type(head.get_submodule(p)).forward is not nn.Linear.forward for p in leaves):
+        return None  # a subclass with a forward of its own is not a plain linear
+    return leaves
+
+
 class ModulesToSave(nn.Module):
     """A fully trained module (a task head): one copy per adapter, the original for none.
 
-    In a mixed batch an nn.Linear head runs as one gathered batched product: each row's
-    weight and bias are gathered from a stack (slot 0 the original, slot s the copy of
-    the adapter in slot s); other head types run once per adapter present."""
+    In a mixed batch every nn.Linear of the head runs as one gathered batched product: each
+    row's weight and bias are gathered from a stack (slot 0 the original, slot s the copy of
+    the adapter in slot s). That covers a head that is an nn.Linear and a head whose parameters
+    all belong to nn.Linear submodules (dense -> tanh -> out_proj, dropout in between): the
+    original module's forward runs once with its linears routed through the gathered product
+    (eager mode; under torch.compile such a head runs once per adapter present, as dynamo cannot
+    trace the routing). Other heads (a LayerNorm, an embedding, parameters of their own) run once per adapter present."""
 
     def __init__(self, original: nn.Module, state: State) -> None:
         super().__init__()
@@ -485,6 +502,7 @@ class ModulesToSave(nn.Module):
         self.copies = nn.ModuleDict()
         self.slots: dict[str, int] = {}
         self._tables: dict[str, SlotTable] = {}
+        self._linears = _linear_leaves(original)  # paths of the nn.Linear that hold every parameter, or None
         object.__setattr__(self, "_state", state)
 
     def add_adapter(self, name: str) -> None:
@@ -511,18 +529,35 @@ class ModulesToSave(nn.Module):
             return self.original_module(*args, **kwargs)
         if st.mixed is None:
             return self.module_for(st.active)(*args, **kwargs)
-        if isinstance(self.original_module, nn.Linear) and len(args) == 1 and not kwargs:
+        if self._linears == [""] and len(args) == 1 and not kwargs:  # the head is one nn.Linear
             return self._linear_rows(args[0], st.mixed)
+        if self._linears and not torch.compiler.is_compiling():  # dynamo cannot trace the routing
+            return self._routed_rows(args, kwargs, st.mixed)
         return self._loop_rows(args, kwargs, st.mixed)
 
-    def _linear_rows(self, x: torch.Tensor, mb: MixedBatch) -> torch.Tensor:
-        """y[i] = x[i] W_i^T + b_i, W_i and b_i gathered per row: one batched matmul."""
+    def _routed_rows(self, args: tuple, kwargs: dict, mb: MixedBatch) -> Any:
+        """The original head's forward, once, with each of its nn.Linear computing per-row gathered
+        products (``_linear_rows``); parameter-free parts (activations, dropout) are shared by every row."""
+        routed = []
+        try:
+            for path in self._linears:
+                leaf = self.original_module.get_submodule(path)
+                leaf.forward = functools.partial(self._linear_rows, mb=mb, path=path)  # instance attribute
+                routed.append(leaf)
+            return self.original_module(*args, **kwargs)
+        finally:
+            for leaf in routed:
+                del leaf.forward  # back to nn.Linear.forward
+
+    def _linear_rows(self, x: torch.Tensor, mb: MixedBatch, path: str = "") -> torch.Tensor:
+        """y[i] = x[i] W_i^T + b_i for the head's nn.Linear at ``path``, W_i and b_i gathered per row:
+        one batched matmul."""
         if x.shape[0] != mb.batch:
             raise BatchError(f"adapter_ids has {mb.batch} entries but this module's input has "
                              f"{x.shape[0]} rows (dim 0)")
         names = list(dict.fromkeys(n for n in mb.ids if n is not None and n in self.copies))
-        o = self.original_module
-        mods = [o] + [self.copies[n] for n in names]
+        o = self.original_module.get_submodule(path)
+        mods = [o] + [self.copies[n].get_submodule(path) for n in names]
         grad = torch.is_grad_enabled() and any(p.requires_grad for m in mods for p in m.parameters())
         bias = o.bias is not None
         if grad or torch.compiler.is_compiling():
@@ -530,11 +565,11 @@ class ModulesToSave(nn.Module):
             b = torch.stack([m.bias for m in mods]) if bias else None  # (k + 1, out)
             pos = {n: i + 1 for i, n in enumerate(names)}
         else:
-            entries = [(0, o.weight)] + [(self.slots[n], self.copies[n].weight) for n in names]
-            W = self._tables.setdefault("weight", SlotTable()).get(entries, tuple(o.weight.shape), o.weight.dtype,
-                                                                   o.weight.device)
-            b = self._tables.setdefault("bias", SlotTable()).get(
-                [(0, o.bias)] + [(self.slots[n], self.copies[n].bias) for n in names], tuple(o.bias.shape),
+            entries = [(0, o.weight)] + [(self.slots[n], m.weight) for n, m in zip(names, mods[1:])]
+            W = self._tables.setdefault(f"{path}.weight", SlotTable()).get(entries, tuple(o.weight.shape),
+                                                                           o.weight.dtype, o.weight.device)
+            b = self._tables.setdefault(f"{path}.bias", SlotTable()).get(
+                [(0, o.bias)] + [(self.slots[n], m.bias) for n, m in zip(names, mods[1:])], tuple(o.bias.shape),
                 o.bias.dtype, o.bias.device) if bias else None
             pos = self.slots
         key = ("head", id(self), tuple(names), str(x.device), grad)

@@ -173,9 +173,13 @@ def test_slot_table_rewrites_a_reused_slot():
     assert torch.equal(t.get([(1, None)], (3,), torch.float32, torch.device("cpu"))[1], torch.zeros(3))
 
 
-def test_torch_compile_mixed_batch_matches_eager():
+@pytest.mark.parametrize("head", ["linear", "dense-tanh-out_proj"])
+def test_torch_compile_mixed_batch_matches_eager(head):
     torch.manual_seed(0)
-    m = get_vera_model(TinyNet(layers=1), VeraConfig(r=8, target_modules=["query"], seed=5,
+    net = TinyNet(layers=1)
+    if head != "linear":
+        net.classifier = _ClassificationHead()
+    m = get_vera_model(net, VeraConfig(r=8, target_modules=["query"], seed=5,
                                                      modules_to_save=["classifier"]), "a")
     m.add_adapter("b", VeraConfig(r=4, target_modules=["query"], seed=7, modules_to_save=["classifier"]))
     with torch.no_grad():
@@ -210,3 +214,69 @@ def test_cuda_mixed_batch_matches_each_row_alone():
     cpu = copy.deepcopy(m).cpu()
     with torch.no_grad():
         torch.testing.assert_close(cpu(x.cpu(), adapter_ids=IDS), y.cpu(), rtol=1e-4, atol=1e-4)
+
+
+class _ClassificationHead(torch.nn.Module):
+    """RoBERTa's classification head shape: dense -> tanh -> out_proj, dropout between (every parameter
+    in an nn.Linear)."""
+
+    def __init__(self, d=16, n=3):
+        super().__init__()
+        self.dense = torch.nn.Linear(d, d)
+        self.dropout = torch.nn.Dropout(0.0)
+        self.out_proj = torch.nn.Linear(d, n)
+
+    def forward(self, x):
+        return self.out_proj(self.dropout(torch.tanh(self.dense(x))))
+
+
+class _NormHead(torch.nn.Module):
+    """A head with a LayerNorm: parameters outside nn.Linear, so it runs once per adapter present."""
+
+    def __init__(self, d=16):
+        super().__init__()
+        self.norm = torch.nn.LayerNorm(d)
+        self.out = torch.nn.Linear(d, 2)
+
+    def forward(self, x):
+        return self.out(self.norm(x))
+
+
+@pytest.mark.parametrize("head, batched", [(_ClassificationHead, True), (_NormHead, False)])
+def test_heads_made_of_linears_are_gathered_products_and_others_loop(monkeypatch, head, batched):
+    """Outputs and gradients of a mixed batch equal each row alone (float64); a head whose parameters
+    all sit in nn.Linear runs once with gathered per-row weights, never the per-adapter loop."""
+    torch.manual_seed(0)
+    net = TinyNet(layers=1).double()
+    net.classifier = head().double()
+    m = get_vera_model(net, VeraConfig(r=4, target_modules=["query"], seed=5, modules_to_save=["classifier"],
+                                       vector_dtype=torch.float64), "a")
+    m.add_adapter("b", VeraConfig(r=4, target_modules=["query"], seed=5, modules_to_save=["classifier"],
+                                  vector_dtype=torch.float64))
+    m.add_adapter("c", VeraConfig(r=4, target_modules=["query"], seed=9, vector_dtype=torch.float64))  # no head
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "vera_lambda" in n or ".copies." in n:
+                p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    loops = []
+    real = ModulesToSave._loop_rows
+    monkeypatch.setattr(ModulesToSave, "_loop_rows", lambda *a: loops.append(1) or real(*a))
+    ids = ["a", "b", None, "c", "b", "a"]
+    m.set_trainable(m.adapters)
+    x = torch.randn(len(ids), 5, 16, dtype=torch.float64, requires_grad=True)
+    y = m(x, adapter_ids=ids)
+    assert bool(loops) is not batched
+    w = torch.randn_like(y)
+    (y * w).sum().backward()
+    grads = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+    assert any(".copies.b." in n for n in grads)
+    m.zero_grad()
+    want = _alone(m, x, ids, w)
+    torch.testing.assert_close(y.detach(), want, rtol=1e-12, atol=1e-12)
+    want_g = {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
+    assert grads.keys() == want_g.keys()
+    for n in grads:
+        torch.testing.assert_close(grads[n], want_g[n], rtol=1e-11, atol=1e-11, msg=n)
+    # the routing is undone: the original head runs its own nn.Linear.forward again
+    assert all("forward" not in vars(mod) for mod in m.base_model.classifier.original_module.modules())
