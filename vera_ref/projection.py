@@ -8,6 +8,8 @@ table equals the smaller table.
 from __future__ import annotations
 
 import math
+import os
+import threading
 
 import numpy as np
 
@@ -23,6 +25,8 @@ WORD_LIMIT = 1 << 32  # spec 1.4: every counter word is a 32-bit integer
 RANK_LIMIT = WORD_LIMIT * 4  # spec 1.4: k div 4 must fit one word
 CHUNK = 8192  # counters per step of table_words (the plain path)
 BLOCK_ELEMS = 1 << 14  # counters per block: ~1.3 MB of buffers stay in a core's L2 (bench/rng.py)
+MAX_THREADS = 4  # worker threads per table at most (bench/rng.py: memory bandwidth, not cores, bounds it)
+MIN_BLOCKS_PER_THREAD = 4  # a thread gets at least this many blocks
 _HALF_GRID = (1 << 24) - 1  # spec 1.5: s = 2*m24 + 1 - 2^24 = 2*m24 - (2^24 - 1)
 
 
@@ -102,15 +106,26 @@ def _map_words(W: np.ndarray, scale: np.float32, dest: np.ndarray, tmp: np.ndarr
     dest *= scale
 
 
+def threads_for(blocks: int) -> int:
+    """Worker threads for a table of ``blocks`` blocks: ``OMP_NUM_THREADS`` when set, else the
+    machine's cores, at most ``MAX_THREADS``, and one thread per ``MIN_BLOCKS_PER_THREAD`` blocks
+    at most (a small table is not worth a thread). The result never depends on it (spec 1.4:
+    every block is a pure function of its counters)."""
+    want = os.environ.get("OMP_NUM_THREADS", "")
+    n = int(want) if want.isdigit() and int(want) > 0 else (os.cpu_count() or 1)
+    return max(1, min(n, MAX_THREADS, blocks // MIN_BLOCKS_PER_THREAD))
+
+
 def _table_values(seed: int, m: int, g: int, n_count: int, r: int, bound: np.float32,
-                  rank_major: bool) -> np.ndarray:
+                  rank_major: bool, threads: int | None = None) -> np.ndarray:
     """value(T[m, g][0:n_count, 0:r]) as float32 (r, n_count) if ``rank_major`` (A's
     layout) else (n_count, r) (B's layout), made in blocks (spec 1.4-1.5).
 
     A block is KB rank groups x N features, about BLOCK_ELEMS counters, so NumPy's
     per-call cost is amortised. Philox writes its four words into a buffer laid out
     like the destination block, (KB, 4, N) or (N, KB, 4), and the float mapping then
-    runs on contiguous memory.
+    runs on contiguous memory. Blocks are split between ``threads`` worker threads
+    (NumPy releases the GIL inside each call), each with its own buffers.
     """
     key = key_of_seed(seed)
     scale = np.float32(bound) * np.float32(2.0**-24)  # exact: power-of-two scaling
@@ -122,28 +137,29 @@ def _table_values(seed: int, m: int, g: int, n_count: int, r: int, bound: np.flo
         KB = min(n_kb, BLOCK_ELEMS)
         N = max(1, min(n_count, BLOCK_ELEMS // KB))
     out = np.empty((r, n_count) if rank_major else (n_count, r), dtype=np.float32)
-    gen = BlockPhilox(KB * N)
-    words = np.empty(4 * KB * N, dtype=np.uint32)
-    tmp = np.empty(4 * KB * N, dtype=np.uint32)
-    vals = np.empty(4 * KB * N, dtype=np.float32)
-    for n0 in range(0, n_count, N):
-        n1 = min(n0 + N, n_count)
-        nb = n1 - n0
-        n = np.arange(n0, n1, dtype=np.uint32)
-        for kb0 in range(0, n_kb, KB):
-            kb1 = min(kb0 + KB, n_kb)
+    blocks = [(n0, kb0) for n0 in range(0, n_count, N) for kb0 in range(0, n_kb, KB)]
+
+    def work(part: list[tuple[int, int]]) -> None:
+        gen = BlockPhilox(KB * N)
+        words = np.empty(4 * KB * N, dtype=np.uint32)
+        tmp = np.empty(4 * KB * N, dtype=np.uint32)
+        vals = np.empty(4 * KB * N, dtype=np.float32)
+        for n0, kb0 in part:
+            n1, kb1 = min(n0 + N, n_count), min(kb0 + KB, n_kb)
+            nb, kbn = n1 - n0, kb1 - kb0
+            n = np.arange(n0, n1, dtype=np.uint32)
             kbs = np.arange(kb0, kb1, dtype=np.uint32)
             k0, k1 = 4 * kb0, min(4 * kb1, r)  # ranks of this block
-            size = 4 * (kb1 - kb0) * nb
+            size = 4 * kbn * nb
             if rank_major:  # words as (KB, 4, N): row 4*kb + j of A
-                W = words[:size].reshape(kb1 - kb0, 4, nb)
+                W = words[:size].reshape(kbn, 4, nb)
                 gen.words(n[None, :], kbs[:, None], m, g, key, out=W.transpose(1, 0, 2))  # (4, KB, N)
-                W2 = W.reshape(4 * (kb1 - kb0), nb)[: k1 - k0]
+                W2 = W.reshape(4 * kbn, nb)[: k1 - k0]
                 dest = out[k0:k1, n0:n1]
             else:  # words as (N, KB, 4): column 4*kb + j of B
-                W = words[:size].reshape(nb, kb1 - kb0, 4)
+                W = words[:size].reshape(nb, kbn, 4)
                 gen.words(n[:, None], kbs[None, :], m, g, key, out=W.transpose(2, 0, 1))  # (4, N, KB)
-                W2 = W.reshape(nb, 4 * (kb1 - kb0))[:, : k1 - k0]
+                W2 = W.reshape(nb, 4 * kbn)[:, : k1 - k0]
                 dest = out[n0:n1, k0:k1]
             if dest.flags.c_contiguous:
                 _map_words(W2, scale, dest, tmp[: W2.size].reshape(W2.shape))
@@ -151,23 +167,46 @@ def _table_values(seed: int, m: int, g: int, n_count: int, r: int, bound: np.flo
                 v = vals[: W2.size].reshape(W2.shape)
                 _map_words(W2, scale, v, tmp[: W2.size].reshape(W2.shape))
                 dest[...] = v
+
+    t = threads_for(len(blocks)) if threads is None else max(1, min(int(threads), len(blocks)))
+    parts = [blocks[i * len(blocks) // t:(i + 1) * len(blocks) // t] for i in range(t)]
+    errors: list[BaseException] = []
+
+    def run(part: list[tuple[int, int]]) -> None:
+        try:
+            work(part)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread below
+            errors.append(e)
+
+    workers = [threading.Thread(target=run, args=(p,), daemon=True) for p in parts[1:]]
+    for w in workers:
+        w.start()
+    run(parts[0])
+    for w in workers:
+        w.join()
+    if errors:
+        raise errors[0]
     return out
 
 
-def projection(seed: int, r: int, n_in: int, n_out: int, group: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def projection(seed: int, r: int, n_in: int, n_out: int, group: int = 0,
+               threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The projection pair of group ``group`` (spec 2.1).
 
     A = value(T[0, g][0:n_in, 0:r])^T, float32 (r, n_in), bound from fan_in = n_in;
     B = value(T[1, g][0:n_out, 0:r]),   float32 (n_out, r), bound from fan_in = r.
+    ``threads``: worker threads per table (default: ``threads_for``); the values never depend on it.
     """
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ProjectionError(f"threads must be a positive integer, got {threads!r}")
     check_seed(seed)
     _check_count("r", r, RANK_LIMIT)
     _check_count("n_in", n_in, WORD_LIMIT)
     _check_count("n_out", n_out, WORD_LIMIT)
     if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or not 0 <= group < WORD_LIMIT:
         raise ProjectionError(f"group must be in [0, 2^32), got {group}")
-    A = _table_values(int(seed), MATRIX_A, int(group), int(n_in), int(r), kaiming_bound(n_in), True)  # (r, n_in)
-    B = _table_values(int(seed), MATRIX_B, int(group), int(n_out), int(r), kaiming_bound(r), False)  # (n_out, r)
+    A = _table_values(int(seed), MATRIX_A, int(group), int(n_in), int(r), kaiming_bound(n_in), True, threads)  # (r, n_in)
+    B = _table_values(int(seed), MATRIX_B, int(group), int(n_out), int(r), kaiming_bound(r), False, threads)  # (n_out, r)
     return A, B
 
 

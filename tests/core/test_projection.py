@@ -1,6 +1,8 @@
 """spec 1.3-1.6, 2.1-2.3, 6.3: projections from a seed."""
 import json
 import math
+import re
+import sys
 from fractions import Fraction
 
 import numpy as np
@@ -119,3 +121,53 @@ def test_layer_slice():
     assert A_l.shape == (4, 6) and B_l.shape == (5, 4)
     with pytest.raises(ProjectionError, match=r"^layer \(13 x 6\) is larger than the projection"):
         slice_for_layer(A, B, 6, 13)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 7])
+def test_threads_never_change_the_values(threads, monkeypatch):
+    """Blocks split between worker threads (spec 1.4: each block is a pure function of its counters):
+    every block, including the last partial ones, equals the plain per-counter path."""
+    P = sys.modules["vera_ref.projection"]  # the module (vera_ref.projection is also the function)
+    monkeypatch.setattr(P, "BLOCK_ELEMS", 64)  # many small blocks: 4 ranks x 16 features, 16 features x 4 ranks
+    seed, r, n_in, n_out = 2**40 + 3, 13, 70, 45
+    A, B = P.projection(seed, r, n_in, n_out, 2, threads=threads)
+    assert np.array_equal(A, words_to_float(table_words(seed, MATRIX_A, 2, (0, n_in), (0, r)), kaiming_bound(n_in)).T)
+    assert np.array_equal(B, words_to_float(table_words(seed, MATRIX_B, 2, (0, n_out), (0, r)), kaiming_bound(r)))
+
+
+@pytest.mark.parametrize("env, blocks, want", [
+    ("", 100, "cpus"), ("1", 100, 1), ("3", 100, 3), ("16", 1000, 4),  # at most MAX_THREADS = 4
+    ("4", 7, 1), ("4", 8, 2), ("4", 15, 3), ("2", 3, 1),  # at least MIN_BLOCKS_PER_THREAD = 4 blocks each
+    ("0", 100, "cpus"), ("x", 100, "cpus"), ("-2", 100, "cpus"),  # not a positive integer: ignored
+])
+def test_threads_for(env, blocks, want, monkeypatch):
+    import os
+    from vera_ref.projection import threads_for
+    monkeypatch.setenv("OMP_NUM_THREADS", env)
+    if want == "cpus":
+        want = max(1, min(os.cpu_count() or 1, 4, blocks // 4))
+    assert threads_for(blocks) == want
+
+
+@pytest.mark.parametrize("threads", [0, -1, True, 1.5, "2"])
+def test_threads_must_be_a_positive_integer(threads):
+    with pytest.raises(ProjectionError, match=rf"^threads must be a positive integer, got {re.escape(repr(threads))}$"):
+        projection(1, 4, 8, 8, threads=threads)
+
+
+def test_an_error_in_a_worker_thread_reaches_the_caller(monkeypatch):
+    import threading
+    P = sys.modules["vera_ref.projection"]
+    monkeypatch.setattr(P, "BLOCK_ELEMS", 64)  # A (8, 200): 8 blocks, 4 of them in the second thread
+    real = P._map_words
+
+    def broken(*a):
+        if threading.current_thread() is not threading.main_thread():
+            raise MemoryError("in a worker")
+        return real(*a)
+    monkeypatch.setattr(P, "_map_words", broken)
+    before = threading.active_count()
+    with pytest.raises(MemoryError, match="^in a worker$"):
+        P.projection(1, 8, 200, 8, threads=2)
+    monkeypatch.setattr(P, "_map_words", real)
+    assert threading.active_count() == before  # the worker was joined
