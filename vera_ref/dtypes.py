@@ -41,7 +41,8 @@ def bf16_from_bits(bits: np.ndarray) -> np.ndarray:
 
 def round_to(x: np.ndarray, dtype: str) -> np.ndarray:
     """Round to ``dtype`` (nearest even); float16/32/64 as NumPy arrays of that dtype,
-    bfloat16 as float32 holding bfloat16 values."""
+    bfloat16 as float32 holding bfloat16 values. float64 -> bfloat16 rounds to float32 first,
+    then to bfloat16 (spec 3.9), as PyTorch's casts do."""
     dtype = check_name(dtype)
     if dtype == "bfloat16":
         return bf16_from_bits(bf16_bits(np.asarray(x, dtype=np.float32)))

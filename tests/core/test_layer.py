@@ -137,3 +137,20 @@ def test_math_vectors():
 def test_shape_errors_are_named(call, message):
     with pytest.raises(ShapeError, match="^" + message + "$"):
         call(projection(0, 2, 5, 6))
+
+
+@pytest.mark.parametrize("vector_dtype, want", [
+    # 1 + 2^-8 + 2^-30 (binary64), by hand: binary32 keeps 1 + 2^-8 (2^-30 is under half its ulp 2^-23),
+    # a tie in bfloat16 (ulp 2^-7) that goes to even: 1.0. One direct rounding would give 1 + 2^-7.
+    ("bfloat16", 1.0),
+    ("float32", 1 + 2**-8),  # 2^-30 < half of binary32's ulp at 1
+    ("float64", 1 + 2**-8 + 2**-30),
+])
+def test_d_initial_rounds_through_binary32_into_bfloat16(vector_dtype, want):
+    """spec 3.9: d_initial rounded into vector_dtype; into bfloat16 through binary32 (PyTorch's casts)."""
+    from vera_ref import ModuleSpec, new_adapter
+    from vera_ref.dtypes import round_to
+    d = 1 + 2**-8 + 2**-30
+    assert round_to(np.array([d]), vector_dtype).astype(np.float64).tolist() == [want]
+    ad = new_adapter([ModuleSpec("q", 4, 4)], 2, seed=1, d_initial=d, vector_dtype=vector_dtype)
+    assert ad.lambda_d["q"].astype(np.float64).tolist() == [want, want]
