@@ -178,9 +178,6 @@ class ProjectionStore:
     def buffer_names(spec: ProjSpec) -> tuple[str, str]:
         return f"{spec.owner}__A__{spec.group}", f"{spec.owner}__B__{spec.group}"
 
-    def has_stored(self, spec: ProjSpec) -> bool:
-        return hasattr(self._holder, self.buffer_names(spec)[0])
-
     def put_stored(self, spec: ProjSpec, A: torch.Tensor, B: torch.Tensor) -> None:
         na, nb = self.buffer_names(spec)
         self._holder.register_buffer(na, A.to(torch.float32).contiguous())
