@@ -21,7 +21,8 @@ DEMO = Command(
     "demo", "the main job: finetune MiniLM with VeRA offline, compare with baselines, ship to ONNX Runtime",
     "Finetune all-MiniLM-L6-v2 with VeRA (query/value, r=256) plus a head on Rotten Tomatoes snippets "
     "(split by movie), compare with majority class, a logistic probe, head only and PEFT LoRA r=8 on the "
-    "same split and budget, then save, reload bit-identically, merge, export to ONNX and serve two "
-    "adapters from one ORT session. Writes results/ (table, JSON, training curve). Arguments are checked "
-    "before any training starts.",
+    "same split and budget (learning rates tuned on a validation split of the training movies), then save, "
+    "reload bit-identically, merge, export to ONNX and serve every VeRA adapter from one ONNX Runtime "
+    "session in one mixed batch, checked row by row against torch. Writes results/ (table, JSON, "
+    "results.png, training curve). Arguments are checked before any training starts.",
     _setup, _run)

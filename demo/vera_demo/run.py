@@ -4,10 +4,14 @@
 
 1. Data: Rotten Tomatoes snippets (fresh vs rotten), split by movie. Model: all-MiniLM-L6-v2.
 2. Methods on the same split and step budget: majority class, logistic-regression probe on
-   frozen embeddings, head only, VeRA (query/value, r=256) + head, PEFT LoRA r=8 + head.
+   frozen embeddings, head only, VeRA (query/value, r=256) + head, PEFT LoRA r=8 + head; VeRA and
+   LoRA each try the same number of learning rates, chosen on a validation split of the training
+   movies (never the test set).
 3. Ship: save the VeRA adapter, reload it in a fresh process (bit-identical logits), merge and
-   export to ONNX (ORT logits vs torch), serve two VeRA adapters hot-swapped in one ORT session.
-4. results/: results.json, results.md (the table), training_curve.png, the adapter files and ONNX models.
+   export to ONNX (ORT logits vs torch), serve every VeRA adapter trained from one multi-mode ORT
+   session in one mixed batch, checked row by row against torch.
+4. results/: results.json, results.md (the table), results.png, training_curve.png, the adapter
+   files (the ONNX models only with --keep-models).
 """
 from __future__ import annotations
 
