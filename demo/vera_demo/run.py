@@ -1,6 +1,6 @@
 """The main job: VeRA on a real pretrained transformer, offline, compared, then shipped to ONNX Runtime.
 
-    vera-ref demo [--steps 300] [--r 256] [--targets query,value] [--out results]
+    vera-ref demo [--steps 250] [--r 256] [--targets query,value] [--out results] [--keep-models]
 
 1. Data: Rotten Tomatoes snippets (fresh vs rotten), split by movie. Model: all-MiniLM-L6-v2.
 2. Methods on the same split and step budget: majority class, logistic-regression probe on
