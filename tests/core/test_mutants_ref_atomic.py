@@ -335,3 +335,71 @@ def test_by_default_the_data_has_no_name_while_it_is_written(tmp_path):
         f.flush()
         assert _entries(tmp_path) == []
     assert _entries(tmp_path) == ["out.bin"]
+
+
+def test_asking_whether_a_writer_runs_sends_it_no_signal():
+    # os.kill(pid, 0) only asks; any real signal would end this child (SIGHUP, SIGINT, ... all fatal to sleep)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert atomic._pid_alive(child.pid) is True
+        with pytest.raises(subprocess.TimeoutExpired):
+            child.wait(timeout=0.3)
+        assert child.poll() is None
+    finally:
+        child.kill()
+        child.wait()
+
+
+def _open_fds():
+    return sorted(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="no /proc here")
+def test_no_file_descriptor_is_left_open(tmp_path, kind):
+    before = _open_fds()
+    for _ in range(3):
+        atomic.atomic_write_bytes(tmp_path / "out.bin", b"data")
+        with pytest.raises(ValueError):
+            atomic.atomic_write(tmp_path / "out.bin", lambda f: (_ for _ in ()).throw(ValueError("x")))
+        atomic._fsync_dir(str(tmp_path))
+    assert _open_fds() == before
+
+
+@pytest.mark.skipif(not HAS_TMPFILE, reason="no O_TMPFILE here")
+def test_the_copy_fallback_flushes_its_named_copy_to_storage(tmp_path, monkeypatch):
+    # spec 4.7: what is renamed over the target has been flushed to stable storage, whole
+    monkeypatch.setattr(atomic, "USE_O_TMPFILE", True)
+
+    def refuse(*a, **k):
+        raise PermissionError(errno.EPERM, "no linkat")
+    monkeypatch.setattr(os, "link", refuse)
+    synced = []
+    real = os.fsync
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        if not os.path.stat.S_ISDIR(st.st_mode):
+            synced.append((st.st_nlink, st.st_size))
+        return real(fd)
+    monkeypatch.setattr(os, "fsync", fsync)
+    atomic.atomic_write_bytes(tmp_path / "out.bin", b"x" * 5000)
+    assert synced == [(0, 5000), (1, 5000)]  # the anonymous inode, then its named copy, both whole
+    assert (tmp_path / "out.bin").read_bytes() == b"x" * 5000
+
+
+@pytest.mark.skipif(not HAS_TMPFILE, reason="no O_TMPFILE here")
+def test_an_error_while_copying_removes_the_named_copy(tmp_path, monkeypatch):
+    monkeypatch.setattr(atomic, "USE_O_TMPFILE", True)
+
+    def refuse(*a, **k):
+        raise PermissionError(errno.EPERM, "no linkat")
+    monkeypatch.setattr(os, "link", refuse)
+
+    def broken(fd, n, pos):
+        raise OSError(errno.EIO, "read error")
+    monkeypatch.setattr(os, "pread", broken)
+    (tmp_path / "out.bin").write_bytes(b"old")
+    with pytest.raises(OSError) as err:
+        atomic.atomic_write_bytes(tmp_path / "out.bin", b"new")
+    assert err.value.errno == errno.EIO
+    assert (tmp_path / "out.bin").read_bytes() == b"old" and _entries(tmp_path) == ["out.bin"]
