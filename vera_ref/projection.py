@@ -92,18 +92,35 @@ def table_words(
     return out
 
 
-def _map_words(W: np.ndarray, scale: np.float32, dest: np.ndarray, tmp: np.ndarray) -> None:
-    """spec 1.5 on a block of words, written into ``dest`` (same shape, float32).
+def _map_words(W: np.ndarray, scale: np.float32, dest: np.ndarray) -> None:
+    """spec 1.5 on a block of words, written into ``dest`` (same shape, float32); ``W`` is
+    overwritten (the words are not needed after).
 
     (u >> 7) | 1 == 2*(u >> 8) + 1; minus 2^24 gives the odd s; int32 -> float32 is
     exact for |s| < 2^24; then the one binary32 multiply.
     """
-    np.right_shift(W, np.uint32(7), out=tmp)
-    tmp |= np.uint32(1)
-    ts = tmp.view(np.int32)
-    ts -= np.int32(1 << 24)
-    np.copyto(dest, ts, casting="unsafe")
+    np.right_shift(W, np.uint32(7), out=W)
+    W |= np.uint32(1)
+    ws = W.view(np.int32)
+    ws -= np.int32(1 << 24)
+    np.copyto(dest, ws, casting="unsafe")
     dest *= scale
+
+
+class _Workspace:
+    """One worker's buffers for blocks of at most BLOCK_ELEMS counters, kept for both tables of a
+    projection call. Pages of a buffer are only touched (and faulted in) as far as blocks use them."""
+
+    def __init__(self) -> None:
+        self.gen = BlockPhilox(BLOCK_ELEMS)
+        self.words = np.empty(4 * BLOCK_ELEMS, dtype=np.uint32)
+        self._vals: np.ndarray | None = None
+
+    def vals(self, size: int) -> np.ndarray:
+        """float32 staging for a block whose destination is not contiguous (made on first need)."""
+        if self._vals is None:
+            self._vals = np.empty(4 * BLOCK_ELEMS, dtype=np.float32)
+        return self._vals[:size]
 
 
 def threads_for(blocks: int) -> int:
@@ -117,7 +134,8 @@ def threads_for(blocks: int) -> int:
 
 
 def _table_values(seed: int, m: int, g: int, n_count: int, r: int, bound: np.float32,
-                  rank_major: bool, threads: int | None = None) -> np.ndarray:
+                  rank_major: bool, threads: int | None = None,
+                  spaces: dict[int, _Workspace] | None = None) -> np.ndarray:
     """value(T[m, g][0:n_count, 0:r]) as float32 (r, n_count) if ``rank_major`` (A's
     layout) else (n_count, r) (B's layout), made in blocks (spec 1.4-1.5).
 
@@ -125,7 +143,8 @@ def _table_values(seed: int, m: int, g: int, n_count: int, r: int, bound: np.flo
     per-call cost is amortised. Philox writes its four words into a buffer laid out
     like the destination block, (KB, 4, N) or (N, KB, 4), and the float mapping then
     runs on contiguous memory. Blocks are split between ``threads`` worker threads
-    (NumPy releases the GIL inside each call), each with its own buffers.
+    (NumPy releases the GIL inside each call), each with its own buffers (``spaces``: worker
+    index -> buffers, shared by the calls for A and B).
     """
     key = key_of_seed(seed)
     scale = np.float32(bound) * np.float32(2.0**-24)  # exact: power-of-two scaling
@@ -139,11 +158,8 @@ def _table_values(seed: int, m: int, g: int, n_count: int, r: int, bound: np.flo
     out = np.empty((r, n_count) if rank_major else (n_count, r), dtype=np.float32)
     blocks = [(n0, kb0) for n0 in range(0, n_count, N) for kb0 in range(0, n_kb, KB)]
 
-    def work(part: list[tuple[int, int]]) -> None:
-        gen = BlockPhilox(KB * N)
-        words = np.empty(4 * KB * N, dtype=np.uint32)
-        tmp = np.empty(4 * KB * N, dtype=np.uint32)
-        vals = np.empty(4 * KB * N, dtype=np.float32)
+    def work(i: int, part: list[tuple[int, int]]) -> None:
+        ws = spaces.setdefault(i, _Workspace()) if spaces is not None else _Workspace()
         for n0, kb0 in part:
             n1, kb1 = min(n0 + N, n_count), min(kb0 + KB, n_kb)
             nb, kbn = n1 - n0, kb1 - kb0
@@ -152,36 +168,36 @@ def _table_values(seed: int, m: int, g: int, n_count: int, r: int, bound: np.flo
             k0, k1 = 4 * kb0, min(4 * kb1, r)  # ranks of this block
             size = 4 * kbn * nb
             if rank_major:  # words as (KB, 4, N): row 4*kb + j of A
-                W = words[:size].reshape(kbn, 4, nb)
-                gen.words(n[None, :], kbs[:, None], m, g, key, out=W.transpose(1, 0, 2))  # (4, KB, N)
+                W = ws.words[:size].reshape(kbn, 4, nb)
+                ws.gen.words(n[None, :], kbs[:, None], m, g, key, out=W.transpose(1, 0, 2))  # (4, KB, N)
                 W2 = W.reshape(4 * kbn, nb)[: k1 - k0]
                 dest = out[k0:k1, n0:n1]
             else:  # words as (N, KB, 4): column 4*kb + j of B
-                W = words[:size].reshape(nb, kbn, 4)
-                gen.words(n[:, None], kbs[None, :], m, g, key, out=W.transpose(2, 0, 1))  # (4, N, KB)
+                W = ws.words[:size].reshape(nb, kbn, 4)
+                ws.gen.words(n[:, None], kbs[None, :], m, g, key, out=W.transpose(2, 0, 1))  # (4, N, KB)
                 W2 = W.reshape(nb, 4 * kbn)[:, : k1 - k0]
                 dest = out[n0:n1, k0:k1]
             if dest.flags.c_contiguous:
-                _map_words(W2, scale, dest, tmp[: W2.size].reshape(W2.shape))
+                _map_words(W2, scale, dest)
             else:
-                v = vals[: W2.size].reshape(W2.shape)
-                _map_words(W2, scale, v, tmp[: W2.size].reshape(W2.shape))
+                v = ws.vals(W2.size).reshape(W2.shape)
+                _map_words(W2, scale, v)
                 dest[...] = v
 
     t = threads_for(len(blocks)) if threads is None else max(1, min(int(threads), len(blocks)))
     parts = [blocks[i * len(blocks) // t:(i + 1) * len(blocks) // t] for i in range(t)]
     errors: list[BaseException] = []
 
-    def run(part: list[tuple[int, int]]) -> None:
+    def run(i: int, part: list[tuple[int, int]]) -> None:
         try:
-            work(part)
+            work(i, part)
         except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread below
             errors.append(e)
 
-    workers = [threading.Thread(target=run, args=(p,), daemon=True) for p in parts[1:]]
+    workers = [threading.Thread(target=run, args=(i, p), daemon=True) for i, p in enumerate(parts) if i]
     for w in workers:
         w.start()
-    run(parts[0])
+    run(0, parts[0])
     for w in workers:
         w.join()
     if errors:
@@ -205,8 +221,9 @@ def projection(seed: int, r: int, n_in: int, n_out: int, group: int = 0,
     _check_count("n_out", n_out, WORD_LIMIT)
     if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or not 0 <= group < WORD_LIMIT:
         raise ProjectionError(f"group must be in [0, 2^32), got {group}")
-    A = _table_values(int(seed), MATRIX_A, int(group), int(n_in), int(r), kaiming_bound(n_in), True, threads)  # (r, n_in)
-    B = _table_values(int(seed), MATRIX_B, int(group), int(n_out), int(r), kaiming_bound(r), False, threads)  # (n_out, r)
+    spaces: dict[int, _Workspace] = {}  # one set of block buffers per worker thread, for A then B
+    A = _table_values(int(seed), MATRIX_A, int(group), int(n_in), int(r), kaiming_bound(n_in), True, threads, spaces)  # (r, n_in)
+    B = _table_values(int(seed), MATRIX_B, int(group), int(n_out), int(r), kaiming_bound(r), False, threads, spaces)  # (n_out, r)
     return A, B
 
 
