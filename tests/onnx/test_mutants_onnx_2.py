@@ -1,0 +1,374 @@
+"""vera_onnx kill-tests, second round (issue 15; tools/mutate.py --package vera_onnx): the export's
+argument refusals as a table (exact type and message, nothing written), what export returns, tuple
+outputs, default dynamic axes, forwards without a signature, the exporter fallback, placeholders when
+r equals a layer's width, an adapted module the forward never calls, generator graphs for projection
+classes that share A, aten::diff over long axes, the .json sidecar's canonical form, in-memory values
+replaced by name, IOBinding runs. Values are compared with the NumPy reference (vera_ref) on adapters
+built by vera_ref.new_adapter, independent of the torch model that defined the graph."""
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+from torch import nn  # noqa: E402
+
+import vera_ref  # noqa: E402
+from vera_onnx import OnnxAdapterError, VeraOnnxSession, export, onnx_adapter  # noqa: E402
+from vera_onnx import torch_export  # noqa: E402
+from vera_onnx.errors import ExportError, OnnxError  # noqa: E402
+from vera_ref import ModuleSpec, new_adapter  # noqa: E402
+from vera_torch import MergeError, VeraConfig, get_vera_model  # noqa: E402
+
+SEED, R = 4, 3
+# r = 3 equals the first layer's out_features: its lambda_b and the next layer's lambda_d have one shape,
+# so the exporter's placeholders for them must differ (it merges equal initializers)
+MODS = [ModuleSpec("0", 6, 3), ModuleSpec("2", 3, 5)]
+
+
+def _session(path):
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _adapter(mods=MODS, r=R, seed=SEED, values=1):
+    ad = new_adapter(mods, r, seed=seed)
+    rng = np.random.default_rng(values)
+    for m in ad.config.modules:
+        ad.lambda_d[m.name][:] = rng.uniform(-1, 1, r)
+        ad.lambda_b[m.name][:] = rng.uniform(-1, 1, m.out_features)
+    return ad
+
+
+def _reference(x, W, ad):
+    """Sequential(Linear, ReLU, Linear) in float64 with ``ad`` (None: the base model) on the modules it names."""
+    h = x.astype(np.float64)
+    n_in, n_out = (ad.config.n_in, ad.config.n_out) if ad is not None else (0, 0)
+    for i, p in enumerate(("0", "2")):
+        Wp, bp = W[p]
+        if ad is not None and p in ad.lambda_d:
+            A, B = vera_ref.projection(ad.config.seed, ad.config.r, n_in, n_out)
+            h = vera_ref.forward(h, Wp, bp, A, B, ad.lambda_d[p], ad.lambda_b[p])
+        else:
+            h = h @ Wp.T + bp
+        h = np.maximum(h, 0) if i == 0 else h
+    return h
+
+
+def _weights(m):
+    return {p: (m.base_model.get_submodule(p).base_layer.weight.detach().double().numpy(),
+                m.base_model.get_submodule(p).base_layer.bias.detach().double().numpy()) for p in ("0", "2")}
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    d = tmp_path_factory.mktemp("small")
+    torch.manual_seed(0)
+    m = get_vera_model(nn.Sequential(nn.Linear(6, 3), nn.ReLU(), nn.Linear(3, 5)),
+                       VeraConfig(r=R, target_modules=["0", "2"], seed=SEED)).eval()
+    x = torch.randn(2, 6)
+    returned = {mode: export(m, (x,), d / f"{mode}.onnx", mode=mode, input_names=["x"],
+                             **({"capacity": 2} if mode == "multi" else {}))
+                for mode in ("merged", "hotswap", "multi")}
+    return d, m, _weights(m), returned
+
+
+X = np.linspace(-2, 2, 18, dtype=np.float32).reshape(3, 6)
+
+
+# -- export: what it refuses, what it returns ---------------------------------------------------------------
+
+REFUSED = [
+    (dict(mode="lora"), OnnxError, r"^mode must be 'merged', 'hotswap' or 'multi', got 'lora'$"),
+    (dict(projections="seed"), OnnxError, r"^projections must be 'initializers' or 'generator', got 'seed'$"),
+    (dict(exporter="onnxscript"), OnnxError, r"^exporter must be one of auto, torchscript, dynamo, got 'onnxscript'$"),
+    (dict(projections="generator"), OnnxError, r"^a merged model has no projections to generate; use mode='hotswap'$"),
+    (dict(mode="multi"), OnnxError, r"^capacity: multi mode needs the number of adapter slots, an integer >= 1, "
+                                    r"got None$"),
+    (dict(mode="multi", capacity=0), OnnxError, r"^capacity: multi mode needs .*, got 0$"),
+    (dict(mode="multi", capacity=True), OnnxError, r"^capacity: multi mode needs .*, got True$"),
+    (dict(mode="multi", capacity=2.0), OnnxError, r"^capacity: multi mode needs .*, got 2\.0$"),
+    (dict(mode="hotswap", capacity=2), OnnxError, r"^capacity applies to mode='multi' only$"),
+    (dict(mode="hotswap", adapters=["default"]), OnnxError, r"^adapters applies to mode='multi' only$"),
+    (dict(capacity=1, adapters=["default"]), OnnxError, r"^capacity applies to mode='multi' only$"),
+    (dict(adapter="zz"), OnnxError, r"^no adapter named 'zz'$"),
+    (dict(mode="multi", capacity=2, adapters=["default", "zz"]), OnnxError, r"^no adapter named 'zz'$"),
+    (dict(input_names=["x", "y"]), ExportError, r"^input_names has 2 names for 1 tensor inputs$"),
+    # nn.Sequential.forward(input): the positional example gives `input`
+    (dict(forward_kwargs={"input": None}), ExportError, r"^forward_kwargs fixes 'input', which the example inputs "
+                                                        r"give too$"),
+]
+
+
+@pytest.mark.parametrize("kw,exc,message", REFUSED, ids=[m[2][1:40] for m in REFUSED])
+def test_export_refuses_bad_arguments_and_writes_nothing(small, tmp_path, kw, exc, message):
+    _, m, _, _ = small
+    with pytest.raises(exc, match=message) as info:
+        export(m, (torch.randn(2, 6),), tmp_path / "x.onnx", **kw)
+    assert type(info.value) is exc
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_export_returns_the_model_it_wrote(small):
+    d, _, _, returned = small
+    for mode, model in returned.items():
+        assert isinstance(model, onnx.ModelProto), mode
+        assert model.SerializeToString() == onnx.load(d / f"{mode}.onnx").SerializeToString(), mode
+
+
+def test_exporting_one_adapter_while_another_is_merged_is_refused(tmp_path):
+    """The merged weights hold the other adapter's Delta W: folding a second one on top would export W0 +
+    both deltas; the export refuses (vera_torch's set_adapter rule) instead."""
+    torch.manual_seed(0)
+    m = get_vera_model(nn.Sequential(nn.Linear(6, 5)), VeraConfig(r=R, target_modules=["0"], seed=SEED)).eval()
+    m.add_adapter("b", VeraConfig(r=R, target_modules=["0"], seed=SEED))
+    m.set_adapter("b")
+    m.merge("b")
+    with pytest.raises(MergeError, match=r"^another adapter is merged; unmerge\(\) before switching$"):
+        export(m, (torch.randn(2, 6),), tmp_path / "x.onnx", adapter="default")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_tuple_outputs_are_named_output_output_1_and_non_tensors_dropped(tmp_path):
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+
+        def forward(self, x):
+            y = self.lin(x)
+            return y, "a note", y * 2, None, y - 1
+
+    torch.manual_seed(0)
+    m = get_vera_model(Two(), VeraConfig(r=2, target_modules=["lin"], seed=1)).eval()
+    x = torch.randn(2, 4)
+    model = export(m, (x,), tmp_path / "t.onnx", input_names=["x"])
+    assert [o.name for o in model.graph.output] == ["output", "output_1", "output_2"]
+    got = _session(tmp_path / "t.onnx").run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        want = [t.numpy() for t in m(x) if torch.is_tensor(t)]
+    assert len(got) == 3 and all(np.allclose(g, w, atol=1e-6) for g, w in zip(got, want))
+
+
+AXES = [  # README "Bare models": batch on dim 0; sequence on dim 1 of integer rank-2 and float rank-3 inputs
+    ((4,), torch.int64, {0: "batch"}),
+    ((4,), torch.float32, {0: "batch"}),
+    ((4, 5), torch.int64, {0: "batch", 1: "sequence"}),
+    ((4, 5), torch.bool, {0: "batch", 1: "sequence"}),
+    ((4, 5), torch.float32, {0: "batch"}),
+    ((4, 5, 6), torch.float16, {0: "batch", 1: "sequence"}),
+    ((4, 5, 6), torch.int64, {0: "batch"}),
+    ((4, 5, 6, 7), torch.float32, {0: "batch"}),
+]
+
+
+def test_default_dynamic_axes():
+    names = [f"in{i}" for i in range(len(AXES))]
+    got = torch_export._default_axes(names, [torch.zeros(s, dtype=dt) for s, dt, _ in AXES])
+    assert got == {n: want for n, (_, _, want) in zip(names, AXES)}
+
+
+def test_a_forward_without_a_signature_exports(tmp_path):
+    """inspect.signature fails on some wrapped forwards: no keyword parameters are known then."""
+    class Forward:
+        __signature__ = "not a signature"  # inspect.signature raises TypeError
+
+        def __init__(self, owner):
+            self.owner = owner
+
+        def __call__(self, x):
+            return self.owner.lin(x)
+
+    class Wrapped(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+            self.__dict__["forward"] = Forward(self)
+
+    torch.manual_seed(0)
+    m = get_vera_model(Wrapped(), VeraConfig(r=2, target_modules=["lin"], seed=1)).eval()
+    with torch.no_grad():
+        m.base_model.lin.vera_lambda_b["default"].fill_(0.5)
+    x = torch.randn(2, 4)
+    export(m, (x,), tmp_path / "w.onnx", input_names=["x"])
+    with torch.no_grad():
+        assert np.allclose(_session(tmp_path / "w.onnx").run(None, {"x": x.numpy()})[0], m(x).numpy(), atol=1e-6)
+
+
+class _Zeta(nn.Module):  # torch.special.zeta: no TorchScript ONNX symbolic
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return torch.special.zeta(self.lin(x), torch.tensor(2.0))
+
+
+@pytest.mark.parametrize("exporter,want", [("auto", "dynamo"), ("dynamo", "dynamo"),
+                                           ("torchscript", r"^the TorchScript exporter cannot export this model: .*"
+                                                           r"zeta.*; try exporter='dynamo'$")])
+def test_auto_falls_back_to_dynamo_where_onnxscript_is_installed(monkeypatch, tmp_path, exporter, want):
+    """onnxscript is not installed here: its presence is simulated and the dynamo exporter recorded."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "onnxscript" else real(name, *a))
+    calls = []
+    monkeypatch.setattr(torch_export, "_dynamo", lambda *a: calls.append(a))
+    model, args = _Zeta(), (torch.randn(2, 4),)
+    run = lambda: torch_export._run_exporter(exporter, model, args, str(tmp_path / "z.onnx"), ["x"], ["y"],  # noqa: E731
+                                             {"x": {0: "batch"}}, fold=True)
+    if want == "dynamo":
+        assert run() == "dynamo"
+        assert len(calls) == 1 and calls[0] == (model, args, str(tmp_path / "z.onnx"), ["x"], ["y"], {"x": {0: "batch"}})
+    else:
+        with pytest.raises(ExportError, match=want):
+            run()
+        assert calls == []
+
+
+# -- graphs that must keep every parameter apart ----------------------------------------------------------------
+
+def test_r_equal_to_a_layers_width_keeps_every_lambda_its_own_input(small):
+    d, _, W, returned = small
+    inputs = {i.name for i in returned["hotswap"].graph.input}
+    assert {f"{p}.lambda_{v}" for p in ("0", "2") for v in "db"} <= inputs
+    ad = _adapter()
+    hot = VeraOnnxSession(d / "hotswap.onnx")
+    hot.load_adapter("a", ad)
+    np.testing.assert_allclose(hot.run(None, {"x": X}, adapter="a")[0], _reference(X, W, ad), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(hot.run(None, {"x": X})[0], _reference(X, W, None), rtol=1e-5, atol=1e-5)
+    multi = VeraOnnxSession(d / "multi.onnx")
+    multi.load_adapter("a", ad)
+    got = multi.run(None, {"x": X}, adapter_ids=["a", None, "a"])[0]
+    want = np.stack([_reference(X, W, ad)[0], _reference(X, W, None)[1], _reference(X, W, ad)[2]])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_an_adapted_module_the_forward_never_calls(tmp_path):
+    """`unused` is adapted but never called: nothing of it is in the graph, it is described as such, and the
+    modules after it are served as usual."""
+    class Skip(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.unused = nn.Linear(6, 5)
+            self.used = nn.Linear(6, 5)
+
+        def forward(self, x):
+            return self.used(x)
+
+    torch.manual_seed(0)
+    m = get_vera_model(Skip(), VeraConfig(r=R, target_modules=["unused", "used"], seed=SEED)).eval()
+    model = export(m, (torch.randn(2, 6),), tmp_path / "s.onnx", mode="hotswap", input_names=["x"])
+    desc = json.loads(model.metadata_props[0].value)
+    assert [(mm["name"], mm["in_graph"]) for mm in desc["modules"]] == [("unused", False), ("used", True)]
+    assert sorted(i.name for i in model.graph.input) == ["used.lambda_b", "used.lambda_d", "x"]
+    ad = _adapter([ModuleSpec("unused", 6, 5), ModuleSpec("used", 6, 5)])
+    sess = VeraOnnxSession(tmp_path / "s.onnx")
+    sess.load_adapter("a", ad)
+    lin = m.base_model.used.base_layer
+    A, B = vera_ref.projection(SEED, R, 6, 5)
+    want = vera_ref.forward(X.astype(np.float64), lin.weight.detach().double().numpy(),
+                            lin.bias.detach().double().numpy(), A, B, ad.lambda_d["used"], ad.lambda_b["used"])
+    np.testing.assert_allclose(sess.run(None, {"x": X}, adapter="a")[0], want, rtol=1e-5, atol=1e-5)
+
+
+def test_generator_graphs_for_classes_that_share_a(tmp_path):
+    """Classes (seed 4, r 3, modules 0 and 2) and (seed 4, r 3, module 2 only) have equal A (6 columns in
+    both) and different B (6 vs 4 rows): the exporter merges the equal A; in generator mode no projection
+    initializer is left, and each row equals the reference of its adapter."""
+    torch.manual_seed(0)
+    m = get_vera_model(nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 4)),
+                       VeraConfig(r=R, target_modules=["0", "2"], seed=SEED)).eval()
+    m.add_adapter("b", VeraConfig(r=R, target_modules=["2"], seed=SEED))
+    model = export(m, (torch.randn(2, 6),), tmp_path / "g.onnx", mode="multi", capacity=2, input_names=["x"],
+                   projections="generator")
+    assert [t.name for t in model.graph.initializer if t.name.startswith("vera_projections.")] == []
+    assert len(json.loads(model.metadata_props[0].value)["classes"]) == 2
+    W = _weights(m)
+    both = _adapter([ModuleSpec("0", 6, 6), ModuleSpec("2", 6, 4)], values=2)
+    last = _adapter([ModuleSpec("2", 6, 4)], values=3)
+    sess = VeraOnnxSession(tmp_path / "g.onnx")
+    sess.load_adapter("both", both)
+    sess.load_adapter("last", last)
+    got = sess.run(None, {"x": X}, adapter_ids=["last", "both", None])[0]
+    want = np.stack([_reference(X, W, last)[0], _reference(X, W, both)[1], _reference(X, W, None)[2]])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_diff_over_more_than_124_positions(tmp_path):
+    """The aten::diff symbolic slices x[1:] with an open end: a length-200 axis differs all along."""
+    class Diff(nn.Module):
+        def forward(self, x):
+            return torch.diff(x, dim=-1, prepend=x[:, :1] - 1)
+
+    m = get_vera_model(nn.Sequential(nn.Linear(4, 200), Diff()), VeraConfig(r=2, target_modules=["0"], seed=0))
+    x = torch.randn(3, 4)
+    export(m, (x,), tmp_path / "d.onnx", exporter="torchscript", input_names=["x"])
+    model = onnx.load(tmp_path / "d.onnx")
+    assert "Sub" in {n.op_type for n in model.graph.node}
+    got = _session(tmp_path / "d.onnx").run(None, {"x": x.numpy()})[0]
+    with torch.no_grad():
+        want = m(x).numpy()
+    assert got.shape == (3, 200) and np.allclose(got, want, atol=1e-5)
+
+
+# -- serving ----------------------------------------------------------------------------------------------------
+
+def test_the_sidecar_is_canonical_json(small, tmp_path):
+    d, _, _, _ = small
+    path = tmp_path / "a.safetensors"
+    vera_ref.save_adapter(_adapter(), path)
+    mapping = onnx_adapter(path, d / "hotswap.onnx", tmp_path / "a.onnx_adapter")
+    text = (tmp_path / "a.onnx_adapter.json").read_text()
+    pairs = json.loads(text, object_pairs_hook=lambda kv: kv)
+    assert [k for k, _ in pairs] == ["format", "inputs", "source"]
+    inputs = dict(pairs)["inputs"]
+    assert [k for k, _ in inputs] == ["0.lambda_b", "0.lambda_d", "2.lambda_b", "2.lambda_d"]
+    assert dict(inputs) == mapping == {k: k for k, _ in inputs}
+    assert dict(pairs)["format"] == "vera-onnx-adapter-map-1" and dict(pairs)["source"] == str(path)
+    assert text == json.dumps({"format": "vera-onnx-adapter-map-1", "inputs": dict(inputs), "source": str(path)},
+                              indent=1, sort_keys=True)
+
+
+def test_in_memory_values_under_a_loaded_name_need_replace(small):
+    d, _, W, _ = small
+    sess = VeraOnnxSession(d / "multi.onnx")
+    first, second = _adapter(values=4), _adapter(values=5)
+    values = lambda ad: {f"{p}.lambda_{v}": getattr(ad, f"lambda_{v}")[p].astype(np.float32)  # noqa: E731
+                         for p in ("0", "2") for v in "db"}
+    sess.set_adapter_values("v", values(first))
+    with pytest.raises(OnnxError, match=r"^an adapter named 'v' is already loaded \(replace=True swaps it\)$"):
+        sess.set_adapter_values("v", values(second))
+    np.testing.assert_allclose(sess.run(None, {"x": X}, adapter="v")[0], _reference(X, W, first), rtol=1e-5, atol=1e-5)
+    sess.set_adapter_values("v", values(second), replace=True)
+    assert sess.loaded == ["v"]
+    np.testing.assert_allclose(sess.run(None, {"x": X}, adapter="v")[0], _reference(X, W, second), rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_iobinding_runs_the_base_model_and_multi_models_refuse_it(small):
+    d, _, W, _ = small
+    hot = VeraOnnxSession(d / "hotswap.onnx")
+    hot.load_adapter("a", _adapter())
+    binding = hot.session.io_binding()
+    binding.bind_cpu_input("x", X)
+    binding.bind_output("output")
+    hot.run_with_iobinding(binding)
+    np.testing.assert_allclose(binding.copy_outputs_to_cpu()[0], _reference(X, W, None), rtol=1e-5, atol=1e-5)
+    multi = VeraOnnxSession(d / "multi.onnx")
+    with pytest.raises(OnnxError, match=r"^a multi model's tables are fed by run\(\); call run\(\) with feeds instead$"):
+        multi.run_with_iobinding(multi.session.io_binding())
+    with pytest.raises(OnnxError, match=r"^ONNX Runtime ignores adapters under IOBinding; call run\(\) with feeds "
+                                        r"instead$"):
+        multi.run_with_iobinding(multi.session.io_binding(), adapter="a")
+
+
+def test_an_adapter_of_another_class_is_refused_by_a_hotswap_model(small):
+    d, _, _, _ = small
+    sess = VeraOnnxSession(d / "hotswap.onnx")
+    with pytest.raises(OnnxAdapterError, match=r"^r: the adapter has 2 but the model was exported with 3 "):
+        sess.load_adapter("x", _adapter(r=2))
+    assert sess.loaded == []
