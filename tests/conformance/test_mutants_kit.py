@@ -251,8 +251,8 @@ def test_philox_kat():
     class NoPhilox(Reference):
         philox = None
     out = run("philox_kat", NoPhilox())
-    assert (out.status, out.reason) == ("skipped", f"{NoPhilox.name} has no philox() (optional within the "
-                                                   "generator capability)")
+    assert (out.status, out.reason, out.examples, out.worst_ratio, out.case) == (
+        "skipped", f"{NoPhilox.name} has no philox() (optional within the generator capability)", 0, None, None)
 
 
 class _ProjFlip(Reference):
@@ -919,7 +919,8 @@ def test_math_vectors_filter_and_pass():
     lin = [t for t in MATH if t["dtype"] == "float32" and t["layout"] == "linear"]
     assert run("math_vectors", _Caps({"forward"}, layouts=("linear",)), "float32").examples == len(lin)
     out = run("math_vectors", Reference(), "float16")
-    assert (out.status, out.reason) == ("skipped", "math.json has no float16 cases this implementation can run")
+    assert (out.status, out.reason, out.examples, out.tolerance, out.note) == (
+        "skipped", "math.json has no float16 cases this implementation can run", 0, None, "")
     t = MATH[0]
     out = run("math_vectors", Reference(), t["dtype"], case={"tcId": t["tcId"]})
     assert (out.status, out.examples) == ("passed", 1)
@@ -1160,3 +1161,90 @@ def test_files_roundtrip_covers_the_fields_and_values_of_their_dtype():
     rng = np.random.default_rng(1)
     want = round_to(rng.normal(size=5), "float16").astype(np.float64)
     assert np.array_equal(a.lambda_d["model.layers.0.attn.q"], want)
+
+
+class _Duck:
+    """A duck-typed implementation (no Implementation base class, no declarations beyond the
+    required ones): the checks' defaults apply, dropout cases and both layouts included."""
+    name = "duck"
+    capabilities = Reference.capabilities
+
+    def __init__(self):
+        self.ref, self.masks, self.layouts_seen = Reference(), 0, set()
+
+    def scale(self, r):
+        return 1.0
+
+    def projection(self, *a):
+        return self.ref.projection(*a)
+
+    def forward(self, c):
+        self.masks += c.dropout_mask is not None
+        self.layouts_seen.add(c.layout)
+        return self.ref.forward(c)
+
+    def backward(self, c):
+        return self.ref.backward(c)
+
+    def train_steps(self, c, lr, steps):
+        return self.ref.train_steps(c, lr, steps)
+
+
+def test_a_duck_typed_implementation_gets_the_default_declarations():
+    p = _Duck()
+    assert not hasattr(p, "dropout") and not hasattr(p, "layouts") and not hasattr(p, "generator")
+    out = run("forward", p, "float64", mx=12)
+    assert out.status == "passed" and p.masks > 0 and p.layouts_seen == {"linear", "conv1d"}
+    assert K._with_dropout(p) is None and K._philox_generator(p) is None and K._not_own(p) is None
+    assert K._own_generator(p) == "duck declares the generator 'philox4x32-10', checked bit-exactly (this check is " \
+                                  "for 'own')"
+    assert K._layouts(p) == ("conv1d", "linear") and K._gen_name(p) == "philox4x32-10"
+    for name in ("backward", "train", "stateless"):
+        p.masks = 0
+        assert run(name, p, "float64", mx=12).status == "passed"
+    out = run("eval_dropout", p, "float64", mx=2)
+    assert out.status == "passed"
+
+
+class _MergeCases(Reference):
+    def __init__(self):
+        self.dropout_cases = self.merges = 0
+
+    def merge(self, c):
+        self.merges += 1
+        self.dropout_cases += c.dropout > 0 or c.dropout_mask is not None
+        return super().merge(c)
+
+    def unmerge(self, c, W):
+        self.merges += 1
+        self.dropout_cases += c.dropout > 0 or c.dropout_mask is not None
+        return super().unmerge(c, W)
+
+
+def test_merge_cases_are_drawn_without_dropout():
+    p = _MergeCases()
+    assert run("merge", p, "float64", mx=25).status == "passed"
+    assert run("unmerge", p, "float64", mx=25).status == "passed"
+    assert p.merges >= 60 and p.dropout_cases == 0
+    d = _Duck()
+    assert run("forward", d, "float64", mx=25).status == "passed" and d.masks > 0
+
+
+class _PeftSeen(Bk.PeftGenerator):
+    def __init__(self):
+        self.groups = []
+
+    def projection(self, seed, r, n_in, n_out, group, device):
+        self.groups.append(group)
+        return super().projection(seed, r, n_in, n_out, group, device)
+
+    def forward(self, c):
+        self.groups.append(c.group)
+        return super().forward(c)
+
+
+def test_peft_generator_cases_have_no_groups():
+    p = _PeftSeen()  # spec 2.5.3: one shared pair, no groups, whatever group the case drew
+    for name in ("stateless", "forward", "generator_probe"):
+        assert run(name, p, "float32", mx=10).status == "passed"
+    assert len(p.groups) > 20 and set(p.groups) == {0}

@@ -195,3 +195,17 @@ def test_every_shipping_check_flags_its_fault(sabotaged, shipped):
         shipped[0]["ship"]["onnx_multi_mixed_batch_max_abs_diff"].values()) + 1e-6
     assert ship["onnx_multi_no_adapter_vs_base_max_abs_diff"] > 1e-6
     assert json.loads((out / "results.json").read_text())["ship"] == ship
+
+
+def test_a_failed_reload_stops_the_demo(tiny, tmp_path, monkeypatch):
+    """The fresh-process reload failing is an error of the demo, not a missing file later."""
+    from vera_demo import run as R
+    real_run = subprocess.run
+
+    def failing(cmd, **kw):
+        assert cmd[1:3] == ["-m", "vera_demo.reload"]
+        return real_run([sys.executable, "-c", "import sys; sys.exit(3)"], **kw)
+    monkeypatch.setattr(R, "subprocess", SimpleNamespace(run=failing))
+    with pytest.raises(subprocess.CalledProcessError) as e:
+        R.run(_args(tiny, tmp_path))
+    assert e.value.returncode == 3
