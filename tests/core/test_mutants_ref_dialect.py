@@ -182,6 +182,18 @@ def test_valid_syntax_agrees_with_python_on_edited_documents(value, indent_sep, 
     assert jsontext._valid_syntax(text) == _python_accepts(text)
 
 
+@pytest.mark.parametrize("text, ok", [
+    ('{"a"', False), ('{"a" ', False), ('{"a":1,"b"', False), ('{"a":1, "b"  ', False), ('{"a" 1}', False),
+    ('{"a":1,"b" 2}', False), ("{", False), ("{ ", False), ('{"a":1,', False), ("[1,", False), ("[", False),
+    ('{"a":1}', True), ('{ "a" : 1 , "b" :2}', True), ("[1, 2]", True), ('{"a":{"b":{}}}', True),
+])
+def test_valid_syntax_at_the_end_of_the_text(text, ok):
+    assert jsontext._valid_syntax(text) is ok
+    assert _python_accepts(text) is ok
+    deep = "[" * 5000 + text
+    assert _rule(deep) == ("syntax", None)  # unclosed, whatever the verdict on text
+
+
 # --- rule 6: numbers -----------------------------------------------------------------------
 
 @pytest.mark.parametrize("literal, ok", [
