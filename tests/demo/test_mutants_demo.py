@@ -98,6 +98,16 @@ def test_shipped_checks_pass_and_report(shipped, tiny):
     assert 0 <= ship["onnx_multi_no_adapter_vs_base_max_abs_diff"] < 1e-5
     assert ship["onnx_models_kept"] is False and not list(out.glob("*.onnx"))
     assert "      bit-identical: True\n" in text
+    steps = re.findall(r"^\[\d\d:\d\d:\d\d\] (\d)/8 (.*)$", text, re.M)
+    assert steps[-4:] == [
+        ("5", "reload the VeRA adapter in a fresh process: logits must be bit-identical"),
+        ("6", "merge and export to ONNX; ONNX Runtime against torch"),
+        ("7", "all 2 VeRA adapters in ONE ONNX Runtime session, mixed row by row in one batch, checked against "
+              "torch (each row against its own adapter's model)"),
+        ("8", "results: table, JSON and the picture")]
+    assert re.search(rf"\] done in \d+ s \(estimated \d+ s\); table in {re.escape(str(out / 'results.md'))}, "
+                     rf"picture in {re.escape(str(out / 'results.png'))}\n", text)
+    assert text.rstrip("\n").endswith((out / "results.md").read_text().rstrip("\n"))
     assert re.search(r"ORT vs torch: max \|logit diff\| \d\.\d\de[+-]\d\d, same prediction on 100\.00% of the test "
                      r"set\n", text)
     assert re.search(r"one mixed batch of 64 rows over 2 adapters vs torch, max \|logit diff\| per adapter: "
