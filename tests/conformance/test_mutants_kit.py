@@ -1248,3 +1248,35 @@ def test_peft_generator_cases_have_no_groups():
     for name in ("stateless", "forward", "generator_probe"):
         assert run(name, p, "float32", mx=10).status == "passed"
     assert len(p.groups) > 20 and set(p.groups) == {0}
+
+
+class _Skewed(Bk.OwnGeneratorUniform):
+    """A and B inside the bounds but on one side only (|x| or -|x|), or with a value on the bound."""
+    def __init__(self, mode):
+        self.mode = mode
+
+    def projection(self, seed, r, n_in, n_out, group, device):
+        A, B = super().projection(seed, r, n_in, n_out, group, device)
+        if self.mode == "up":
+            return np.abs(A), np.abs(B)
+        if self.mode == "down":
+            return -np.abs(A), -np.abs(B)
+        A = A.copy()
+        A[0, 0], A[0, 1] = vera_ref.kaiming_bound(n_in), -vera_ref.kaiming_bound(n_in)  # closed interval (spec 1.6)
+        return A, B
+
+
+@pytest.mark.parametrize("mode", ["up", "down"])
+def test_projection_distribution_sees_a_one_sided_sample(mode):
+    scipy_stats = pytest.importorskip("scipy.stats")
+    out = run("projection_distribution", _Skewed(mode), case={"args": [5, 16, 64, 128]})
+    A = _Skewed(mode).projection(5, 16, 64, 128, 0, "cpu")[0]
+    bnd = float(vera_ref.kaiming_bound(64))
+    d = scipy_stats.kstest(A.reshape(-1).astype(np.float64), "uniform", args=(-bnd, 2 * bnd)).statistic
+    m = re.search(r"Kolmogorov-Smirnov D = ([\d.]+) on 1024 values", out.reason)
+    assert out.status == "failed" and out.reason.startswith("A: not uniform") and float(m[1]) == pytest.approx(d, abs=6e-5)
+
+
+def test_projection_distribution_allows_values_on_the_bound():
+    out = run("projection_distribution", _Skewed("edge"), case={"args": [5, 16, 64, 128]})
+    assert (out.status, out.reason) == ("passed", "")

@@ -116,7 +116,9 @@ def test_shipped_checks_pass_and_report(shipped, tiny):
     # the results files hold what run() returned
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(res))
     assert res["model"] == str(tiny) and res["test"] == N_TEXTS and res["targets"] == ["query", "value"]
-    assert res["total_seconds"] > 0
+    assert res["total_seconds"] > 0 and res["estimated_seconds"] > 0
+    for key in ("total_seconds", "estimated_seconds"):  # tenths of a second in results.json
+        assert re.search(rf'"{key}": \d+\.\d,', (out / "results.json").read_text()), key
     md = (out / "results.md").read_text().splitlines()
     assert md[:2] == ["| method | test accuracy | trainable params | adapter bytes | wall s |", "|---|---|---|---|---|"]
     assert len(md) == 2 + len(res["rows"]) == 7
