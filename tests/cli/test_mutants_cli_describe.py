@@ -90,6 +90,20 @@ def test_describe_a_known_file_word_for_word():
 B ab5540c1ca674e40b61735c0806e3e111b7b8397a9861e8cc7a81544fcdf4693""")
 
 
+def test_provenance_is_printed_with_sorted_keys(tmp_path):
+    # readers accept any dialect-valid document (spec 4.3), so a file may list provenance keys in any order
+    raw = (VECTORS / "files" / "valid-06.safetensors").read_bytes()
+    sorted_ = b'{\\"note\\":\\"task head in extra tensors\\",\\"trainer\\":\\"vectors.py\\"}'
+    unsorted = b'{\\"trainer\\":\\"vectors.py\\",\\"note\\":\\"task head in extra tensors\\"}'
+    assert raw.count(sorted_) == 1 and len(sorted_) == len(unsorted)
+    path = tmp_path / "unsorted.safetensors"
+    path.write_bytes(raw.replace(sorted_, unsorted))  # same length: offsets unchanged
+    header, _ = _header(path)
+    assert list(json.loads(header["__metadata__"]["vera_config"])["provenance"]) == ["trainer", "note"]
+    lines = describe(path).splitlines()
+    assert lines[4] == '  provenance: {"note": "task head in extra tensors", "trainer": "vectors.py"}'
+
+
 @pytest.mark.parametrize("case", VALID, ids=lambda c: c["file"])
 def test_describe_json_every_valid_vector(case):
     path = VECTORS / "files" / case["file"]
