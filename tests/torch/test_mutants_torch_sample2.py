@@ -30,3 +30,129 @@ def test_projection_accepts_every_group_word(group):
     A, B = projection(3, 2, 4, 5, group)
     a, b = vera_ref.projection(3, 2, 4, 5, int(group))
     assert np.array_equal(A.numpy(), a) and np.array_equal(B.numpy(), b)
+
+
+# --- VeraConfig: d_initial must be finite in the vectors' dtype (spec 3.9, 4.3) -----------------
+
+from torch import nn  # noqa: E402
+
+from vera_ref.dtypes import round_to  # noqa: E402
+from vera_ref.errors import ModelMismatchError  # noqa: E402
+from vera_torch import VeraConfig, VeraModel  # noqa: E402
+from vera_torch.errors import ConfigError  # noqa: E402
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+@pytest.mark.parametrize("name", list(DTYPES))
+@pytest.mark.parametrize("d", [1e300, -1e300, 1e38, 3.5e38, 65504.0, 65519.0, 65520.0, -70000.0, 0.1])
+def test_d_initial_is_refused_exactly_when_it_overflows_the_vector_dtype(name, d):
+    with np.errstate(over="ignore"):
+        finite = bool(np.isfinite(round_to(np.float64(d), name)))  # the NumPy reference's rounding
+    if finite:
+        c = VeraConfig(r=2, target_modules=["q"], d_initial=d, vector_dtype=DTYPES[name])
+        assert c.d_initial == d
+    else:
+        msg = f"d_initial: {d!r} overflows vector_dtype {name}"
+        with pytest.raises(ConfigError, match=r"^" + re.escape(msg) + r"$"):
+            VeraConfig(r=2, target_modules=["q"], d_initial=d, vector_dtype=DTYPES[name])
+
+
+@np.errstate(over="ignore")
+def test_d_initial_overflow_cases_are_the_expected_ones():
+    # hand-checked: float16's largest finite is 65504 and 65520 rounds to inf; float32's is ~3.4028e38
+    assert not np.isfinite(round_to(np.float64(65520.0), "float16"))
+    assert np.isfinite(round_to(np.float64(65519.0), "float16"))
+    assert not np.isfinite(round_to(np.float64(3.5e38), "float32"))
+    assert np.isfinite(round_to(np.float64(1e300), "float64"))
+
+
+# --- load_adapter: modules that VeRA cannot adapt are refused (README "PyTorch") ----------------
+
+class Headed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q = nn.Linear(8, 6)
+        self.act = nn.Tanh()
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.head(self.act(self.q(x)))
+
+
+@pytest.mark.parametrize("module, dims", [
+    ("head", (6, 2)),                     # a module saved whole (modules_to_save)
+    ("head.original_module", (6, 2)),     # inside the head wrapper
+    ("head.copies.a", (6, 2)),            # a head copy
+    ("q.base_layer", (8, 6)),             # part of an adapted layer
+])
+def test_an_adapter_naming_a_saved_or_wrapped_module_is_refused(module, dims):
+    torch.manual_seed(0)
+    m = VeraModel(Headed(), VeraConfig(r=2, target_modules=["q"], modules_to_save=["head"]), adapter_name="a")
+    ad = vera_ref.new_adapter([(module, *dims)], r=2, seed=3)
+    msg = (f"modules: {module!r} is a module saved whole (modules_to_save) or part of an adapted layer, "
+           "not a layer VeRA can adapt")
+    with pytest.raises(ModelMismatchError, match=r"^" + re.escape(msg) + r"$"):
+        m.load_adapter(ad, "b", activate=False)
+    assert list(m.vera_configs) == ["a"]
+
+
+# --- extra tensors of a head whose dtype has no file name (spec 4.3 extra_tensors) -----------------
+
+class Normed(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q = nn.Linear(8, 6)
+        self.head = nn.BatchNorm1d(6)
+
+    def forward(self, x):
+        return self.head(self.q(x))
+
+
+def test_a_head_buffer_without_a_file_dtype_is_stored_as_float32(tmp_path):
+    import json
+    import struct
+    torch.manual_seed(0)
+    m = VeraModel(Normed(), VeraConfig(r=2, target_modules=["q"], modules_to_save=["head"]))
+    m.train()
+    for _ in range(3):
+        m(torch.randn(4, 8))
+    path = tmp_path / "a.safetensors"
+    m.save_adapter(path)
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    t = header["head.num_batches_tracked"]  # int64 in torch; the file's dtypes are floats (spec 4.1)
+    assert (t["dtype"], t["shape"]) == ("F32", [])
+    b, e = t["data_offsets"]
+    assert np.frombuffer(raw[8 + n + b:8 + n + e], "<f4").tolist() == [3.0]
+    assert header["head.running_mean"]["dtype"] == "F32"
+    torch.manual_seed(0)  # the same base weights (the file's fingerprint)
+    fresh = VeraModel(Normed(), VeraConfig(r=2, target_modules=["q"], modules_to_save=["head"]), adapter_name="x")
+    fresh.load_adapter(path, "default")
+    copy = fresh.base_model.head.copies["default"]
+    assert copy.num_batches_tracked.dtype == torch.int64 and int(copy.num_batches_tracked) == 3
+
+
+# --- mixed batches: a head whose input rows are not the batch's rows --------------------------------
+
+class Flattening(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q = nn.Linear(8, 6)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x):  # (N, T, 8) -> the head sees (N * T, 6)
+        return self.head(self.q(x).reshape(-1, 6))
+
+
+def test_a_head_fed_other_rows_than_the_batch_is_refused():
+    from vera_torch import BatchError
+    torch.manual_seed(0)
+    m = VeraModel(Flattening(), VeraConfig(r=2, target_modules=["q"], modules_to_save=["head"]), adapter_name="a")
+    m.add_adapter("b", VeraConfig(r=2, target_modules=["q"], modules_to_save=["head"], seed=4))
+    x = torch.randn(2, 3, 8)
+    msg = "adapter_ids has 2 entries but this module's input has 6 rows (dim 0)"
+    for grad in (False, True):
+        with torch.set_grad_enabled(grad), pytest.raises(BatchError, match=r"^" + re.escape(msg) + r"$"):
+            m(x, adapter_ids=["a", "b"])
