@@ -389,7 +389,7 @@ def test_projection_distribution():
                      r"values \(p ~ ([\d.e+-]+)\); mean (\S+), max \|value\| / bound ([\d.]+)", out.reason)
     assert m, out.reason
     assert float(m[1]) == pytest.approx(d, abs=6e-5)
-    assert float(m[2]) == pytest.approx(2 * math.exp(-2 * 1024 * d * d), rel=0.06)
+    assert float(m[2]) == pytest.approx(2 * math.exp(-2 * 1024 * d * d), rel=0.06, abs=0)
     assert float(m[3]) == pytest.approx(float(np.mean(A)), rel=1e-3)
     assert float(m[4]) == pytest.approx(float(np.max(np.abs(A))) / bnd, abs=1e-4)
     # a sample just uniform enough passes: the threshold is p >= 1e-6, not stricter
@@ -1280,3 +1280,21 @@ def test_projection_distribution_sees_a_one_sided_sample(mode):
 def test_projection_distribution_allows_values_on_the_bound():
     out = run("projection_distribution", _Skewed("edge"), case={"args": [5, 16, 64, 128]})
     assert (out.status, out.reason) == ("passed", "")
+
+
+class _Drawn(Bk.OwnGeneratorUniform):
+    def __init__(self):
+        self.seen = []
+
+    def projection(self, seed, r, n_in, n_out, group, device):
+        self.seen.append((seed, r, n_in, n_out))
+        return super().projection(seed, r, n_in, n_out, group, device)
+
+
+def test_projection_distribution_draws_ranks_16_to_256_and_fans_64_to_768():
+    p = _Drawn()
+    out = run("projection_distribution", p, mx=100)
+    assert (out.status, out.examples) == ("passed", 10)
+    seeds, ranks, fans = zip(*[(s, r, (i, o)) for s, r, i, o in p.seen])
+    assert set(ranks) == {16, 32, 64, 256} and {f for io in fans for f in io} == {64, 128, 768}
+    assert min(seeds) == 0 and max(seeds) < 2**32 and max(seeds) > 2**16

@@ -66,13 +66,19 @@ def _args(tiny, out):
 
 @pytest.fixture(scope="module")
 def shipped(tiny, tmp_path_factory):
-    """The demo as shipped: (results, stdout, out folder)."""
-    out = tmp_path_factory.mktemp("shipped")
+    """The demo as shipped: (results, stdout, out folder, its temporary folder)."""
+    import tempfile
+    out, tmp = tmp_path_factory.mktemp("shipped"), tmp_path_factory.mktemp("tmp")
     cap = _Capture()
-    with cap:
-        from vera_demo import run as R
-        res = R.run(_args(tiny, out))
-    return res, cap.text, out
+    mp = pytest.MonkeyPatch()
+    mp.setattr(tempfile, "tempdir", str(tmp))
+    try:
+        with cap:
+            from vera_demo import run as R
+            res = R.run(_args(tiny, out))
+    finally:
+        mp.undo()
+    return res, cap.text, out, tmp
 
 
 class _Capture:
@@ -89,7 +95,9 @@ class _Capture:
 
 
 def test_shipped_checks_pass_and_report(shipped, tiny):
-    res, text, out = shipped
+    res, text, out, tmp = shipped
+    assert [p.name for p in tmp.iterdir() if p.name.startswith("vera-demo")] == []  # scratch and ONNX removed
+    assert (out / "results.json").read_text().startswith('{\n "model": ')  # indent 1
     ship = res["ship"]
     assert ship["reload_bit_identical"] is True
     assert 0 <= ship["onnx_merged_max_abs_diff"] < 1e-5 and ship["onnx_merged_same_prediction"] == 1.0
@@ -135,7 +143,7 @@ def test_shipped_accuracy_is_the_reloaded_files(shipped, tiny):
     from vera_demo.minilm import Classifier, Tokenizer, load_bert
     from vera_demo.train import logits_of
     from vera_torch import VeraModel
-    res, _, out = shipped
+    res, _, out, _ = shipped
     bert, cfg = load_bert(tiny)
     torch.manual_seed(0)
     test = load(seed=0)[1]
