@@ -26,8 +26,9 @@ What it does:
 4. for each mutant, runs only the tests that executed its line (fastest first, ``-x``) in a
    child forked from a process that already imported the heavy third-party modules, under
    a per-mutant timeout (3x the selected tests' traced time, with the setup of the module- or
-   session-scoped fixtures they use and the collection of their files, + 10 s); a failure or error is
-   ``killed``, exceeding the timeout is ``timeout`` (counted as killed), all passing is
+   session-scoped fixtures they use and the collection of the test files, + 10 s); a failure or error is
+   ``killed`` (so is a crash: SIGSEGV, SIGABRT, SIGBUS, SIGFPE, SIGILL), exceeding the
+   timeout is ``timeout`` (counted as killed), all passing is
    ``survived``, no test executing the line is ``no-cov`` (counted as survived);
 5. prints killed / timeout / survived / no-cov / equivalent per file, the mutation score on
    non-equivalent mutants, and the diff of every survivor; ``--json`` writes it all.
@@ -724,14 +725,15 @@ def main(argv: list[str] | None = None) -> int:
                   f"{tracer.get('kept_on', 0)} times, put back {tracer.get('reinstalled', 0)} times "
                   f"({tracer.get('foreign', 0)} foreign tracers let in for a while)", flush=True)
 
+        collect_all = sum(trace.get("collect_seconds", {}).values())
+
         def expected_seconds(order: list[str]) -> float:
             """What the selected tests took in the traced run, plus the setup of the shared fixtures each
-            uses (it may fall to any of them) and the collection of their files (imports included)."""
+            uses (it may fall to any of them) and the collection of every test file: the traced run paid
+            the imports once, in whichever file came first, and a mutant's run pays them in its own."""
             fx, fxs = trace.get("fixtures", {}), trace.get("fixture_seconds", {})
-            cs = trace.get("collect_seconds", {})
             used = {k for i in order for k in fx.get(i, ())}
-            return (sum(durations[i] for i in order) + sum(fxs.get(k, 0.0) for k in used)
-                    + sum(cs.get(f, 0.0) for f in {i.split("::")[0] for i in order}))
+            return sum(durations[i] for i in order) + sum(fxs.get(k, 0.0) for k in used) + collect_all
 
         def tests_for(m: Mutant) -> list[str]:
             hits = trace["hits"].get(m.file, {})
@@ -792,10 +794,12 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     rc = os.waitstatus_to_exitcode(res[1])
                     m.outcome = {0: "survived", 1: "killed", 2: "killed"}.get(rc, "error")
+                    if -rc in CRASHES:  # the tests pass unmutated: the mutant made the process crash
+                        m.outcome = "killed"
                     if m.outcome == "killed":  # by which test
                         log = (tmp / f"{work.name}.log").read_text(errors="replace")
                         hit = re.findall(r"^(?:FAILED|ERROR) (\S+)", log, re.M)
-                        m.detail = hit[0] if hit else ""
+                        m.detail = hit[0] if hit else f"crashed ({signal.Signals(-rc).name})" if rc < 0 else ""
                     if m.outcome == "error":
                         m.detail = f"pytest exit {rc}: " + (tmp / f"{work.name}.log").read_text()[-300:]
                 m.seconds = time.monotonic() - t
@@ -822,6 +826,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+# signals of a crash (not of the tool's own timeout kill): counted as killed
+CRASHES = {signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGFPE, signal.SIGILL}
 OUTCOMES = ("killed", "timeout", "survived", "no-cov", "equivalent", "error", "not-run")
 
 
