@@ -156,3 +156,50 @@ def test_a_head_fed_other_rows_than_the_batch_is_refused():
     for grad in (False, True):
         with torch.set_grad_enabled(grad), pytest.raises(BatchError, match=r"^" + re.escape(msg) + r"$"):
             m(x, adapter_ids=["a", "b"])
+
+
+def test_a_deleted_adapter_frees_its_head_slot():
+    # "deleting an adapter forgets it everywhere": its head copy and its row of the head's stacked weights
+    torch.manual_seed(0)
+    m = VeraModel(Headed(), VeraConfig(r=2, target_modules=["q"], modules_to_save=["head"]), adapter_name="a")
+    m.add_adapter("b", VeraConfig(r=2, target_modules=["q"], modules_to_save=["head"], seed=4))
+    head = m.base_model.head
+    assert head.slots == {"a": 1, "b": 2}
+    m.delete_adapter("a")
+    assert head.slots == {"b": 2} and list(head.copies) == ["b"]
+    m.add_adapter("c", VeraConfig(r=2, target_modules=["q"], modules_to_save=["head"], seed=5))
+    assert head.slots == {"b": 2, "c": 1}  # the freed slot is reused
+
+
+# --- PEFT checkpoints (README "PyTorch"): from_peft / load_peft, the checkpoint written by vera_ref ---
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q = nn.Linear(8, 6)
+        self.v = nn.Linear(6, 5)
+
+    def forward(self, x):
+        return self.v(torch.tanh(self.q(x)))
+
+
+def test_from_peft_and_load_peft_read_the_checkpoint(tmp_path):
+    from vera_ref.peft_interop import adapter_to_peft
+    ad = vera_ref.new_adapter([("q", 8, 6), ("v", 6, 5)], r=2, seed=3, generator="peft-mt19937")
+    rng = np.random.default_rng(0)
+    for d in (ad.lambda_d, ad.lambda_b):
+        for k in d:
+            d[k] = rng.standard_normal(d[k].shape).astype(np.float32)
+    adapter_to_peft(ad, tmp_path, model_modules=["q", "v"])
+    torch.manual_seed(0)
+    vm = VeraModel.from_peft(Net(), tmp_path, "p")
+    assert list(vm.vera_configs) == ["p"] and vm.active_adapter == "p"
+    torch.manual_seed(0)
+    vm2 = VeraModel(Net())
+    assert vm2.load_peft(tmp_path, "z") == "z"
+    for m in (vm, vm2):
+        name = m.active_adapter if m is vm else "z"
+        for mod in ("q", "v"):
+            layer = m.base_model.get_submodule(mod)
+            assert np.array_equal(layer.vera_lambda_d[name].detach().numpy(), ad.lambda_d[mod])
+            assert np.array_equal(layer.vera_lambda_b[name].detach().numpy(), ad.lambda_b[mod])
