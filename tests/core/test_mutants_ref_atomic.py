@@ -339,8 +339,16 @@ def test_by_default_the_data_has_no_name_while_it_is_written(tmp_path):
 
 def test_asking_whether_a_writer_runs_sends_it_no_signal():
     # os.kill(pid, 0) only asks; any real signal would end this child (SIGHUP, SIGINT, ... all fatal to sleep)
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    # the child restores the default (fatal) action of the usual signals: a parent run under nohup or a
+    # test runner may have left some ignored, and ignored signals are inherited
+    code = ("import signal, sys, time\n"
+            "for s in ('SIGHUP', 'SIGINT', 'SIGQUIT', 'SIGTERM', 'SIGUSR1', 'SIGUSR2', 'SIGPIPE', 'SIGALRM'):\n"
+            "    signal.signal(getattr(signal, s), signal.SIG_DFL)\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(30)\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
+        assert child.stdout.readline() == "ready\n"
         assert atomic._pid_alive(child.pid) is True
         with pytest.raises(subprocess.TimeoutExpired):
             child.wait(timeout=0.3)
