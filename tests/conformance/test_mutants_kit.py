@@ -1298,3 +1298,51 @@ def test_projection_distribution_draws_ranks_16_to_256_and_fans_64_to_768():
     seeds, ranks, fans = zip(*[(s, r, (i, o)) for s, r, i, o in p.seen])
     assert set(ranks) == {16, 32, 64, 256} and {f for io in fans for f in io} == {64, 128, 768}
     assert min(seeds) == 0 and max(seeds) < 2**32 and max(seeds) > 2**16
+
+
+class _ScaledOff(_Scaled):
+    """_Scaled with every output moved by k times its spec 5.2 bound (C eps S, S from vera_ref's
+    magnitudes with the declared scale folded into lambda_b)."""
+    def __init__(self, k):
+        super().__init__()
+        self.k = k
+
+    def _bound(self, S):
+        return self.k * 16.0 * 2.0**-52 * np.asarray(S)
+
+    def forward(self, c):
+        from vera_ref.tolerance import forward_magnitude
+        S = forward_magnitude(c.x, c.W, c.bias, c.A, c.B, c.lambda_d, c.lambda_b * 8 / c.r, layout=c.layout)
+        return super().forward(c) + self._bound(S)
+
+    def backward(self, c):
+        from vera_ref.tolerance import backward_magnitude
+        s = 8 / c.r
+        m = backward_magnitude(c.x, c.W, c.A, c.B, c.lambda_d, c.lambda_b * s, c.dy, layout=c.layout)
+        dx, dld, dlb = super().backward(c)
+        return dx + self._bound(m.x), dld + self._bound(m.lambda_d), dlb + self._bound(m.lambda_b * s)
+
+    def merge(self, c):
+        from vera_ref.tolerance import merge_magnitude
+        S = merge_magnitude(c.W, c.A, c.B, c.lambda_d, c.lambda_b * 8 / c.r, layout=c.layout)
+        return super().merge(c) + self._bound(S)
+
+
+@pytest.mark.parametrize("name", ["forward", "backward", "merge"])
+def test_the_bound_folds_in_a_declared_scale(name):
+    """Half the bound passes, one and a half fails, with S computed for lambda_b times the scale."""
+    for s in (SPECS[0], SPECS[1]):
+        out = run(name, _ScaledOff(0.5), "float64", case=s)
+        assert out.status == "passed" and 0.4 < out.worst_ratio <= 0.6, (s, out.reason)
+        assert run(name, _ScaledOff(1.5), "float64", case=s).status == "failed"
+
+
+def test_eval_dropout_draws_p_one_half():
+    seen = []
+
+    class Rec(Reference):
+        def forward(self, c):
+            seen.append((c.dropout, c.dropout_mask is None))
+            return super().forward(c)
+    assert run("eval_dropout", Rec(), "float64", mx=30).status == "passed"
+    assert set(seen) == {(0.5, True)} and len(seen) == len(S.EXPLICIT) + 6
