@@ -29,6 +29,9 @@ from pathlib import Path
 import numpy as np
 
 
+CURVE_SNIPPETS = 200  # validation snippets evaluated along training (the accuracy-over-steps curve)
+
+
 def _step(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -162,7 +165,7 @@ def run(args) -> dict:
     t0 = time.perf_counter()
     logits_of(classifier(), tok, val.texts[:64])
     per_text = (time.perf_counter() - t0) / min(64, len(val.texts))
-    curve_texts = val.texts[:200]
+    curve_texts = val.texts[:CURVE_SNIPPETS]
     n_evals = args.steps // max(1, args.steps // 5) + 1
     texts_evaluated = (len(fit.texts) + len(val.texts) + len(test.texts)  # embeddings of the baselines
                        + 2 * args.tune * (n_evals * len(curve_texts) + len(val.texts))  # curves and choices
@@ -305,7 +308,8 @@ def run(args) -> dict:
         "data": "Rotten Tomatoes snippets (Pang & Lee 2004), fresh vs rotten, split by movie",
         "train": len(fit.texts), "validation": len(val.texts), "test": len(test.texts), "steps": args.steps,
         "batch": args.batch, "r": args.r, "targets": targets, "rows": rows, "tuning": tuning,
-        "curves": {k: {"validation": v.get("validation", [])} for k, v in curves.items()},
+        "curves": {k: {"validation": v.get("validation", []), "loss": [round(float(x), 5) for x in v["loss"]]}
+                   for k, v in curves.items()},  # enough to redraw results.png
         "ship": {"reload_bit_identical": bit_identical, "onnx_merged_max_abs_diff": ort_diff,
                  "onnx_merged_same_prediction": ort_agree, "onnx_multi_mixed_batch_max_abs_diff": mixed,
                  "onnx_multi_no_adapter_vs_base_max_abs_diff": base_diff,
@@ -336,25 +340,42 @@ def _plot(rows: list[dict], curves: dict[str, dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, (ax0, ax1, ax2) = plt.subplots(1, 3, figsize=(15, 4.2))
-    for r in rows:
+    # one colour per method in every panel (rows and curves name a method by its first words)
+    palette = {"majority": "tab:gray", "linear": "tab:orange", "head": "tab:green", "VeRA": "tab:red",
+               "LoRA": "tab:purple"}
+
+    def colour(name: str) -> str:
+        return next((c for k, c in palette.items() if name.startswith(k)), "tab:blue")
+
+    by_acc = sorted(rows, key=lambda r: r["test_accuracy"])
+    widest = max(max(r["adapter_bytes"], 1) for r in rows)
+    for i, r in enumerate(by_acc):
         x = max(r["adapter_bytes"], 1)
-        ax0.scatter([x], [r["test_accuracy"]], s=60)
+        ax0.scatter([x], [r["test_accuracy"]], s=60, color=colour(r["method"]))
+        # close accuracies: the upper label goes above its point, the lower one below; points in the
+        # right part of the (log) axis get their label on the left, so it stays inside the axes
+        above = i > 0 and r["test_accuracy"] - by_acc[i - 1]["test_accuracy"] < 0.02
+        below = i + 1 < len(by_acc) and by_acc[i + 1]["test_accuracy"] - r["test_accuracy"] < 0.02
+        dy = 6 if above else -12 if below else -4
+        left = x > 1 and np.log(x) > 0.75 * np.log(widest)
         ax0.annotate(r["method"].replace(" (logistic regression)", ""), (x, r["test_accuracy"]),
-                     textcoords="offset points", xytext=(6, -4), fontsize=8)
+                     textcoords="offset points", xytext=(-6 if left else 6, dy), fontsize=8,
+                     ha="right" if left else "left", color=colour(r["method"]))
     ax0.set_xscale("log")
+    ax0.margins(x=0.08, y=0.12)
     ax0.set_xlabel("adapter file bytes (log; 1 = nothing stored)")
     ax0.set_ylabel("test accuracy")
     ax0.set_title("accuracy against what you ship")
     for name, c in curves.items():
         if c.get("validation"):
             steps, acc = zip(*c["validation"])
-            ax1.plot(steps, acc, marker="o", label=name)
+            ax1.plot(steps, acc, marker="o", label=name, color=colour(name))
         losses = c["loss"]
         k = max(1, len(losses) // 15)
         smooth = np.convolve(losses, np.ones(k) / k, mode="valid")
-        ax2.plot(np.arange(len(smooth)) + k, smooth, label=name)
+        ax2.plot(np.arange(len(smooth)) + k, smooth, label=name, color=colour(name))
     ax1.set_xlabel("step")
-    ax1.set_ylabel("validation accuracy (200 snippets)")
+    ax1.set_ylabel(f"validation accuracy ({CURVE_SNIPPETS} snippets)")
     ax1.set_title("accuracy over training (chosen learning rates)")
     ax1.legend()
     ax2.set_xlabel("step")
