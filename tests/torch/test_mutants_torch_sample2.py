@@ -203,3 +203,33 @@ def test_from_peft_and_load_peft_read_the_checkpoint(tmp_path):
             layer = m.base_model.get_submodule(mod)
             assert np.array_equal(layer.vera_lambda_d[name].detach().numpy(), ad.lambda_d[mod])
             assert np.array_equal(layer.vera_lambda_b[name].detach().numpy(), ad.lambda_b[mod])
+
+
+# --- dropout on the adapter input while training (spec 3.3), against the NumPy reference ------------
+
+def test_training_dropout_matches_the_reference_with_the_same_mask():
+    from vera_ref.layer import forward as ref_forward
+    torch.manual_seed(0)
+    m = VeraModel(nn.Sequential(nn.Linear(8, 6)), VeraConfig(r=2, target_modules=["0"], seed=3, dropout=0.5))
+    layer = m.base_model[0]
+    with torch.no_grad():
+        layer.vera_lambda_b["default"].copy_(torch.linspace(-1.0, 1.0, 6))
+        layer.vera_lambda_d["default"].copy_(torch.tensor([0.7, -1.3]))
+    m.train()
+    x = torch.randn(5, 8)
+    torch.manual_seed(11)
+    mask = (nn.functional.dropout(torch.ones_like(x), 0.5, True) != 0).numpy()
+    assert 0 < mask.sum() < mask.size  # some inputs dropped, some kept
+    torch.manual_seed(11)  # the same draw inside the forward pass
+    with torch.no_grad():
+        got = m(x).double().numpy()
+    A, B = vera_ref.projection(3, 2, 8, 6)
+    want = ref_forward(x.double().numpy(), layer.weight.detach().double().numpy(),
+                       layer.base_layer.bias.detach().double().numpy(), A, B,
+                       np.array([0.7, -1.3]), np.linspace(-1.0, 1.0, 6, dtype=np.float32).astype(np.float64),
+                       dropout_mask=mask, dropout=0.5)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    no_drop = ref_forward(x.double().numpy(), layer.weight.detach().double().numpy(),
+                          layer.base_layer.bias.detach().double().numpy(), A, B,
+                          np.array([0.7, -1.3]), np.linspace(-1.0, 1.0, 6, dtype=np.float32).astype(np.float64))
+    assert np.abs(got - no_drop).max() > 1e-3  # the mask matters at this scale
