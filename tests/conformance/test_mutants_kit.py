@@ -776,7 +776,7 @@ def test_stateless_sequences_share_seed_r_and_group_largest_first():
             seq.append(p.seen[k])
             k += 1
         seqs.append(seq)
-    assert len(seqs) == 5
+    assert len(seqs) == 5 and {s[2] for s in p.seen} == {0, 1}  # groups 0 (twice as often) and 1
     for seq in seqs:
         assert 2 <= len(seq) <= 3
         assert len({s[:3] for s in seq}) == 1
@@ -1155,6 +1155,10 @@ def test_files_roundtrip_covers_the_fields_and_values_of_their_dtype():
             for v in (a.lambda_d[m[0]], a.lambda_b[m[0]]):
                 assert np.array_equal(v, round_to(v, a.vector_dtype).astype(np.float64)) and np.any(v != 0)
     assert {a.generator for a in p.seen} >= {"philox4x32-10", "peft-mt19937"}
+    drawn = p.seen[4:]  # after the explicit cases: hypothesis draws every kind
+    assert {a.vector_dtype for a in drawn} >= {"float32", "float16", "bfloat16"}
+    assert {a.generator for a in drawn} == {"philox4x32-10", "peft-mt19937"}
+    assert {a.sharing for a in drawn} == {"shared", "per-module"}
     assert {a.vector_dtype for a in p.seen} == {"float32", "float16", "bfloat16", "float64"}
     # values: normal draws rounded to the vector dtype, from values_seed
     a = first[1]
