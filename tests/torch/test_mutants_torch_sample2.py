@@ -233,3 +233,30 @@ def test_training_dropout_matches_the_reference_with_the_same_mask():
                           layer.base_layer.bias.detach().double().numpy(), A, B,
                           np.array([0.7, -1.3]), np.linspace(-1.0, 1.0, 6, dtype=np.float32).astype(np.float64))
     assert np.abs(got - no_drop).max() > 1e-3  # the mask matters at this scale
+
+
+def test_training_dropout_in_a_mixed_batch_of_some_rows_matches_the_reference():
+    # the adapter's class holds rows 0 and 2 only; each row's own p (spec 3.3), the mask drawn for those rows
+    from vera_ref.layer import forward as ref_forward
+    torch.manual_seed(0)
+    m = VeraModel(nn.Sequential(nn.Linear(8, 6)), VeraConfig(r=2, target_modules=["0"], seed=3, dropout=0.5),
+                  adapter_name="a")
+    layer = m.base_model[0]
+    with torch.no_grad():
+        layer.vera_lambda_b["a"].copy_(torch.linspace(-1.0, 1.0, 6))
+        layer.vera_lambda_d["a"].copy_(torch.tensor([0.7, -1.3]))
+    m.train()
+    x = torch.randn(4, 3, 8)  # (rows, tokens, in): dim 1 is longer than the class's row count
+    torch.manual_seed(11)
+    keep = (torch.rand(2, 3, 8) >= 0.5).numpy()
+    assert 0 < keep.sum() < keep.size
+    torch.manual_seed(11)
+    with torch.no_grad():
+        got = m(x, adapter_ids=["a", None, "a", None]).double().numpy()
+    A, B = vera_ref.projection(3, 2, 8, 6)
+    W, b = layer.weight.detach().double().numpy(), layer.base_layer.bias.detach().double().numpy()
+    xs = x.double().numpy()
+    lb = np.linspace(-1.0, 1.0, 6, dtype=np.float32).astype(np.float64)
+    want = ref_forward(xs[[0, 2]], W, b, A, B, np.array([0.7, -1.3]), lb, dropout_mask=keep, dropout=0.5)
+    np.testing.assert_allclose(got[[0, 2]], want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got[[1, 3]], xs[[1, 3]] @ W.T + b, rtol=1e-5, atol=1e-5)
