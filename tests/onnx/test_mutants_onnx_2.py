@@ -172,6 +172,24 @@ def test_a_merged_adapter_is_not_counted_twice_by_a_hotswap_or_multi_export(tmp_
     np.testing.assert_allclose(sess.run(None, {"x": X}, adapter="a")[0], _reference(X, W, ad), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.xfail(strict=True, raises=ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+                   reason="bug reported to the lead (issue 15): with dynamic_axes given, a multi export leaves "
+                          "adapter_index at the example's batch size; remove this marker with the fix")
+def test_multi_mode_with_given_dynamic_axes_serves_any_batch(tmp_path):
+    torch.manual_seed(0)
+    m = get_vera_model(nn.Sequential(nn.Linear(6, 3), nn.ReLU(), nn.Linear(3, 5)),
+                       VeraConfig(r=R, target_modules=["0", "2"], seed=SEED)).eval()
+    W = _weights(m)
+    export(m, (torch.randn(2, 6),), tmp_path / "m.onnx", mode="multi", capacity=1, input_names=["x"],
+           dynamic_axes={"x": {0: "batch"}})
+    ad = _adapter()
+    sess = VeraOnnxSession(tmp_path / "m.onnx")
+    sess.load_adapter("a", ad)
+    got = sess.run(None, {"x": X}, adapter_ids=["a", None, "a"])[0]  # 3 rows; the example had 2
+    want = np.stack([_reference(X, W, ad)[0], _reference(X, W, None)[1], _reference(X, W, ad)[2]])
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_tuple_outputs_are_named_output_output_1_and_non_tensors_dropped(tmp_path):
     class Two(nn.Module):
         def __init__(self):
