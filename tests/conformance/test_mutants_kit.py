@@ -640,14 +640,14 @@ class _UnmergeSeen(Reference):
 
 
 def test_unmerge_gets_the_merged_weight_rounded_to_the_dtype():
-    for dtype in ("float16", "bfloat16", "float32"):
+    for dtype in ("float16", "bfloat16", "float32", "float64"):
         p = _UnmergeSeen()
         s = SPECS[0]
         assert run("unmerge", p, dtype, case=s).status == "passed"
         c = S.build_case(s, dtype, "cpu")
         want = vera_ref.merge(c.W, c.A, c.B, c.lambda_d, c.lambda_b, layout=c.layout)
         from vera_ref.dtypes import round_to
-        assert np.array_equal(p.W[0], round_to(want, dtype).astype(np.float64))
+        assert p.W[0].dtype == np.float64 and np.array_equal(p.W[0], round_to(want, dtype).astype(np.float64))
 
 
 class _LastRowOff(Reference):
