@@ -260,3 +260,49 @@ def test_training_dropout_in_a_mixed_batch_of_some_rows_matches_the_reference():
     want = ref_forward(xs[[0, 2]], W, b, A, B, np.array([0.7, -1.3]), lb, dropout_mask=keep, dropout=0.5)
     np.testing.assert_allclose(got[[0, 2]], want, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got[[1, 3]], xs[[1, 3]] @ W.T + b, rtol=1e-5, atol=1e-5)
+
+
+# --- a head served row by row keeps its other positional arguments ------------------------------------
+
+class ScaledHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(6, 2)
+        self.norm = nn.LayerNorm(2)  # not all nn.Linear: run once per adapter present
+
+    def forward(self, h, scale):
+        return self.norm(self.lin(h)) * scale
+
+
+class TwoArgs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q = nn.Linear(8, 6)
+        self.head = ScaledHead()
+
+    def forward(self, x):
+        return self.head(self.q(x), 3.0)
+
+
+def _np_head(head, h, scale):
+    W, b = head.lin.weight.detach().double().numpy(), head.lin.bias.detach().double().numpy()
+    g, beta = head.norm.weight.detach().double().numpy(), head.norm.bias.detach().double().numpy()
+    v = h @ W.T + b
+    v = (v - v.mean(-1, keepdims=True)) / np.sqrt(v.var(-1, keepdims=True) + head.norm.eps)
+    return (v * g + beta) * scale
+
+
+def test_a_head_run_per_adapter_gets_every_argument():
+    torch.manual_seed(0)
+    m = VeraModel(TwoArgs(), VeraConfig(r=2, target_modules=["q"], modules_to_save=["head"]), adapter_name="a")
+    m.add_adapter("b", VeraConfig(r=2, target_modules=["q"], modules_to_save=["head"], seed=4))
+    with torch.no_grad():
+        m.base_model.head.copies["b"].lin.weight.mul_(-2.0)
+    x = torch.randn(3, 8)
+    with torch.no_grad():
+        got = m(x, adapter_ids=["b", None, "a"]).double().numpy()
+    q = m.base_model.q.base_layer  # lambda_b = 0: the adapters add nothing to q (spec 3.9)
+    h = x.double().numpy() @ q.weight.detach().double().numpy().T + q.bias.detach().double().numpy()
+    head = m.base_model.head
+    for i, mod in enumerate([head.copies["b"], head.original_module, head.copies["a"]]):
+        np.testing.assert_allclose(got[i], _np_head(mod, h[i], 3.0), rtol=1e-5, atol=1e-5)
