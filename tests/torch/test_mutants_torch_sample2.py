@@ -306,3 +306,30 @@ def test_a_head_run_per_adapter_gets_every_argument():
     head = m.base_model.head
     for i, mod in enumerate([head.copies["b"], head.original_module, head.copies["a"]]):
         np.testing.assert_allclose(got[i], _np_head(mod, h[i], 3.0), rtol=1e-5, atol=1e-5)
+
+
+# --- deleting frees the adapter's table slot; attribute pass-through before the model exists ---------
+
+def test_deleting_adapters_frees_their_slots_and_classes():
+    torch.manual_seed(0)
+    m = VeraModel(Net(), VeraConfig(r=2, target_modules=["q", "v"], seed=5), adapter_name="a")
+    m.add_adapter("b", VeraConfig(r=2, target_modules=["q", "v"], seed=5))  # the same projection class
+    key = m._class_of["a"]
+    assert m._class_of["b"] == key and m._slots == {key: {"a": 1, "b": 2}}
+    m.delete_adapter("a")
+    assert m._slots == {key: {"b": 2}} and "a" not in m._class_of
+    m.add_adapter("c", VeraConfig(r=2, target_modules=["q", "v"], seed=5))
+    assert m._slots == {key: {"b": 2, "c": 1}}  # the freed slot is reused
+    m.delete_adapter("b")
+    m.delete_adapter("c")
+    assert m._slots == {} and m._class_of == {}
+
+
+def test_a_model_not_yet_built_has_no_attributes():
+    # attribute pass-through must not recurse when base_model itself is missing (unpickling, __new__)
+    bare = VeraModel.__new__(VeraModel)
+    nn.Module.__init__(bare)
+    for name in ("base_model", "config", "anything"):
+        with pytest.raises(AttributeError, match=r"^'VeraModel' object has no attribute 'base_model'$"):
+            getattr(bare, name)
+        assert not hasattr(bare, name)
