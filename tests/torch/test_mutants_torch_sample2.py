@@ -318,11 +318,12 @@ def test_deleting_adapters_frees_their_slots_and_classes():
     assert m._class_of["b"] == key and m._slots == {key: {"a": 1, "b": 2}}
     m.delete_adapter("a")
     assert m._slots == {key: {"b": 2}} and "a" not in m._class_of
+    assert list(m.vera_modules) == ["b"] and list(m.vera_configs) == ["b"]
     m.add_adapter("c", VeraConfig(r=2, target_modules=["q", "v"], seed=5))
     assert m._slots == {key: {"b": 2, "c": 1}}  # the freed slot is reused
     m.delete_adapter("b")
     m.delete_adapter("c")
-    assert m._slots == {} and m._class_of == {}
+    assert m._slots == {} and m._class_of == {} and m.vera_modules == {} and m.vera_configs == {}
 
 
 def test_a_model_not_yet_built_has_no_attributes():
