@@ -229,6 +229,25 @@ def test_default_dynamic_axes():
     assert got == {n: want for n, (_, _, want) in zip(names, AXES)}
 
 
+def test_use_cache_and_logits_to_keep_are_fixed_where_the_forward_has_them(tmp_path):
+    """README "Bare models": use_cache=False and logits_to_keep=0 are fixed in the graph."""
+    class Keywords(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+
+        def forward(self, x, use_cache=None, logits_to_keep=None):
+            return self.lin(x) * (2.0 if use_cache is False else 3.0) + (10.0 if logits_to_keep == 0 else 20.0)
+
+    torch.manual_seed(0)
+    m = get_vera_model(Keywords(), VeraConfig(r=2, target_modules=["lin"], seed=1)).eval()
+    x = torch.randn(2, 4)
+    export(m, (x,), tmp_path / "k.onnx", input_names=["x"])
+    with torch.no_grad():
+        want = (m.base_model.lin(x) * 2.0 + 10.0).numpy()
+    assert np.allclose(_session(tmp_path / "k.onnx").run(None, {"x": x.numpy()})[0], want, atol=1e-6)
+
+
 def test_a_forward_without_a_signature_exports(tmp_path):
     """inspect.signature fails on some wrapped forwards: no keyword parameters are known then."""
     class Forward:
@@ -434,6 +453,28 @@ def test_cumsum_with_a_dtype_exports(tmp_path):
 
 
 # -- serving ----------------------------------------------------------------------------------------------------
+
+def test_graphs_declare_opset_18(small):
+    """README "ONNX and ONNX Runtime": opset 18, for runtimes that stop there."""
+    from vera_onnx import philox_model, projection_model
+    _, _, _, returned = small
+    for name, model in [("philox", philox_model()), ("projection", projection_model(1, 2, 3, 4)), *returned.items()]:
+        assert {o.domain: o.version for o in model.opset_import}.get("", None) == 18, name
+
+
+def test_describe_reads_the_metadata_without_external_data(small, tmp_path):
+    """describe() needs metadata_props only: a model whose external tensor file is elsewhere still describes."""
+    from vera_onnx import describe
+    d, _, _, returned = small
+    from onnx.external_data_helper import convert_model_to_external_data
+    model = onnx.ModelProto()
+    model.CopyFrom(returned["hotswap"])
+    convert_model_to_external_data(model, all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+    onnx.save(model, tmp_path / "ext.onnx")
+    (tmp_path / "weights.bin").unlink()
+    assert describe(tmp_path / "ext.onnx") == describe(d / "hotswap.onnx")
+    assert describe(tmp_path / "ext.onnx")["mode"] == "hotswap"
+
 
 def test_the_sidecar_is_canonical_json(small, tmp_path):
     d, _, _, _ = small
