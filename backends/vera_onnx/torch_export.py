@@ -344,7 +344,7 @@ def _cumsum_symbolic(g, x, dim, dtype):
     dim = sh._get_const(dim, "i", "dim")
     if not sh._is_none(dtype) and dtype.node().kind() == "onnx::Constant":
         to = sh._get_const(dtype, "i", "dtype")
-        x = g.op("Cast", x, to_i=torch.onnx._type_utils.JitScalarType(to).onnx_type())
+        x = g.op("Cast", x, to_i=sh._type_utils.JitScalarType(to).onnx_type())
     elif x.type().scalarType() == "Bool":
         x = g.op("Cast", x, to_i=onnx.TensorProto.INT64)
     return g.op("CumSum", x, g.op("Constant", value_t=torch.tensor(dim, dtype=torch.int64)))
@@ -446,6 +446,8 @@ def export(vera_model, example_args: tuple | torch.Tensor | Mapping[str, Any], p
     if name not in vera_model.vera_configs:
         raise OnnxError(f"no adapter named {name!r}")
     vm = copy.deepcopy(vera_model).eval()
+    if mode != "merged":
+        vm.unmerge()  # the graph's base layers hold W0 and its adapter path adds Delta W (merged, it would count twice)
     if dtype is not None:
         vm = vm.to(dtype)
     call, input_names, tensors = _calling_convention(vm.base_model, example, input_names, forward_kwargs)
@@ -531,8 +533,8 @@ def export(vera_model, example_args: tuple | torch.Tensor | Mapping[str, Any], p
         example_all.append(torch.arange(batch, dtype=torch.int64) % K1)
         names_in.append(INDEX_INPUT)
     names_out, axes = _names_and_axes(root, example_all, names_in, output_names, dynamic_axes)
-    if index is not None and dynamic_axes is None:
-        axes[INDEX_INPUT] = {0: "batch"}
+    if index is not None:  # one index per row: its batch axis is dynamic whatever axes were given
+        axes.setdefault(INDEX_INPUT, {0: "batch"})
     used = _run_exporter(exporter, root, tuple(example_all), path, names_in, names_out, axes, fold=False)
     model = onnx.load(path)
     renames = {f"model.{k}": k for k in extra}

@@ -150,31 +150,6 @@ def test_exporting_one_adapter_while_another_is_merged_is_refused(tmp_path):
     assert not (tmp_path / "x.onnx").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="bug reported to the lead (issue 15): a hot-swap or multi export of a model "
-                                        "whose adapter is merged keeps W0 + Delta W as the base weights; remove this "
-                                        "marker with the fix (unmerge the exported copy)")
-@pytest.mark.parametrize("mode", ["hotswap", "multi"])
-def test_a_merged_adapter_is_not_counted_twice_by_a_hotswap_or_multi_export(tmp_path, mode):
-    torch.manual_seed(0)
-    m = get_vera_model(nn.Sequential(nn.Linear(6, 3), nn.ReLU(), nn.Linear(3, 5)),
-                       VeraConfig(r=R, target_modules=["0", "2"], seed=SEED)).eval()
-    W = _weights(m)  # W0, before the merge
-    with torch.no_grad():
-        for layer in m.vera_layers():
-            layer.vera_lambda_b["default"].fill_(0.5)  # Delta W != 0
-    m.merge()
-    export(m, (torch.randn(2, 6),), tmp_path / "m.onnx", mode=mode, input_names=["x"],
-           **({"capacity": 1} if mode == "multi" else {}))
-    ad = _adapter()
-    sess = VeraOnnxSession(tmp_path / "m.onnx")
-    sess.load_adapter("a", ad)
-    np.testing.assert_allclose(sess.run(None, {"x": X})[0], _reference(X, W, None), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(sess.run(None, {"x": X}, adapter="a")[0], _reference(X, W, ad), rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.xfail(strict=True, raises=ort.capi.onnxruntime_pybind11_state.InvalidArgument,
-                   reason="bug reported to the lead (issue 15): with dynamic_axes given, a multi export leaves "
-                          "adapter_index at the example's batch size; remove this marker with the fix")
 def test_multi_mode_with_given_dynamic_axes_serves_any_batch(tmp_path):
     torch.manual_seed(0)
     m = get_vera_model(nn.Sequential(nn.Linear(6, 3), nn.ReLU(), nn.Linear(3, 5)),
@@ -435,9 +410,6 @@ def test_a_bfloat16_model_keeps_its_task_head_as_the_default(tmp_path):
     assert {i.name for i in model.graph.input} >= {"2.weight", "2.bias"}
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError,
-                   reason="bug reported to the lead (issue 15): _cumsum_symbolic reads torch.onnx._type_utils, which "
-                          "torch 2.13 moved (symbolic_helper._type_utils); remove this marker with the fix")
 def test_cumsum_with_a_dtype_exports(tmp_path):
     class CumSum(nn.Module):
         def forward(self, x):
