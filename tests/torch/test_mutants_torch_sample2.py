@@ -334,3 +334,22 @@ def test_a_model_not_yet_built_has_no_attributes():
         with pytest.raises(AttributeError, match=r"^'VeraModel' object has no attribute 'base_model'$"):
             getattr(bare, name)
         assert not hasattr(bare, name)
+
+
+def test_leaving_disable_adapter_merges_the_merged_adapter_back():
+    from vera_ref.layer import delta_weight
+    torch.manual_seed(0)
+    m = VeraModel(nn.Sequential(nn.Linear(8, 6)), VeraConfig(r=2, target_modules=["0"], seed=3), adapter_name="a")
+    layer = m.base_model[0]
+    with torch.no_grad():
+        layer.vera_lambda_b["a"].copy_(torch.linspace(-1.0, 1.0, 6))
+    w0 = layer.weight.detach().double().numpy().copy()
+    A, B = vera_ref.projection(3, 2, 8, 6)
+    merged = w0 + delta_weight(A, B, np.full(2, 0.1, np.float32).astype(np.float64),
+                               np.linspace(-1.0, 1.0, 6, dtype=np.float32).astype(np.float64), 8, 6)
+    m.merge()
+    np.testing.assert_allclose(layer.weight.detach().double().numpy(), merged, rtol=1e-6, atol=1e-6)
+    with m.disable_adapter():
+        assert np.array_equal(layer.weight.detach().double().numpy(), w0)
+    assert layer.merged == ["a"]
+    np.testing.assert_allclose(layer.weight.detach().double().numpy(), merged, rtol=1e-6, atol=1e-6)
