@@ -353,3 +353,15 @@ def test_leaving_disable_adapter_merges_the_merged_adapter_back():
         assert np.array_equal(layer.weight.detach().double().numpy(), w0)
     assert layer.merged == ["a"]
     np.testing.assert_allclose(layer.weight.detach().double().numpy(), merged, rtol=1e-6, atol=1e-6)
+
+
+def test_to_adapter_checks_the_name_and_records_the_fingerprint_by_default():
+    from vera_torch.errors import AdapterNameError
+    torch.manual_seed(0)
+    m = VeraModel(Net(), VeraConfig(r=2, target_modules=["q", "v"], seed=5), adapter_name="a")
+    with pytest.raises(AdapterNameError):
+        m.to_adapter("nope")
+    fp = m.to_adapter("a").config.base_model["fingerprint"]
+    assert fp == vera_ref.base_fingerprint({n: m.base_model.get_submodule(n).weight.detach().numpy()
+                                            for n in ("q", "v")}, m.to_adapter("a").config.modules)
+    assert not m.to_adapter("a", fingerprint=False).config.base_model
