@@ -365,3 +365,5 @@ def test_to_adapter_checks_the_name_and_records_the_fingerprint_by_default():
     assert fp == vera_ref.base_fingerprint({n: m.base_model.get_submodule(n).weight.detach().numpy()
                                             for n in ("q", "v")}, m.to_adapter("a").config.modules)
     assert not m.to_adapter("a", fingerprint=False).config.base_model
+    assert m.to_adapter("a").config.tensor_layout == "per-module"  # spec 4.3 default; packed on request only
+    assert m.to_adapter("a", packed=True).config.tensor_layout == "packed"
