@@ -83,7 +83,7 @@ def projection(seed: int, r: int, n_in: int, n_out: int, group: int = 0,
     seed = generators.PHILOX.check_seed(seed)
     r, n_in, n_out = _count("r", r, RANK_LIMIT), _count("n_in", n_in, WORD_LIMIT), _count("n_out", n_out, WORD_LIMIT)
     if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or not 0 <= int(group) < WORD_LIMIT:
-        raise ProjectionError(f"group must be an integer in [0, {WORD_LIMIT}), got {group!r}")
+        raise ProjectionError(f"group must be in [0, 2^32), got {group}")  # the reference's message
     A = _table(seed, MATRIX_A, int(group), n_in, r, kaiming_bound(n_in), device, True)  # (r, n_in)
     B = _table(seed, MATRIX_B, int(group), n_out, r, kaiming_bound(r), device, False)  # (n_out, r)
     return A, B

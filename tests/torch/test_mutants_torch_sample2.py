@@ -13,15 +13,14 @@ from vera_ref.errors import ProjectionError  # noqa: E402
 from vera_torch.philox import projection  # noqa: E402
 
 
-@pytest.mark.parametrize("group, shown", [(-1, "-1"), (True, "True"), (False, "False"), (1.5, "1.5"),
-                                          (2**32, "4294967296"), (np.int64(-1), "np.int64(-1)"), ("1", "'1'"),
-                                          (None, "None")])
-def test_projection_refuses_the_groups_the_reference_refuses(group, shown):
+@pytest.mark.parametrize("group", [-1, True, False, 1.5, 2**32, np.int64(-1), "1", None])
+def test_projection_refuses_the_groups_the_reference_refuses(group):
     # spec 1.4 / 2.4: the group is a counter word, an integer in [0, 2^32)
-    with pytest.raises(ProjectionError):
+    with pytest.raises(ProjectionError) as ref:
         vera_ref.projection(3, 2, 4, 4, group)
-    msg = f"group must be an integer in [0, 4294967296), got {shown}"
-    with pytest.raises(ProjectionError, match=r"^" + re.escape(msg) + r"$"):
+    msg = f"group must be in [0, 2^32), got {group}"
+    assert str(ref.value) == msg
+    with pytest.raises(ProjectionError, match=r"^" + re.escape(msg) + r"$"):  # the reference's words
         projection(3, 2, 4, 4, group)
 
 
