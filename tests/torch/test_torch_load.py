@@ -71,6 +71,9 @@ def _cases(base, m):
     cases.append(("extra of another shape", _extra(copy.deepcopy(good), **{"classifier.weight": np.zeros((4, 16)),
                                                                           "classifier.bias": b}),
                   ModelMismatchError, r"^classifier\.weight: shape \[4, 16\] in the adapter but \[3, 16\] in the model$"))
+    cases.append(("extra naming no tensor of its module", _extra(copy.deepcopy(good), **{
+        "classifier.weight": w, "classifier.bias": b, "classifier.scale": np.ones(3)}), ModelMismatchError,
+                  r"^classifier\.scale: module 'classifier' has no tensor 'scale'$"))
     cases.append(("extra for a missing module", _extra(copy.deepcopy(good), **{"head.weight": np.zeros(2)}),
                   ModelMismatchError, r"^head\.weight: the model has no module 'head' for this extra tensor$"))
     ad = copy.deepcopy(good)
