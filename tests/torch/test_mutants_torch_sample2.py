@@ -366,3 +366,13 @@ def test_to_adapter_checks_the_name_and_records_the_fingerprint_by_default():
     assert not m.to_adapter("a", fingerprint=False).config.base_model
     assert m.to_adapter("a").config.tensor_layout == "per-module"  # spec 4.3 default; packed on request only
     assert m.to_adapter("a", packed=True).config.tensor_layout == "packed"
+
+
+@pytest.mark.parametrize("counter", [(0, 0, 0, 0), (0xFFFFFFFF, 0xFFFFFFFF, 1, 0xABCDEF01), (5, 7, 0, 3)])
+def test_philox_words_on_plain_int_counters(counter):
+    """spec 1.2 with every counter word a Python int (the divmod branch), against vera_ref's scalar Philox."""
+    from vera_ref.philox import philox4x32_scalar
+    from vera_torch.philox import philox_words
+    key = (0x12345678, 0x9ABCDEF0)
+    got = philox_words(*counter, key)
+    assert tuple(int(w) for w in got) == philox4x32_scalar(counter, key)
