@@ -134,8 +134,7 @@ def threads_for(blocks: int) -> int:
 
 
 def _table_values(seed: int, m: int, g: int, n_count: int, r: int, bound: np.float32,
-                  rank_major: bool, threads: int | None = None,
-                  spaces: dict[int, _Workspace] | None = None) -> np.ndarray:
+                  rank_major: bool, threads: int | None, spaces: dict[int, "_Workspace"]) -> np.ndarray:
     """value(T[m, g][0:n_count, 0:r]) as float32 (r, n_count) if ``rank_major`` (A's
     layout) else (n_count, r) (B's layout), made in blocks (spec 1.4-1.5).
 
@@ -159,7 +158,7 @@ def _table_values(seed: int, m: int, g: int, n_count: int, r: int, bound: np.flo
     blocks = [(n0, kb0) for n0 in range(0, n_count, N) for kb0 in range(0, n_kb, KB)]
 
     def work(i: int, part: list[tuple[int, int]]) -> None:
-        ws = spaces.setdefault(i, _Workspace()) if spaces is not None else _Workspace()
+        ws = spaces[i] if i in spaces else spaces.setdefault(i, _Workspace())  # worker i's own buffers
         for n0, kb0 in part:
             n1, kb1 = min(n0 + N, n_count), min(kb0 + KB, n_kb)
             nb, kbn = n1 - n0, kb1 - kb0
