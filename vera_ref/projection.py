@@ -8,8 +8,6 @@ table equals the smaller table.
 from __future__ import annotations
 
 import math
-import os
-import threading
 
 import numpy as np
 
@@ -25,8 +23,6 @@ WORD_LIMIT = 1 << 32  # spec 1.4: every counter word is a 32-bit integer
 RANK_LIMIT = WORD_LIMIT * 4  # spec 1.4: k div 4 must fit one word
 CHUNK = 8192  # counters per step of table_words (the plain path)
 BLOCK_ELEMS = 1 << 14  # counters per block: ~1.3 MB of buffers stay in a core's L2 (bench/rng.py)
-MAX_THREADS = 4  # worker threads per table at most (bench/rng.py: memory bandwidth, not cores, bounds it)
-MIN_BLOCKS_PER_THREAD = 4  # a thread gets at least this many blocks
 _HALF_GRID = (1 << 24) - 1  # spec 1.5: s = 2*m24 + 1 - 2^24 = 2*m24 - (2^24 - 1)
 
 
@@ -108,8 +104,7 @@ def _map_words(W: np.ndarray, scale: np.float32, dest: np.ndarray) -> None:
 
 
 class _Workspace:
-    """One worker's buffers for blocks of at most BLOCK_ELEMS counters, kept for both tables of a
-    projection call. Pages of a buffer are only touched (and faulted in) as far as blocks use them."""
+    """Buffers for blocks of at most BLOCK_ELEMS counters, kept for both tables of a projection call. Pages of a buffer are only touched (and faulted in) as far as blocks use them."""
 
     def __init__(self) -> None:
         self.gen = BlockPhilox(BLOCK_ELEMS)
@@ -123,27 +118,17 @@ class _Workspace:
         return self._vals[:size]
 
 
-def threads_for(blocks: int) -> int:
-    """Worker threads for a table of ``blocks`` blocks: ``OMP_NUM_THREADS`` when set, else the
-    machine's cores, at most ``MAX_THREADS``, and one thread per ``MIN_BLOCKS_PER_THREAD`` blocks
-    at most (a small table is not worth a thread). The result never depends on it (spec 1.4:
-    every block is a pure function of its counters)."""
-    want = os.environ.get("OMP_NUM_THREADS", "")
-    n = int(want) if want.isdigit() and int(want) > 0 else (os.cpu_count() or 1)
-    return max(1, min(n, MAX_THREADS, blocks // MIN_BLOCKS_PER_THREAD))
-
-
 def _table_values(seed: int, m: int, g: int, n_count: int, r: int, bound: np.float32,
-                  rank_major: bool, threads: int | None, spaces: dict[int, "_Workspace"]) -> np.ndarray:
+                  rank_major: bool, ws: "_Workspace") -> np.ndarray:
     """value(T[m, g][0:n_count, 0:r]) as float32 (r, n_count) if ``rank_major`` (A's
     layout) else (n_count, r) (B's layout), made in blocks (spec 1.4-1.5).
 
     A block is KB rank groups x N features, about BLOCK_ELEMS counters, so NumPy's
     per-call cost is amortised. Philox writes its four words into a buffer laid out
     like the destination block, (KB, 4, N) or (N, KB, 4), and the float mapping then
-    runs on contiguous memory. Blocks are split between ``threads`` worker threads
-    (NumPy releases the GIL inside each call), each with its own buffers (``spaces``: worker
-    index -> buffers, shared by the calls for A and B).
+    runs on contiguous memory. ``ws``: the block buffers, shared by the calls for A and B.
+    One thread: on this project's 2-core machine two worker threads were no faster
+    (``bench/rng.py``), so the reference stays simple.
     """
     key = key_of_seed(seed)
     scale = np.float32(bound) * np.float32(2.0**-24)  # exact: power-of-two scaling
@@ -155,11 +140,8 @@ def _table_values(seed: int, m: int, g: int, n_count: int, r: int, bound: np.flo
         KB = min(n_kb, BLOCK_ELEMS)
         N = max(1, min(n_count, BLOCK_ELEMS // KB))
     out = np.empty((r, n_count) if rank_major else (n_count, r), dtype=np.float32)
-    blocks = [(n0, kb0) for n0 in range(0, n_count, N) for kb0 in range(0, n_kb, KB)]
-
-    def work(i: int, part: list[tuple[int, int]]) -> None:
-        ws = spaces[i] if i in spaces else spaces.setdefault(i, _Workspace())  # worker i's own buffers
-        for n0, kb0 in part:
+    for n0 in range(0, n_count, N):
+        for kb0 in range(0, n_kb, KB):
             n1, kb1 = min(n0 + N, n_count), min(kb0 + KB, n_kb)
             nb, kbn = n1 - n0, kb1 - kb0
             n = np.arange(n0, n1, dtype=np.uint32)
@@ -182,47 +164,24 @@ def _table_values(seed: int, m: int, g: int, n_count: int, r: int, bound: np.flo
                 v = ws.vals(W2.size).reshape(W2.shape)
                 _map_words(W2, scale, v)
                 dest[...] = v
-
-    t = threads_for(len(blocks)) if threads is None else max(1, min(int(threads), len(blocks)))
-    parts = [blocks[i * len(blocks) // t:(i + 1) * len(blocks) // t] for i in range(t)]
-    errors: list[BaseException] = []
-
-    def run(i: int, part: list[tuple[int, int]]) -> None:
-        try:
-            work(i, part)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread below
-            errors.append(e)
-
-    workers = [threading.Thread(target=run, args=(i, p), daemon=True) for i, p in enumerate(parts) if i]
-    for w in workers:
-        w.start()
-    run(0, parts[0])
-    for w in workers:
-        w.join()
-    if errors:
-        raise errors[0]
     return out
 
 
-def projection(seed: int, r: int, n_in: int, n_out: int, group: int = 0,
-               threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def projection(seed: int, r: int, n_in: int, n_out: int, group: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The projection pair of group ``group`` (spec 2.1).
 
     A = value(T[0, g][0:n_in, 0:r])^T, float32 (r, n_in), bound from fan_in = n_in;
     B = value(T[1, g][0:n_out, 0:r]),   float32 (n_out, r), bound from fan_in = r.
-    ``threads``: worker threads per table (default: ``threads_for``); the values never depend on it.
     """
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise ProjectionError(f"threads must be a positive integer, got {threads!r}")
     check_seed(seed)
     _check_count("r", r, RANK_LIMIT)
     _check_count("n_in", n_in, WORD_LIMIT)
     _check_count("n_out", n_out, WORD_LIMIT)
     if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or not 0 <= group < WORD_LIMIT:
         raise ProjectionError(f"group must be in [0, 2^32), got {group}")
-    spaces: dict[int, _Workspace] = {}  # one set of block buffers per worker thread, for A then B
-    A = _table_values(int(seed), MATRIX_A, int(group), int(n_in), int(r), kaiming_bound(n_in), True, threads, spaces)  # (r, n_in)
-    B = _table_values(int(seed), MATRIX_B, int(group), int(n_out), int(r), kaiming_bound(r), False, threads, spaces)  # (n_out, r)
+    ws = _Workspace()  # block buffers, for A then B
+    A = _table_values(int(seed), MATRIX_A, int(group), int(n_in), int(r), kaiming_bound(n_in), True, ws)  # (r, n_in)
+    B = _table_values(int(seed), MATRIX_B, int(group), int(n_out), int(r), kaiming_bound(r), False, ws)  # (n_out, r)
     return A, B
 
 

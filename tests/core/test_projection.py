@@ -123,89 +123,29 @@ def test_layer_slice():
         slice_for_layer(A, B, 6, 13)
 
 
-@pytest.mark.parametrize("threads", [1, 2, 3, 7])
 @pytest.mark.parametrize("block", [64, 2])
-def test_threads_never_change_the_values(threads, block, monkeypatch):
-    """Blocks split between worker threads (spec 1.4: each block is a pure function of its counters):
-    every block, including the last partial ones, equals the plain per-counter path."""
+def test_blocks_never_change_the_values(block, monkeypatch):
+    """spec 1.4: each block is a pure function of its counters: every block, including the last
+    partial ones, equals the plain per-counter path."""
     P = sys.modules["vera_ref.projection"]  # the module (vera_ref.projection is also the function)
     # 64: A in blocks of 4 rank groups x 16 features, B of 16 features x 4 rank groups; 2: both tables in
     # blocks of 2 counters, so B's ranks span several blocks too and its last one is partial (r = 13)
     monkeypatch.setattr(P, "BLOCK_ELEMS", block)
     seed, r, n_in, n_out = 2**40 + 3, 13, 70, 45
-    A, B = P.projection(seed, r, n_in, n_out, 2, threads=threads)
+    A, B = P.projection(seed, r, n_in, n_out, 2)
     assert np.array_equal(A, words_to_float(table_words(seed, MATRIX_A, 2, (0, n_in), (0, r)), kaiming_bound(n_in)).T)
     assert np.array_equal(B, words_to_float(table_words(seed, MATRIX_B, 2, (0, n_out), (0, r)), kaiming_bound(r)))
 
 
-@pytest.mark.parametrize("env, blocks, want", [
-    ("", 100, "cpus"), ("1", 100, 1), ("3", 100, 3), ("16", 1000, 4),  # at most MAX_THREADS = 4
-    ("4", 7, 1), ("4", 8, 2), ("4", 15, 3), ("2", 3, 1),  # at least MIN_BLOCKS_PER_THREAD = 4 blocks each
-    ("0", 100, "cpus"), ("x", 100, "cpus"), ("-2", 100, "cpus"),  # not a positive integer: ignored
-])
-def test_threads_for(env, blocks, want, monkeypatch):
-    import os
-    from vera_ref.projection import threads_for
-    monkeypatch.setenv("OMP_NUM_THREADS", env)
-    if want == "cpus":
-        want = max(1, min(os.cpu_count() or 1, 4, blocks // 4))
-    assert threads_for(blocks) == want
-
-
-@pytest.mark.parametrize("threads", [0, -1, True, 1.5, "2"])
-def test_threads_must_be_a_positive_integer(threads):
-    with pytest.raises(ProjectionError, match=rf"^threads must be a positive integer, got {re.escape(repr(threads))}$"):
-        projection(1, 4, 8, 8, threads=threads)
-
-
-def test_an_error_in_a_worker_thread_reaches_the_caller(monkeypatch):
-    import threading
-    P = sys.modules["vera_ref.projection"]
-    monkeypatch.setattr(P, "BLOCK_ELEMS", 64)  # A (8, 200): 8 blocks, 4 of them in the second thread
-    real = P._map_words
-
-    def broken(*a):
-        if threading.current_thread() is not threading.main_thread():
-            raise MemoryError("in a worker")
-        return real(*a)
-    monkeypatch.setattr(P, "_map_words", broken)
-    before = threading.active_count()
-    with pytest.raises(MemoryError, match="^in a worker$"):
-        P.projection(1, 8, 200, 8, threads=2)
-    monkeypatch.setattr(P, "_map_words", real)
-    assert threading.active_count() == before  # the worker was joined
-
-
-def test_each_block_is_made_once_by_one_thread_with_its_own_buffers(monkeypatch):
-    """threads=k starts k - 1 workers (threads=1: none); every block is generated exactly once; each
-    worker writes through buffers no other thread touches; the call returns only when all are done."""
-    import threading
-    import time
+def test_each_block_is_made_once(monkeypatch):
     P = sys.modules["vera_ref.projection"]
     monkeypatch.setattr(P, "BLOCK_ELEMS", 64)
-    made, users = [], {}
-    real_words, real_map = P.BlockPhilox.words, P._map_words
+    made = []
+    real_words = P.BlockPhilox.words
 
     def words(self, n, kb, m, *a, **k):
         made.append((m, int(n.min()), int(kb.min())))
-        users.setdefault((id(self), m), set()).add(threading.get_ident())  # per table: workers run at once
         return real_words(self, n, kb, m, *a, **k)
-
-    def slow_map(*a):
-        if threading.current_thread() is not threading.main_thread():
-            time.sleep(0.02)  # workers finish last: returning before joining them would show
-        return real_map(*a)
     monkeypatch.setattr(P.BlockPhilox, "words", words)
-    monkeypatch.setattr(P, "_map_words", slow_map)
-    started = []
-    real_start = threading.Thread.start
-    monkeypatch.setattr(threading.Thread, "start", lambda self: started.append(self) or real_start(self))
-    seed, r, n_in, n_out = 11, 8, 200, 100  # A: 2 rank groups x 4 feature blocks of 64; B: 4 blocks of 32 x 2
-    for threads, workers in ((1, 0), (3, 2 + 2)):  # 3 threads per table: 2 workers for A, 2 for B
-        made.clear(), users.clear(), started.clear()
-        A, B = P.projection(seed, r, n_in, n_out, threads=threads)
-        assert len(started) == workers
-        assert len(made) == len(set(made)) == 8 + 4  # every block once
-        assert all(len(t) == 1 for t in users.values())  # no buffers shared between threads
-        assert np.array_equal(A, words_to_float(table_words(seed, MATRIX_A, 0, (0, n_in), (0, r)), kaiming_bound(n_in)).T)
-        assert np.array_equal(B, words_to_float(table_words(seed, MATRIX_B, 0, (0, n_out), (0, r)), kaiming_bound(r)))
+    P.projection(11, 8, 200, 100)  # A: 2 rank groups x 4 feature blocks of 64; B: 4 blocks of 32 x 2
+    assert len(made) == len(set(made)) == 8 + 4
