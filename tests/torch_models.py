@@ -63,3 +63,28 @@ def randomise(model, scale: float = 1.0) -> None:
         for n, p in model.named_parameters():
             if "vera_lambda" in n:
                 p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype) * scale)
+
+
+class QV(nn.Module):
+    """Two linears q (8 -> 6) and v (6 -> 5) with a tanh between: the smallest model with two adapted layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q = nn.Linear(8, 6)
+        self.v = nn.Linear(6, 5)
+
+    def forward(self, x):
+        return self.v(torch.tanh(self.q(x)))
+
+
+class Headed(nn.Module):
+    """q (8 -> 6), tanh, then a head (6 -> 2): an adapted layer and a module to save."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q = nn.Linear(8, 6)
+        self.act = nn.Tanh()
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x):
+        return self.head(self.act(self.q(x)))

@@ -27,11 +27,11 @@ torch = pytest.importorskip("torch")
 from hypothesis import HealthCheck, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule  # noqa: E402
-from torch import nn  # noqa: E402
 
 import vera_ref  # noqa: E402
 from vera_torch import VeraConfig, VeraModel  # noqa: E402
 from vera_torch.errors import AdapterNameError, MergeError  # noqa: E402
+from torch_models import QV  # noqa: E402
 
 NAMES = ("a", "b", "c", "d")
 LAYERS = (("q", 8, 6), ("v", 6, 5))  # (path, in, out), applied in this order: y = v(tanh(q(x)))
@@ -40,19 +40,9 @@ GENERATORS = (("philox4x32-10", "shared"), ("philox4x32-10", "per-module"), ("st
               ("stored", "per-module"), ("peft-mt19937", "shared"))
 
 
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.q = nn.Linear(8, 6)
-        self.v = nn.Linear(6, 5)
-
-    def forward(self, x):
-        return self.v(torch.tanh(self.q(x)))
-
-
-def fresh_base(dtype: torch.dtype) -> Net:
+def fresh_base(dtype: torch.dtype) -> QV:
     torch.manual_seed(1234)
-    return Net().to(dtype)
+    return QV().to(dtype)
 
 
 def ref_projections(cfg: VeraConfig, targets: tuple[str, ...]) -> dict[str, tuple[np.ndarray, np.ndarray]]:

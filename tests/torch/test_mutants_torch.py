@@ -12,6 +12,7 @@ import vera_ref  # noqa: E402
 from vera_ref.errors import AdapterFileError  # noqa: E402
 from vera_torch import VeraConfig, VeraModel  # noqa: E402
 from vera_torch.errors import AdapterNameError, ConfigError  # noqa: E402
+from torch_models import Headed  # noqa: E402
 
 
 class Net(nn.Module):
@@ -112,17 +113,6 @@ def test_exact_module_lists_name_missing_modules():
         m.add_adapter("a", VeraConfig(r=2), modules=["q", "nope"])
     m.add_adapter("a", VeraConfig(r=2), modules=["v", "q"])
     assert m.vera_modules["a"] == ["v", "q"]  # the given order (the file's order)
-
-
-class Headed(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.q = nn.Linear(8, 6)
-        self.act = nn.Tanh()
-        self.head = nn.Linear(6, 2)
-
-    def forward(self, x):
-        return self.head(self.act(self.q(x)))
 
 
 def test_regex_targets_skip_non_layers_wrapped_layers_and_head_copies():

@@ -39,6 +39,7 @@ from vera_ref.dtypes import round_to  # noqa: E402
 from vera_ref.errors import ModelMismatchError  # noqa: E402
 from vera_torch import VeraConfig, VeraModel  # noqa: E402
 from vera_torch.errors import ConfigError  # noqa: E402
+from torch_models import Headed, QV  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 
@@ -67,17 +68,6 @@ def test_d_initial_overflow_cases_are_the_expected_ones():
 
 
 # --- load_adapter: modules that VeRA cannot adapt are refused (README "PyTorch") ----------------
-
-class Headed(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.q = nn.Linear(8, 6)
-        self.act = nn.Tanh()
-        self.head = nn.Linear(6, 2)
-
-    def forward(self, x):
-        return self.head(self.act(self.q(x)))
-
 
 @pytest.mark.parametrize("module, dims", [
     ("head", (6, 2)),                     # a module saved whole (modules_to_save)
@@ -172,16 +162,6 @@ def test_a_deleted_adapter_frees_its_head_slot():
 
 # --- PEFT checkpoints (README "PyTorch"): from_peft / load_peft, the checkpoint written by vera_ref ---
 
-class Net(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.q = nn.Linear(8, 6)
-        self.v = nn.Linear(6, 5)
-
-    def forward(self, x):
-        return self.v(torch.tanh(self.q(x)))
-
-
 def test_from_peft_and_load_peft_read_the_checkpoint(tmp_path):
     from vera_ref.peft_interop import adapter_to_peft
     ad = vera_ref.new_adapter([("q", 8, 6), ("v", 6, 5)], r=2, seed=3, generator="peft-mt19937")
@@ -191,10 +171,10 @@ def test_from_peft_and_load_peft_read_the_checkpoint(tmp_path):
             d[k] = rng.standard_normal(d[k].shape).astype(np.float32)
     adapter_to_peft(ad, tmp_path, model_modules=["q", "v"])
     torch.manual_seed(0)
-    vm = VeraModel.from_peft(Net(), tmp_path, "p")
+    vm = VeraModel.from_peft(QV(), tmp_path, "p")
     assert list(vm.vera_configs) == ["p"] and vm.active_adapter == "p"
     torch.manual_seed(0)
-    vm2 = VeraModel(Net())
+    vm2 = VeraModel(QV())
     assert vm2.load_peft(tmp_path, "z") == "z"
     for m in (vm, vm2):
         name = m.active_adapter if m is vm else "z"
@@ -311,7 +291,7 @@ def test_a_head_run_per_adapter_gets_every_argument():
 
 def test_deleting_adapters_frees_their_slots_and_classes():
     torch.manual_seed(0)
-    m = VeraModel(Net(), VeraConfig(r=2, target_modules=["q", "v"], seed=5), adapter_name="a")
+    m = VeraModel(QV(), VeraConfig(r=2, target_modules=["q", "v"], seed=5), adapter_name="a")
     m.add_adapter("b", VeraConfig(r=2, target_modules=["q", "v"], seed=5))  # the same projection class
     key = m._class_of["a"]
     assert m._class_of["b"] == key and m._slots == {key: {"a": 1, "b": 2}}
@@ -357,7 +337,7 @@ def test_leaving_disable_adapter_merges_the_merged_adapter_back():
 def test_to_adapter_checks_the_name_and_records_the_fingerprint_by_default():
     from vera_torch.errors import AdapterNameError
     torch.manual_seed(0)
-    m = VeraModel(Net(), VeraConfig(r=2, target_modules=["q", "v"], seed=5), adapter_name="a")
+    m = VeraModel(QV(), VeraConfig(r=2, target_modules=["q", "v"], seed=5), adapter_name="a")
     with pytest.raises(AdapterNameError):
         m.to_adapter("nope")
     fp = m.to_adapter("a").config.base_model["fingerprint"]
