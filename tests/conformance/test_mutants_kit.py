@@ -8,7 +8,6 @@ import dataclasses
 import json
 import math
 import re
-import shutil
 
 import numpy as np
 import pytest
@@ -765,7 +764,6 @@ class _Seq(Reference):
 def test_stateless_sequences_share_seed_r_and_group_largest_first():
     p = _Seq()
     assert run("stateless", p, "float64", mx=5).status == "passed"
-    calls, i = [], 0
     seqs = []
     # every sequence: 2-3 calls, the same seed, r and group, pads 0, 1, 3, sizes decreasing
     k = 0
@@ -1234,13 +1232,8 @@ def test_merge_cases_are_drawn_without_dropout():
     assert run("forward", d, "float64", mx=25).status == "passed" and d.masks > 0
 
 
-class _PeftSeen(Bk.PeftGenerator):
-    def __init__(self):
-        self.groups = []
-
-    def projection(self, seed, r, n_in, n_out, group, device):
-        self.groups.append(group)
-        return super().projection(seed, r, n_in, n_out, group, device)
+class _PeftSeen(_GroupsSeen):
+    """Records the groups of projections and of forward cases."""
 
     def forward(self, c):
         self.groups.append(c.group)

@@ -284,15 +284,23 @@ def test_o_tmpfile_opens_the_folder_read_write(tmp_path, monkeypatch):
     assert seen == [(str(tmp_path), os.O_RDWR, 0o666, True)]
 
 
+def _refuse_linkat(monkeypatch):
+    """O_TMPFILE on, and linking the anonymous inode into the folder refused (EPERM), as some file
+    systems and sandboxes do: the writer must fall back to copying into a named temporary."""
+    monkeypatch.setattr(atomic, "USE_O_TMPFILE", True)
+
+    def refuse(*a, **k):
+        raise PermissionError(errno.EPERM, "no linkat")
+    monkeypatch.setattr(os, "link", refuse)
+
+
 @pytest.mark.skipif(not HAS_TMPFILE, reason="no O_TMPFILE here")
 @pytest.mark.parametrize("how", ["link", "open-folder"])
 def test_when_linkat_is_refused_the_data_is_copied_into_a_named_temporary(tmp_path, monkeypatch, how):
-    monkeypatch.setattr(atomic, "USE_O_TMPFILE", True)
     if how == "link":
-        def refuse(*a, **k):
-            raise PermissionError(errno.EPERM, "no linkat")
-        monkeypatch.setattr(os, "link", refuse)
+        _refuse_linkat(monkeypatch)
     else:
+        monkeypatch.setattr(atomic, "USE_O_TMPFILE", True)
         real = os.open
 
         def fake_open(path, flags, mode=0o777, **kw):
@@ -376,11 +384,7 @@ def test_no_file_descriptor_is_left_open(tmp_path, kind):
 @pytest.mark.skipif(not HAS_TMPFILE, reason="no O_TMPFILE here")
 def test_the_copy_fallback_flushes_its_named_copy_to_storage(tmp_path, monkeypatch):
     # spec 4.7: what is renamed over the target has been flushed to stable storage, whole
-    monkeypatch.setattr(atomic, "USE_O_TMPFILE", True)
-
-    def refuse(*a, **k):
-        raise PermissionError(errno.EPERM, "no linkat")
-    monkeypatch.setattr(os, "link", refuse)
+    _refuse_linkat(monkeypatch)
     synced = []
     real = os.fsync
 
@@ -397,11 +401,7 @@ def test_the_copy_fallback_flushes_its_named_copy_to_storage(tmp_path, monkeypat
 
 @pytest.mark.skipif(not HAS_TMPFILE, reason="no O_TMPFILE here")
 def test_an_error_while_copying_removes_the_named_copy(tmp_path, monkeypatch):
-    monkeypatch.setattr(atomic, "USE_O_TMPFILE", True)
-
-    def refuse(*a, **k):
-        raise PermissionError(errno.EPERM, "no linkat")
-    monkeypatch.setattr(os, "link", refuse)
+    _refuse_linkat(monkeypatch)
 
     def broken(fd, n, pos):
         raise OSError(errno.EIO, "read error")
