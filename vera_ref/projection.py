@@ -104,7 +104,8 @@ def _map_words(W: np.ndarray, scale: np.float32, dest: np.ndarray) -> None:
 
 
 class _Workspace:
-    """Buffers for blocks of at most BLOCK_ELEMS counters, kept for both tables of a projection call. Pages of a buffer are only touched (and faulted in) as far as blocks use them."""
+    """Buffers for blocks of at most BLOCK_ELEMS counters, kept for both tables of a projection
+    call. Pages of a buffer are only touched (and faulted in) as far as blocks use them."""
 
     def __init__(self) -> None:
         self.gen = BlockPhilox(BLOCK_ELEMS)
@@ -141,10 +142,12 @@ def _table_values(seed: int, m: int, g: int, n_count: int, r: int, bound: np.flo
         N = max(1, min(n_count, BLOCK_ELEMS // KB))
     out = np.empty((r, n_count) if rank_major else (n_count, r), dtype=np.float32)
     for n0 in range(0, n_count, N):
+        n1 = min(n0 + N, n_count)
+        nb = n1 - n0
+        n = np.arange(n0, n1, dtype=np.uint32)
         for kb0 in range(0, n_kb, KB):
-            n1, kb1 = min(n0 + N, n_count), min(kb0 + KB, n_kb)
-            nb, kbn = n1 - n0, kb1 - kb0
-            n = np.arange(n0, n1, dtype=np.uint32)
+            kb1 = min(kb0 + KB, n_kb)
+            kbn = kb1 - kb0
             kbs = np.arange(kb0, kb1, dtype=np.uint32)
             k0, k1 = 4 * kb0, min(4 * kb1, r)  # ranks of this block
             size = 4 * kbn * nb
