@@ -24,5 +24,5 @@ DEMO = Command(
     "same split and budget (learning rates tuned on a validation split of the training movies), then save, "
     "reload bit-identically, merge, export to ONNX and serve every VeRA adapter from one ONNX Runtime "
     "session in one mixed batch, checked row by row against torch. Writes results/ (table, JSON, "
-    "results.png, training curve). Arguments are checked before any training starts.",
+    "results.png with the training curves). Arguments are checked before any training starts.",
     _setup, _run)

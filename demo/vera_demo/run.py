@@ -10,7 +10,7 @@
 3. Ship: save the VeRA adapter, reload it in a fresh process (bit-identical logits), merge and
    export to ONNX (ORT logits vs torch), serve every VeRA adapter trained from one multi-mode ORT
    session in one mixed batch, checked row by row against torch.
-4. results/: results.json, results.md (the table), results.png, training_curve.png, the adapter
+4. results/: results.json, results.md (the table), results.png (with the training curves), the adapter
    files (the ONNX models only with --keep-models).
 """
 from __future__ import annotations
