@@ -27,9 +27,26 @@ from .rules import fail
 PEFT_MARKERS = ("base_model.model.", "vera_lambda_")  # spec 4.6 step 8: tensor names of a PEFT adapter
 
 
+HASH_CHUNK_BYTES = 1 << 20  # rows hashed per step: a strided or non-float32 array is copied this much at a time
+
+
+def _hash_c_order(h: "hashlib._Hash", array: np.ndarray) -> None:
+    """Feed ``h`` the float32 little-endian C-order bytes of ``array``, a block of rows at a
+    time, so a Fortran-ordered B or a float64 W0 never needs a whole row-major copy."""
+    a = np.asarray(array)
+    if a.ndim < 2:
+        h.update(np.ascontiguousarray(a, dtype="<f4"))
+        return
+    rows = max(1, HASH_CHUNK_BYTES // max(1, 4 * (a.size // max(1, a.shape[0]))))
+    for i in range(0, a.shape[0], rows):
+        h.update(np.ascontiguousarray(a[i:i + rows], dtype="<f4"))
+
+
 def sha256_hex(array: np.ndarray) -> str:
     """spec 2.6: sha256 of the float32 little-endian C-order bytes."""
-    return hashlib.sha256(np.ascontiguousarray(array, dtype="<f4").tobytes()).hexdigest()
+    h = hashlib.sha256()
+    _hash_c_order(h, array)
+    return h.hexdigest()
 
 
 def base_fingerprint(weights: Mapping[str, np.ndarray], modules: Iterable[ModuleSpec]) -> str:
@@ -43,7 +60,7 @@ def base_fingerprint(weights: Mapping[str, np.ndarray], modules: Iterable[Module
             raise AdapterFileError("base_model.fingerprint",
                                    f"weight of {m.name!r} has shape {W.shape}, expected {(m.out_features, m.in_features)}")
         h.update(m.name.encode("utf-8") + b"\0")
-        h.update(np.ascontiguousarray(W, dtype="<f4").tobytes())
+        _hash_c_order(h, W)
     return h.hexdigest()
 
 

@@ -88,19 +88,23 @@ def table_words(
     return out
 
 
-def _map_words(W: np.ndarray, scale: np.float32, dest: np.ndarray) -> None:
-    """spec 1.5 on a block of words, written into ``dest`` (same shape, float32); ``W`` is
-    overwritten (the words are not needed after).
+SIGN_FLIP = 1 << 31  # words reach _map_words xored with 2^31 (BlockPhilox's out_xor)
 
-    (u >> 7) | 1 == 2*(u >> 8) + 1; minus 2^24 gives the odd s; int32 -> float32 is
-    exact for |s| < 2^24; then the one binary32 multiply.
+
+def _map_words(V: np.ndarray, scale: np.float32, dest: np.ndarray) -> None:
+    """spec 1.5 on a block of words given as ``V = u ^ 2^31`` (uint32), written into ``dest``
+    (same shape, float32; it may be V's own memory); ``V`` is overwritten.
+
+    Read as int32, V is u - 2^31, so its arithmetic shift by 7 is (u >> 7) - 2^24, and
+    setting bit 0 gives ((u >> 7) | 1) - 2^24 = 2*(u >> 8) + 1 - 2^24 = s, odd with
+    |s| < 2^24 (2^24 is even, so bit 0 is the same before and after the offset). The
+    int32 -> float32 conversion is exact; the multiply is the one binary32 rounding.
     """
-    np.right_shift(W, np.uint32(7), out=W)
-    W |= np.uint32(1)
-    ws = W.view(np.int32)
-    ws -= np.int32(1 << 24)
-    np.copyto(dest, ws, casting="unsafe")
-    dest *= scale
+    v = V.view(np.int32)
+    np.right_shift(v, np.int32(7), out=v)  # arithmetic shift: int32
+    v |= np.int32(1)
+    np.copyto(dest, v, casting="unsafe")  # int32 -> float32: exact
+    dest *= scale  # the one rounding (a fused cast-multiply call is slower: it casts through a buffer)
 
 
 class _Workspace:
@@ -109,38 +113,32 @@ class _Workspace:
 
     def __init__(self) -> None:
         self.gen = BlockPhilox(BLOCK_ELEMS)
-        self.words = np.empty(4 * BLOCK_ELEMS, dtype=np.uint32)
-        self._vals: np.ndarray | None = None
-
-    def vals(self, size: int) -> np.ndarray:
-        """float32 staging for a block whose destination is not contiguous (made on first need)."""
-        if self._vals is None:
-            self._vals = np.empty(4 * BLOCK_ELEMS, dtype=np.float32)
-        return self._vals[:size]
+        self.words = np.empty(4 * BLOCK_ELEMS, dtype=np.uint32)  # blocks that are not contiguous in the output
 
 
 def _table_values(seed: int, m: int, g: int, n_count: int, r: int, bound: np.float32,
-                  rank_major: bool, ws: "_Workspace") -> np.ndarray:
-    """value(T[m, g][0:n_count, 0:r]) as float32 (r, n_count) if ``rank_major`` (A's
-    layout) else (n_count, r) (B's layout), made in blocks (spec 1.4-1.5).
+                  ws: "_Workspace") -> np.ndarray:
+    """value(T[m, g][0:n_count, 0:r])^T as a C-contiguous float32 (r, n_count), made in
+    blocks (spec 1.4-1.5): A's layout, and B's transpose.
 
     A block is KB rank groups x N features, about BLOCK_ELEMS counters, so NumPy's
-    per-call cost is amortised. Philox writes its four words into a buffer laid out
-    like the destination block, (KB, 4, N) or (N, KB, 4), and the float mapping then
-    runs on contiguous memory. ``ws``: the block buffers, shared by the calls for A and B.
-    One thread: on this project's 2-core machine two worker threads were no faster
-    (``bench/rng.py``), so the reference stays simple.
+    per-call cost is amortised. Philox writes its four words as (KB, 4, N): row
+    4*kb + j of the result is word j of counters (n, kb), so every word lands in
+    contiguous memory, straight into the output (its float32 memory read as uint32)
+    when the block is whole rows and whole groups, and the float mapping then runs in
+    place; other blocks go through a buffer. (Laying B out
+    as (n_out, r) instead would interleave the four words of each counter, a strided
+    write that cost a third more time than the rounds after it; ``bench/rng.py``.)
+    ``ws``: the block buffers, shared by the calls for A and B. One thread: on this
+    project's 2-core machine two worker threads were no faster, so the reference stays
+    simple.
     """
     key = key_of_seed(seed)
     scale = np.float32(bound) * np.float32(2.0**-24)  # exact: power-of-two scaling
     n_kb = (r + 3) // 4
-    if rank_major:  # A: whole rows of features, as many rank groups as fit
-        N = min(n_count, BLOCK_ELEMS)
-        KB = max(1, min(n_kb, BLOCK_ELEMS // N))
-    else:  # B: whole rows of ranks, as many features as fit
-        KB = min(n_kb, BLOCK_ELEMS)
-        N = max(1, min(n_count, BLOCK_ELEMS // KB))
-    out = np.empty((r, n_count) if rank_major else (n_count, r), dtype=np.float32)
+    N = min(n_count, BLOCK_ELEMS)  # whole rows of features, as many rank groups as fit
+    KB = max(1, min(n_kb, BLOCK_ELEMS // N))
+    out = np.empty((r, n_count), dtype=np.float32)
     for n0 in range(0, n_count, N):
         n1 = min(n0 + N, n_count)
         nb = n1 - n0
@@ -150,23 +148,14 @@ def _table_values(seed: int, m: int, g: int, n_count: int, r: int, bound: np.flo
             kbn = kb1 - kb0
             kbs = np.arange(kb0, kb1, dtype=np.uint32)
             k0, k1 = 4 * kb0, min(4 * kb1, r)  # ranks of this block
-            size = 4 * kbn * nb
-            if rank_major:  # words as (KB, 4, N): row 4*kb + j of A
-                W = ws.words[:size].reshape(kbn, 4, nb)
-                ws.gen.words(n[None, :], kbs[:, None], m, g, key, out=W.transpose(1, 0, 2))  # (4, KB, N)
-                W2 = W.reshape(4 * kbn, nb)[: k1 - k0]
-                dest = out[k0:k1, n0:n1]
-            else:  # words as (N, KB, 4): column 4*kb + j of B
-                W = ws.words[:size].reshape(nb, kbn, 4)
-                ws.gen.words(n[:, None], kbs[None, :], m, g, key, out=W.transpose(2, 0, 1))  # (4, N, KB)
-                W2 = W.reshape(nb, 4 * kbn)[:, : k1 - k0]
-                dest = out[n0:n1, k0:k1]
-            if dest.flags.c_contiguous:
-                _map_words(W2, scale, dest)
+            dest = out[k0:k1, n0:n1]
+            if k1 - k0 == 4 * kbn and nb == n_count:  # whole rows, whole groups: contiguous in out
+                W = dest.view(np.uint32).reshape(kbn, 4, nb)  # the words go straight into out
             else:
-                v = ws.vals(W2.size).reshape(W2.shape)
-                _map_words(W2, scale, v)
-                dest[...] = v
+                W = ws.words[: 4 * kbn * nb].reshape(kbn, 4, nb)  # row 4*kb + j: word j
+            ws.gen.words(n[None, :], kbs[:, None], m, g, key, out=W.transpose(1, 0, 2),
+                         out_xor=SIGN_FLIP)  # (4, KB, N), words ^ 2^31
+            _map_words(W.reshape(4 * kbn, nb)[: k1 - k0], scale, dest)
     return out
 
 
@@ -175,6 +164,10 @@ def projection(seed: int, r: int, n_in: int, n_out: int, group: int = 0) -> tupl
 
     A = value(T[0, g][0:n_in, 0:r])^T, float32 (r, n_in), bound from fan_in = n_in;
     B = value(T[1, g][0:n_out, 0:r]),   float32 (n_out, r), bound from fan_in = r.
+
+    A is C-contiguous; B is Fortran-contiguous (``B.T`` is C-contiguous), the layout it
+    is generated in (see ``_table_values``). NumPy, PyTorch and BLAS take either layout
+    without a copy; ``np.ascontiguousarray(B)`` gives row-major memory where bytes matter.
     """
     check_seed(seed)
     _check_count("r", r, RANK_LIMIT)
@@ -183,8 +176,8 @@ def projection(seed: int, r: int, n_in: int, n_out: int, group: int = 0) -> tupl
     if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or not 0 <= group < WORD_LIMIT:
         raise ProjectionError(f"group must be in [0, 2^32), got {group}")
     ws = _Workspace()  # block buffers, for A then B
-    A = _table_values(int(seed), MATRIX_A, int(group), int(n_in), int(r), kaiming_bound(n_in), True, ws)  # (r, n_in)
-    B = _table_values(int(seed), MATRIX_B, int(group), int(n_out), int(r), kaiming_bound(r), False, ws)  # (n_out, r)
+    A = _table_values(int(seed), MATRIX_A, int(group), int(n_in), int(r), kaiming_bound(n_in), ws)  # (r, n_in)
+    B = _table_values(int(seed), MATRIX_B, int(group), int(n_out), int(r), kaiming_bound(r), ws).T  # (n_out, r)
     return A, B
 
 

@@ -267,3 +267,22 @@ def test_killed_writer_leaves_the_old_file_intact(tmp_path):
     proc.wait()
     assert path.read_bytes() == before
     assert load_adapter(path).config.seed == 5
+
+
+@pytest.mark.parametrize("chunk", [4, 12, 1 << 20])
+def test_hashes_are_of_c_order_float32_bytes_in_any_layout(chunk, monkeypatch):
+    """spec 2.6 / 4.3: sha256_hex and base_fingerprint hash float32 little-endian C-order bytes,
+    a block of rows at a time; the blocks (4 and 12 bytes: one row, several rows with a
+    remainder) never change the digest, nor does the array's layout or dtype."""
+    import hashlib
+
+    import vera_ref.adapter as adapter_mod
+    monkeypatch.setattr(adapter_mod, "HASH_CHUNK_BYTES", chunk)
+    W = np.arange(35, dtype=np.float64).reshape(7, 5) / 3  # float64: rounded to float32 before hashing
+    want = hashlib.sha256(W.astype("<f4").tobytes()).hexdigest()
+    assert adapter_mod.sha256_hex(W) == want
+    assert adapter_mod.sha256_hex(np.asfortranarray(W.astype(np.float32))) == want
+    assert adapter_mod.sha256_hex(W.T.T) == want
+    assert adapter_mod.sha256_hex(W[0]) == hashlib.sha256(W[0].astype("<f4").tobytes()).hexdigest()
+    fp = hashlib.sha256(b"m\0" + W.astype("<f4").tobytes()).hexdigest()
+    assert base_fingerprint({"m": np.asfortranarray(W)}, [ModuleSpec("m", 5, 7)]) == fp

@@ -83,3 +83,13 @@ def test_bad_arguments_are_named():
         philox4x32(np.zeros(3, np.uint32), np.zeros(2, np.uint32))
     with pytest.raises(ProjectionError, match=r"^counters and key must be uint32, got int64 and uint32$"):
         philox4x32(np.zeros((1, 4), np.int64), np.zeros(2, np.uint32))
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))
+def test_block_path_xors_out_xor_into_every_word(out_xor, k0, k1):
+    """BlockPhilox.words(out_xor=c) is words() ^ c on all four words (x0 and x2 take c with the
+    last round's key, x1 and x3 on the copy out)."""
+    gen = BlockPhilox(12)
+    n, kb = np.arange(3, dtype=np.uint32)[None, :] + 5, np.arange(4, dtype=np.uint32)[:, None]
+    plain = gen.words(n, kb, 1, 7, (k0, k1)).copy()
+    assert np.array_equal(gen.words(n, kb, 1, 7, (k0, k1), out_xor=out_xor), plain ^ np.uint32(out_xor))

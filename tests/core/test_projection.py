@@ -1,4 +1,5 @@
 """spec 1.3-1.6, 2.1-2.3, 6.3: projections from a seed."""
+import hashlib
 import json
 import math
 import re
@@ -123,13 +124,14 @@ def test_layer_slice():
         slice_for_layer(A, B, 6, 13)
 
 
-@pytest.mark.parametrize("block", [64, 2])
+@pytest.mark.parametrize("block", [140, 64, 2])
 def test_blocks_never_change_the_values(block, monkeypatch):
     """spec 1.4: each block is a pure function of its counters: every block, including the last
     partial ones, equals the plain per-counter path."""
     P = sys.modules["vera_ref.projection"]  # the module (vera_ref.projection is also the function)
-    # 64: A in blocks of 4 rank groups x 16 features, B of 16 features x 4 rank groups; 2: both tables in
-    # blocks of 2 counters, so B's ranks span several blocks too and its last one is partial (r = 13)
+    # 140: whole rows of features; A's blocks of rank groups {0, 1} (whole: written straight into the
+    # output) and {2, 3} (r = 13: partial, through the buffer), B's (its transpose's) {0, 1, 2} and {3};
+    # 64: blocks of 64 features, never whole rows (through the buffer); 2: blocks of 2 counters
     monkeypatch.setattr(P, "BLOCK_ELEMS", block)
     seed, r, n_in, n_out = 2**40 + 3, 13, 70, 45
     A, B = P.projection(seed, r, n_in, n_out, 2)
@@ -147,5 +149,27 @@ def test_each_block_is_made_once(monkeypatch):
         made.append((m, int(n.min()), int(kb.min())))
         return real_words(self, n, kb, m, *a, **k)
     monkeypatch.setattr(P.BlockPhilox, "words", words)
-    P.projection(11, 8, 200, 100)  # A: 2 rank groups x 4 feature blocks of 64; B: 4 blocks of 32 x 2
+    P.projection(11, 8, 200, 100)  # A: 2 rank groups x 4 feature blocks of 64; B^T: 2 x 2 blocks of 64
     assert len(made) == len(set(made)) == 8 + 4
+
+
+def test_tables_come_in_the_layout_they_are_made_in():
+    """A (r, n_in) is C-contiguous; B (n_out, r) is Fortran-contiguous, the transpose of the
+    rank-major table it is generated as (projection's docstring); both hash by C-order bytes."""
+    A, B = projection(3, 12, 40, 30)
+    assert A.flags.c_contiguous and B.T.flags.c_contiguous and B.shape == (30, 12)
+    assert sha256_hex(B) == hashlib.sha256(np.ascontiguousarray(B).tobytes()).hexdigest()
+
+
+def test_map_words_equals_spec_1_5_on_edge_words():
+    """_map_words takes u ^ 2^31 and must give words_to_float(u) bit for bit, both ends of the range
+    and where bits 7 and 8 change included."""
+    P = sys.modules["vera_ref.projection"]
+    u = np.array([0, 1, 127, 128, 255, 256, 2**31 - 1, 2**31, 2**31 + 255, 2**31 + 256, 2**32 - 257,
+                  2**32 - 256, 2**32 - 1], dtype=np.uint32)
+    bound = kaiming_bound(768)
+    want = words_to_float(u, bound)
+    got = np.empty(u.shape, np.float32)
+    P._map_words(u ^ np.uint32(P.SIGN_FLIP), bound * np.float32(2.0**-24), got)
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    assert got[0] == -bound * np.float32(1 - 2.0**-24) and got[-1] == bound * np.float32(1 - 2.0**-24)
