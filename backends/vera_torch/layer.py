@@ -11,7 +11,6 @@ ONE B_l^T product; the per-row lambda_d / lambda_b are gathered from stacked tab
 from __future__ import annotations
 
 import copy
-import functools
 import math
 import weakref
 from dataclasses import dataclass, field
@@ -444,8 +443,12 @@ class VeraLayer(nn.Module):
             ld, lb = self._vectors(key, g, dt, x.device, spec.r)  # (n, r), (n, out)
             bshape = (ld.shape[0],) + (1,) * (h.dim() - 2)
             v = (h * ld.reshape(bshape + (-1,))) @ B_l.t()  # (n, ..., out)
-            d = (v * lb.reshape(bshape + (-1,))).to(result.dtype)
-            result = result + d if rows is None else result.index_add(0, rows, d)
+            lb = lb.reshape(bshape + (-1,))  # (n, 1, ..., out)
+            if rows is None and v.dtype == result.dtype:
+                result = torch.addcmul(result, v, lb)  # result + v * lambda_b in one pass
+            else:
+                d = (v * lb).to(result.dtype)
+                result = result + d if rows is None else result.index_add(0, rows, d)
         return result
 
     def _class_h(self, x: torch.Tensor, rows: torch.Tensor | None, A_l: torch.Tensor, dt: torch.dtype,
@@ -470,36 +473,40 @@ class VeraLayer(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, layout={self.layout}, adapters={list(self.proj)}"
 
 
-def _linear_leaves(head: nn.Module) -> list[str] | None:
-    """Paths of the nn.Linear inside ``head`` ("" for the head itself) when they hold every parameter
-    and buffer of it; None otherwise (the head then runs once per adapter in a mixed batch)."""
-    leaves = [p for p, m in head.named_modules() if isinstance(m, nn.Linear)]
-    owned = {f"{p}.{n}" if p else n for p in leaves for n, _ in head.get_submodule(p).named_parameters(recurse=False)}
-    if not leaves or {n for n, _ in head.named_parameters()} != owned or any(True for _ in head.buffers()):
-        return None
-    if any(type(head.get_submodule(p)).forward is not nn.Linear.forward for p in leaves):
-        return None  # a subclass with a forward of its own is not a plain linear
-    return leaves
+class _Groups(NamedTuple):
+    """Rows of a mixed batch grouped by the head copy they use, padded to equal groups: group g holds
+    ``maxn`` positions, the rows of ``keys[g]`` first, then copies of its first row."""
+
+    keys: list  # the present copies' adapter names, None for the original module
+    maxn: int  # positions per group
+    src: torch.Tensor  # (G * maxn,) long: the row of the batch at each position
+    dest: torch.Tensor  # (N,) long: the position of each row
+
+
+PAD_LIMIT = 2  # padded positions at most this many times the batch, else the head runs per adapter
 
 
 class ModulesToSave(nn.Module):
     """A fully trained module (a task head): one copy per adapter, the original for none.
 
-    In a mixed batch every nn.Linear of the head runs as one gathered batched product: each
-    row's weight and bias are gathered from a stack (slot 0 the original, slot s the copy of
-    the adapter in slot s). That covers a head that is an nn.Linear and a head whose parameters
-    all belong to nn.Linear submodules (dense -> tanh -> out_proj, dropout in between): the
-    original module's forward runs once with its linears routed through the gathered product
-    (eager mode; under torch.compile such a head runs once per adapter present, as dynamo cannot
-    trace the routing). Other heads (a LayerNorm, an embedding, parameters of their own) run once per adapter present."""
+    In a mixed batch the rows are grouped by the copy they use and padded to equal groups
+    (padding repeats a group's first row, so it stays finite; it is dropped after), and the
+    head runs once over the groups: an nn.Linear head as one batched matmul of the stacked
+    weights, any other head without buffers (dense -> tanh -> out_proj, a LayerNorm, dropout)
+    as one ``torch.func.vmap`` of ``functional_call`` over the stacked parameters, each group
+    with its own dropout draws. Memory and work scale with the copies present, not with the
+    rows. The head runs once per adapter present instead when that is the better or the only
+    way: the groups are too uneven (more than PAD_LIMIT x the batch in padded positions), the
+    head has buffers (a BatchNorm's running statistics), it takes more than one positional
+    tensor, its copies differ in dtype, or a vmapped head is traced by torch.compile."""
 
     def __init__(self, original: nn.Module, state: State) -> None:
         super().__init__()
         self.original_module = original
         self.copies = nn.ModuleDict()
         self.slots: dict[str, int] = {}
-        self._tables: dict[str, SlotTable] = {}
-        self._linears = _linear_leaves(original)  # paths of the nn.Linear that hold every parameter, or None
+        self._linear = type(original) is nn.Linear
+        self._vmappable = not any(True for _ in original.buffers()) and any(True for _ in original.parameters())
         object.__setattr__(self, "_state", state)
 
     def add_adapter(self, name: str) -> None:
@@ -517,69 +524,86 @@ class ModulesToSave(nn.Module):
     def module_for(self, name: str | None) -> nn.Module:
         return self.copies[name] if name is not None and name in self.copies else self.original_module
 
-    def refresh_tables(self) -> None:
-        self._tables.clear()
-
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         st = self._state
         if st.disabled:
             return self.original_module(*args, **kwargs)
-        if st.mixed is None:
+        mb = st.mixed
+        if mb is None:
             return self.module_for(st.active)(*args, **kwargs)
-        if self._linears == [""] and len(args) == 1 and not kwargs:  # the head is one nn.Linear
-            return self._linear_rows(args[0], st.mixed)
-        if self._linears and not torch.compiler.is_compiling():  # dynamo cannot trace the routing
-            return self._routed_rows(args, kwargs, st.mixed)
-        return self._loop_rows(args, kwargs, st.mixed)
+        if len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
+            x = args[0]
+            if x.shape[0] != mb.batch:
+                raise BatchError(f"adapter_ids has {mb.batch} entries but this module's input has "
+                                 f"{x.shape[0]} rows (dim 0)")
+            g = self._groups(mb, x.device)
+            params = self._stacked(g.keys)
+            if params is not None and len(g.keys) * g.maxn <= PAD_LIMIT * mb.batch:
+                if self._linear:
+                    return self._linear_groups(x, g, params)
+                if self._vmappable and not torch.compiler.is_compiling():
+                    return self._vmap_groups(x, g, params)
+        return self._loop_rows(args, kwargs, mb)
 
-    def _routed_rows(self, args: tuple, kwargs: dict, mb: MixedBatch) -> Any:
-        """The original head's forward, once, with each of its nn.Linear computing per-row gathered
-        products (``_linear_rows``); parameter-free parts (activations, dropout) are shared by every row."""
-        routed = []
-        try:
-            for path in self._linears:
-                leaf = self.original_module.get_submodule(path)
-                leaf.forward = functools.partial(self._linear_rows, mb=mb, path=path)  # instance attribute
-                routed.append(leaf)
-            return self.original_module(*args, **kwargs)
-        finally:
-            for leaf in routed:
-                del leaf.forward  # back to nn.Linear.forward
+    def _groups(self, mb: MixedBatch, device: torch.device) -> _Groups:
+        """The grouping of ``mb``'s rows for this head, made once per batch and device."""
+        key = ("head-groups", id(self), str(device))
+        got = mb._moved.get(key)
+        if got is None:
+            members: dict[str | None, list[int]] = {}
+            for i, n in enumerate(mb.ids):
+                members.setdefault(n if n is not None and n in self.copies else None, []).append(i)
+            maxn = max(len(v) for v in members.values())
+            src = [v[j] if j < len(v) else v[0] for v in members.values() for j in range(maxn)]
+            dest = [0] * mb.batch
+            for gi, v in enumerate(members.values()):
+                for j, i in enumerate(v):
+                    dest[i] = gi * maxn + j
+            got = mb._moved[key] = _Groups(list(members), maxn, torch.tensor(src, dtype=torch.long, device=device),
+                                           torch.tensor(dest, dtype=torch.long, device=device))
+        return got
 
-    def _linear_rows(self, x: torch.Tensor, mb: MixedBatch, path: str = "") -> torch.Tensor:
-        """y[i] = x[i] W_i^T + b_i for the head's nn.Linear at ``path``, W_i and b_i gathered per row:
-        one batched matmul."""
-        if x.shape[0] != mb.batch:
-            raise BatchError(f"adapter_ids has {mb.batch} entries but this module's input has "
-                             f"{x.shape[0]} rows (dim 0)")
-        names = list(dict.fromkeys(n for n in mb.ids if n is not None and n in self.copies))
-        o = self.original_module.get_submodule(path)
-        mods = [o] + [self.copies[n].get_submodule(path) for n in names]
-        grad = torch.is_grad_enabled() and any(p.requires_grad for m in mods for p in m.parameters())
-        bias = o.bias is not None
-        if grad or torch.compiler.is_compiling():
-            W = torch.stack([m.weight for m in mods])  # (k + 1, out, in)
-            b = torch.stack([m.bias for m in mods]) if bias else None  # (k + 1, out)
-            pos = {n: i + 1 for i, n in enumerate(names)}
-        else:
-            entries = [(0, o.weight)] + [(self.slots[n], m.weight) for n, m in zip(names, mods[1:])]
-            W = self._tables.setdefault(f"{path}.weight", SlotTable()).get(entries, tuple(o.weight.shape),
-                                                                           o.weight.dtype, o.weight.device)
-            b = self._tables.setdefault(f"{path}.bias", SlotTable()).get(
-                [(0, o.bias)] + [(self.slots[n], m.bias) for n, m in zip(names, mods[1:])], tuple(o.bias.shape),
-                o.bias.dtype, o.bias.device) if bias else None
-            pos = self.slots
-        key = ("head", id(self), tuple(names), str(x.device), grad)
-        idx = mb._moved.get(key)
-        if idx is None:
-            idx = mb._moved[key] = torch.tensor([pos.get(n, 0) if n is not None else 0 for n in mb.ids],
-                                                dtype=torch.long, device=x.device)
-        Wr = W.index_select(0, idx).to(x.dtype)  # (N, out, in)
-        xr = x.reshape(x.shape[0], -1, x.shape[-1])  # (N, T, in)
-        y = torch.bmm(xr, Wr.transpose(1, 2))  # (N, T, out)
-        if b is not None:
-            y = y + b.index_select(0, idx).to(x.dtype)[:, None, :]
-        return y.reshape(*x.shape[:-1], y.shape[-1])
+    def _stacked(self, keys: list) -> dict[str, torch.Tensor] | None:
+        """Each parameter of the head stacked over the groups' modules, (G, *shape); None when the
+        modules differ in dtype or device. Gradients flow back to each copy's own parameters."""
+        mods = [self.module_for(k) for k in keys]
+        out = {}
+        for name, p in self.original_module.named_parameters():
+            ps = [m.get_parameter(name) for m in mods]
+            if any(q.dtype != p.dtype or q.device != p.device or q.shape != p.shape for q in ps):
+                return None
+            out[name] = torch.stack(ps)  # (G, *shape)
+        return out
+
+    @staticmethod
+    def _ungroup(y: Any, g: _Groups) -> Any:
+        """(G, maxn, ...) outputs back to (N, ...) in batch order; tuples, lists and dicts of them too."""
+        if isinstance(y, torch.Tensor):
+            return y.reshape((-1,) + tuple(y.shape[2:])).index_select(0, g.dest)
+        if isinstance(y, (tuple, list)):
+            return type(y)(ModulesToSave._ungroup(v, g) for v in y)
+        if isinstance(y, dict):
+            return type(y)((k, ModulesToSave._ungroup(v, g)) for k, v in y.items())
+        raise BatchError(f"a head in a mixed batch returned {type(y).__name__}; expected tensors")
+
+    def _linear_groups(self, x: torch.Tensor, g: _Groups, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """y = x W^T + b with each group's W (G, out, in) and b: one batched matmul."""
+        G = len(g.keys)
+        xg = x.index_select(0, g.src).reshape(G, -1, x.shape[-1])  # (G, maxn * T, in)
+        W = params["weight"].to(x.dtype)
+        y = torch.bmm(xg, W.transpose(1, 2))  # (G, maxn * T, out)
+        if "bias" in params:
+            y = y + params["bias"].to(x.dtype)[:, None, :]
+        y = y.reshape((G, g.maxn) + tuple(x.shape[1:-1]) + (W.shape[1],))  # (G, maxn, ..., out)
+        return self._ungroup(y, g)
+
+    def _vmap_groups(self, x: torch.Tensor, g: _Groups, params: dict[str, torch.Tensor]) -> Any:
+        """The original head's forward once, vmapped over the groups with their stacked parameters."""
+        from torch.func import functional_call, vmap
+        xg = x.index_select(0, g.src).reshape((len(g.keys), g.maxn) + tuple(x.shape[1:]))  # (G, maxn, ...)
+        head = self.original_module
+        y = vmap(lambda p, xi: functional_call(head, p, (xi,)), randomness="different")(params, xg)
+        return self._ungroup(y, g)
 
     def _loop_rows(self, args: tuple, kwargs: dict, mb: MixedBatch) -> Any:
         x, rest = args[0], args[1:]

@@ -268,7 +268,7 @@ class VeraModel(nn.Module):
     def refresh_tables(self) -> None:
         """Drop the cached mixed-batch tables. Needed only after changing vectors through ``.data``
         (in-place updates and optimiser steps are seen without it)."""
-        for m in list(self.vera_layers()) + list(self.modules_to_save()):
+        for m in self.vera_layers():
             m.refresh_tables()
 
     @contextlib.contextmanager

@@ -247,7 +247,7 @@ class ScaledHead(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.lin = nn.Linear(6, 2)
-        self.norm = nn.LayerNorm(2)  # not all nn.Linear: run once per adapter present
+        self.norm = nn.LayerNorm(2)  # forward takes two arguments: run once per adapter present
 
     def forward(self, h, scale):
         return self.norm(self.lin(h)) * scale

@@ -231,24 +231,45 @@ class _ClassificationHead(torch.nn.Module):
 
 
 class _NormHead(torch.nn.Module):
-    """A head with a LayerNorm: parameters outside nn.Linear, so it runs once per adapter present."""
+    """A head with a LayerNorm (parameters outside nn.Linear) and dropout."""
 
-    def __init__(self, d=16):
+    def __init__(self, d=16, p=0.0):
         super().__init__()
         self.norm = torch.nn.LayerNorm(d)
+        self.dropout = torch.nn.Dropout(p)
         self.out = torch.nn.Linear(d, 2)
 
     def forward(self, x):
-        return self.out(self.norm(x))
+        return self.out(self.dropout(self.norm(x)))
 
 
-@pytest.mark.parametrize("head, batched", [(_ClassificationHead, True), (_NormHead, False)])
-def test_heads_made_of_linears_are_gathered_products_and_others_loop(monkeypatch, head, batched):
-    """Outputs and gradients of a mixed batch equal each row alone (float64); a head whose parameters
-    all sit in nn.Linear runs once with gathered per-row weights, never the per-adapter loop."""
+class _BatchNormHead(torch.nn.Module):
+    """A head with buffers (running statistics): it runs once per adapter present."""
+
+    def __init__(self, d=16):
+        super().__init__()
+        self.out = torch.nn.Linear(d, 2)
+        self.bn = torch.nn.BatchNorm1d(2)
+
+    def forward(self, x):
+        return self.bn(self.out(x))  # x: (N, d)
+
+
+@pytest.mark.parametrize("head, ids, batched", [
+    (_ClassificationHead, ["a", "b", None, "c", "b", "a"], True),
+    (_NormHead, ["a", "b", None, "c", "b", "a"], True),
+    (torch.nn.Linear, ["a", "b", None, "c", "b", "a"], True),
+    # one adapter on 6 rows, two on one each: 3 groups x 6 positions = 18 > 2 x 8 rows: per adapter
+    (_NormHead, ["a"] * 6 + ["b", None], False),
+    (_BatchNormHead, ["a", "b", None, "c", "b", "a"], False),
+])
+def test_heads_run_once_over_groups_and_equal_each_row_alone(monkeypatch, head, ids, batched):
+    """Outputs and gradients of a mixed batch equal each row alone (float64): a head runs once over the
+    groups of rows that share a copy (one vmap or one batched matmul), never the per-adapter loop,
+    unless the groups are too uneven or the head has buffers."""
     torch.manual_seed(0)
     net = TinyNet(layers=1).double()
-    net.classifier = head().double()
+    net.classifier = (head(16, 3) if head is torch.nn.Linear else head()).double()
     m = get_vera_model(net, VeraConfig(r=4, target_modules=["query"], seed=5, modules_to_save=["classifier"],
                                        vector_dtype=torch.float64), "a")
     m.add_adapter("b", VeraConfig(r=4, target_modules=["query"], seed=5, modules_to_save=["classifier"],
@@ -259,10 +280,11 @@ def test_heads_made_of_linears_are_gathered_products_and_others_loop(monkeypatch
         for n, p in m.named_parameters():
             if "vera_lambda" in n or ".copies." in n:
                 p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64))
+    if head is _BatchNormHead:
+        m.eval()  # running statistics: each row alone and the batch see the same normalisation
     loops = []
     real = ModulesToSave._loop_rows
     monkeypatch.setattr(ModulesToSave, "_loop_rows", lambda *a: loops.append(1) or real(*a))
-    ids = ["a", "b", None, "c", "b", "a"]
     m.set_trainable(m.adapters)
     x = torch.randn(len(ids), 5, 16, dtype=torch.float64, requires_grad=True)
     y = m(x, adapter_ids=ids)
@@ -278,5 +300,21 @@ def test_heads_made_of_linears_are_gathered_products_and_others_loop(monkeypatch
     assert grads.keys() == want_g.keys()
     for n in grads:
         torch.testing.assert_close(grads[n], want_g[n], rtol=1e-11, atol=1e-11, msg=n)
-    # the routing is undone: the original head runs its own nn.Linear.forward again
-    assert all("forward" not in vars(mod) for mod in m.base_model.classifier.original_module.modules())
+
+
+def test_head_dropout_runs_inside_the_vmapped_groups():
+    """Training mode with the head's dropout at p = 1: every row's output is its own copy's bias (the
+    dropout ran on every group, and each group used its own parameters)."""
+    torch.manual_seed(0)
+    net = TinyNet(layers=1)
+    net.classifier = _NormHead(p=1.0)
+    m = get_vera_model(net, VeraConfig(r=4, target_modules=["query"], seed=5, modules_to_save=["classifier"]), "a")
+    m.add_adapter("b", VeraConfig(r=4, target_modules=["query"], seed=5, modules_to_save=["classifier"]))
+    with torch.no_grad():
+        for i, name in enumerate(["a", "b"]):
+            m.base_model.classifier.copies[name].out.bias.fill_(i + 1.0)
+    m.train()
+    y = m(torch.randn(4, 5, 16), adapter_ids=["a", "b", None, "b"])
+    bias0 = m.base_model.classifier.original_module.out.bias.detach()
+    want = torch.stack([torch.full((2,), 1.0), torch.full((2,), 2.0), bias0, torch.full((2,), 2.0)])
+    torch.testing.assert_close(y.detach(), want, rtol=0, atol=0)
