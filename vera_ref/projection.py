@@ -93,7 +93,7 @@ SIGN_FLIP = 1 << 31  # words reach _map_words xored with 2^31 (BlockPhilox's out
 
 def _map_words(V: np.ndarray, scale: np.float32, dest: np.ndarray) -> None:
     """spec 1.5 on a block of words given as ``V = u ^ 2^31`` (uint32), written into ``dest``
-    (same shape, float32; it may be V's own memory); ``V`` is overwritten.
+    (same shape, float32); ``V`` is overwritten.
 
     Read as int32, V is u - 2^31, so its arithmetic shift by 7 is (u >> 7) - 2^24, and
     setting bit 0 gives ((u >> 7) | 1) - 2^24 = 2*(u >> 8) + 1 - 2^24 = s, odd with
@@ -122,11 +122,11 @@ def _table_values(seed: int, m: int, g: int, n_count: int, r: int, bound: np.flo
     blocks (spec 1.4-1.5): A's layout, and B's transpose.
 
     A block is KB rank groups x N features, about BLOCK_ELEMS counters, so NumPy's
-    per-call cost is amortised. Philox writes its four words as (KB, 4, N): row
-    4*kb + j of the result is word j of counters (n, kb), so every word lands in
-    contiguous memory, straight into the output (its float32 memory read as uint32)
-    when the block is whole rows and whole groups, and the float mapping then runs in
-    place; other blocks go through a buffer. (Laying B out
+    per-call cost is amortised. Philox writes its four words into a (KB, 4, N) buffer
+    that stays in cache: row 4*kb + j of the result is word j of counters (n, kb), so
+    every word lands in contiguous memory, and the float mapping reads the buffer and
+    writes the output block once (writing the words straight into the output and
+    mapping there was no faster: the output is read back from beyond the cache). (Laying B out
     as (n_out, r) instead would interleave the four words of each counter, a strided
     write that cost a third more time than the rounds after it; ``bench/rng.py``.)
     ``ws``: the block buffers, shared by the calls for A and B. One thread: on this
@@ -148,14 +148,10 @@ def _table_values(seed: int, m: int, g: int, n_count: int, r: int, bound: np.flo
             kbn = kb1 - kb0
             kbs = np.arange(kb0, kb1, dtype=np.uint32)
             k0, k1 = 4 * kb0, min(4 * kb1, r)  # ranks of this block
-            dest = out[k0:k1, n0:n1]
-            if k1 - k0 == 4 * kbn and nb == n_count:  # whole rows, whole groups: contiguous in out
-                W = dest.view(np.uint32).reshape(kbn, 4, nb)  # the words go straight into out
-            else:
-                W = ws.words[: 4 * kbn * nb].reshape(kbn, 4, nb)  # row 4*kb + j: word j
+            W = ws.words[: 4 * kbn * nb].reshape(kbn, 4, nb)  # row 4*kb + j: word j
             ws.gen.words(n[None, :], kbs[:, None], m, g, key, out=W.transpose(1, 0, 2),
                          out_xor=SIGN_FLIP)  # (4, KB, N), words ^ 2^31
-            _map_words(W.reshape(4 * kbn, nb)[: k1 - k0], scale, dest)
+            _map_words(W.reshape(4 * kbn, nb)[: k1 - k0], scale, out[k0:k1, n0:n1])
     return out
 
 

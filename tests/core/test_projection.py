@@ -129,9 +129,9 @@ def test_blocks_never_change_the_values(block, monkeypatch):
     """spec 1.4: each block is a pure function of its counters: every block, including the last
     partial ones, equals the plain per-counter path."""
     P = sys.modules["vera_ref.projection"]  # the module (vera_ref.projection is also the function)
-    # 140: whole rows of features; A's blocks of rank groups {0, 1} (whole: written straight into the
-    # output) and {2, 3} (r = 13: partial, through the buffer), B's (its transpose's) {0, 1, 2} and {3};
-    # 64: blocks of 64 features, never whole rows (through the buffer); 2: blocks of 2 counters
+    # 140: whole rows of features; A's blocks of rank groups {0, 1} and {2, 3} (r = 13: the last one
+    # partial), B's (its transpose's) {0, 1, 2} and {3}; 64: blocks of 64 features, never whole rows
+    # (the output blocks are strided); 2: blocks of 2 counters
     monkeypatch.setattr(P, "BLOCK_ELEMS", block)
     seed, r, n_in, n_out = 2**40 + 3, 13, 70, 45
     A, B = P.projection(seed, r, n_in, n_out, 2)
