@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 import weakref
 from dataclasses import dataclass, field
 from typing import Any, Hashable, NamedTuple
@@ -107,6 +108,12 @@ class MixedBatch:
     @property
     def batch(self) -> int:
         return len(self.ids)
+
+    def check_rows(self, x: torch.Tensor, what: str) -> None:
+        """``BatchError`` unless ``x`` has one row (dim 0) per entry of adapter_ids."""
+        if x.shape[0] != self.batch:
+            raise BatchError(f"adapter_ids has {self.batch} entries but this {what}'s input has "
+                             f"{x.shape[0]} rows (dim 0)")
 
 
 @dataclass
@@ -415,9 +422,7 @@ class VeraLayer(nn.Module):
         one x A_l^T and one B_l^T product over the class's rows (spec 3.2 row by row)."""
         if self.merged:
             raise MergeError("a model with merged adapters cannot serve mixed-adapter batches; call unmerge() first")
-        if x.shape[0] != mb.batch:
-            raise BatchError(f"adapter_ids has {mb.batch} entries but this layer's input has "
-                             f"{x.shape[0]} rows (dim 0)")
+        mb.check_rows(x, "layer")
         for key, g in mb.classes.items():
             first = next((n for n in g.names if n in self.proj), None)
             if first is None:
@@ -498,7 +503,9 @@ class ModulesToSave(nn.Module):
     rows. The head runs once per adapter present instead when that is the better or the only
     way: the groups are too uneven (more than PAD_LIMIT x the batch in padded positions), the
     head has buffers (a BatchNorm's running statistics), it takes more than one positional
-    tensor, its copies differ in dtype, or a vmapped head is traced by torch.compile."""
+    tensor, its copies differ in dtype, a vmapped head is traced by torch.compile, or vmap
+    cannot run it (``.item()``, a Python branch on a value: the first such batch warns once and
+    runs it per adapter, as do all later ones)."""
 
     def __init__(self, original: nn.Module, state: State) -> None:
         super().__init__()
@@ -533,16 +540,20 @@ class ModulesToSave(nn.Module):
             return self.module_for(st.active)(*args, **kwargs)
         if len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
             x = args[0]
-            if x.shape[0] != mb.batch:
-                raise BatchError(f"adapter_ids has {mb.batch} entries but this module's input has "
-                                 f"{x.shape[0]} rows (dim 0)")
+            mb.check_rows(x, "module")
             g = self._groups(mb, x.device)
             params = self._stacked(g.keys)
             if params is not None and len(g.keys) * g.maxn <= PAD_LIMIT * mb.batch:
                 if self._linear:
                     return self._linear_groups(x, g, params)
                 if self._vmappable and not torch.compiler.is_compiling():
-                    return self._vmap_groups(x, g, params)
+                    try:
+                        return self._vmap_groups(x, g, params)
+                    except RuntimeError as e:  # what vmap cannot run: .item(), data-dependent Python branches
+                        self._vmappable = False
+                        warnings.warn(f"this {type(self.original_module).__name__} head cannot run under "
+                                      f"torch.func.vmap ({str(e).splitlines()[0][:200]}); in mixed batches it "
+                                      f"runs once per adapter present from now on", RuntimeWarning)
         return self._loop_rows(args, kwargs, mb)
 
     def _groups(self, mb: MixedBatch, device: torch.device) -> _Groups:
@@ -576,15 +587,17 @@ class ModulesToSave(nn.Module):
         return out
 
     @staticmethod
-    def _ungroup(y: Any, g: _Groups) -> Any:
-        """(G, maxn, ...) outputs back to (N, ...) in batch order; tuples, lists and dicts of them too."""
-        if isinstance(y, torch.Tensor):
-            return y.reshape((-1,) + tuple(y.shape[2:])).index_select(0, g.dest)
-        if isinstance(y, (tuple, list)):
-            return type(y)(ModulesToSave._ungroup(v, g) for v in y)
-        if isinstance(y, dict):
-            return type(y)((k, ModulesToSave._ungroup(v, g)) for k, v in y.items())
-        raise BatchError(f"a head in a mixed batch returned {type(y).__name__}; expected tensors")
+    def _combine(ys: list, fn: Any) -> Any:
+        """Apply ``fn`` to the list of corresponding tensors of outputs ``ys`` (tensors, or tuples,
+        lists and dicts of them, the same structure in each); other outputs are refused."""
+        y0 = ys[0]
+        if isinstance(y0, torch.Tensor):
+            return fn(ys)
+        if isinstance(y0, (tuple, list)):
+            return type(y0)(ModulesToSave._combine([y[i] for y in ys], fn) for i in range(len(y0)))
+        if isinstance(y0, dict):
+            return type(y0)((k, ModulesToSave._combine([y[k] for y in ys], fn)) for k in y0)
+        raise BatchError(f"a head in a mixed batch returned {type(y0).__name__}; expected tensors")
 
     def _linear_groups(self, x: torch.Tensor, g: _Groups, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """y = x W^T + b with each group's W (G, out, in) and b: one batched matmul."""
@@ -594,8 +607,8 @@ class ModulesToSave(nn.Module):
         y = torch.bmm(xg, W.transpose(1, 2))  # (G, maxn * T, out)
         if "bias" in params:
             y = y + params["bias"].to(x.dtype)[:, None, :]
-        y = y.reshape((G, g.maxn) + tuple(x.shape[1:-1]) + (W.shape[1],))  # (G, maxn, ..., out)
-        return self._ungroup(y, g)
+        y = y.reshape((G * g.maxn,) + tuple(x.shape[1:-1]) + (W.shape[1],))  # (G * maxn, ..., out)
+        return y.index_select(0, g.dest)
 
     def _vmap_groups(self, x: torch.Tensor, g: _Groups, params: dict[str, torch.Tensor]) -> Any:
         """The original head's forward once, vmapped over the groups with their stacked parameters."""
@@ -603,15 +616,20 @@ class ModulesToSave(nn.Module):
         xg = x.index_select(0, g.src).reshape((len(g.keys), g.maxn) + tuple(x.shape[1:]))  # (G, maxn, ...)
         head = self.original_module
         y = vmap(lambda p, xi: functional_call(head, p, (xi,)), randomness="different")(params, xg)
-        return self._ungroup(y, g)
+        return self._combine([y], lambda t: t[0].reshape((-1,) + tuple(t[0].shape[2:])).index_select(0, g.dest))
 
     def _loop_rows(self, args: tuple, kwargs: dict, mb: MixedBatch) -> Any:
+        """The head once per copy present, on that copy's rows; outputs back in batch order."""
         x, rest = args[0], args[1:]
-        out = None
-        for name in dict.fromkeys(mb.ids):
-            rows = torch.tensor([i for i, n in enumerate(mb.ids) if n == name], dtype=torch.long, device=x.device)
-            y = self.module_for(name)(x.index_select(0, rows), *rest, **kwargs)
-            if out is None:
-                out = y.new_zeros((x.shape[0],) + tuple(y.shape[1:]))
-            out = out.index_copy(0, rows, y)
-        return out
+        mb.check_rows(x, "module")
+        members: dict[str | None, list[int]] = {}
+        for i, n in enumerate(mb.ids):
+            members.setdefault(n if n is not None and n in self.copies else None, []).append(i)
+        ys = []
+        for key, rows in members.items():
+            ys.append(self.module_for(key)(x.index_select(0, torch.tensor(rows, dtype=torch.long, device=x.device)),
+                                           *rest, **kwargs))
+        order = [i for rows in members.values() for i in rows]
+        dest = torch.empty(len(order), dtype=torch.long)
+        dest[torch.tensor(order, dtype=torch.long)] = torch.arange(len(order))  # row i sits at dest[i]
+        return self._combine(ys, lambda ts: torch.cat(ts).index_select(0, dest.to(ts[0].device)))

@@ -286,3 +286,22 @@ def test_hashes_are_of_c_order_float32_bytes_in_any_layout(chunk, monkeypatch):
     assert adapter_mod.sha256_hex(W[0]) == hashlib.sha256(W[0].astype("<f4").tobytes()).hexdigest()
     fp = hashlib.sha256(b"m\0" + W.astype("<f4").tobytes()).hexdigest()
     assert base_fingerprint({"m": np.asfortranarray(W)}, [ModuleSpec("m", 5, 7)]) == fp
+
+
+@pytest.mark.parametrize("shape", [(1024, 2048), (4, 300_000)])
+def test_hashing_a_fortran_ordered_table_copies_one_block_of_rows_at_a_time(shape):
+    """An 8 MiB Fortran-ordered B is hashed with about one 1 MiB block of rows in memory, never a
+    whole row-major copy (the reader's memory bound, spec 4.1.1, relies on it); a row longer than
+    the block (1.2 MB) is copied alone."""
+    import hashlib
+
+    import vera_ref.adapter as adapter_mod
+    B = np.asfortranarray(np.arange(shape[0] * shape[1], dtype=np.float32).reshape(shape))
+    tracemalloc.start()
+    try:
+        digest = adapter_mod.sha256_hex(B)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert digest == hashlib.sha256(np.ascontiguousarray(B).tobytes()).hexdigest()
+    assert peak <= adapter_mod.HASH_CHUNK_BYTES + 256 * 1024, peak

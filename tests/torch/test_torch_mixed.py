@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from torch_models import TinyNet  # noqa: E402
-from vera_torch import MergeError, VeraConfig, get_vera_model  # noqa: E402
+from vera_torch import BatchError, MergeError, VeraConfig, get_vera_model  # noqa: E402
 from vera_torch import functional as F  # noqa: E402
 from vera_torch.layer import ModulesToSave, SlotTable  # noqa: E402
 
@@ -37,8 +37,9 @@ def _model(dtype=torch.float64, layers=2):
 IDS = ["a", "b", None, "c", "d", "e", "a", "b", "c"]
 
 
-def _alone(m, x, ids, w=None):
-    """Each row run alone with its adapter; gradients accumulate over the rows."""
+def _alone(m, x, ids, w=None, cat=True):
+    """Each row run alone with its adapter; gradients accumulate over the rows. The outputs are
+    concatenated, or with ``cat=False`` returned as they are, one per row."""
     outs = []
     for i, name in enumerate(ids):
         xi = x[i:i + 1]
@@ -51,8 +52,8 @@ def _alone(m, x, ids, w=None):
             y = m(xi)
         if w is not None:
             (y * w[i:i + 1]).sum().backward()
-        outs.append(y.detach())
-    return torch.cat(outs)
+        outs.append(y.detach() if cat else y)
+    return torch.cat(outs) if cat else outs
 
 
 def test_mixed_outputs_and_gradients_equal_each_row_alone():
@@ -261,7 +262,11 @@ class _BatchNormHead(torch.nn.Module):
     (torch.nn.Linear, ["a", "b", None, "c", "b", "a"], True),
     # one adapter on 6 rows, two on one each: 3 groups x 6 positions = 18 > 2 x 8 rows: per adapter
     (_NormHead, ["a"] * 6 + ["b", None], False),
+    (_NormHead, ["a"] * 4 + ["b", None], True),  # 3 groups x 4 = 12 = 2 x 6 rows: at the limit, batched
+    # c has no head copy: its row joins the original's group (3 groups x 4 = 12 <= 14), not a fourth (16)
+    (_NormHead, ["a"] * 4 + ["b", None, "c"], True),
     (_BatchNormHead, ["a", "b", None, "c", "b", "a"], False),
+    (_BatchNormHead, ["b", "b", "b"], False),  # one group, run once
 ])
 def test_heads_run_once_over_groups_and_equal_each_row_alone(monkeypatch, head, ids, batched):
     """Outputs and gradients of a mixed batch equal each row alone (float64): a head runs once over the
@@ -318,3 +323,176 @@ def test_head_dropout_runs_inside_the_vmapped_groups():
     bias0 = m.base_model.classifier.original_module.out.bias.detach()
     want = torch.stack([torch.full((2,), 1.0), torch.full((2,), 2.0), bias0, torch.full((2,), 2.0)])
     torch.testing.assert_close(y.detach(), want, rtol=0, atol=0)
+
+
+class _PairHead(torch.nn.Module):
+    """A head returning a tuple, a list, a dict or (wrongly) a float, as ``kind`` says."""
+
+    def __init__(self, kind, d=16):
+        super().__init__()
+        self.kind = kind
+        self.out = torch.nn.Linear(d, 2)
+
+    def forward(self, x):
+        y = self.out(x)
+        return {"tuple": lambda: (y, 2 * y), "list": lambda: [y, y + 1],
+                "dict": lambda: {"logits": y, "scaled": 3 * y}, "float": lambda: float(y.sum())}[self.kind]()
+
+
+def _two_heads(head):
+    """TinyNet with ``head`` as its classifier, adapters a and b with random head copies, in eval mode."""
+    torch.manual_seed(0)
+    net = TinyNet(layers=1)
+    net.classifier = head
+    m = get_vera_model(net, VeraConfig(r=4, target_modules=["query"], seed=5, modules_to_save=["classifier"]), "a")
+    m.add_adapter("b", VeraConfig(r=4, target_modules=["query"], seed=5, modules_to_save=["classifier"]))
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if ".copies." in n:
+                p.normal_()
+    m.eval()
+    return m
+
+
+@pytest.mark.parametrize("kind", ["tuple", "list", "dict"])
+def test_a_head_returning_several_tensors_is_ungrouped_into_batch_order(kind):
+    m = _two_heads(_PairHead(kind))
+    ids = ["b", None, "a", "b"]
+    x = torch.randn(len(ids), 5, 16)
+    with torch.no_grad():
+        y = m(x, adapter_ids=ids)
+    assert type(y) is {"tuple": tuple, "list": list, "dict": dict}[kind]
+    with torch.no_grad():
+        rows = [_alone(m, x[i:i + 1], [n], cat=False)[0] for i, n in enumerate(ids)]
+    parts = list(y.values()) if kind == "dict" else list(y)
+    for j, part in enumerate(parts):
+        want_j = torch.cat([list(r.values())[j] if kind == "dict" else r[j] for r in rows])
+        torch.testing.assert_close(part, want_j, rtol=1e-5, atol=1e-6)
+
+
+def test_a_head_returning_no_tensor_in_a_mixed_batch_is_refused():
+    torch.manual_seed(0)
+    net = TinyNet(layers=1)
+    net.classifier = _PairHead("float")
+    m = get_vera_model(net, VeraConfig(r=4, target_modules=["query"], seed=5, modules_to_save=["classifier"]), "a")
+    with torch.no_grad(), pytest.raises(BatchError, match=r"^a head in a mixed batch returned float; expected tensors$"):
+        m(torch.randn(2, 5, 16), adapter_ids=["a", None])
+
+
+class _BranchHead(torch.nn.Module):
+    """A head with a Python branch on a value: vmap cannot run it, the per-adapter loop can."""
+
+    def __init__(self, d=16):
+        super().__init__()
+        self.out = torch.nn.Linear(d, 2)
+
+    def forward(self, x):
+        y = self.out(x)
+        return y if float(y.sum()) > -1e9 else -y
+
+
+def test_a_head_vmap_cannot_run_warns_once_and_runs_per_adapter():
+    m = _two_heads(_BranchHead())
+    ids, x = ["b", None, "a"], torch.randn(3, 5, 16)
+    with torch.no_grad(), pytest.warns(RuntimeWarning, match=r"^this _BranchHead head cannot run under torch\.func\.vmap"):
+        y = m(x, adapter_ids=ids)
+    import warnings
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(m(x, adapter_ids=ids), y, rtol=0, atol=0)  # no second warning
+    with torch.no_grad():
+        want = _alone(m, x, ids)
+    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-6)
+
+
+def test_copies_of_another_dtype_run_per_adapter():
+    """A head copy cast to float64 cannot be stacked with float32 ones: the head runs per adapter and
+    each row still equals itself alone."""
+    torch.manual_seed(0)
+    net = TinyNet(layers=1)
+    net.classifier = _NormHead()
+    m = get_vera_model(net, VeraConfig(r=4, target_modules=["query"], seed=5, modules_to_save=["classifier"]), "a")
+    m.add_adapter("b", VeraConfig(r=4, target_modules=["query"], seed=5, modules_to_save=["classifier"]))
+    head = m.base_model.classifier
+    assert all(p.requires_grad for c in head.copies.values() for p in c.parameters())  # copies train (PEFT's rule)
+    head.copies["b"].double()
+    head.copies["b"].forward = lambda x, mod=head.copies["b"]: type(mod).forward(mod, x.double()).float()
+    m.eval()
+    ids, x = ["b", None, "a", "b"], torch.randn(4, 5, 16)
+    with torch.no_grad():
+        y = m(x, adapter_ids=ids)
+        want = _alone(m, x, ids)
+    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_linear_head_on_every_token_and_vectors_wider_than_the_model():
+    """A head applied to (N, T, d) inputs (the grouped matmul keeps the token axis), on a float32 model
+    whose vectors are float64 (the mixed delta is computed in float64 and added after a cast)."""
+    from torch_models import Headed
+    torch.manual_seed(0)
+    m = get_vera_model(Headed(), VeraConfig(r=4, target_modules=["q"], seed=5, modules_to_save=["head"],
+                                            vector_dtype=torch.float64), "a")
+    m.add_adapter("b", VeraConfig(r=4, target_modules=["q"], seed=5, modules_to_save=["head"],
+                                  vector_dtype=torch.float64))
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "vera_lambda" in n or ".copies." in n:
+                p.normal_()
+    m.eval()
+    x = torch.randn(5, 3, 8)
+    for ids in (["b", None, "a", "b", "a"], ["b", "a", "b", "a", "a"]):  # with base rows, and every row adapted
+        with torch.no_grad():
+            y = m(x, adapter_ids=ids)
+            want = _alone(m, x, ids)
+        assert y.shape == (5, 3, 2) and y.dtype == torch.float32
+        torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-6)
+
+
+class _ScaledHead(torch.nn.Module):
+    """A head taking a second argument: it runs once per adapter present."""
+
+    def __init__(self, d=16):
+        super().__init__()
+        self.out = torch.nn.Linear(d, 2)
+
+    def forward(self, x, scale):
+        return self.out(x) * scale
+
+
+class _FlatNet(torch.nn.Module):
+    """A layer on (N, T, d), then a head on the tokens flattened to (N * T, d): the head's rows are not
+    the batch's rows."""
+
+    def __init__(self, head):
+        super().__init__()
+        self.q = torch.nn.Linear(16, 16)
+        self.classifier = head
+
+    def forward(self, x):
+        h = self.q(x).reshape(-1, 16)
+        return self.classifier(h, 2.0) if isinstance(self.classifier.original_module, _ScaledHead) \
+            else self.classifier(h)
+
+
+@pytest.mark.parametrize("head", [_NormHead, _BatchNormHead, _ScaledHead])
+def test_a_head_input_without_one_row_per_entry_is_refused(head):
+    m = get_vera_model(_FlatNet(head()), VeraConfig(r=4, target_modules=["q"], seed=5,
+                                                    modules_to_save=["classifier"]), "a")
+    with torch.no_grad(), pytest.raises(BatchError, match=r"^adapter_ids has 2 entries but this module's input "
+                                                           r"has 6 rows \(dim 0\)$"):
+        m(torch.randn(2, 3, 16), adapter_ids=["a", None])
+
+
+def test_the_per_adapter_loop_runs_the_original_once_for_rows_without_a_copy():
+    """Rows with no adapter and rows whose adapter has no head copy share one run of the original head."""
+    torch.manual_seed(0)
+    net = TinyNet(layers=1)
+    net.classifier = _BatchNormHead()
+    m = get_vera_model(net, VeraConfig(r=4, target_modules=["query"], seed=5, modules_to_save=["classifier"]), "a")
+    m.add_adapter("c", VeraConfig(r=4, target_modules=["query"], seed=9))  # no head copy
+    m.eval()
+    calls = []
+    m.base_model.classifier.original_module.register_forward_pre_hook(lambda mod, args: calls.append(args[0].shape[0]))
+    with torch.no_grad():
+        m(torch.randn(4, 5, 16), adapter_ids=["a", None, "c", None])
+    assert calls == [3]
