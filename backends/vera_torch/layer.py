@@ -556,14 +556,20 @@ class ModulesToSave(nn.Module):
                                       f"runs once per adapter present from now on", RuntimeWarning)
         return self._loop_rows(args, kwargs, mb)
 
+    def _members(self, mb: MixedBatch) -> dict[str | None, list[int]]:
+        """The rows of each head copy present, in order of first appearance; rows with no adapter
+        or an adapter without a copy of this head share the original's entry (None)."""
+        members: dict[str | None, list[int]] = {}
+        for i, n in enumerate(mb.ids):
+            members.setdefault(n if n is not None and n in self.copies else None, []).append(i)
+        return members
+
     def _groups(self, mb: MixedBatch, device: torch.device) -> _Groups:
         """The grouping of ``mb``'s rows for this head, made once per batch and device."""
         key = ("head-groups", id(self), str(device))
         got = mb._moved.get(key)
         if got is None:
-            members: dict[str | None, list[int]] = {}
-            for i, n in enumerate(mb.ids):
-                members.setdefault(n if n is not None and n in self.copies else None, []).append(i)
+            members = self._members(mb)
             maxn = max(len(v) for v in members.values())
             src = [v[j] if j < len(v) else v[0] for v in members.values() for j in range(maxn)]
             dest = [0] * mb.batch
@@ -622,9 +628,7 @@ class ModulesToSave(nn.Module):
         """The head once per copy present, on that copy's rows; outputs back in batch order."""
         x, rest = args[0], args[1:]
         mb.check_rows(x, "module")
-        members: dict[str | None, list[int]] = {}
-        for i, n in enumerate(mb.ids):
-            members.setdefault(n if n is not None and n in self.copies else None, []).append(i)
+        members = self._members(mb)
         ys = []
         for key, rows in members.items():
             ys.append(self.module_for(key)(x.index_select(0, torch.tensor(rows, dtype=torch.long, device=x.device)),

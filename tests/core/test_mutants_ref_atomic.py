@@ -28,6 +28,15 @@ def _entries(folder):
     return sorted(os.listdir(folder))
 
 
+def _assert_eio_keeps_the_old_file(tmp_path, data: bytes) -> None:
+    """Writing ``data`` over out.bin fails with EIO; the old bytes stay and nothing else is left."""
+    (tmp_path / "out.bin").write_bytes(b"old")
+    with pytest.raises(OSError) as err:
+        atomic.atomic_write_bytes(tmp_path / "out.bin", data)
+    assert err.value.errno == errno.EIO
+    assert (tmp_path / "out.bin").read_bytes() == b"old" and _entries(tmp_path) == ["out.bin"]
+
+
 def _dead_pid():
     return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True).stdout)
@@ -262,11 +271,7 @@ def test_other_o_tmpfile_errors_propagate(tmp_path, monkeypatch):
             raise OSError(errno.EIO, "i/o error")
         return real(path, flags, mode, **kw)
     monkeypatch.setattr(os, "open", fake_open)
-    (tmp_path / "out.bin").write_bytes(b"old")
-    with pytest.raises(OSError) as err:
-        atomic.atomic_write_bytes(tmp_path / "out.bin", b"data")
-    assert err.value.errno == errno.EIO
-    assert (tmp_path / "out.bin").read_bytes() == b"old" and _entries(tmp_path) == ["out.bin"]
+    _assert_eio_keeps_the_old_file(tmp_path, b"data")
 
 
 @pytest.mark.skipif(not HAS_TMPFILE, reason="no O_TMPFILE here")
@@ -406,8 +411,4 @@ def test_an_error_while_copying_removes_the_named_copy(tmp_path, monkeypatch):
     def broken(fd, n, pos):
         raise OSError(errno.EIO, "read error")
     monkeypatch.setattr(os, "pread", broken)
-    (tmp_path / "out.bin").write_bytes(b"old")
-    with pytest.raises(OSError) as err:
-        atomic.atomic_write_bytes(tmp_path / "out.bin", b"new")
-    assert err.value.errno == errno.EIO
-    assert (tmp_path / "out.bin").read_bytes() == b"old" and _entries(tmp_path) == ["out.bin"]
+    _assert_eio_keeps_the_old_file(tmp_path, b"new")
