@@ -113,7 +113,7 @@ class _Workspace:
 
     def __init__(self) -> None:
         self.gen = BlockPhilox(BLOCK_ELEMS)
-        self.words = np.empty(4 * BLOCK_ELEMS, dtype=np.uint32)  # blocks that are not contiguous in the output
+        self.words = np.empty(4 * BLOCK_ELEMS, dtype=np.uint32)  # one block of words, (KB, 4, N)
 
 
 def _table_values(seed: int, m: int, g: int, n_count: int, r: int, bound: np.float32,
