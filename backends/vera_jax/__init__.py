@@ -8,6 +8,7 @@ Importing vera_jax registers ``vera_jax.projection`` as the ``"jax"`` implementa
 """
 from vera_ref import generators
 
+from .errors import MergeError
 from .files import projections, read_adapter
 from .layer import adapter_out, delta_weight, forward, merge, unmerge
 from .philox import key_of_seed, philox4x32, philox_words, projection, table_values, words_to_float
@@ -15,4 +16,5 @@ from .philox import key_of_seed, philox4x32, philox_words, projection, table_val
 generators.register_device("philox4x32-10", "jax", projection)
 
 __all__ = ["projection", "philox4x32", "philox_words", "words_to_float", "table_values", "key_of_seed",
-           "forward", "adapter_out", "delta_weight", "merge", "unmerge", "read_adapter", "projections"]
+           "forward", "adapter_out", "delta_weight", "merge", "unmerge", "read_adapter", "projections",
+           "MergeError"]

@@ -103,15 +103,26 @@ def delta_weight(A: jax.Array, B: jax.Array, lambda_d: jax.Array, lambda_b: jax.
     return _mm(lbB, ldA) if layout == "linear" else _mm(ldA.T, lbB.T)  # (out, in) / (in, out)
 
 
+def _wide(dtype) -> jnp.dtype:
+    """The dtype Delta W is formed and added in: ``dtype`` promoted to binary32 at least (spec 3.6 SHOULD)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 def merge(W: jax.Array, A: jax.Array, B: jax.Array, lambda_d: jax.Array, lambda_b: jax.Array, *,
           layout: str = "linear") -> jax.Array:
-    """spec 3.5: W0 + Delta W in W0's layout and dtype."""
+    """spec 3.5: W0 + Delta W in W0's layout and dtype; Delta W formed and added in float32 or wider
+    and rounded once (spec 3.6). Pure and jittable, so it cannot refuse: a value that overflows W0's
+    dtype comes back infinite; ``vera_jax.nnx.merge_and_unload`` checks and refuses (spec 3.6 MUST)."""
     in_f, out_f = _in_out(W, layout)
-    return W + delta_weight(A, B, lambda_d, lambda_b, in_f, out_f, layout=layout, dtype=W.dtype)
+    acc = _wide(W.dtype)
+    dW = delta_weight(A, B, lambda_d, lambda_b, in_f, out_f, layout=layout, dtype=acc)
+    return (W.astype(acc) + dW).astype(W.dtype)
 
 
 def unmerge(W: jax.Array, A: jax.Array, B: jax.Array, lambda_d: jax.Array, lambda_b: jax.Array, *,
             layout: str = "linear") -> jax.Array:
-    """spec 3.6: W - Delta W in W's layout and dtype."""
+    """spec 3.6: W - Delta W in W's layout and dtype, Delta W formed and subtracted in float32 or wider."""
     in_f, out_f = _in_out(W, layout)
-    return W - delta_weight(A, B, lambda_d, lambda_b, in_f, out_f, layout=layout, dtype=W.dtype)
+    acc = _wide(W.dtype)
+    dW = delta_weight(A, B, lambda_d, lambda_b, in_f, out_f, layout=layout, dtype=acc)
+    return (W.astype(acc) - dW).astype(W.dtype)

@@ -34,8 +34,10 @@ import vera_ref
 from vera_ref import Adapter, AdapterConfig, ModuleSpec, generators
 from vera_ref.adapter import base_fingerprint
 from vera_ref.dtypes import compute_dtype, round_to
-from vera_ref.errors import ModelMismatchError, ProjectionError
+from vera_ref.errors import AdapterFileError, ModelMismatchError, ProjectionError
+from vera_ref.values import checked_table, checked_values
 
+from .errors import MergeError
 from .layer import adapter_out, merge
 from .files import projections, read_adapter
 
@@ -161,13 +163,17 @@ def load_adapter(model: nnx.Module, path: str | os.PathLike | Adapter, *, check_
     """Load a spec file (or a ``vera_ref.Adapter``) into ``model``, in place; returns the module names.
 
     A path is read by ``vera_jax.read_adapter``: every check of spec 4.6, the checksums of rule
-    26 against this backend's projections. Every module must be an ``nnx.Linear`` (or an
+    26 against this backend's projections. The values of a file and of an in-memory Adapter go
+    through ``vera_ref.values.checked_values`` in the dtype they are held in: NaN, infinity or a
+    value that overflows it (1e300 held as float32) is an ``AdapterFileError``, nothing changed. Every module must be an ``nnx.Linear`` (or an
     adapted one) of the file's dimensions, and the base weights must match the file's
     fingerprint when it has one (``ModelMismatchError`` otherwise). Extra tensors (a task
     head) load into the ``nnx.Linear`` they name, in PyTorch's names (``head.weight``
     (out, in), ``head.bias``) or Flax's (``head.kernel`` (in, out)).
     ``vector_dtype``: hold the vectors in this dtype instead of the file's.
     """
+    if not isinstance(path, (Adapter, str, os.PathLike)):
+        raise AdapterFileError("path", f"expected a file path or a vera_ref.Adapter, got {type(path).__name__}")
     ad = path if isinstance(path, Adapter) else read_adapter(path)
     return _attach(model, ad, rngs=rngs, held=vector_dtype, check_fingerprint=check_fingerprint)
 
@@ -203,12 +209,17 @@ def _attach(model: nnx.Module, ad: Adapter, *, rngs, held: str | None, check_fin
     dt = _held_dtype(held or cfg.vector_dtype)
     settings = VeraSettings(cfg.r, cfg.generator, cfg.seed, cfg.sharing, cfg.d_initial, cfg.dropout,
                             cfg.vector_dtype)
+    held_name = jnp.dtype(dt).name
+    vectors = {m.name: (checked_table(ad.lambda_d, m.name, f"{m.name}.lambda_d", (cfg.r,), held_name),
+                        checked_table(ad.lambda_b, m.name, f"{m.name}.lambda_b", (m.out_features,), held_name))
+               for m in cfg.modules}  # (r,), (out,): present, finite, finite in the held dtype
     pairs = {g: (VeraProjection(A), VeraProjection(B)) for g, (A, B) in projections(ad).items()}
+    # -- checked: change the model --------------------------------------------------------------------
     for i, m in enumerate(cfg.modules):
         A, B = pairs[cfg.group_of(i)]
-        layer = VeraLinear(bases[m.name], A, B, jnp.asarray(ad.lambda_d[m.name], dt),
-                           jnp.asarray(ad.lambda_b[m.name], dt), settings=settings, group=cfg.group_of(i),
-                           layout=m.layout, rngs=rngs)
+        ld, lb = vectors[m.name]
+        layer = VeraLinear(bases[m.name], A, B, jnp.asarray(ld, dt), jnp.asarray(lb, dt), settings=settings,
+                           group=cfg.group_of(i), layout=m.layout, rngs=rngs)
         _replace(model, found[m.name][0], layer)
     for (lin, attr), value in heads:
         getattr(lin, attr)[...] = jnp.asarray(value, getattr(lin, attr)[...].dtype)
@@ -240,6 +251,7 @@ def _head_values(found, ad: Adapter) -> list[tuple[tuple[nnx.Linear, str], np.nd
         if have is None or tuple(have[...].shape) != arr.shape:
             raise ModelMismatchError(f"{key}: shape {list(arr.shape)} in the adapter but "
                                      f"{list(have[...].shape) if have is not None else 'none'} in the model")
+        arr = checked_values(key, arr, arr.shape, jnp.dtype(have[...].dtype).name)  # finite in the model's dtype
         out.append(((mod, attr), arr))
     return out
 
@@ -303,11 +315,25 @@ def save_adapter(model: nnx.Module, path: str | os.PathLike, **kwargs) -> None:
 # -- merging --------------------------------------------------------------------------------------
 
 def merge_and_unload(model: nnx.Module) -> nnx.Module:
-    """Fold every adapter into its base kernel (spec 3.5) and put the plain ``nnx.Linear`` back; returns model."""
-    for name, layer in vera_layers(model):
-        base = layer.base
-        base.kernel[...] = layer.delta_merged_kernel().astype(base.kernel[...].dtype)
-        _replace(model, _modules(model)[name][0], base)
+    """Fold every adapter into its base kernel (spec 3.5) and put the plain ``nnx.Linear`` back; returns model.
+
+    Delta W is formed and added in float32 or wider and rounded once to the kernel's dtype (spec
+    3.6). ``MergeError``, every kernel and every adapter left as they were, when a merged kernel
+    would hold a non-finite value where its base kernel was finite (spec 3.6 MUST): e.g. lambdas
+    that push a float16 kernel past 65504."""
+    layers = vera_layers(model)
+    merged = []
+    for name, layer in layers:  # every kernel computed and checked before any is written
+        k0 = layer.base.kernel[...]  # (in, out)
+        k = layer.delta_merged_kernel()
+        bad = int(jnp.count_nonzero(jnp.isfinite(k0) & ~jnp.isfinite(k)))
+        if bad:
+            raise MergeError(f"{name}: merging would make {bad} of the {k.size} values of the {tuple(k.shape)} "
+                             f"{jnp.dtype(k.dtype).name} kernel non-finite; the weights are unchanged")
+        merged.append((name, layer, k))
+    for name, layer, k in merged:
+        layer.base.kernel[...] = k
+        _replace(model, _modules(model)[name][0], layer.base)
     return model
 
 
