@@ -27,24 +27,28 @@ n_in; these come from ``model_modules`` (every module of the model), ``dims``
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
 
-from . import container
+from . import container, jsontext
 from .adapter import Adapter
-from .dtypes import FROM_CODE, SAFETENSORS_CODE
+from .dtypes import FROM_CODE, SAFETENSORS_CODE, round_to
 from .errors import AdapterFileError, ConversionError, ModelMismatchError
 from .metadata import AdapterConfig, ModuleSpec
 from .peft_mt19937 import peft_projection
+from .peft_regex import RegexError, compile_untrusted
 
 PREFIX = "base_model.model."
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 MAX_CONFIG_BYTES = 1 << 20  # an adapter_config.json is a few hundred bytes; refuse anything absurd
+MAX_DIMS_BYTES = 1 << 24  # --dims: a few dozen bytes per module
 _LD, _LB = ".vera_lambda_d", ".vera_lambda_b"
 _KEY_NOTE = "peft_projection_prng_key"  # provenance: the PEFT key stored projections were drawn with
 
@@ -59,12 +63,29 @@ def peft_selects(config: Mapping, key: str) -> bool:
     ending in ``"." + entry``, then filtered by ``layers_to_transform``/``layers_pattern``.
     Modules inside ``modules_to_save`` and ``exclude_modules`` are never adapted.
     ``"all-linear"`` needs the model's classes and is refused.
+
+    The patterns come from untrusted checkpoints: they run on ``peft_regex``'s automaton, in
+    time linear in the key's length, never on backtracking ``re`` (README "PEFT compatibility").
     """
     _check_rule_fields(config)
+    if not isinstance(key, str):
+        raise ConversionError(f"module path must be a string, got {type(key).__name__}")
+    return _selects(config, key)
+
+
+def _regex(field: str, pattern: str):
+    """The compiled untrusted ``pattern`` of config field ``field``; ConversionError if refused."""
     try:
-        return _selects(config, key)
-    except re.error as exc:
-        raise ConversionError(f"target_modules / modules_to_save: not a valid regular expression ({exc})") from None
+        return compile_untrusted(pattern)
+    except RegexError as exc:
+        raise ConversionError(f"{field}: {pattern!r:.80} {exc}") from None
+
+
+def _run(field: str, pattern: str, key: str, *, full: bool, start: int = 0) -> bool:
+    try:
+        return _regex(field, pattern).match(key, start, full=full)
+    except RegexError as exc:
+        raise ConversionError(f"{field}: {pattern!r:.80} on {key!r:.80}: {exc}") from None
 
 
 def _check_rule_fields(config: Mapping) -> None:
@@ -93,12 +114,12 @@ def _selects(config: Mapping, key: str) -> bool:
     exclude = config.get("exclude_modules")
     if exclude:
         if isinstance(exclude, str):
-            if re.fullmatch(exclude, key):
+            if _run("exclude_modules", exclude, key, full=True):
                 return False
         elif key in exclude or any(key.endswith(f".{e}") for e in exclude):
             return False
     for m in config.get("modules_to_save") or ():
-        if re.match(rf"(^|.*\.){m}($|\..*)", key):
+        if _run("modules_to_save", rf"(^|.*\.){m}($|\..*)", key, full=False):
             return False
     targets = config.get("target_modules")
     if targets is None:
@@ -110,7 +131,7 @@ def _selects(config: Mapping, key: str) -> bool:
         if targets.lower() == "all-linear":
             raise ConversionError("target_modules is 'all-linear': PEFT resolves it against the model's classes; "
                                   "give the module names instead")
-        return re.fullmatch(targets, key) is not None
+        return _run("target_modules", targets, key, full=True)
     if key in targets:
         return True
     if not any(key.endswith(f".{t}") for t in targets):
@@ -119,18 +140,45 @@ def _selects(config: Mapping, key: str) -> bool:
     if indexes is None or (isinstance(indexes, list) and not indexes):
         return True
     pattern = config.get("layers_pattern")
-    match = None
+    idx = None
     if pattern is None or len(pattern) == 0:
-        match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", key)  # the first numbered segment
+        match = _FIRST_NUMBERED.match(key)  # the first numbered segment (a fixed, linear pattern)
+        idx = None if match is None else int(match.group("idx"))
     else:
         for p in [pattern] if isinstance(pattern, str) else pattern:
-            match = re.match(rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.", key)
-            if match is not None:
+            idx = _layer_index(p, key)
+            if idx is not None:
                 break
-    if match is None:
+    if idx is None:
         return False
-    idx = int(match.group("idx"))
     return idx == indexes if isinstance(indexes, int) else idx in indexes
+
+
+_FIRST_NUMBERED = re.compile(r".*?\.[^.]*\.(?P<idx>\d+)\.")  # PEFT's own; each '.' starts one linear try
+_NUMBER_THEN_DOT = re.compile(r"\.(\d+)\.")
+
+
+def _layer_index(p: str, key: str) -> int | None:
+    r"""PEFT's ``re.match(rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.", key)`` group ``idx``, without backtracking.
+
+    The lazy prefix tries the start, then each position after a '.' (before any newline), in
+    order; at the first one where ``p`` can be followed by ``.<digits>.``, the digits are the
+    index. When ``p`` could end at two places there giving different indexes, which one
+    backtracking picks depends on ``p``'s inner order: refused as ambiguous."""
+    prog = _regex("layers_pattern", p)
+    starts = [0] + [i + 1 for i, c in enumerate(key.split("\n", 1)[0]) if c == "."]
+    for i in starts:
+        try:
+            ends = prog.ends(key, i)
+        except RegexError as exc:
+            raise ConversionError(f"layers_pattern: {p!r:.80} on {key!r:.80}: {exc}") from None
+        found = {int(m.group(1)) for k in ends if (m := _NUMBER_THEN_DOT.match(key, k)) is not None}
+        if len(found) > 1:
+            raise ConversionError(f"layers_pattern: {p!r:.80} gives {key!r:.80} several layer indexes "
+                                  f"{sorted(found)}; PEFT's choice depends on backtracking order")
+        if found:
+            return found.pop()
+    return None
 
 
 def exact_target_modules(names: Iterable[str]) -> str:
@@ -163,22 +211,78 @@ def _near_names(names: Iterable[str]) -> set[str]:
 
 
 # -- reading ----------------------------------------------------------------------------------
-def read_peft(directory: str | os.PathLike) -> tuple[dict, dict[str, container.RawTensor]]:
-    d = Path(directory)
+def _read_json(path: Path, what: str, limit: int) -> object:
+    """A JSON file read once with bounded work: size, then vera_ref.jsontext's rules (structure
+    count, syntax, depth <= 64, finite numbers, integers in [-2^63, 2^64), no repeated keys)
+    before any value is built. Every failure is ConversionError naming the file and the rule."""
     try:
-        with open(d / CONFIG_FILE, "rb") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
-        raise ConversionError(f"{d}: no {CONFIG_FILE} (not a PEFT checkpoint directory)") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConversionError(f"{d / CONFIG_FILE}: larger than {MAX_CONFIG_BYTES} bytes")
+        raise ConversionError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ConversionError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise ConversionError(f"{path}: {what} is not a regular file")
+        try:
+            raw = f.read(limit + 1)
+        except OSError as exc:
+            raise ConversionError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+    if len(raw) > limit:
+        raise ConversionError(f"{path}: {what} is larger than {limit} bytes")
     try:
-        cfg = json.loads(raw)
-    except ValueError as exc:
-        raise ConversionError(f"{d / CONFIG_FILE}: not valid JSON ({exc.__class__.__name__})") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConversionError(f"{path}: {what} is not UTF-8 text") from None
+    try:
+        return jsontext.loads(text)
+    except jsontext.JsonRuleError as exc:
+        why = {"count": f"more than {jsontext.MAX_STRUCTURAL} structural characters",
+               "syntax": "not valid JSON (NaN, Infinity and comments are not JSON)",
+               "depth": f"nested deeper than {jsontext.MAX_DEPTH} levels",
+               "number": f"the number {str(exc.value)[:40]!s} is out of range (integers in [-2^63, 2^64), "
+                         f"finite numbers of at most {jsontext.MAX_NUMBER_CHARS} characters)",
+               "duplicate": f"the key {str(exc.value)[:80]!r} appears twice in one object"}[exc.rule]
+        raise ConversionError(f"{path}: {what}: {why}") from None
+
+
+def read_dims(path: str | os.PathLike) -> dict[str, tuple[int, int]]:
+    """``--dims``: a JSON file {"module path": [in_features, out_features], ...}, read with bounded
+    work (as adapter_config.json); ConversionError on anything else."""
+    doc = _read_json(Path(path), "the --dims file", MAX_DIMS_BYTES)
+    if not isinstance(doc, dict) or not doc:
+        raise ConversionError(f'{path}: must be a JSON object {{"module path": [in_features, out_features], ...}}')
+    return _check_dims(doc, str(path))
+
+
+def _check_dims(dims: Mapping, where: str = "dims") -> dict[str, tuple[int, int]]:
+    if not isinstance(dims, Mapping):
+        raise ConversionError(f"{where}: must be a mapping of module path -> (in_features, out_features)")
+    out = {}
+    for k, v in dims.items():
+        if not isinstance(k, str) or not isinstance(v, (list, tuple)) or len(v) != 2 or not all(
+                _is_int(n) and 0 < n < 1 << 63 for n in v):
+            raise ConversionError(f"{where}: {str(k)[:80]!r} must map to [in_features, out_features], two positive "
+                                  f"integers, got {v!r:.80}")
+        out[k] = (int(v[0]), int(v[1]))
+    return out
+
+
+def read_peft(directory: str | os.PathLike) -> tuple[dict, dict[str, container.RawTensor]]:
+    """adapter_config.json (bounded JSON, peft_type VERA) and the tensors of adapter_model.safetensors."""
+    d = Path(directory)
+    if not d.exists():
+        raise ConversionError(f"{d}: no such folder (a PEFT checkpoint is a folder with {CONFIG_FILE} and "
+                              f"{WEIGHTS_FILE})")
+    if not d.is_dir():
+        raise ConversionError(f"{d}: not a folder (a PEFT checkpoint is a folder with {CONFIG_FILE} and "
+                              f"{WEIGHTS_FILE})")
+    if not (d / CONFIG_FILE).exists():
+        raise ConversionError(f"{d}: no {CONFIG_FILE} in this folder (not a PEFT checkpoint folder)")
+    cfg = _read_json(d / CONFIG_FILE, CONFIG_FILE, MAX_CONFIG_BYTES)
     if not isinstance(cfg, dict) or cfg.get("peft_type") != "VERA":
         got = cfg.get("peft_type") if isinstance(cfg, dict) else None
-        raise ConversionError(f"{d / CONFIG_FILE}: peft_type is {got!r}, not 'VERA'")
+        raise ConversionError(f"{d / CONFIG_FILE}: peft_type is {got!r:.80}, not 'VERA'")
     if not (d / WEIGHTS_FILE).exists():
         raise ConversionError(f"{d}: no {WEIGHTS_FILE} (only the safetensors format is read)")
     try:
@@ -200,6 +304,10 @@ def peft_to_adapter(directory: str | os.PathLike, *, dims: Mapping[str, tuple[in
     checkpoint's modules are taken to be all PEFT selects (true of every checkpoint PEFT writes).
     ``keep_projections``: stored projections stay stored even when they are PEFT's own draws.
     """
+    if dims is not None:
+        dims = _check_dims(dims)
+    if in_features is not None and not (_is_int(in_features) and 0 < in_features < 1 << 63):
+        raise ConversionError(f"in_features must be a positive integer, got {in_features!r:.80}")
     cfg, tensors = read_peft(directory)
     if cfg.get("bias", "none") != "none":
         raise ConversionError(f"bias={cfg['bias']!r} is not VeRA's adapter; only bias='none' converts")
@@ -265,8 +373,15 @@ def peft_to_adapter(directory: str | os.PathLike, *, dims: Mapping[str, tuple[in
     vector_dtype = FROM_CODE[code]
     d_initial, dropout = cfg.get("d_initial", 0.1), cfg.get("vera_dropout", 0.0)
     for k, v in (("d_initial", d_initial), ("vera_dropout", dropout)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            raise ConversionError(f"{k} must be a number, got {v!r:.80}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ConversionError(f"{k} must be a finite number, got {v!r:.80}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        d_fits = bool(np.all(np.isfinite(round_to(np.array([float(d_initial)]), vector_dtype))))
+    if not d_fits:
+        raise ConversionError(f"d_initial {d_initial!r:.80} is not finite in the vectors' dtype {vector_dtype} "
+                              "(spec 3.9)")
+    if not 0.0 <= dropout < 1.0:
+        raise ConversionError(f"vera_dropout must be in [0, 1), got {dropout!r:.80}")
     acfg = AdapterConfig(r=r, modules=modules, d_initial=float(d_initial), dropout=float(dropout),
                          vector_dtype=vector_dtype, provenance={"converted_from": "peft",
                                                                "peft_version": str(cfg.get("peft_version", ""))})

@@ -32,10 +32,10 @@ def test_a_good_checkpoint_converts(tmp_path):
     ({"projection_prng_key": -1}, r"projection_prng_key must be an integer in \[0, 2\^64\), got -1"),
     ({"target_modules": 5}, "target_modules must be a string or a list of strings, got 5"),
     ({"target_modules": ["q", 1]}, r"target_modules must be a string or a list of strings, got \['q', 1\]"),
-    ({"target_modules": "enc.(q"}, "target_modules / modules_to_save: not a valid regular expression"),
+    ({"target_modules": "enc.(q"}, r"target_modules: 'enc.\(q' is not a valid regular expression"),
     ({"modules_to_save": "head"}, "modules_to_save must be a list of strings, got 'head'"),
     ({"layers_to_transform": ["0"]}, r"layers_to_transform must be an integer or a list of integers, got \['0'\]"),
-    ({"d_initial": "0.1"}, "d_initial must be a number, got '0.1'"),
+    ({"d_initial": "0.1"}, "d_initial must be a finite number, got '0.1'"),
     ({"target_modules": ["k"]}, r"enc.q: target_modules \['k'\] do not select this module, so PEFT would not load"),
     ({"save_projection": True}, "save_projection is true but base_model.vera_A / vera_B are missing"),
     ({"bias": "all"}, "bias='all' is not VeRA's adapter"),
@@ -50,7 +50,7 @@ def test_bad_tensors_and_files(tmp_path):
         peft_to_adapter(_write(tmp_path / "p", GOOD, r=3), in_features=4)
     d = _write(tmp_path / "big", GOOD)
     (d / "adapter_config.json").write_bytes(b" " * (1 << 20) + b"{}")
-    with pytest.raises(ConversionError, match="adapter_config.json: larger than 1048576 bytes"):
+    with pytest.raises(ConversionError, match="adapter_config.json is larger than 1048576 bytes"):
         peft_to_adapter(d, in_features=4)
     (d / "adapter_config.json").write_text("[1]")
     with pytest.raises(ConversionError, match="peft_type is None, not 'VERA'"):
