@@ -30,6 +30,7 @@ import json
 import math
 import os
 import re
+import reprlib
 import stat
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -78,14 +79,14 @@ def _regex(field: str, pattern: str):
     try:
         return compile_untrusted(pattern)
     except RegexError as exc:
-        raise ConversionError(f"{field}: {pattern!r:.80} {exc}") from None
+        raise ConversionError(f"{field}: {_show(pattern, 80)} {exc}") from None
 
 
 def _run(field: str, pattern: str, key: str, *, full: bool, start: int = 0) -> bool:
     try:
         return _regex(field, pattern).match(key, start, full=full)
     except RegexError as exc:
-        raise ConversionError(f"{field}: {pattern!r:.80} on {key!r:.80}: {exc}") from None
+        raise ConversionError(f"{field}: {_show(pattern, 80)} on {_show(key, 80)}: {exc}") from None
 
 
 def _check_rule_fields(config: Mapping) -> None:
@@ -93,17 +94,30 @@ def _check_rule_fields(config: Mapping) -> None:
         return isinstance(v, list) and all(isinstance(x, str) for x in v)
     tm = config.get("target_modules")
     if tm is not None and not (isinstance(tm, str) or strings(tm)):
-        raise ConversionError(f"target_modules must be a string or a list of strings, got {tm!r:.80}")
+        raise ConversionError(f"target_modules must be a string or a list of strings, got {_show(tm, 80)}")
     for k in ("modules_to_save", "exclude_modules"):
         v = config.get(k)
         if v is not None and not (strings(v) or (k == "exclude_modules" and isinstance(v, str))):
-            raise ConversionError(f"{k} must be a list of strings, got {v!r:.80}")
+            raise ConversionError(f"{k} must be a list of strings, got {_show(v, 80)}")
     lt = config.get("layers_to_transform")
     if lt is not None and not (_is_int(lt) or (isinstance(lt, list) and all(_is_int(i) for i in lt))):
-        raise ConversionError(f"layers_to_transform must be an integer or a list of integers, got {lt!r:.80}")
+        raise ConversionError(f"layers_to_transform must be an integer or a list of integers, got {_show(lt, 80)}")
     lp = config.get("layers_pattern")
     if lp is not None and not (isinstance(lp, str) or strings(lp)):
-        raise ConversionError(f"layers_pattern must be a string or a list of strings, got {lp!r:.80}")
+        raise ConversionError(f"layers_pattern must be a string or a list of strings, got {_show(lp, 80)}")
+
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict = 3, 120, 120, 6, 6
+
+
+def _show(value: object, limit: int) -> str:
+    """A repr of (hostile) ``value`` for a one-line message: bounded depth, length and one line."""
+    try:
+        text = _REPR.repr(value)
+    except Exception:  # noqa: BLE001 - a hostile object's own __repr__
+        text = f"<{type(value).__name__}>"
+    return text[:limit]
 
 
 def _is_int(v) -> bool:
@@ -171,10 +185,10 @@ def _layer_index(p: str, key: str) -> int | None:
         try:
             ends = prog.ends(key, i)
         except RegexError as exc:
-            raise ConversionError(f"layers_pattern: {p!r:.80} on {key!r:.80}: {exc}") from None
+            raise ConversionError(f"layers_pattern: {_show(p, 80)} on {_show(key, 80)}: {exc}") from None
         found = {int(m.group(1)) for k in ends if (m := _NUMBER_THEN_DOT.match(key, k)) is not None}
         if len(found) > 1:
-            raise ConversionError(f"layers_pattern: {p!r:.80} gives {key!r:.80} several layer indexes "
+            raise ConversionError(f"layers_pattern: {_show(p, 80)} gives {_show(key, 80)} several layer indexes "
                                   f"{sorted(found)}; PEFT's choice depends on backtracking order")
         if found:
             return found.pop()
@@ -191,12 +205,12 @@ def check_selection(config: Mapping, wanted: Iterable[str], others: Iterable[str
     wanted = list(wanted)
     missed = [n for n in wanted if not peft_selects(config, n)]
     if missed:
-        raise ConversionError(f"target_modules {config.get('target_modules')!r}: PEFT would not adapt "
-                              f"{missed[0]!r}")
+        raise ConversionError(f"target_modules {_show(config.get('target_modules'), 80)}: PEFT would not adapt "
+                              f"{_show(missed[0], 120)}")
     extra = sorted({n for n in others if n not in set(wanted) and peft_selects(config, n)}, key=_natural)
     if extra:
-        raise ConversionError(f"target_modules {config.get('target_modules')!r}: PEFT would also adapt "
-                              f"{extra[0]!r}, which the adapter does not")
+        raise ConversionError(f"target_modules {_show(config.get('target_modules'), 80)}: PEFT would also adapt "
+                              f"{_show(extra[0], 120)}, which the adapter does not")
 
 
 def _near_names(names: Iterable[str]) -> set[str]:
@@ -221,9 +235,10 @@ def _read_json(path: Path, what: str, limit: int) -> object:
         raise ConversionError(f"{path}: no such file") from None
     except OSError as exc:
         raise ConversionError(f"{path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConversionError(f"{path}: {what} is not a regular file")
     with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-            raise ConversionError(f"{path}: {what} is not a regular file")
         try:
             raw = f.read(limit + 1)
         except OSError as exc:
@@ -263,7 +278,7 @@ def _check_dims(dims: Mapping, where: str = "dims") -> dict[str, tuple[int, int]
         if not isinstance(k, str) or not isinstance(v, (list, tuple)) or len(v) != 2 or not all(
                 _is_int(n) and 0 < n < 1 << 63 for n in v):
             raise ConversionError(f"{where}: {str(k)[:80]!r} must map to [in_features, out_features], two positive "
-                                  f"integers, got {v!r:.80}")
+                                  f"integers, got {_show(v, 80)}")
         out[k] = (int(v[0]), int(v[1]))
     return out
 
@@ -282,7 +297,7 @@ def read_peft(directory: str | os.PathLike) -> tuple[dict, dict[str, container.R
     cfg = _read_json(d / CONFIG_FILE, CONFIG_FILE, MAX_CONFIG_BYTES)
     if not isinstance(cfg, dict) or cfg.get("peft_type") != "VERA":
         got = cfg.get("peft_type") if isinstance(cfg, dict) else None
-        raise ConversionError(f"{d / CONFIG_FILE}: peft_type is {got!r:.80}, not 'VERA'")
+        raise ConversionError(f"{d / CONFIG_FILE}: peft_type is {_show(got, 80)}, not 'VERA'")
     if not (d / WEIGHTS_FILE).exists():
         raise ConversionError(f"{d}: no {WEIGHTS_FILE} (only the safetensors format is read)")
     try:
@@ -307,15 +322,15 @@ def peft_to_adapter(directory: str | os.PathLike, *, dims: Mapping[str, tuple[in
     if dims is not None:
         dims = _check_dims(dims)
     if in_features is not None and not (_is_int(in_features) and 0 < in_features < 1 << 63):
-        raise ConversionError(f"in_features must be a positive integer, got {in_features!r:.80}")
+        raise ConversionError(f"in_features must be a positive integer, got {_show(in_features, 80)}")
     cfg, tensors = read_peft(directory)
     if cfg.get("bias", "none") != "none":
-        raise ConversionError(f"bias={cfg['bias']!r} is not VeRA's adapter; only bias='none' converts")
+        raise ConversionError(f"bias={_show(cfg['bias'], 120)} is not VeRA's adapter; only bias='none' converts")
     r, key = cfg.get("r"), cfg.get("projection_prng_key", 0)
     if not _is_int(r) or r < 1:
-        raise ConversionError(f"r must be a positive integer, got {r!r:.80}")
+        raise ConversionError(f"r must be a positive integer, got {_show(r, 80)}")
     if not _is_int(key) or not 0 <= key < 1 << 64:
-        raise ConversionError(f"projection_prng_key must be an integer in [0, 2^64), got {key!r:.80}")
+        raise ConversionError(f"projection_prng_key must be an integer in [0, 2^64), got {_show(key, 80)}")
     layout = "conv1d" if cfg.get("fan_in_fan_out") else "linear"
     names = [k[len(PREFIX):-len(_LD)] for k in tensors if k.startswith(PREFIX) and k.endswith(_LD)]
     if not names:
@@ -323,21 +338,21 @@ def peft_to_adapter(directory: str | os.PathLike, *, dims: Mapping[str, tuple[in
     names.sort(key=_natural)
     for n in names:  # PEFT loads a module's vectors only if its target_modules select the module
         if not peft_selects(cfg, n):
-            raise ConversionError(f"{n}: target_modules {cfg.get('target_modules')!r} do not select this module, "
+            raise ConversionError(f"{n:.120}: target_modules {_show(cfg.get('target_modules'), 80)} do not select this module, "
                                   "so PEFT would not load its vectors")
     peft_dims = None  # (n_in, n_out) PEFT gives its projections on the model (spec 2.2), if known
     if model_modules is not None:
         missing = [n for n in names if n not in model_modules]
         if missing:
-            raise ModelMismatchError(f"modules: {missing[0]!r} is not in this model")
+            raise ModelMismatchError(f"modules: {_show(missing[0], 120)} is not in this model")
         selected = [k for k in model_modules if k and peft_selects(cfg, k)]
         bad = [k for k in selected if model_modules[k] is None]
         if bad:
-            raise ConversionError(f"target_modules {cfg.get('target_modules')!r} select {bad[0]!r}, which is not an "
+            raise ConversionError(f"target_modules {_show(cfg.get('target_modules'), 80)} select {_show(bad[0], 120)}, which is not an "
                                   "nn.Linear or Conv1D: PEFT would refuse this checkpoint on this model")
         unloaded = sorted(set(selected) - set(names), key=_natural)
         if unloaded and cfg.get("init_weights", True) is False:
-            raise ConversionError(f"target_modules also select {unloaded[0]!r}, which has no vectors in the "
+            raise ConversionError(f"target_modules also select {_show(unloaded[0], 120)}, which has no vectors in the "
                                   "checkpoint, and init_weights=false gives it random ones in PEFT")
         peft_dims = (max(model_modules[k][0] for k in selected), max(model_modules[k][1] for k in selected))
         dims = {n: model_modules[n] for n in names}
@@ -347,22 +362,22 @@ def peft_to_adapter(directory: str | os.PathLike, *, dims: Mapping[str, tuple[in
     for n in names:
         lb = tensors.get(PREFIX + n + _LB)
         if lb is None:
-            raise ConversionError(f"{n}: vera_lambda_d without vera_lambda_b")
+            raise ConversionError(f"{n:.120}: vera_lambda_d without vera_lambda_b")
         ld = tensors[PREFIX + n + _LD]
         if ld.shape != (r,) or len(lb.shape) != 1 or lb.shape[0] < 1:
-            raise ConversionError(f"{n}: vera_lambda_d {list(ld.shape)} / vera_lambda_b {list(lb.shape)} must be "
+            raise ConversionError(f"{n:.120}: vera_lambda_d {list(ld.shape)} / vera_lambda_b {list(lb.shape)} must be "
                                   f"[{r}] / [out_features]")
         out_f = lb.shape[0]
         if dims and n in dims:
             fi, fo = dims[n]
             if fo != out_f:
-                raise ConversionError(f"{n}: the model gives out_features {fo} but vera_lambda_b has {out_f}")
+                raise ConversionError(f"{n:.120}: the model gives out_features {fo} but vera_lambda_b has {out_f}")
         elif in_features is not None:
             fi = in_features
         elif A is not None and B is not None and out_f == B.shape[0]:
             fi = A.shape[1]  # largest layer: PEFT's n_in is its in_features (spec 2.2)
         else:
-            raise ConversionError(f"{n}: in_features unknown; give dims or in_features (PEFT does not record it)")
+            raise ConversionError(f"{n:.120}: in_features unknown; give dims or in_features (PEFT does not record it)")
         modules.append(ModuleSpec(n, int(fi), int(out_f), layout))
     vdt = {t.dtype for n in names for t in (tensors[PREFIX + n + _LD], tensors[PREFIX + n + _LB])}
     if len(vdt) != 1:
@@ -374,14 +389,14 @@ def peft_to_adapter(directory: str | os.PathLike, *, dims: Mapping[str, tuple[in
     d_initial, dropout = cfg.get("d_initial", 0.1), cfg.get("vera_dropout", 0.0)
     for k, v in (("d_initial", d_initial), ("vera_dropout", dropout)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ConversionError(f"{k} must be a finite number, got {v!r:.80}")
+            raise ConversionError(f"{k} must be a finite number, got {_show(v, 80)}")
     with np.errstate(over="ignore", invalid="ignore"):
         d_fits = bool(np.all(np.isfinite(round_to(np.array([float(d_initial)]), vector_dtype))))
     if not d_fits:
-        raise ConversionError(f"d_initial {d_initial!r:.80} is not finite in the vectors' dtype {vector_dtype} "
+        raise ConversionError(f"d_initial {_show(d_initial, 80)} is not finite in the vectors' dtype {vector_dtype} "
                               "(spec 3.9)")
     if not 0.0 <= dropout < 1.0:
-        raise ConversionError(f"vera_dropout must be in [0, 1), got {dropout!r:.80}")
+        raise ConversionError(f"vera_dropout must be in [0, 1), got {_show(dropout, 80)}")
     acfg = AdapterConfig(r=r, modules=modules, d_initial=float(d_initial), dropout=float(dropout),
                          vector_dtype=vector_dtype, provenance={"converted_from": "peft",
                                                                "peft_version": str(cfg.get("peft_version", ""))})
@@ -434,9 +449,9 @@ def peft_to_adapter(directory: str | os.PathLike, *, dims: Mapping[str, tuple[in
         if k in known:
             continue
         if not k.startswith(PREFIX):
-            raise ConversionError(f"unexpected tensor {k!r}")
+            raise ConversionError(f"unexpected tensor {_show(k, 120)}")
         if t.dtype not in FROM_CODE:
-            raise ConversionError(f"{k}: dtype {t.dtype}; only floating tensors convert")
+            raise ConversionError(f"{k:.120}: dtype {t.dtype}; only floating tensors convert")
         extra[k[len(PREFIX):]] = (t.data, FROM_CODE[t.dtype])
     return Adapter(acfg, {n: tensors[PREFIX + n + _LD].data for n in names},
                    {n: tensors[PREFIX + n + _LB].data for n in names}, stored=stored, extra=extra)
