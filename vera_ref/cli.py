@@ -5,13 +5,19 @@ through the entry-point group ``vera_ref.commands`` (one entry point per command
 pointing at a ``Command``); a plugin is imported only when its command runs (or its
 ``--help`` is asked for). Every subcommand explains itself with --help.
 
-Exit status: 0 success; 1 a rejected input or failed check (one line on stderr that
-names what is wrong); 2 bad usage (one line); 3 an internal error (one line; set
-VERA_DEBUG=1 for the traceback). Never a traceback for a user's mistake.
+Exit status (README "Command line", the table): 0 success; 1 an input that was read and
+refused, or a check that failed; 2 a command line that cannot be used as typed (unknown
+option, bad value, a path that does not exist, a MODULE:NAME that does not import) or a
+command whose optional packages are not installed: nothing was read or run; 3 an internal
+error (set VERA_DEBUG=1 for the traceback); 130 interrupted. Always one line on stderr,
+never a traceback, and output is valid UTF-8 whatever the file held (unencodable
+characters are written as backslash escapes).
 """
 from __future__ import annotations
 
 import argparse
+import errno
+import importlib.util
 import json
 import os
 import sys
@@ -23,7 +29,7 @@ import numpy as np
 
 from . import __version__
 from .adapter import load_adapter, sha256_hex
-from .errors import VeraError
+from .errors import AdapterFileError, VeraError
 from .metadata import DEFAULT_MAX_PROJECTION_ELEMENTS
 from .resolve import UsageError
 
@@ -33,6 +39,17 @@ OURS = {"vera_ref", "vera_torch", "vera_onnx", "vera_jax", "vera_conformance", "
 EXTRA_OF = {"torch": "torch", "safetensors": "torch", "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx",
             "hypothesis": "conformance", "peft": "peft", "transformers": "peft", "tokenizers": "demo",
             "matplotlib": "demo", "tqdm": "demo", "jax": "jax", "jaxlib": "jax", "flax": "jax"}
+EXTRAS_ORDER = ("torch", "onnx", "peft", "conformance", "jax", "demo")  # as in pyproject.toml
+# the packages each plugin command of this distribution needs (pyproject.toml), looked up with find_spec
+# before the plugin is imported: `--help` lists only what can run here, and one line names every extra missing
+PLUGIN_NEEDS = {
+    "conformance": ("hypothesis",),
+    "conformance-vectors": ("hypothesis",),
+    "export-onnx": ("torch", "onnx", "onnxruntime"),
+    "onnx-adapter": ("onnx", "onnxruntime"),
+    "demo": ("torch", "safetensors", "onnx", "onnxruntime", "peft", "transformers", "tokenizers", "matplotlib",
+             "tqdm"),
+}
 
 
 @dataclass(frozen=True)
@@ -48,6 +65,27 @@ class Command:
     setup: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
 
+def input_path(path: str, option: str = "") -> str:
+    """A path named on the command line that must be there (exit 2 if it is not; what it holds is for its
+    reader to judge, exit 1)."""
+    if not os.path.lexists(path):
+        raise UsageError(f"{option + ' ' if option else ''}{path}: no such file or folder")
+    return path
+
+
+def output_path(path: str, option: str, *, folder: bool = False) -> str:
+    """A file (or, with ``folder``, a folder) to write: the folder it goes in must exist, and it must not be
+    a folder where a file goes or a file where a folder goes (exit 2, before any work)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise UsageError(f"{option} {path}: the folder {parent} does not exist")
+    if not folder and os.path.isdir(path):
+        raise UsageError(f"{option} {path}: is a folder; name the file to write")
+    if folder and os.path.lexists(path) and not os.path.isdir(path):
+        raise UsageError(f"{option} {path}: is a file; name a folder")
+    return path
+
+
 def _setup_file(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="a VeRA adapter file (.safetensors)")
     p.add_argument("--max-projection-elements", type=int, default=DEFAULT_MAX_PROJECTION_ELEMENTS, metavar="N",
@@ -57,6 +95,7 @@ def _setup_file(p: argparse.ArgumentParser) -> None:
 
 def cmd_inspect(args) -> int:
     from .describe import describe, describe_json
+    input_path(args.file)
     if args.json:
         print(json.dumps(describe_json(args.file, max_projection_elements=args.max_projection_elements), indent=2))
     else:
@@ -71,6 +110,7 @@ def setup_inspect(p: argparse.ArgumentParser) -> None:
 
 def cmd_validate(args) -> int:
     from .describe import validity
+    input_path(args.file)
     print(validity(args.file, max_projection_elements=args.max_projection_elements))
     return 0
 
@@ -82,6 +122,16 @@ def setup_validate(p: argparse.ArgumentParser) -> None:
 def cmd_projection(args) -> int:
     from . import generators
     gen = generators.get(args.generator)
+    if not 0 <= args.seed < 2**64:  # spec 1: the seed is a 64-bit unsigned integer
+        raise UsageError(f"--seed must be in [0, 2^64), got {args.seed}")
+    for opt, v, low in (("--r", args.r, 1), ("--n-in", args.n_in, 1), ("--n-out", args.n_out, 1),
+                        ("--group", args.group, 0)):
+        if v < low:
+            raise UsageError(f"{opt} must be >= {low}, got {v}")
+    if args.group and args.generator == "peft-mt19937":
+        raise UsageError("--group applies to philox4x32-10 only (peft-mt19937 has one shared pair)")
+    if args.out:
+        output_path(args.out, "--out")
     elements = args.r * (args.n_in + args.n_out)
     if elements > args.max_elements:
         raise UsageError(f"A and B would hold {elements:,} float32 elements ({elements * 4 / 2**30:.1f} GiB), more "
@@ -125,11 +175,18 @@ def setup_vectors(p: argparse.ArgumentParser) -> None:
 
 def cmd_convert(args) -> int:
     from .adapter import save_adapter
+    from .errors import ConversionError
     from .peft_interop import adapter_to_peft, peft_to_adapter
+    output_path(args.out, "--out", folder=bool(args.to_peft))
+    if args.in_features is not None and args.in_features < 1:
+        raise UsageError(f"--in-features must be >= 1, got {args.in_features}")
     if args.from_peft:
+        if not os.path.isdir(input_path(args.from_peft, "--from-peft")):
+            raise ConversionError(f"--from-peft {args.from_peft}: is a file, not a PEFT checkpoint folder "
+                                  "(adapter_config.json + adapter_model.safetensors)")
         dims = None
         if args.dims:
-            dims = _read_dims(args.dims)
+            dims = _read_dims(input_path(args.dims, "--dims"))
         ad = peft_to_adapter(args.from_peft, dims=dims, in_features=args.in_features,
                              keep_projections=args.keep_projections)
         save_adapter(ad, args.out)
@@ -137,7 +194,7 @@ def cmd_convert(args) -> int:
         print(f"wrote {args.out}: {len(cfg.modules)} modules, r {cfg.r}, generator {cfg.generator}"
               + (f", seed {cfg.seed}" if cfg.seed is not None else "") + f", {os.path.getsize(args.out)} bytes")
     else:
-        ad = load_adapter(args.to_peft, max_projection_elements=args.max_projection_elements)
+        ad = load_adapter(input_path(args.to_peft, "--to-peft"), max_projection_elements=args.max_projection_elements)
         adapter_to_peft(ad, args.out, keep_projections=args.keep_projections)
         seed_only = ad.config.generator == "peft-mt19937" and not args.keep_projections
         print(f"wrote {args.out}/adapter_config.json and adapter_model.safetensors "
@@ -146,17 +203,20 @@ def cmd_convert(args) -> int:
 
 
 def _read_dims(path: str) -> dict[str, tuple[int, int]]:
-    """--dims: a JSON object {"module path": [in_features, out_features]}."""
+    """--dims: a JSON object {"module path": [in_features, out_features]} (a file of another kind: exit 1)."""
+    from .errors import ConversionError
+    if os.path.isdir(path):
+        raise ConversionError(f"--dims {path}: is a folder, not a JSON file")
     try:
         with open(path, "rb") as f:
             doc = json.loads(f.read(1 << 24))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise UsageError(f"--dims {path}: not a JSON file ({type(exc).__name__})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ConversionError(f"--dims {path}: not a JSON file ({type(exc).__name__})") from None
     ok = isinstance(doc, dict) and all(
         isinstance(v, list) and len(v) == 2 and all(isinstance(n, int) and not isinstance(n, bool) and n > 0
                                                     for n in v) for v in doc.values())
     if not ok or not doc:
-        raise UsageError(f'--dims {path}: must be a JSON object {{"module path": [in_features, out_features], ...}}')
+        raise ConversionError(f'--dims {path}: must be a JSON object {{"module path": [in_features, out_features], ...}}')
     return {k: (v[0], v[1]) for k, v in doc.items()}
 
 
@@ -180,11 +240,14 @@ def setup_convert(p: argparse.ArgumentParser) -> None:
 
 def cmd_showcase(args) -> int:
     from .showcase import run
+    if args.out:
+        output_path(args.out, "--out", folder=True)
     return run(args.out)
 
 
 def setup_showcase(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="results/showcase", help="folder for the files it writes")
+    p.add_argument("--out", metavar="DIR", help="folder for the files it writes (default: a new temporary folder, "
+                                                "never the working folder)")
 
 
 CORE_COMMANDS: list[Command] = [
@@ -223,8 +286,13 @@ class _Parser(argparse.ArgumentParser):
     """argparse with one-line usage errors: ``vera-ref CMD: error: ...`` and exit 2."""
 
     def error(self, message: str) -> NoReturn:
-        print(f"{self.prog}: error: {message} (see '{self.prog} --help')", file=sys.stderr)
+        print(one_line(f"{self.prog}: error: {message} (see '{self.prog} --help')"), file=sys.stderr)
         raise SystemExit(2)
+
+
+def one_line(text: str) -> str:
+    """A message as the one line the CLI promises (a user's exception text may hold newlines)."""
+    return " ".join(str(text).split()) if "\n" in str(text) or "\r" in str(text) else str(text)
 
 
 def plugin_entry_points() -> dict[str, metadata.EntryPoint]:
@@ -234,15 +302,39 @@ def plugin_entry_points() -> dict[str, metadata.EntryPoint]:
     return {ep.name: ep for ep in sorted(eps, key=lambda e: e.name) if ep.name not in core}
 
 
+def _installed(module: str) -> bool:
+    """Whether a top-level package can be imported here, found without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken or blocked entry in sys.modules: not importable
+        return False
+
+
+def missing_packages(command: str) -> list[str]:
+    """The packages ``command`` needs (PLUGIN_NEEDS) that are not installed here."""
+    return [m for m in PLUGIN_NEEDS.get(command, ()) if not _installed(m)]
+
+
+def pip_hint(packages: list[str]) -> str:
+    """``pip install 'vera-ref[torch,demo]'``: every extra that installs ``packages``, in one command."""
+    extras = {EXTRA_OF.get(m.partition(".")[0]) for m in packages}
+    named = [e for e in EXTRAS_ORDER if e in extras]
+    others = sorted(m for m in packages if EXTRA_OF.get(m.partition(".")[0]) is None)
+    return " and ".join(filter(None, [f"pip install 'vera-ref[{','.join(named)}]'" if named else "",
+                                      f"pip install {' '.join(others)}" if others else ""]))
+
+
 def install_hint(exc: ImportError) -> str:
     top = (exc.name or "").partition(".")[0]
-    extra = EXTRA_OF.get(top)
-    where = f"pip install 'vera-ref[{extra}]'" if extra else f"pip install {top}"
-    return f"needs the optional package {top!r} ({where})"
+    return f"needs the optional package {top!r} ({pip_hint([top])})"
 
 
 def load_plugin(ep: metadata.EntryPoint) -> Command:
-    """Import one plugin command; a missing optional package becomes one line naming the extra."""
+    """Import one plugin command; missing optional packages become one line naming every extra to install."""
+    missing = missing_packages(ep.name)
+    if missing:
+        raise UsageError(f"the {ep.name} command needs {', '.join(missing)}, not installed here: "
+                         f"{pip_hint(missing)}")
     try:
         cmd = ep.load()
     except ImportError as exc:
@@ -261,63 +353,99 @@ def _add(sub, cmd: Command) -> None:
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    """The parser; the one plugin command named in ``argv`` (if any) is loaded, the others only listed."""
+    """The parser; the one plugin command named in ``argv`` (if any) is loaded, the others only listed:
+    those whose packages are installed with the core commands, the others under their own heading with
+    the pip command that adds them."""
+    plugins = plugin_entry_points()
+    absent = {name: missing_packages(name) for name in plugins}
+    absent = {name: m for name, m in absent.items() if m}
+    epilog = "Run 'vera-ref COMMAND --help' for a command's options."
+    if absent:
+        by_hint: dict[str, list[str]] = {}
+        for name, m in absent.items():
+            by_hint.setdefault(pip_hint(m), []).append(name)
+        width = max(len(", ".join(names)) for names in by_hint.values())
+        epilog += "\n\ncommands that need packages not installed here:\n" + "\n".join(
+            f"  {', '.join(names):<{width}}  needs: {hint}" for hint, names in by_hint.items())
     ap = _Parser(
-        prog="vera-ref",
-        description="Reference tools of the VeRA kit: adapter files (spec 4), projections (spec 1-2), "
-                    "test vectors (spec 6). Commands of other packages (conformance, ONNX, demo) appear "
-                    "when those packages are installed.",
-        epilog="Run 'vera-ref COMMAND --help' for a command's options.")
+        prog="vera-ref", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Reference tools of the VeRA kit: adapter files (spec 4), projections (spec 1-2),\n"
+                    "test vectors (spec 6). Commands of other packages (conformance, ONNX, demo) are\n"
+                    "listed when their packages are installed; the others are named below with the\n"
+                    "pip command that adds them.",
+        epilog=epilog)
     ap.add_argument("--version", action="version", version=f"vera-ref {__version__}")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=_Parser)
     for cmd in CORE_COMMANDS:
         _add(sub, cmd)
     wanted = next((a for a in (argv or []) if not a.startswith("-")), None)
-    for name, ep in plugin_entry_points().items():
+    for name, ep in plugins.items():
         if name == wanted:
             _add(sub, load_plugin(ep))
+        elif name in absent:  # a choice (so its name gets the pip line, not "invalid choice"), not listed
+            sub.add_parser(name, add_help=False)
         else:
             sub.add_parser(name, help=f"(from {ep.value.partition(':')[0].partition('.')[0]}; "
                                       f"'vera-ref {name} --help' for more)", add_help=False)
     return ap
 
 
+def safe_output() -> None:
+    """Make stdout and stderr write every character: one the stream cannot encode (a lone surrogate from a
+    file's metadata, a non-UTF-8 file name) becomes a backslash escape, never a raw byte or a crash."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # a closed or detached stream: nothing to protect
+                pass
+
+
 def main(argv: list[str] | None = None) -> int:
+    safe_output()
     argv = sys.argv[1:] if argv is None else list(argv)
     name = next((a for a in argv if not a.startswith("-")), "vera-ref")
+    subject = None
     try:
         args = build_parser(argv).parse_args(argv)
+        subject = getattr(args, "file", None) or getattr(args, "to_peft", None)
         return args.func(args)
     except UsageError as exc:  # a value on the command line that cannot be used
-        print(f"vera-ref {name}: error: {exc}", file=sys.stderr)
-        return 2
+        return _say(name, f"error: {exc}", 2)
     except VeraError as exc:  # a rejected input: one line, no traceback
-        print(f"vera-ref {name}: {exc}", file=sys.stderr)
-        return 1
+        if isinstance(exc, AdapterFileError) and exc.code == "E4.6.0.1":  # the path typed is not there
+            return _say(name, f"error: {exc.problem}", 2)
+        if isinstance(exc, AdapterFileError) and subject and exc.field == "path":
+            return _say(name, f"{subject}: {exc.problem}", 1)  # name the path: "is a directory" alone does not
+        if isinstance(exc, AdapterFileError) and subject:
+            return _say(name, f"{subject}: {exc}", 1)
+        return _say(name, str(exc), 1)
     except ImportError as exc:
         if (exc.name or "").partition(".")[0] in OURS:  # one of our own modules is missing: a bug, not a user's
             return _internal(name, exc)
-        print(f"vera-ref {name}: {install_hint(exc)}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"vera-ref {name}: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
-        return 1
+        return _say(name, f"error: {install_hint(exc)}", 2)
+    except OSError as exc:  # a path typed that is not there: 2; a read or write that failed: 1
+        code = 2 if exc.errno in (errno.ENOENT, errno.ENOTDIR) else 1
+        return _say(name, f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), code)
     except MemoryError:
-        print(f"vera-ref {name}: out of memory", file=sys.stderr)
-        return 1
+        return _say(name, "out of memory", 1)
     except KeyboardInterrupt:
-        print(f"vera-ref {name}: interrupted", file=sys.stderr)
-        return 130
+        return _say(name, "interrupted", 130)
     except Exception as exc:  # a bug of ours: still one line; the traceback on request
         return _internal(name, exc)
+
+
+def _say(name: str, message: str, code: int) -> int:
+    print(one_line(f"vera-ref {name}: {message}"), file=sys.stderr)
+    return code
 
 
 def _internal(name: str, exc: BaseException) -> int:
     if os.environ.get("VERA_DEBUG"):
         raise exc
-    print(f"vera-ref {name}: internal error: {type(exc).__name__}: {str(exc)[:300]} "
-          "(set VERA_DEBUG=1 for the traceback)", file=sys.stderr)
-    return 3
+    return _say(name, f"internal error: {type(exc).__name__}: {str(exc)[:300]} "
+                      "(set VERA_DEBUG=1 for the traceback)", 3)
 
 
 if __name__ == "__main__":  # python -m vera_ref.cli: run the imported module, so plugins see one Command class

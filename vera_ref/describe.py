@@ -14,9 +14,14 @@ from .metadata import DEFAULT_MAX_PROJECTION_ELEMENTS
 
 def describe_json(path: str | os.PathLike, *,
                   max_projection_elements: int = DEFAULT_MAX_PROJECTION_ELEMENTS) -> dict[str, Any]:
-    """{"file", "bytes", "metadata", "tensors": {name: {dtype, shape, bytes}}} of a valid file."""
+    """{"file", "bytes", "metadata", "tensors": {name: {dtype, shape, bytes}}} of a valid file; the
+    metadata document ``vera_config`` (JSON text inside the header, spec 4.2) is given as the object it
+    holds, not as an escaped string."""
     load_adapter(path, max_projection_elements=max_projection_elements)
     meta, entries = read_metadata(path)
+    meta = dict(meta)
+    if isinstance(meta.get("vera_config"), str):  # the file loaded, so this is the document spec 4.2 describes
+        meta["vera_config"] = json.loads(meta["vera_config"])
     return {"file": os.fspath(path), "bytes": os.path.getsize(path), "metadata": meta,
             "tensors": {k: {"dtype": v[0], "shape": list(v[1]), "bytes": v[3] - v[2]}
                         for k, v in sorted(entries.items())}}

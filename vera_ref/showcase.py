@@ -7,11 +7,13 @@ validated, reloaded bit-exactly, merged (spec 3.5), and a tampered copy rejected
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 
 import numpy as np
 
 from .adapter import load_adapter, new_adapter, save_adapter, sha256_hex
+from .atomic import atomic_write
 from .describe import describe, validity
 from .errors import AdapterFileError
 from .layer import backward, forward, merge
@@ -23,8 +25,13 @@ def _step(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def run(out_dir: str = "results/showcase", steps: int = 300, seed: int = 42) -> int:
+def run(out_dir: str | None = None, steps: int = 300, seed: int = 42) -> int:
+    """The tour; its files go to ``out_dir`` (created if needed) or, by default, to a new temporary
+    folder, never the working folder."""
+    if out_dir is None:
+        out_dir = tempfile.mkdtemp(prefix="vera-showcase-")
     os.makedirs(out_dir, exist_ok=True)
+    _step(f"files go to {out_dir}")
     rng = np.random.default_rng(0)
     n_in, n_out, r = 40, 48, 32
     _step(f"1/6 projection: seed {seed}, r {r}, n_in {n_in}, n_out {n_out} (spec 1-2)")
@@ -38,7 +45,7 @@ def run(out_dir: str = "results/showcase", steps: int = 300, seed: int = 42) -> 
     true_d, true_b = rng.normal(size=r), rng.normal(size=out_f)
     X = rng.normal(size=(256, in_f))
     Y = forward(X, W0, bias, A, B, true_d, true_b)
-    ad = new_adapter([("layer", in_f, out_f)], r=r, seed=seed, provenance={"made_by": "vera-ref demo"})
+    ad = new_adapter([("layer", in_f, out_f)], r=r, seed=seed, provenance={"made_by": "vera-ref showcase"})
     ld, lb = ad.lambda_d["layer"].astype(np.float64), ad.lambda_b["layer"].astype(np.float64)
     m = {k: np.zeros_like(v) for k, v in (("d", ld), ("b", lb))}
     v = {k: np.zeros_like(x) for k, x in m.items()}
@@ -83,8 +90,7 @@ def run(out_dir: str = "results/showcase", steps: int = 300, seed: int = 42) -> 
     i = data.index(needle) + len(needle)
     data[i] = ord("0") if data[i] != ord("0") else ord("1")
     bad = os.path.join(out_dir, "tampered.safetensors")
-    with open(bad, "wb") as f:
-        f.write(bytes(data))
+    atomic_write(bad, lambda f: f.write(bytes(data)))
     try:
         load_adapter(bad)
         print("      tampered file accepted: this is a bug")

@@ -5,24 +5,33 @@ from __future__ import annotations
 import argparse
 import os
 
-from vera_ref.cli import Command
+from vera_ref.cli import Command, input_path, output_path
 from vera_ref.resolve import UsageError, resolve_object
+
+# exit codes (README "Command line"): a --model/--adapter/--out that cannot be used as typed is a UsageError
+# (exit 2, before any work); a factory that fails or returns something else, a file of another kind: an
+# OnnxError (exit 1)
 
 
 def _model_factory(spec: str):
-    """--model MODULE:FACTORY -> (nn.Module, example args tuple or dict, input names or None)."""
+    """--model MODULE:FACTORY or FILE.py:FACTORY -> (nn.Module, example args tuple or dict, input names or None)."""
     from torch import nn
+
+    from .errors import ExportError
     factory = resolve_object(spec, "--model")
     if not callable(factory):
         raise UsageError(f"--model {spec}: {type(factory).__name__} is not callable; name a function returning "
                          "(model, example_args[, input_names])")
-    made = factory()
+    try:
+        made = factory()
+    except Exception as exc:  # the user's factory failed: theirs to fix, one line, never "internal error"
+        raise ExportError(f"--model {spec}: the factory raised {type(exc).__name__}: {str(exc)[:300]}") from None
     if isinstance(made, nn.Module):
-        raise UsageError(f"--model {spec}: returned a bare {type(made).__name__}; return (model, example_args"
-                         "[, input_names]) so the exporter has inputs to trace")
+        raise ExportError(f"--model {spec}: returned a bare {type(made).__name__}; return (model, example_args"
+                          "[, input_names]) so the exporter has inputs to trace")
     if not isinstance(made, (tuple, list)) or len(made) not in (2, 3) or not isinstance(made[0], nn.Module):
-        raise UsageError(f"--model {spec}: must return (nn.Module, example_args[, input_names]), got "
-                         f"{type(made).__name__}")
+        raise ExportError(f"--model {spec}: must return (nn.Module, example_args[, input_names]), got "
+                          f"{type(made).__name__}")
     return made[0], made[1], (made[2] if len(made) == 3 else None)
 
 
@@ -31,10 +40,14 @@ def _run_export(args: argparse.Namespace) -> int:
     from vera_torch import VeraModel
 
     from . import export
-    model, example, names = _model_factory(args.model)
-    vm = VeraModel.from_adapter(model, args.adapter, check_fingerprint=not args.no_fingerprint_check)
     if (args.capacity is None) == (args.mode == "multi"):
         raise UsageError("--capacity N is needed with --mode multi, and only there")
+    if args.capacity is not None and args.capacity < 1:
+        raise UsageError(f"--capacity must be >= 1, got {args.capacity}")
+    input_path(args.adapter, "--adapter")
+    output_path(args.out, "--out")
+    model, example, names = _model_factory(args.model)
+    vm = VeraModel.from_adapter(model, args.adapter, check_fingerprint=not args.no_fingerprint_check)
     export(vm, example, args.out, mode=args.mode, projections=args.projections, input_names=names,
            dtype=torch.float16 if args.float16 else None, capacity=args.capacity)
     print(f"wrote {args.out} ({args.mode}, {os.path.getsize(args.out)} bytes)")
@@ -43,8 +56,8 @@ def _run_export(args: argparse.Namespace) -> int:
 
 def _setup_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="MODULE:FACTORY",
-                   help="a function returning (base nn.Module, example args tuple[, input names]); a module in "
-                        "the current folder is found")
+                   help="a function returning (base nn.Module, example args tuple[, input names]), named as "
+                        "module:factory (a module in the current folder is found) or path/to/file.py:factory")
     p.add_argument("--adapter", required=True, help="the VeRA adapter file to export")
     p.add_argument("--out", required=True, help="the .onnx file to write")
     p.add_argument("--mode", choices=("merged", "hotswap", "multi"), default="merged",
@@ -58,20 +71,32 @@ def _setup_export(p: argparse.ArgumentParser) -> None:
 
 
 def check_onnx_model(path: str) -> None:
-    """Refuse, in one line, a --model that is not an ONNX model (naming what it is when we can tell)."""
-    with open(path, "rb") as f:
-        head = f.read(16)
+    """Refuse, in one line, a --model that is not there (UsageError, exit 2) or not an ONNX model (OnnxError,
+    exit 1, naming what it is when we can tell)."""
+    from .errors import OnnxError
+    input_path(path, "--model")
+    if os.path.isdir(path):
+        raise OnnxError(f"--model {path}: is a folder, not an ONNX model file")
+    if not os.path.isfile(path):
+        raise OnnxError(f"--model {path}: is not a regular file (a FIFO, socket or device), not an ONNX model")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise OnnxError(f"--model {path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
     if len(head) >= 9 and head[8:9] == b"{":  # safetensors: 8-byte length, then the JSON header
-        raise UsageError(f"--model {path}: this is a safetensors file (a VeRA or PEFT adapter?), not an ONNX model")
+        raise OnnxError(f"--model {path}: this is a safetensors file (a VeRA or PEFT adapter?), not an ONNX model")
     import onnx
     try:
         onnx.load(path, load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning-derived or ValueError: all 'not ONNX'
-        raise UsageError(f"--model {path}: not an ONNX model ({type(exc).__name__})") from None
+        raise OnnxError(f"--model {path}: not an ONNX model ({type(exc).__name__})") from None
 
 
 def _run_adapter(args: argparse.Namespace) -> int:
     from .serving import onnx_adapter
+    input_path(args.file)
+    output_path(args.out, "--out")
     check_onnx_model(args.model)
     mapping = onnx_adapter(args.file, args.model, args.out)
     print(f"wrote {args.out} ({len(mapping)} parameters; name mapping in {args.out}.json)")

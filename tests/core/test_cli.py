@@ -41,9 +41,10 @@ def test_each_command_explains_itself(name):
 
 @pytest.mark.parametrize("case", FILES["testGroups"][1]["tests"], ids=lambda c: c["file"])
 def test_validate_rejects_with_one_line_naming_the_field(case):
-    res = run("validate", str(VECTORS / "files" / case["file"]))
+    path = str(VECTORS / "files" / case["file"])
+    res = run("validate", path)
     assert res.returncode == 1 and res.stdout == ""
-    assert res.stderr == f"vera-ref validate: {case['error']['message']}\n"
+    assert res.stderr == f"vera-ref validate: {path}: {case['error']['message']}\n"  # names the file, then the field
 
 
 def test_validate_and_inspect_a_valid_file():
@@ -63,7 +64,9 @@ def test_validate_and_inspect_a_valid_file():
 
 def test_missing_file_is_one_line():
     res = run("validate", "/nonexistent/a.safetensors")
-    assert res.returncode == 1 and res.stderr == "vera-ref validate: path: no such file: /nonexistent/a.safetensors\n"
+    # a path typed that is not there: exit 2, like every value on the command line that cannot be used
+    assert res.returncode == 2
+    assert res.stderr == "vera-ref validate: error: /nonexistent/a.safetensors: no such file or folder\n"
 
 
 def test_projection_prints_checksums_and_saves(tmp_path):
@@ -77,7 +80,7 @@ def test_projection_prints_checksums_and_saves(tmp_path):
     z = np.load(out)
     assert np.array_equal(z["A"], A) and np.array_equal(z["B"], B)
     bad = run("projection", "--seed", "-1", "--r", "5", "--n-in", "7", "--n-out", "9")
-    assert bad.returncode == 1 and bad.stderr == "vera-ref projection: seed must be in [0, 2^64), got -1\n"
+    assert bad.returncode == 2 and bad.stderr == "vera-ref projection: error: --seed must be in [0, 2^64), got -1\n"
 
 
 def test_vectors_check():
@@ -94,3 +97,26 @@ def test_showcase_runs_end_to_end(tmp_path):
     from vera_ref.adapter import load_adapter
     ad = load_adapter(tmp_path / "show" / "adapter.safetensors")
     assert ad.config.r == 32 and np.any(ad.lambda_b["layer"] != 0)
+
+
+def test_showcase_writes_nothing_into_the_working_folder_and_says_who_made_the_file(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    res = run("showcase", cwd=work)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert list(work.iterdir()) == []  # by default a new temporary folder, never the working one
+    folder = res.stdout.strip().splitlines()[-1].rpartition("files in ")[2].rstrip("/")
+    from vera_ref.adapter import load_adapter
+    try:
+        assert load_adapter(f"{folder}/adapter.safetensors").config.provenance == {"made_by": "vera-ref showcase"}
+    finally:
+        import shutil
+        shutil.rmtree(folder)
+
+
+def test_inspect_json_gives_the_document_as_an_object():
+    case = FILES["testGroups"][0]["tests"][0]
+    js = json.loads(run("inspect", "--json", str(VECTORS / "files" / case["file"])).stdout)
+    cfg = js["metadata"]["vera_config"]
+    assert isinstance(cfg, dict) and cfg["r"] == case["config"]["r"]
+    assert cfg["projection_sha256"] == case["config"]["projection_sha256"]
