@@ -16,6 +16,7 @@ from .errors import ConfigError
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 DTYPE_NAMES = {v: k for k, v in _DTYPES.items()}
 SHARING = ("shared", "per-module")  # spec 2.4
+ALL_LINEAR = "all-linear"  # PEFT's shorthand (INCLUDE_LINEAR_LAYERS_SHORTHAND)
 
 
 @dataclass
@@ -23,7 +24,11 @@ class VeraConfig:
     """Configuration of one VeRA adapter; every field is checked on construction (``ConfigError``).
 
     r: rank, an integer >= 1; target_modules: module-name suffixes (``["query", "value"]``
-    matches ``...attention.self.query``) or one regex matched against the full dotted name;
+    matches ``...attention.self.query``), one regex matched against the full dotted name
+    (``re.fullmatch``, as PEFT), or ``"all-linear"`` (every nn.Linear / Conv1D but the model's
+    output embeddings and modules_to_save, as PEFT); every entry, and the regex, must match
+    at least one layer of the model it is applied to (``ConfigError`` naming the entry and the
+    model's linear-layer name endings) unless ``allow_unmatched`` is true;
     seed: the projection seed, an integer (not a bool) in [0, 2^64) (spec 1.3); d_initial:
     initial lambda_d, finite also in ``vector_dtype`` (spec 3.9); dropout: in [0, 1), on the
     adapter input only (spec 3.3); sharing: ``shared`` or ``per-module`` (spec 2.4);
@@ -31,7 +36,8 @@ class VeraConfig:
     fresh pair with Philox from ``seed`` and then keeps it); vector_dtype: dtype of the
     trained vectors (float32 by default, also for float16/bfloat16 base models);
     modules_to_save: module-name suffixes (or one regex) of fully trained extra modules
-    (a task head), saved with the adapter.
+    (a task head), saved with the adapter, each of which must match a module (as target_modules);
+    allow_unmatched: accept entries that match nothing (a list shared by several architectures).
     """
 
     r: int = 256
@@ -43,6 +49,7 @@ class VeraConfig:
     generator: str = "philox4x32-10"
     vector_dtype: torch.dtype | str = torch.float32
     modules_to_save: list[str] | str | None = None
+    allow_unmatched: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.vector_dtype, str) and self.vector_dtype in _DTYPES:
@@ -74,16 +81,25 @@ class VeraConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError("dropout", f"must be a number in [0, 1), got {self.dropout!r}")
         self.target_modules = _patterns("target_modules", self.target_modules)
+        if isinstance(self.target_modules, str) and self.target_modules.lower() == ALL_LINEAR:
+            self.target_modules = ALL_LINEAR
         if self.modules_to_save is not None:
             self.modules_to_save = _patterns("modules_to_save", self.modules_to_save)
+        if not isinstance(self.allow_unmatched, bool):
+            raise ConfigError("allow_unmatched", f"must be True or False, got {self.allow_unmatched!r}")
 
     @property
     def vector_dtype_name(self) -> str:
         return DTYPE_NAMES[self.vector_dtype]
 
+    @property
+    def all_linear(self) -> bool:
+        return self.target_modules == ALL_LINEAR
+
     def targets(self, name: str) -> bool:
-        """Does the dotted module ``name`` match target_modules?"""
-        return _matches(name, self.target_modules)
+        """Does the dotted module ``name`` match target_modules? (``all-linear``: every name; the
+        model excludes its output embeddings and modules_to_save.)"""
+        return self.all_linear or _matches(name, self.target_modules)
 
     def saves(self, name: str) -> bool:
         return bool(self.modules_to_save) and _matches(name, self.modules_to_save)
@@ -114,7 +130,12 @@ def _patterns(name: str, value: object) -> list[str] | str:
     return list(value)
 
 
+def entry_matches(name: str, entry: str) -> bool:
+    """Does one list entry of target_modules / modules_to_save name ``name`` (equal or a dot-suffix)?"""
+    return name == entry or name.endswith("." + entry)
+
+
 def _matches(name: str, patterns: list[str] | str) -> bool:
     if isinstance(patterns, str):
         return re.fullmatch(patterns, name) is not None
-    return any(name == p or name.endswith("." + p) for p in patterns)
+    return any(entry_matches(name, p) for p in patterns)

@@ -98,20 +98,18 @@ class VeraModel(nn.Module):
 
     # -- adapters ------------------------------------------------------------------------------
     def _targets(self, config: VeraConfig, exact: Sequence[str] | None) -> list[tuple[str, nn.Module]]:
-        found = []
-        for path, module in self.base_model.named_modules():
-            # a layer adapted before, or an adaptable one not already inside a wrapper
-            if not isinstance(module, VeraLayer) and (
-                    ".base_layer" in path or _inside_head_wrapper(path) or not adaptable(module)):
-                continue
-            if (path in exact) if exact is not None else config.targets(path):
-                found.append((path, module))
-        if exact is not None:
-            missing = sorted(set(exact) - {p for p, _ in found})
-            if missing:
-                raise ModelMismatchError(f"modules: {missing[0]!r} is not an nn.Linear or Conv1D of this model")
-            order = {p: i for i, p in enumerate(exact)}
-            found.sort(key=lambda pm: order[pm[0]])
+        layers = list(_layers(self.base_model))
+        if exact is None:
+            check_targets(self.base_model, config)
+            skip = _all_linear_skips(self.base_model, config, layers) if config.all_linear else set()
+            return [(p, m) for p, m in layers if p not in skip and config.targets(p)]
+        wanted = set(exact)
+        found = [(p, m) for p, m in layers if p in wanted]
+        missing = sorted(wanted - {p for p, _ in found})
+        if missing:
+            raise ModelMismatchError(f"modules: {missing[0]!r} is not an nn.Linear or Conv1D of this model")
+        order = {p: i for i, p in enumerate(exact)}
+        found.sort(key=lambda pm: order[pm[0]])
         return found
 
     def replace_module(self, path: str, module: nn.Module) -> None:
@@ -158,8 +156,9 @@ class VeraModel(nn.Module):
             raise ConfigError("config", f"must be a VeraConfig, got {type(config).__name__}")
         targets = self._targets(config, modules)
         if not targets:
-            raise ModelMismatchError(
-                f"no nn.Linear or Conv1D module matches target_modules={config.target_modules!r}")
+            raise ConfigError("target_modules", f"{_entry(str(config.target_modules), config.target_modules)} "
+                              f"selects no nn.Linear or Conv1D layer of this model; "
+                              f"{_endings(linear_name_endings(self.base_model))}")
         heads = self._head_paths(config, [p for p, _ in targets])
         dims = [layer_dims(m.base_layer if isinstance(m, VeraLayer) else m) for _, m in targets]
         n_in, n_out = max(d[0] for d in dims), max(d[1] for d in dims)  # spec 2.2: PEFT's rule
@@ -623,6 +622,102 @@ def _vector(table: dict, module: str, what: str, shape: tuple[int, ...], dtype: 
     if not bool(torch.isfinite(t).all()):
         raise AdapterFileError(field, f"values overflow {str(dtype).replace('torch.', '')}")
     return t
+
+
+def _layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """(path, layer) of every nn.Linear / Conv1D VeRA can adapt: an adapted one by its VeraLayer's
+    path, none inside a VeraLayer or a modules_to_save wrapper."""
+    for path, module in model.named_modules():
+        if isinstance(module, VeraLayer) or (
+                adaptable(module) and ".base_layer" not in path and not _inside_head_wrapper(path)):
+            yield path, module
+
+
+def linear_layers(model: nn.Module) -> list[str]:
+    """Dotted paths of the nn.Linear / Conv1D layers of ``model`` (a VeraModel: of its base model)
+    that ``target_modules`` can select."""
+    return [p for p, _ in _layers(model.base_model if isinstance(model, VeraModel) else model)]
+
+
+def linear_name_endings(model: nn.Module) -> list[str]:
+    """The last dotted segments of ``linear_layers(model)``, sorted, each once: what a
+    ``target_modules`` entry can name (``["query", "value", ...]``)."""
+    return sorted({p.rpartition(".")[2] for p in linear_layers(model)})
+
+
+def unmatched_targets(model: nn.Module, patterns: Sequence[str] | str) -> list[str]:
+    """The entries of ``patterns`` (a target_modules list, or one regex, or ``"all-linear"``) that
+    select no layer of ``linear_layers(model)``, in the given order."""
+    from .config import ALL_LINEAR, entry_matches
+    paths = linear_layers(model)
+    if isinstance(patterns, str):
+        if patterns.lower() == ALL_LINEAR:
+            return [] if paths else [patterns]
+        return [] if any(re.fullmatch(patterns, p) for p in paths) else [patterns]
+    return [e for e in patterns if not any(entry_matches(p, e) for p in paths)]
+
+
+def check_targets(model: nn.Module, config: VeraConfig) -> None:
+    """ConfigError unless every target_modules entry (or the regex) selects a layer of ``model`` and
+    every modules_to_save entry a module; skipped for ``config.allow_unmatched``."""
+    from .config import entry_matches
+    if config.allow_unmatched:
+        return
+    base = model.base_model if isinstance(model, VeraModel) else model
+    bad = unmatched_targets(base, config.target_modules)
+    if bad:
+        raise ConfigError("target_modules", f"{_entry(bad[0], config.target_modules)} matches no nn.Linear or Conv1D "
+                          f"layer of this model; {_endings(linear_name_endings(base))}")
+    if config.modules_to_save:
+        paths = [p for p, _ in base.named_modules() if p and not _inside_head_wrapper(p) and ".base_layer" not in p]
+        saves = config.modules_to_save
+        if isinstance(saves, str):
+            bad = [] if any(re.fullmatch(saves, p) for p in paths) else [saves]
+        else:
+            bad = [e for e in saves if not any(entry_matches(p, e) for p in paths)]
+        if bad:
+            raise ConfigError("modules_to_save", f"{_entry(bad[0], saves)} matches no module of this model; its "
+                              f"modules' names end in: {_names(sorted({p.rpartition('.')[2] for p in paths}))}")
+
+
+def _entry(entry: str, patterns: Sequence[str] | str) -> str:
+    if isinstance(patterns, str) and entry.lower() != "all-linear":
+        return f"the regular expression {entry!r} (full-matched against each dotted path)"
+    return repr(entry)
+
+
+def _endings(names: list[str]) -> str:
+    return f"its linear layers' names end in: {_names(names)}" if names else "it has no nn.Linear or Conv1D layer"
+
+
+def _names(names: list[str], limit: int = 40) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def _all_linear_skips(model: nn.Module, config: VeraConfig, layers: list[tuple[str, nn.Module]]) -> set[str]:
+    """PEFT's "all-linear" leaves out the output embeddings (``get_output_embeddings()``) and
+    every layer in or holding a modules_to_save module."""
+    skip = set()
+    get_out = getattr(model, "get_output_embeddings", None)
+    out = None
+    if callable(get_out):
+        try:
+            out = get_out()
+        except Exception:  # noqa: BLE001 - a model without output embeddings may raise anything
+            out = None
+    for p, m in layers:
+        base = m.base_layer if isinstance(m, VeraLayer) else m
+        if out is not None and (m is out or base is out):
+            skip.add(p)
+        if config.modules_to_save and any(config.saves(q) for q in _prefixes(p)):
+            skip.add(p)
+    return skip
+
+
+def _prefixes(path: str) -> list[str]:
+    parts = path.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts) + 1)]
 
 
 def _inside_head_wrapper(path: str) -> bool:

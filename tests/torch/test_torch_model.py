@@ -13,7 +13,7 @@ from conftest import ROOT  # noqa: E402
 from torch_models import Conv1D, TinyNet, randomise  # noqa: E402
 from vera_ref.errors import ModelMismatchError  # noqa: E402
 from vera_ref.tolerance import backward_magnitude, compare, forward_magnitude  # noqa: E402
-from vera_torch import AdapterNameError, BatchError, VeraConfig, VeraLayer, VeraModel, get_vera_model  # noqa: E402
+from vera_torch import AdapterNameError, BatchError, ConfigError, VeraConfig, VeraLayer, VeraModel, get_vera_model  # noqa: E402
 from vera_torch import functional as F  # noqa: E402
 
 
@@ -32,7 +32,9 @@ def test_targets_by_suffix_and_regex_and_conv1d_without_transformers():
     assert isinstance(c, VeraLayer) and c.layout == "conv1d" and (c.in_features, c.out_features) == (16, 24)
     _, m2 = _net(target_modules=r"blocks\.1\.(key|out)")
     assert m2.vera_modules["default"] == ["blocks.1.key", "blocks.1.out"]
-    with pytest.raises(ValueError, match=r"^no nn.Linear or Conv1D module matches target_modules=\['nope'\]$"):
+    endings = "its linear layers' names end in: c_fc, classifier, key, out, query, value"
+    with pytest.raises(ConfigError, match=r"^target_modules: 'nope' matches no nn.Linear or Conv1D layer of this "
+                       rf"model; {endings}$"):
         _net(target_modules=["nope"])
 
 
