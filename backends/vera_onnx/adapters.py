@@ -24,7 +24,9 @@ import vera_ref
 from vera_ref import generators
 from vera_ref.adapter import Adapter
 from vera_ref.atomic import atomic_file, atomic_write_bytes
+from vera_ref.values import checked_values
 
+from .adapter_file import parse, read_bytes, size_bound
 from .description import describe, parameter_shapes
 from .errors import OnnxAdapterError
 
@@ -36,16 +38,20 @@ def _load_model(model: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
 
 
 def check_values(name: str, value: np.ndarray, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-    """One adapter value against the model's input ``name``: same dtype, same shape, finite."""
+    """One adapter value against the model's input ``name``: same dtype, same shape, then the value checks
+    every backend shares (``vera_ref.values.checked_values``: finite, spec 4.6 rule 25)."""
     value = np.asarray(value)
     if value.dtype != dtype:
         raise OnnxAdapterError(name, f"dtype {value.dtype} in the adapter, {np.dtype(dtype)} in the model")
     if tuple(value.shape) != tuple(shape):
         raise OnnxAdapterError(name, f"shape {list(value.shape)} in the adapter, {list(shape)} in the model")
-    bad = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
-    if bad:
-        raise OnnxAdapterError(name, f"{bad} of {value.size} values are NaN or infinite; refused")
-    return np.ascontiguousarray(value)
+    return _checked(name, value, dtype, shape)
+
+
+def _checked(name: str, value, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+    """``vera_ref.values.checked_values`` in the model's dtype, raising ``OnnxAdapterError``."""
+    out = checked_values(name, value, tuple(shape), dtype, error=OnnxAdapterError)
+    return np.ascontiguousarray(out.astype(dtype, copy=False))
 
 
 def check_parameters(params: dict[str, np.ndarray], shapes: dict[str, tuple[np.dtype, tuple[int, ...]]]
@@ -61,12 +67,10 @@ def check_parameters(params: dict[str, np.ndarray], shapes: dict[str, tuple[np.d
 
 def _cast(name: str, values, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
     """A VeRA file's vector in the model's dtype; values that overflow it are refused, not served as inf."""
-    arr = np.asarray(values, dtype=np.float64)
+    arr = np.asarray(values)
     if arr.size != int(np.prod(shape)):
         raise OnnxAdapterError(name, f"shape {list(arr.shape)} in the adapter, {list(shape)} in the model")
-    with np.errstate(over="ignore", invalid="ignore"):
-        arr = arr.astype(dtype).reshape(shape)
-    return check_values(name, arr, dtype, shape)
+    return _checked(name, arr.reshape(shape), dtype, shape)
 
 
 def adapter_parameters(adapter: str | os.PathLike | Adapter, model: str | os.PathLike | onnx.ModelProto
@@ -145,20 +149,17 @@ def read_parameters(path: str | os.PathLike, model: str | os.PathLike | onnx.Mod
 
 
 def read_checked(path: str | os.PathLike, shapes: dict[str, tuple[np.dtype, tuple[int, ...]]]) -> dict[str, np.ndarray]:
-    """``read_parameters`` given the model's ``parameter_shapes()``."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise OnnxAdapterError("file", f"{path} is not a regular file")
-    try:
-        fmt = ort.AdapterFormat.read_adapter(path)
-        # the OrtValues point into ``fmt``'s buffer and do not keep it alive (ORT 1.32): copy while it lives
-        values = {k: np.array(v.numpy(), copy=True) for k, v in fmt.get_parameters().items()}
-    except Exception as exc:  # ORT raises RuntimeError/Fail for anything it cannot parse
-        raise OnnxAdapterError("file", f"{path} is not an ONNX Runtime adapter file "
-                                       f"({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})"
-                               ) from None
-    del fmt
-    return check_parameters(values, shapes)
+    """``read_parameters`` given the model's ``parameter_shapes()``: the file read once and bounded by what
+    the model needs (``adapter_file``), its parameters checked."""
+    return check_parameters(read_adapter_bytes(path, shapes)[1], shapes)
+
+
+def read_adapter_bytes(path: str | os.PathLike, shapes: dict[str, tuple[np.dtype, tuple[int, ...]]]
+                       ) -> tuple[bytes, dict[str, np.ndarray]]:
+    """(the file's bytes, its parameters parsed from those bytes), unchecked against ``shapes`` but
+    bounded by them: a file larger than ``adapter_file.size_bound(shapes)`` is refused unread."""
+    data = read_bytes(path, size_bound(shapes))
+    return data, parse(data, os.fspath(path))
 
 
 def _export_adapter_into(fmt: "ort.AdapterFormat", f) -> None:
@@ -188,17 +189,22 @@ def onnx_adapter(adapter: str | os.PathLike | Adapter, model: str | os.PathLike 
                               adapter if not isinstance(adapter, Adapter) else None)
 
 
-def write_onnx_adapter(params: dict[str, np.ndarray], out: str | os.PathLike,
-                       source: str | os.PathLike | None = None) -> dict[str, str]:
-    """Write checked ``params`` as an ONNX Runtime adapter file plus its ``.json`` sidecar (atomically)."""
+def write_adapter_file(params: dict[str, np.ndarray], out: str | os.PathLike) -> None:
+    """Write checked ``params`` as an ONNX Runtime adapter file (atomically), without a sidecar."""
     fmt = ort.AdapterFormat()
     fmt.set_adapter_version(1)
     fmt.set_model_version(1)
     # OrtValues from NumPy borrow the arrays' memory: ``params`` keeps them alive until the file is written
     fmt.set_parameters({k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in params.items()})
-    out = os.fspath(out)
-    with atomic_file(out) as f:
+    with atomic_file(os.fspath(out)) as f:
         _export_adapter_into(fmt, f)
+
+
+def write_onnx_adapter(params: dict[str, np.ndarray], out: str | os.PathLike,
+                       source: str | os.PathLike | None = None) -> dict[str, str]:
+    """Write checked ``params`` as an ONNX Runtime adapter file plus its ``.json`` sidecar (atomically)."""
+    out = os.fspath(out)
+    write_adapter_file(params, out)
     mapping = {k: k for k in params}
     sidecar = {"format": MAP_FORMAT, "source": os.fspath(source) if source else None, "inputs": mapping}
     atomic_write_bytes(out + ".json", json.dumps(sidecar, indent=1, sort_keys=True).encode())

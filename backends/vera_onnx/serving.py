@@ -16,6 +16,7 @@ mixes any of them row by row (``run(..., adapter_ids=[...])``).
 """
 from __future__ import annotations
 
+import itertools
 import os
 import tempfile
 from typing import Any, Sequence
@@ -27,9 +28,10 @@ from onnx import numpy_helper
 
 from vera_ref.adapter import Adapter
 
-from .adapters import adapter_parameters, check_parameters, fit_adapter, onnx_adapter, read_checked, write_onnx_adapter
+from .adapters import (adapter_parameters, check_parameters, fit_adapter, onnx_adapter, read_adapter_bytes,
+                       read_checked, write_adapter_file)
 from .description import BASE_SLOT, describe, overridable_inputs, parameter_shapes
-from .errors import OnnxError
+from .errors import OnnxAdapterError, OnnxError
 
 __all__ = ["VeraOnnxSession", "onnx_adapter", "adapter_parameters"]
 
@@ -40,17 +42,25 @@ class VeraOnnxSession:
     def __init__(self, model_path: str | os.PathLike, providers: Sequence[str] | None = None,
                  sess_options: ort.SessionOptions | None = None) -> None:
         self.model_path = os.fspath(model_path)
-        model = onnx.load(self.model_path)
+        with open(self.model_path, "rb") as f:  # read once: the description and the session see the same model
+            blob = f.read()
+        model = onnx.load_from_string(blob)
         self.description = describe(model)
         self.mode: str = self.description["mode"]
         so = sess_options or ort.SessionOptions()
         so.log_severity_level = 3  # the lambda inputs are overridable initializers by design; ORT warns about each
-        self.session = ort.InferenceSession(self.model_path, so, providers=list(providers or ["CPUExecutionProvider"]))
+        external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+        # a model with external data needs its path for ONNX Runtime to find the data files next to it
+        self.session = ort.InferenceSession(self.model_path if external else blob, so,
+                                            providers=list(providers or ["CPUExecutionProvider"]))
+        del blob
         self._inputs = overridable_inputs(model)
         self._shapes = parameter_shapes(model, self.description)
         self.adapters: dict[str, tuple[ort.LoraAdapter, frozenset[str]]] = {}  # hot-swap mode
         self.slots: dict[str, int] = {}  # multi mode: adapter name -> table row
-        self._tmp = tempfile.TemporaryDirectory(prefix="vera-onnx-")
+        self._tmp = tempfile.TemporaryDirectory(prefix="vera-onnx-")  # private: the files ONNX Runtime maps
+        self._files: dict[str, str] = {}  # hot-swap mode: adapter name -> its private file
+        self._count = itertools.count()
         if self.mode == "multi":
             self.capacity: int = int(self.description["capacity"])
             self._index_name: str = self.description["index_input"]
@@ -81,15 +91,45 @@ class VeraOnnxSession:
         if self.mode == "multi":
             self._load_slot(name, self._parameters(path))
             return
-        params = self._parameters(path)  # checked against the model
+        # ONNX Runtime loads adapters from a path only: it gets a private file holding exactly what was
+        # checked (issue 23, 11: never the user's path again, which may have been replaced since)
+        file = os.path.join(self._tmp.name, f"{next(self._count)}.onnx_adapter")
         if isinstance(path, Adapter) or str(path).endswith(".safetensors"):
-            file = os.path.join(self._tmp.name, f"{len(os.listdir(self._tmp.name))}.onnx_adapter")
-            write_onnx_adapter(params, file)
+            params = self._parameters(path)  # checked against the model
+            write_adapter_file(params, file)
         else:
-            file = os.fspath(path)
-        la = ort.LoraAdapter()
-        la.Load(file)
+            data, raw = read_adapter_bytes(path, self._shapes)  # one read, bounded by the model
+            params = check_parameters(raw, self._shapes)
+            with open(file, "xb") as f:
+                f.write(data)
+        try:
+            self._same_as_checked(file, params)
+            la = ort.LoraAdapter()
+            la.Load(file)
+        except BaseException:
+            os.unlink(file)
+            raise
+        old = self._files.get(name)
         self.adapters[name] = (la, frozenset(params))
+        self._files[name] = file
+        if old is not None:
+            os.unlink(old)  # the replaced adapter's mapping stays valid after the unlink (POSIX)
+
+    @staticmethod
+    def _same_as_checked(file: str, params: dict[str, np.ndarray]) -> None:
+        """ONNX Runtime's own reading of the private file must give the checked values, bit for bit."""
+        try:
+            fmt = ort.AdapterFormat.read_adapter(file)
+            got = {k: np.array(v.numpy(), copy=True) for k, v in fmt.get_parameters().items()}
+            del fmt
+        except Exception as exc:  # ORT raises RuntimeError/Fail for anything it cannot parse
+            raise OnnxAdapterError("file", f"ONNX Runtime cannot read the checked adapter ({type(exc).__name__})"
+                                   ) from None
+        if sorted(got) != sorted(params) or any(
+                got[k].dtype != params[k].dtype or got[k].shape != params[k].shape
+                or got[k].tobytes() != params[k].tobytes() for k in params):
+            raise OnnxAdapterError("file", "ONNX Runtime reads other values from this adapter than the checks did; "
+                                           "refused")
 
     def set_adapter_values(self, name: str, values: dict[str, np.ndarray], *, replace: bool = False) -> None:
         """Load in-memory values ({input name: one adapter's array}) as adapter ``name`` (multi mode);
@@ -125,6 +165,9 @@ class VeraOnnxSession:
         if name not in self.adapters:
             raise OnnxError(f"no adapter named {name!r} is loaded")
         del self.adapters[name]
+        file = self._files.pop(name, None)
+        if file is not None:
+            os.unlink(file)
 
     @property
     def loaded(self) -> list[str]:
@@ -134,8 +177,22 @@ class VeraOnnxSession:
     def _unknown(self, n: Any) -> OnnxError:
         return OnnxError(f"no adapter named {n!r} is loaded (loaded: {', '.join(self.loaded) or 'none'})")
 
+    @staticmethod
+    def _ids(value: Any, what: str, allow_none: bool) -> list:
+        """A list or tuple (or NumPy array) of adapter names (and None where ``allow_none``), or OnnxError."""
+        if isinstance(value, np.ndarray):
+            value = value.tolist()
+        if not isinstance(value, (list, tuple)):
+            raise OnnxError(f"{what} is a list with one adapter name (or None) per row, got a {type(value).__name__}")
+        for i, n in enumerate(value):
+            if not (isinstance(n, str) or (allow_none and n is None)):
+                raise OnnxError(f"{what}[{i}]: adapter names are strings{' or None' if allow_none else ''}, "
+                                f"got a {type(n).__name__}")
+        return list(value)
+
     def _run_options(self, adapter: str | Sequence[str] | None) -> ort.RunOptions:
-        names = [] if adapter is None else [adapter] if isinstance(adapter, str) else list(adapter)
+        names = [] if adapter is None else [adapter] if isinstance(adapter, str) else self._ids(adapter, "adapter",
+                                                                                                 False)
         ro = ort.RunOptions()
         seen: dict[str, str] = {}
         for n in names:
@@ -154,6 +211,7 @@ class VeraOnnxSession:
         """The per-row index input for ``adapter_ids`` (None: the base model); multi mode."""
         if isinstance(adapter_ids, str):
             raise OnnxError("adapter_ids is a list with one adapter name (or None) per row, got a string")
+        adapter_ids = self._ids(adapter_ids, "adapter_ids", True)
         idx = np.empty(len(adapter_ids), np.int64)
         for i, n in enumerate(adapter_ids):
             if n is None:
@@ -176,7 +234,9 @@ class VeraOnnxSession:
         model, ``adapter_ids``: one loaded adapter name (or None) per row of the batch."""
         if self.mode != "multi":
             if adapter_ids is not None:
-                ids = set(adapter_ids)
+                if isinstance(adapter_ids, str):
+                    raise OnnxError("adapter_ids is a list with one adapter name (or None) per row, got a string")
+                ids = set(self._ids(adapter_ids, "adapter_ids", True))
                 if len(ids) > 1:
                     raise OnnxError("this model serves one adapter per run (exported with mode='hotswap'); export "
                                     "it with mode='multi' to mix adapters in one batch")

@@ -108,9 +108,30 @@ def _class_key(view) -> tuple:
 
 
 class _Index:
-    """The per-row adapter index of the current forward (multi mode), shared by every layer."""
+    """The per-row adapter index of the current forward (multi mode), shared by every layer.
 
-    value: torch.Tensor | None = None
+    Issue 23 (12): ONNX's Gather reads index -1 as the last row (slot K, another tenant's adapter)
+    and -(K+1) as row 0 (the base). The graph never lets that happen: an index outside 0..K is
+    routed to row K+1, out of every table's bounds, so ONNX Runtime's Gather raises ("indices
+    element out of data bounds") for the whole run; and where a Gather does not check bounds
+    (an execution provider that reads zeros) the row's lambda_d and head output are NaN, never
+    another row's values."""
+
+    rows: int = 1  # K + 1: table rows (the base model and K slots)
+    value: torch.Tensor | None = None  # (batch,) int64, out-of-range entries replaced by ``rows``
+    bad: torch.Tensor | None = None  # (batch,) bool: the entry was outside 0..K
+
+    def set(self, idx: torch.Tensor | None) -> None:
+        if idx is None:
+            self.value = self.bad = None
+            return
+        self.bad = (idx < 0) | (idx >= self.rows)  # (batch,)
+        self.value = torch.where(self.bad, torch.full_like(idx, self.rows), idx)
+
+
+def _poison(rows: torch.Tensor, index: _Index) -> torch.Tensor:
+    """rows (batch, n) with NaN where the row's adapter index was out of range (see ``_Index``)."""
+    return torch.where(index.bad[:, None], torch.full_like(rows, float("nan")), rows)
 
 
 class _ExportRoot(nn.Module):
@@ -129,7 +150,8 @@ class _ExportRoot(nn.Module):
 
     def forward(self, *tensors: torch.Tensor):
         if self._index is not None:
-            self._index.value, tensors = tensors[-1], tensors[:-1]
+            self._index.set(tensors[-1])
+            tensors = tensors[:-1]
         return _flatten(self.call(tensors))
 
     def call(self, tensors: Sequence[torch.Tensor]) -> Any:
@@ -251,9 +273,12 @@ def _check_rows(x: torch.Tensor, index: _Index, what: str) -> torch.Tensor:
     return idx
 
 
-def _per_row(table: torch.Tensor, index: _Index, x: torch.Tensor, what: str) -> torch.Tensor:
-    """table (K+1, n) gathered by the batch's adapter index -> (batch, 1, ..., 1, n) broadcasting over x."""
+def _per_row(table: torch.Tensor, index: _Index, x: torch.Tensor, what: str, poison: bool = False) -> torch.Tensor:
+    """table (K+1, n) gathered by the batch's adapter index -> (batch, 1, ..., 1, n) broadcasting over x;
+    ``poison``: NaN rows where the index was out of range (``_Index``)."""
     rows = table.index_select(0, _check_rows(x, index, what))  # (batch, n)
+    if poison:
+        rows = _poison(rows, index)
     for _ in range(x.dim() - 2):
         rows = rows.unsqueeze(1)
     return rows
@@ -285,7 +310,7 @@ class _MultiLayer(nn.Module):
             dt = ld_t.dtype
             B = getattr(self._proj, f"B_{key}")[:out_f, :].to(dt)  # (out, r), spec 2.3
             h = self._proj.project_in(x, key, in_f, dt)  # (batch, ..., r)
-            ld = _per_row(ld_t, self._index, x, self.path)  # (batch, 1.., r)
+            ld = _per_row(ld_t, self._index, x, self.path, poison=True)  # (batch, 1.., r)
             lb = _per_row(lb_t, self._index, x, self.path)  # (batch, 1.., out)
             v = torch.matmul(h * ld, B.t())  # (batch, ..., out)
             y = y + (v * lb).to(y.dtype)
@@ -310,6 +335,7 @@ class _MultiHead(nn.Module):
         y = torch.matmul(xs.to(W.dtype), W.transpose(1, 2))  # (batch, m, out)
         if self.bias is not None:
             y = y + self.bias.index_select(0, idx).unsqueeze(1)
+        y = _poison(y.flatten(1), self._index).reshape(y.shape)  # (batch, m, out); NaN rows: index out of range
         y = y.squeeze(1) if squeeze else y.reshape(x.shape[:-1] + (W.shape[1],))
         return y.to(x.dtype)
 
@@ -463,6 +489,8 @@ def export(vera_model, example_args: tuple | torch.Tensor | Mapping[str, Any], p
         _run_exporter(exporter, root, tuple(tensors), path, input_names, names_out, axes, fold=True)
         return onnx.load(path)
     index = _Index() if mode == "multi" else None
+    if index is not None:
+        index.rows = (capacity or 0) + 1
     views = [view]  # one per projection class; multi mode serves every class of the model's adapters
     if index is not None:
         if not gen.generates:
@@ -587,11 +615,11 @@ def _names_and_axes(root: _ExportRoot, tensors: list[torch.Tensor], input_names:
 
 def _probe(root: _ExportRoot, tensors: list[torch.Tensor]) -> Any:
     """One forward of a multi root outside tracing (the index is the last tensor)."""
-    root._index.value = tensors[-1]
+    root._index.set(tensors[-1])
     try:
         return root.call(tensors[:-1])
     finally:
-        root._index.value = None
+        root._index.set(None)
 
 
 def _rename(model: onnx.ModelProto, names: dict[str, str]) -> None:
