@@ -195,7 +195,7 @@ def save_adapter(adapter: Adapter, path: str | os.PathLike) -> None:
     container.write_atomic(path, [payload])
 
 
-def _check_kind(meta: Mapping[str, str], tensors: Mapping[str, object]) -> None:
+def _check_kind(meta: Mapping[str, str], tensors: Iterable[str]) -> None:
     """spec 4.6 step 8: the magic; a file without it is named if it is a PEFT adapter."""
     fmt = meta.get(FORMAT_KEY)
     if fmt is None:
@@ -206,18 +206,20 @@ def _check_kind(meta: Mapping[str, str], tensors: Mapping[str, object]) -> None:
         fail("E4.6.8.3", json=fmt)
 
 
-def build_adapter(meta: Mapping[str, str], tensors: Mapping[str, container.RawTensor], *,
-                  max_projection_elements: int = DEFAULT_MAX_PROJECTION_ELEMENTS,
-                  verify_checksums: bool = True) -> Adapter:
-    """spec 4.6 steps 8-26 on a container read by ``container.read``/``container.parse`` (which
-    applied steps 0-7, so the document's text is already within the bound of E4.6.4.2)."""
-    _check_kind(meta, tensors)
+def check_layout(meta: Mapping[str, str], entries: Mapping[str, tuple], *,
+                 max_projection_elements: int = DEFAULT_MAX_PROJECTION_ELEMENTS
+                 ) -> tuple[AdapterConfig, list[TensorSpec]]:
+    """spec 4.6 steps 8-24: every rule that needs no tensor bytes, on the header's metadata and
+    entries ({name: (dtype code, shape, ...)}). Returns the config and the expected tensors
+    (spec 4.4 order), which a reader then reads, checks (step 25) and assembles (spec 4.1: no
+    tensor byte is read before these rules pass)."""
+    _check_kind(meta, entries)
     version = meta.get(VERSION_KEY)
     check_version(version)
     text = meta.get(CONFIG_KEY)
     if text is None:
         fail("E4.6.10.1")
-    cfg = parse_config(text, version, counted=True)
+    cfg = parse_config(text, version)  # counts the document's own characters (E4.6.10.2, spec 4.1.1)
     # spec 4.6 step 22: the size limit is checked before anything is generated or compared
     if cfg.projection_elements() > max_projection_elements:
         fail("E4.6.22.1", n=cfg.projection_elements(), max=max_projection_elements)
@@ -227,23 +229,34 @@ def build_adapter(meta: Mapping[str, str], tensors: Mapping[str, container.RawTe
         if t.role == "extra" and t.name in vera_names:
             fail("E4.6.23.1", t.name)
     for t in expected:
-        if t.name not in tensors:
+        if t.name not in entries:
             fail("E4.6.23.2", t.name)
     names = {t.name for t in expected}
-    for name in sorted(tensors):
+    for name in sorted(entries):
         if name not in names:
             fail("E4.6.23.3", name)
     for t in expected:  # step 24
-        got = tensors[t.name]
-        if t.shape is not None and got.shape != t.shape:
-            fail("E4.6.24.1", t.name, shape=list(got.shape), expected=list(t.shape))
-        if t.role == "vector" and got.dtype != t.dtype:
-            fail("E4.6.24.2", t.name, d=got.dtype, dtype=cfg.vector_dtype)
-        if t.role == "projection" and got.dtype != t.dtype:
-            fail("E4.6.24.3", t.name, d=got.dtype)
-    for t in expected:  # step 25
-        if not np.all(np.isfinite(tensors[t.name].data)):
-            fail("E4.6.25.1", t.name)
+        dtype, shape = entries[t.name][:2]
+        if t.shape is not None and tuple(shape) != t.shape:
+            fail("E4.6.24.1", t.name, shape=list(shape), expected=list(t.shape))
+        if t.role == "vector" and dtype != t.dtype:
+            fail("E4.6.24.2", t.name, d=dtype, dtype=cfg.vector_dtype)
+        if t.role == "projection" and dtype != t.dtype:
+            fail("E4.6.24.3", t.name, d=dtype)
+    return cfg, expected
+
+
+FINITE_CHUNK = 1 << 16  # elements checked per step: no temporary of the tensor's size
+
+
+def all_finite(data: np.ndarray) -> bool:
+    """spec 4.6 step 25 for one tensor, a chunk at a time."""
+    flat = data.reshape(-1)
+    return all(bool(np.isfinite(flat[i:i + FINITE_CHUNK]).all()) for i in range(0, flat.size, FINITE_CHUNK))
+
+
+def _assemble(cfg: AdapterConfig, tensors: Mapping[str, container.RawTensor], verify_checksums: bool) -> Adapter:
+    """The adapter from tensors that passed steps 23-25; step 26 (checksums) if asked."""
     if cfg.tensor_layout == "packed":
         ends = np.cumsum([m.out_features for m in cfg.modules])
         lds = {m.name: tensors[PACKED_D].data[i] for i, m in enumerate(cfg.modules)}
@@ -267,12 +280,36 @@ def build_adapter(meta: Mapping[str, str], tensors: Mapping[str, container.RawTe
     return ad
 
 
+def build_adapter(meta: Mapping[str, str], tensors: Mapping[str, container.RawTensor], *,
+                  max_projection_elements: int = DEFAULT_MAX_PROJECTION_ELEMENTS,
+                  verify_checksums: bool = True) -> Adapter:
+    """spec 4.6 steps 8-26 on a container already read by ``container.read``/``container.parse``
+    (which applied steps 0-7). ``load_adapter`` reads a file's tensors only after steps 8-24."""
+    cfg, expected = check_layout(meta, {n: (t.dtype, t.shape) for n, t in tensors.items()},
+                                 max_projection_elements=max_projection_elements)
+    for t in expected:  # step 25
+        if not all_finite(tensors[t.name].data):
+            fail("E4.6.25.1", t.name)
+    return _assemble(cfg, tensors, verify_checksums)
+
+
 def load_adapter(path: str | os.PathLike, *, max_projection_elements: int = DEFAULT_MAX_PROJECTION_ELEMENTS,
                  verify_checksums: bool = True) -> Adapter:
-    """Read and check a VeRA adapter file (spec 4.6); raises AdapterFileError (``.code``, ``.field``)."""
-    meta, tensors = container.read(path)
-    return build_adapter(meta, tensors, max_projection_elements=max_projection_elements,
-                         verify_checksums=verify_checksums)
+    """Read and check a VeRA adapter file (spec 4.6); raises AdapterFileError (``.code``, ``.field``).
+
+    Steps 0-24 run on the header alone; only then is each expected tensor read, once, into
+    its final array, and checked (step 25) before the next is read (spec 4.1). A file refused
+    before step 25 costs its header to read, whatever its size.
+    """
+    with container.open_regular(path) as f:
+        meta, entries, start = container.read_header(f, os.fstat(f.fileno()).st_size)
+        cfg, expected = check_layout(meta, entries, max_projection_elements=max_projection_elements)
+        tensors: dict[str, container.RawTensor] = {}
+        for name, raw in container.iter_tensors(f, entries, start, [t.name for t in expected]):
+            if not all_finite(raw.data):  # step 25, in the order of spec 4.4
+                fail("E4.6.25.1", name)
+            tensors[name] = raw
+    return _assemble(cfg, tensors, verify_checksums)
 
 
 def validate_adapter(path: str | os.PathLike, *,
@@ -282,5 +319,6 @@ def validate_adapter(path: str | os.PathLike, *,
 
 
 __all__ = ["Adapter", "new_adapter", "save_adapter", "load_adapter", "validate_adapter", "build_adapter",
+           "check_layout", "all_finite",
            "tensor_plan", "generate_projection", "sha256_hex", "base_fingerprint", "lambda_d_key", "lambda_b_key",
            "stored_keys", "PACKED_D", "PACKED_B"]

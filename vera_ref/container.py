@@ -18,7 +18,7 @@ import json
 import os
 import stat
 from dataclasses import dataclass
-from typing import BinaryIO, Mapping
+from typing import BinaryIO, Iterable, Iterator, Mapping
 
 import numpy as np
 
@@ -53,7 +53,8 @@ def encode(array: np.ndarray, dtype: str) -> bytes:
 
 
 def decode(buf: bytes, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
-    """Values of a stored tensor (a copy: tensor data need not be aligned, spec 4.1)."""
+    """Values of a stored tensor given as bytes (a copy: tensor data need not be aligned, spec 4.1).
+    The readers use ``read_tensor``, which reads a file's bytes straight into the array."""
     if dtype == "BF16":
         return bf16_from_bits(np.frombuffer(buf, dtype="<u2")).reshape(shape)
     return np.frombuffer(buf, dtype=_NP[dtype]).astype(_NP[dtype][1:]).reshape(shape)
@@ -138,19 +139,25 @@ def read_header(f: BinaryIO, file_size: int) -> tuple[dict[str, str], dict[str, 
         fail("E4.6.3.1", N=n, size=file_size)
     # spec 4.1.1, steps 4.1-4.7: begins with '{', bounded (counted while reading, so a hostile
     # header is refused after its first megabytes), UTF-8, then the dialect's rules
-    raw, count = bytearray(), 0
-    while len(raw) < n:
-        chunk = f.read(min(1 << 20, n - len(raw)))
-        if not chunk:  # the file shrank while we read it
-            fail("E4.6.3.1", N=n, size=8 + len(raw))
-        if not raw and chunk[:1] != b"{":
+    if n == 0:
+        fail("E4.6.4.1")
+    raw, pos, count = bytearray(min(n, 1 << 20)), 0, 0  # grown as the header arrives, not to N at once
+    while pos < n:
+        if len(raw) == pos:
+            raw.extend(bytes(min(len(raw), n - len(raw))))  # doubles: a shrinking file costs what it holds
+        view = memoryview(raw)[pos:pos + min(1 << 20, n - pos)]
+        got = f.readinto(view)
+        if not got:  # the file shrank while we read it
+            view.release()
+            fail("E4.6.3.1", N=n, size=8 + pos)
+        if pos == 0 and raw[0] != 0x7B:  # '{'
+            view.release()
             fail("E4.6.4.1")
-        count += jsontext.structural_count(chunk)
+        count += jsontext.structural_count(view[:got])
+        view.release()
         if count > jsontext.MAX_STRUCTURAL:
             fail("E4.6.4.2")
-        raw += chunk
-    if not raw:
-        fail("E4.6.4.1")
+        pos += got
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -206,19 +213,63 @@ def open_regular(path: str | os.PathLike) -> BinaryIO:
     return os.fdopen(fd, "rb")
 
 
+READ_CHUNK = 1 << 26  # bytes per read call: a tensor is read into its final array in steps of this size
+_BF16_CHUNK = 1 << 16  # BF16 elements widened to float32 per step (a 128 KiB buffer)
+
+
+def _readinto(f: BinaryIO, view: memoryview, name: str, begin: int, end: int) -> None:
+    """Fill ``view`` (bytes) from ``f``; a short read means the file shrank while we read it."""
+    pos = 0
+    while pos < len(view):
+        got = f.readinto(view[pos:pos + READ_CHUNK])
+        if not got:
+            fail("E4.6.6.8", name, b=begin, e=end, n=begin + pos)
+        pos += got
+
+
+def read_tensor(f: BinaryIO, start: int, name: str, entry: Entry) -> np.ndarray:
+    """The values of one checked tensor entry, read once straight into the array returned.
+
+    No intermediate copy: F64/F32/F16 bytes land in their final (aligned) array (spec 4.1:
+    data need not be aligned in the file); BF16 bit patterns are widened to float32 a chunk at
+    a time. Memory: the tensor's size (twice its stored size for BF16) plus a fixed buffer.
+    """
+    dtype, shape, begin, end = entry
+    f.seek(start + begin)
+    if dtype != "BF16":
+        out = np.empty(shape, dtype=_NP[dtype])
+        _readinto(f, memoryview(out.reshape(-1)).cast("B"), name, begin, end)
+        if not out.dtype.isnative:  # a big-endian machine: swap in place
+            out = out.byteswap(inplace=True).view(out.dtype.newbyteorder())
+        return out
+    out = np.empty(shape, dtype=np.float32)
+    flat = out.reshape(-1)
+    bits = np.empty(min(flat.size, _BF16_CHUNK), dtype="<u2")
+    for i in range(0, flat.size, _BF16_CHUNK):
+        k = min(_BF16_CHUNK, flat.size - i)
+        _readinto(f, memoryview(bits[:k]).cast("B"), name, begin + 2 * i, end)
+        flat[i:i + k] = bf16_from_bits(bits[:k])
+    return out
+
+
+def iter_tensors(f: BinaryIO, entries: Mapping[str, Entry], start: int,
+                 names: Iterable[str] | None = None) -> Iterator[tuple[str, RawTensor]]:
+    """Read the tensors ``names`` (default: all, in name order) one at a time, each once."""
+    for name in (entries if names is None else names):
+        entry = entries[name]
+        yield name, RawTensor(entry[0], entry[1], read_tensor(f, start, name, entry))
+
+
 def _read_tensors(f: BinaryIO, entries: Mapping[str, Entry], start: int) -> dict[str, RawTensor]:
-    tensors = {}
-    for name, (dtype, shape, begin, end) in entries.items():
-        f.seek(start + begin)
-        buf = f.read(end - begin)
-        if len(buf) != end - begin:  # the file shrank while we read it
-            fail("E4.6.6.8", name, b=begin, e=end, n=len(buf) + begin)
-        tensors[name] = RawTensor(dtype, shape, decode(buf, dtype, shape))
-    return tensors
+    return dict(iter_tensors(f, entries, start))
 
 
 def read(path: str | os.PathLike) -> tuple[dict[str, str], dict[str, RawTensor]]:
-    """Read a whole safetensors file after checking it (spec 4.6 steps 0-7)."""
+    """Read a whole safetensors file after checking it (spec 4.6 steps 0-7).
+
+    For an adapter, ``vera_ref.adapter.load_adapter`` reads less: it applies every rule that
+    needs no tensor bytes before it reads any (spec 4.1).
+    """
     with open_regular(path) as f:
         meta, entries, start = read_header(f, os.fstat(f.fileno()).st_size)
         return meta, _read_tensors(f, entries, start)
@@ -265,6 +316,7 @@ def write(path: str | os.PathLike, metadata: Mapping[str, str], tensors: Mapping
     write_atomic(path, [to_bytes(metadata, tensors)])
 
 
-__all__ = ["RawTensor", "read", "read_metadata", "read_header", "parse", "open_regular", "looks_like_onnx",
+__all__ = ["RawTensor", "read", "read_metadata", "read_header", "read_tensor", "iter_tensors", "parse",
+           "open_regular", "looks_like_onnx",
            "write", "to_bytes", "write_atomic", "encode", "decode", "MAX_HEADER_BYTES", "MAX_DIMS",
            "SAFETENSORS_CODE", "FROM_CODE"]

@@ -269,13 +269,15 @@ def check_version(version: str | None) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def parse_document(text: str, *, counted: bool = False) -> dict[str, Any]:
+def parse_document(text: str) -> dict[str, Any]:
     """spec 4.6 step 10: the document's JSON text under the dialect of spec 4.1.1, an object.
 
-    ``counted=True`` skips rule E4.6.10.2 for a text from a header that passed E4.6.4.2.
+    Rule E4.6.10.2 counts the document's own characters, always: a header's escapes
+    (``\\u005b``, ``\\u002c``, ``\\u0022``) become characters of the document that the header's
+    count (E4.6.4.2, on its bytes) does not see (spec 4.1.1 rule 2, 1.2).
     """
     try:
-        doc = jsontext.loads(text, counted=counted)
+        doc = jsontext.loads(text)
     except jsontext.JsonRuleError as exc:
         if exc.rule == "count":
             fail("E4.6.10.2")
@@ -289,13 +291,10 @@ def parse_document(text: str, *, counted: bool = False) -> dict[str, Any]:
     return doc
 
 
-def parse_config(text: str, version: str = SPEC_VERSION, *, counted: bool = False) -> AdapterConfig:
-    """Parse and check the metadata document (spec 4.3, steps 9-21 of 4.6).
-
-    ``counted=True``: ``text`` comes from a header that passed E4.6.4.2 (``container.read``).
-    """
+def parse_config(text: str, version: str = SPEC_VERSION) -> AdapterConfig:
+    """Parse and check the metadata document (spec 4.3, steps 9-21 of 4.6)."""
     _, minor = check_version(version)
-    doc = parse_document(text, counted=counted)
+    doc = parse_document(text)
     unknown = sorted(set(doc) - set(KNOWN_FIELDS))
     if unknown and minor <= SPEC_MINOR:  # spec 4.8: a newer minor may add fields we skip
         fail("E4.6.11.1", unknown[0])
