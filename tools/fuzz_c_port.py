@@ -99,9 +99,9 @@ def python_verdict(fuzz, blob: bytes) -> str:
     ``rejected CODE FIELD``); ``other ...`` for any exception that is not AdapterFileError."""
     kind, value = fuzz.outcome(blob)
     if kind == "accepted":
-        parts = ["accepted"]
-        for e in value.config.projection_sha256:
-            parts += [str(e["group"]), e["A"], e["B"]]
+        parts = ["accepted"]  # per group (spec 2.4): its number, and A's and B's checksums (verified)
+        for (g, _, _), e in zip(value.config.groups(), value.config.projection_sha256):
+            parts += [str(g), e["A"], e["B"]]
         return " ".join(parts)
     if kind == "rejected":
         return f"rejected {value.code} {escape_field(value.field)}"
