@@ -41,7 +41,9 @@ from . import container, jsontext
 from .adapter import Adapter
 from .dtypes import FROM_CODE, SAFETENSORS_CODE, round_to
 from .errors import AdapterFileError, ConversionError, ModelMismatchError
-from .metadata import AdapterConfig, ModuleSpec
+from . import generators
+from .adapter import generate_projection
+from .metadata import SPEC_VERSION, AdapterConfig, ModuleSpec, config_json, parse_config
 from .peft_mt19937 import peft_projection
 from .peft_regex import RegexError, compile_untrusted
 
@@ -51,6 +53,9 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 MAX_CONFIG_BYTES = 1 << 20  # an adapter_config.json is a few hundred bytes; refuse anything absurd
 MAX_DIMS_BYTES = 1 << 24  # --dims: a few dozen bytes per module
 _LD, _LB = ".vera_lambda_d", ".vera_lambda_b"
+CARRIED_CONFIG = "vera_ref.vera_config"  # safetensors metadata: the spec document (README "PEFT compatibility")
+CARRIED_VERSION = "vera_ref.vera_spec_version"
+_IGNORED_NOTE = "carried_vera_config_ignored"
 _KEY_NOTE = "peft_projection_prng_key"  # provenance: the PEFT key stored projections were drawn with
 
 
@@ -285,6 +290,11 @@ def _check_dims(dims: Mapping, where: str = "dims") -> dict[str, tuple[int, int]
 
 def read_peft(directory: str | os.PathLike) -> tuple[dict, dict[str, container.RawTensor]]:
     """adapter_config.json (bounded JSON, peft_type VERA) and the tensors of adapter_model.safetensors."""
+    cfg, _, tensors = _read_peft(directory)
+    return cfg, tensors
+
+
+def _read_peft(directory: str | os.PathLike) -> tuple[dict, dict[str, str], dict[str, container.RawTensor]]:
     d = Path(directory)
     if not d.exists():
         raise ConversionError(f"{d}: no such folder (a PEFT checkpoint is a folder with {CONFIG_FILE} and "
@@ -301,10 +311,45 @@ def read_peft(directory: str | os.PathLike) -> tuple[dict, dict[str, container.R
     if not (d / WEIGHTS_FILE).exists():
         raise ConversionError(f"{d}: no {WEIGHTS_FILE} (only the safetensors format is read)")
     try:
-        _, tensors = container.read(d / WEIGHTS_FILE)
+        meta, tensors = container.read(d / WEIGHTS_FILE)
     except AdapterFileError as exc:
         raise ConversionError(f"{d / WEIGHTS_FILE}: {exc}") from None
-    return cfg, tensors
+    return cfg, meta, tensors
+
+
+# -- the spec document carried through a PEFT file ---------------------------------------------
+def _carried(meta: Mapping[str, str], where: Path) -> AdapterConfig | None:
+    """The spec metadata document ``adapter_to_peft`` put in the safetensors metadata (README "PEFT
+    compatibility"), parsed with the spec's own rules (spec 4.6 steps 9-21); None if absent."""
+    text = meta.get(CARRIED_CONFIG)
+    if text is None:
+        return None
+    try:
+        return parse_config(text, meta.get(CARRIED_VERSION))
+    except AdapterFileError as exc:
+        raise ConversionError(f"{where}: metadata {CARRIED_CONFIG}: {exc}") from None
+
+
+def _adopt(carried: AdapterConfig, acfg: AdapterConfig, used: tuple[np.ndarray, np.ndarray],
+           extra: Iterable[str]) -> str | None:
+    """Why the carried document cannot describe this checkpoint (None: it can). It can only if it
+    names the same modules, r, dtype and initial values, and its projections, regenerated from its
+    generator and seed (spec 2.5), equal bit for bit the ones PEFT uses for this checkpoint."""
+    mods = [(m.name, m.in_features, m.out_features, m.layout) for m in carried.modules]
+    if mods != [(m.name, m.in_features, m.out_features, m.layout) for m in acfg.modules]:
+        return "its modules differ from the checkpoint's"
+    if (carried.r, carried.vector_dtype, carried.sharing) != (acfg.r, acfg.vector_dtype, "shared"):
+        return "its r, vector_dtype or sharing differ from the checkpoint's"
+    if (carried.d_initial, carried.dropout) != (acfg.d_initial, acfg.dropout):
+        return "its d_initial or dropout differ from adapter_config.json's"
+    if sorted(carried.extra_tensors) != sorted(extra):
+        return "its extra tensors differ from the checkpoint's"
+    if generators.get(carried.generator).generates:
+        A, B = generate_projection(carried, 0, carried.n_in, carried.n_out)
+        if not (np.array_equal(np.asarray(A, np.float32), used[0]) and np.array_equal(np.asarray(B, np.float32), used[1])):
+            return (f"its generator {carried.generator} with seed {carried.seed} does not give the projections "
+                    "PEFT uses for this checkpoint")
+    return None
 
 
 def peft_to_adapter(directory: str | os.PathLike, *, dims: Mapping[str, tuple[int, int]] | None = None,
@@ -323,7 +368,9 @@ def peft_to_adapter(directory: str | os.PathLike, *, dims: Mapping[str, tuple[in
         dims = _check_dims(dims)
     if in_features is not None and not (_is_int(in_features) and 0 < in_features < 1 << 63):
         raise ConversionError(f"in_features must be a positive integer, got {_show(in_features, 80)}")
-    cfg, tensors = read_peft(directory)
+    cfg, meta, tensors = _read_peft(directory)
+    carried = _carried(meta, Path(directory) / WEIGHTS_FILE)
+    carried_in = {m.name: m.in_features for m in carried.modules} if carried is not None else {}
     if cfg.get("bias", "none") != "none":
         raise ConversionError(f"bias={_show(cfg['bias'], 120)} is not VeRA's adapter; only bias='none' converts")
     r, key = cfg.get("r"), cfg.get("projection_prng_key", 0)
@@ -374,6 +421,8 @@ def peft_to_adapter(directory: str | os.PathLike, *, dims: Mapping[str, tuple[in
                 raise ConversionError(f"{n:.120}: the model gives out_features {fo} but vera_lambda_b has {out_f}")
         elif in_features is not None:
             fi = in_features
+        elif n in carried_in:
+            fi = carried_in[n]  # the spec document adapter_to_peft carried
         elif A is not None and B is not None and out_f == B.shape[0]:
             fi = A.shape[1]  # largest layer: PEFT's n_in is its in_features (spec 2.2)
         else:
@@ -453,6 +502,14 @@ def peft_to_adapter(directory: str | os.PathLike, *, dims: Mapping[str, tuple[in
         if t.dtype not in FROM_CODE:
             raise ConversionError(f"{k:.120}: dtype {t.dtype}; only floating tensors convert")
         extra[k[len(PREFIX):]] = (t.data, FROM_CODE[t.dtype])
+    if carried is not None and not (keep_projections and has_stored):
+        why = _adopt(carried, acfg, used, extra)
+        if why is None:  # verified: the spec file's own document, projections from its generator again
+            stored = {} if generators.get(carried.generator).generates else {
+                0: (np.ascontiguousarray(used[0]), np.ascontiguousarray(used[1]))}
+            acfg = carried
+        else:
+            acfg.provenance[_IGNORED_NOTE] = why
     return Adapter(acfg, {n: tensors[PREFIX + n + _LD].data for n in names},
                    {n: tensors[PREFIX + n + _LB].data for n in names}, stored=stored, extra=extra)
 
@@ -507,9 +564,12 @@ def adapter_to_peft(adapter: Adapter, directory: str | os.PathLike, *,
         tensors["base_model.vera_A"], tensors["base_model.vera_B"] = (A, "F32"), (B, "F32")
     for k, (arr, dt) in adapter.extra.items():
         tensors[PREFIX + k] = (arr, SAFETENSORS_CODE[dt])
+    cfg.extra_tensors = sorted(adapter.extra)
+    cfg.projection_sha256 = adapter.checksums()
+    meta = {"format": "pt", CARRIED_VERSION: SPEC_VERSION, CARRIED_CONFIG: config_json(cfg)}
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    container.write(d / WEIGHTS_FILE, {"format": "pt"}, tensors)
+    container.write(d / WEIGHTS_FILE, meta, tensors)
     container.write_atomic(d / CONFIG_FILE, [text.encode()])
 
 
