@@ -151,7 +151,8 @@ def test_validate_on_the_command_line_refuses_a_sparse_50_gb_file_with_little_me
               "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, rc)\n")
     out = subprocess.run([sys.executable, "-c", script, str(p)], capture_output=True, text=True, cwd=ROOT,
                          timeout=120)
-    rss_kib, rc = (int(x) for x in out.stdout.split())
+    assert out.stdout.splitlines(), (out.stdout, out.stderr)
+    rss_kib, rc = (int(x) for x in out.stdout.splitlines()[-1].split())
     assert rc == 1 and len(out.stderr.splitlines()) == 1, out.stderr
     assert "zz_big: unexpected tensor (not a module vector, projection or listed extra tensor)" in out.stderr
     assert rss_kib < 100 * 1024, rss_kib
