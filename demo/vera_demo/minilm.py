@@ -146,3 +146,7 @@ class Tokenizer:
         ids = torch.tensor([e.ids for e in enc], dtype=torch.long)
         mask = torch.tensor([e.attention_mask for e in enc], dtype=torch.long)
         return ids, mask
+
+    def lengths(self, texts: list[str]) -> list[int]:
+        """Tokens of each text after truncation (what a batch of it pads to: its longest)."""
+        return [sum(e.attention_mask) for e in self.tok.encode_batch(texts)]

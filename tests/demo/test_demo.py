@@ -2,6 +2,9 @@
 end-to-end run whose every artifact is checked."""
 import copy
 import json
+import os
+import re
+import stat
 import subprocess
 import sys
 
@@ -84,15 +87,34 @@ def test_small_demo_end_to_end(tmp_path):
                           "--r", "32", "--tune", "2", "--out", str(out)], capture_output=True, text=True, cwd=ROOT,
                          timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert "estimated total:" in res.stdout.split("2/8")[0]  # the estimate comes before any training
+    # stdout is not a terminal here: plain lines, no carriage returns, the estimate a line of its own
+    # that comes before any training, and the real time next to it at the end (issue 21, issue 22)
+    assert "\r" not in res.stdout + res.stderr
+    assert re.search(r"^      estimated total: \d+\.\d min \(successive halving: ", res.stdout.split("2/8")[0], re.M)
+    assert re.search(r"\] done in \d+ s \(estimated \d+ s, [+-]\d+%; \d+ CPU-seconds\)", res.stdout)
     r = json.loads((out / "results.json").read_text())
     methods = [row["method"] for row in r["rows"]]
     assert methods == ["majority class", "linear probe (logistic regression)", "head only", "VeRA r=32 + head (ours)",
                        "LoRA r=8 + head (PEFT)"]
-    for label in ("VeRA r=32", "LoRA r=8"):  # the same budget for both, chosen on validation accuracy
+    assert r["protocol"] == "successive halving" and r["threads"] >= 1
+    for label in ("VeRA r=32", "LoRA r=8"):  # the same schedule for both, every choice on validation accuracy
         t = r["tuning"][label]
-        assert len(t["trials"]) == 2
-        assert t["chosen_lr"] == max(t["trials"], key=lambda x: x["validation_accuracy"])["lr"]
+        assert len(t["trials"]) == 3 and len(t["grid"]) == 2 and t["extra"]["lr"] == t["trials"][2]["lr"]
+        assert sorted(x["steps"] for x in t["trials"]) == [1, 3, 6]  # rungs at 1, 3 and 6 steps: 3 -> 2 -> 1
+        rung0, rung1, rung2 = (ru["validation_accuracy"] for ru in t["rungs"])
+        assert len(rung0) == 3 and len(rung1) == 2 and len(rung2) == 1
+        assert sorted(rung1) == sorted(sorted(rung0, key=lambda k: -rung0[k])[:2]) or \
+            len(set(rung0.values())) < 3  # the better half continued (ties: the earlier started)
+        assert float(next(iter(rung2))) == pytest.approx(t["chosen_lr"])
+        assert next(iter(rung2)) == max(rung1, key=lambda k: rung1[k])
+    assert set(r["profile"]) >= {"baselines", "tuning VeRA r=32", "tuning LoRA r=8", "reload in a fresh process",
+                                 "ONNX export and checks"}
+    # every file the demo writes has the mode a normal open() gives (issue 21: the LoRA file was 0600)
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {str(f.relative_to(out)): stat.S_IMODE(f.stat().st_mode) for f in out.rglob("*") if f.is_file()}
+    assert "lora_adapter/adapter_model.safetensors" in modes and "vera_adapter.safetensors" in modes
+    assert modes == {k: 0o666 & ~umask for k in modes}
     assert not list(out.glob("*.onnx")), "ONNX models are deleted unless --keep-models"
     md = (out / "results.md").read_text().splitlines()
     assert md[0].startswith("| method | test accuracy") and len(md) == 2 + 5
@@ -104,7 +126,7 @@ def test_small_demo_end_to_end(tmp_path):
     from vera_demo.minilm import Classifier, Tokenizer, load_bert
     from vera_torch import VeraModel
     files = sorted(out.glob("vera_adapter*.safetensors"))
-    assert len(files) == 2  # every tuned VeRA adapter is kept
+    assert len(files) == 3  # every tuned VeRA adapter is kept
     for f in files:
         ad = vera_ref.validate_adapter(f)
         assert ad.config.r == 32 and set(ad.extra) == {"classifier.weight", "classifier.bias"}
@@ -130,12 +152,12 @@ def test_small_demo_end_to_end(tmp_path):
     pytest.importorskip("onnxruntime")
     from vera_onnx import VeraOnnxSession, export
     onnx_path = tmp_path / "multi.onnx"
-    export(models[shipped.name], (ids[:4], mask[:4]), onnx_path, mode="multi", capacity=2,
+    export(models[shipped.name], (ids[:4], mask[:4]), onnx_path, mode="multi", capacity=3,
            input_names=["input_ids", "attention_mask"], output_names=["logits"])
     sess = VeraOnnxSession(onnx_path)
     for f in files:
         sess.load_adapter(f.name, f)
-    row_ids = [files[i % 2].name for i in range(len(texts))]
+    row_ids = [files[i % 3].name for i in range(len(texts))]
     got = sess.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}, adapter_ids=row_ids)[0]
     for i, name in enumerate(row_ids):
         assert np.abs(got[i] - logits[name][i]).max() < 1e-4, (i, name)

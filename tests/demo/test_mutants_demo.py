@@ -58,10 +58,10 @@ def tiny(tmp_path_factory):
     return d
 
 
-def _args(tiny, out):
+def _args(tiny, out, *extra):
     from vera_demo.run import build_parser
     return build_parser().parse_args(["--steps", "2", "--limit", str(N_TEXTS), "--r", "4", "--tune", "2", "--batch",
-                                      "4", "--threads", "1", "--model-dir", str(tiny), "--out", str(out)])
+                                      "4", "--threads", "1", "--model-dir", str(tiny), "--out", str(out), *extra])
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_shipped_checks_pass_and_report(shipped, tiny):
     ship = res["ship"]
     assert ship["reload_bit_identical"] is True
     assert 0 <= ship["onnx_merged_max_abs_diff"] < 1e-5 and ship["onnx_merged_same_prediction"] == 1.0
-    assert sorted(ship["onnx_multi_mixed_batch_max_abs_diff"]) == ["lr1", "lr2"]
+    assert sorted(ship["onnx_multi_mixed_batch_max_abs_diff"]) == ["lr1", "lr2", "lr3"]  # 2 rates + 1 added
     assert all(0 <= v < 1e-5 for v in ship["onnx_multi_mixed_batch_max_abs_diff"].values())
     assert 0 <= ship["onnx_multi_no_adapter_vs_base_max_abs_diff"] < 1e-5
     assert ship["onnx_models_kept"] is False and not list(out.glob("*.onnx"))
@@ -110,16 +110,16 @@ def test_shipped_checks_pass_and_report(shipped, tiny):
     assert steps[-4:] == [
         ("5", "reload the VeRA adapter in a fresh process: logits must be bit-identical"),
         ("6", "merge and export to ONNX; ONNX Runtime against torch"),
-        ("7", "all 2 VeRA adapters in ONE ONNX Runtime session, mixed row by row in one batch, checked against "
+        ("7", "all 3 VeRA adapters in ONE ONNX Runtime session, mixed row by row in one batch, checked against "
               "torch (each row against its own adapter's model)"),
         ("8", "results: table, JSON and the picture")]
-    assert re.search(rf"\] done in \d+ s \(estimated \d+ s\); table in {re.escape(str(out / 'results.md'))}, "
+    assert re.search(rf"\] done in \d+ s \(estimated \d+ s, [+-]\d+%; \d+ CPU-seconds\); table in {re.escape(str(out / 'results.md'))}, "
                      rf"picture in {re.escape(str(out / 'results.png'))}\n", text)
     assert text.rstrip("\n").endswith((out / "results.md").read_text().rstrip("\n"))
     assert re.search(r"ORT vs torch: max \|logit diff\| \d\.\d\de[+-]\d\d, same prediction on 100\.00% of the test "
                      r"set\n", text)
-    assert re.search(r"one mixed batch of 64 rows over 2 adapters vs torch, max \|logit diff\| per adapter: "
-                     r"lr1 \d\.\d\de[+-]\d\d, lr2 \d\.\d\de[+-]\d\d; rows with no adapter vs the base model "
+    assert re.search(r"one mixed batch of 64 rows over 3 adapters vs torch, max \|logit diff\| per adapter: "
+                     r"lr1 \d\.\d\de[+-]\d\d, lr2 \d\.\d\de[+-]\d\d, lr3 \d\.\d\de[+-]\d\d; rows with no adapter vs the base model "
                      r"\d\.\d\de[+-]\d\d\n", text)
     # the results files hold what run() returned
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(res))
@@ -185,9 +185,9 @@ def sabotaged(tiny, tmp_path_factory):
     mp.setattr(ort, "InferenceSession", MergedOff)
     real_load, real_serve = vera_onnx.VeraOnnxSession.load_adapter, vera_onnx.VeraOnnxSession.run
 
-    def swapped(self, name, path, **kw):  # each name gets the other adapter's file
-        other, = [f for f in Path(path).parent.glob("vera_adapter*.safetensors") if f != Path(path)]
-        return real_load(self, name, other, **kw)
+    def swapped(self, name, path, **kw):  # each name gets the next adapter's file
+        files = sorted(Path(path).parent.glob("vera_adapter*.safetensors"))
+        return real_load(self, name, files[(files.index(Path(path)) + 1) % len(files)], **kw)
 
     def base_with_adapter(self, names, feeds, adapter_ids=None, **kw):
         if adapter_ids is not None and not isinstance(adapter_ids, str) and all(a is None for a in adapter_ids):
@@ -199,7 +199,7 @@ def sabotaged(tiny, tmp_path_factory):
     cap = _Capture()
     try:
         with cap:
-            res = R.run(_args(tiny, out))
+            res = R.run(_args(tiny, out, "--full"))  # the long protocol's path, end to end
     finally:
         mp.undo()
     return res, cap.text, out
