@@ -17,6 +17,21 @@ Fused (large r): y = x (W0 + Delta W)^T + bias with Delta W = (lambda_b B_l)(lam
     dx. Keeps x (which the base layer keeps anyway) and the merged weight, no (N, r) h. With D = dY^T x (out, in) and E = D A_l^T (out, r):
     d lambda_b = (B_l * E) lambda_d,  d lambda_d = lambda_b^T (B_l * E).
   FLOPs beyond the base layer: 2 r in out + N in out.
+
+Minimal saving (``VeraLayer.save_for_backward = "minimal"``, the default; issue 25):
+  ``vera_delta_min``  as ``vera_delta`` but keeps h only; v = (lambda_d * h) B_l^T is recomputed
+    in backward (the same ops on the same values, so the same bits) for d lambda_b. Layers
+    that share h keep one h between them. Mixed batches (per-row lambda_d (n, 1.., r) and
+    lambda_b (n, 1.., out)) use the same function; with ``base`` it returns
+    addcmul(base, v, lambda_b) in one pass, as the plain chain of ops did.
+    FLOPs: + N r out per layer (the recomputed v).
+  ``vera_linear_min``  as ``vera_linear`` but keeps x only (no merged weight): W0 + Delta W is
+    formed again in backward for dx. FLOPs: + r in out per layer.
+  What is kept is then either h (N, r) or x (N, in) per group of layers that read the same x,
+    whichever the chosen path needs; a frozen nn.Linear keeps neither (its mm saves x only
+    when the weight needs a gradient), so one of the two is the floor for the vector gradients.
+  Dropout: h is formed from the dropped x, so no mask is ever recomputed; the dropout's own
+    backward keeps its mask (bool, one byte per element of x).
 """
 from __future__ import annotations
 
@@ -82,6 +97,63 @@ class _VeraLinear(torch.autograd.Function):
         return dx, None, None, d_ld, d_lb, None, None, None
 
 
+class _VeraDeltaMin(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, h, lambda_d, lambda_b, B_l, base):
+        # h (..., r); lambda_d (r) or (n, 1.., r); lambda_b (out) or (n, 1.., out); B_l (out, r); base None or (..., out)
+        v = (h * lambda_d) @ B_l.t()  # (..., out)
+        ctx.save_for_backward(h, lambda_d, lambda_b, B_l)
+        ctx.per_row = lambda_b.dim() > 1
+        return v * lambda_b if base is None else torch.addcmul(base, v, lambda_b)
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        h, lambda_d, lambda_b, B_l = ctx.saved_tensors
+        need_h, need_d, need_b, _, need_base = ctx.needs_input_grad
+        out, r = dy.shape[-1], h.shape[-1]
+        d_lb = dh = d_ld = None
+        if need_b:
+            v = (h * lambda_d) @ B_l.t()  # (..., out): the forward's v, bit for bit
+            d_lb = (dy * v).sum_to_size(lambda_b.shape) if ctx.per_row else (dy * v).reshape(-1, out).sum(0)
+            del v
+        if need_h or need_d:
+            du = (dy * lambda_b) @ B_l  # (..., r)
+            if need_d:
+                d_ld = (du * h).sum_to_size(lambda_d.shape) if ctx.per_row else (du * h).reshape(-1, r).sum(0)
+            dh = du * lambda_d if need_h else None  # (..., r)
+        return dh, d_ld, d_lb, None, dy if need_base else None
+
+
+def _merged_weight(W0, lambda_d, lambda_b, A_l, B_l, conv1d: bool) -> torch.Tensor:
+    """(out, in) W0 + Delta W, as the fused forward uses it (the same ops in forward and recompute)."""
+    dW = (lambda_b[:, None] * B_l) @ (lambda_d[:, None] * A_l)  # (out, in)
+    W = W0 + (dW.t() if conv1d else dW).to(W0.dtype)
+    return W.t() if conv1d else W
+
+
+class _VeraLinearMin(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, W0, bias, lambda_d, lambda_b, A_l, B_l, conv1d: bool):
+        y = torch.nn.functional.linear(x, _merged_weight(W0, lambda_d, lambda_b, A_l, B_l, conv1d), bias)
+        ctx.save_for_backward(x, W0, lambda_d, lambda_b, A_l, B_l)
+        ctx.conv1d = conv1d
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, W0, lambda_d, lambda_b, A_l, B_l = ctx.saved_tensors
+        dx = d_ld = d_lb = None
+        if ctx.needs_input_grad[0]:
+            dx = dy @ _merged_weight(W0, lambda_d, lambda_b, A_l, B_l, ctx.conv1d)  # (..., in)
+        if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
+            D = dy.reshape(-1, dy.shape[-1]).t().to(A_l.dtype) @ x.reshape(-1, x.shape[-1]).to(A_l.dtype)  # (out, in)
+            BE = B_l * (D @ A_l.t())  # (out, r)
+            del D
+            d_lb = BE @ lambda_d  # (out)
+            d_ld = lambda_b @ BE  # (r)
+        return dx, None, None, d_ld, d_lb, None, None, None
+
+
 def project_in(x: torch.Tensor, A_l: torch.Tensor) -> torch.Tensor:
     """h = x A_l^T with a backward that keeps only A_l."""
     return _ProjectIn.apply(x, A_l)
@@ -97,11 +169,41 @@ def vera_linear(x, W0, bias, lambda_d, lambda_b, A_l, B_l, conv1d: bool = False)
     return _VeraLinear.apply(x, W0, bias, lambda_d, lambda_b, A_l, B_l, conv1d)
 
 
-def choose_path(rows: int, r: int, in_f: int, out_f: int, training: bool) -> str:
-    """'fused' when forming Delta W costs fewer FLOPs than the factored path, else 'factored'."""
+def vera_delta_min(h: torch.Tensor, lambda_d: torch.Tensor, lambda_b: torch.Tensor, B_l: torch.Tensor,
+                   base: torch.Tensor | None = None) -> torch.Tensor:
+    """lambda_b * ((lambda_d * h) B_l^T) (+ base), keeping h only: v is recomputed in backward."""
+    return _VeraDeltaMin.apply(h, lambda_d, lambda_b, B_l, base)
+
+
+def vera_linear_min(x, W0, bias, lambda_d, lambda_b, A_l, B_l, conv1d: bool = False) -> torch.Tensor:
+    """``vera_linear`` keeping x only: the merged weight is formed again in backward."""
+    return _VeraLinearMin.apply(x, W0, bias, lambda_d, lambda_b, A_l, B_l, conv1d)
+
+
+def saved_tensor_bytes(fn, resident=()) -> tuple[int, object]:
+    """(bytes, fn()): the unique storages autograd saves for backward while ``fn`` runs, not counting
+    the storages of ``resident`` tensors (parameters, buffers, cached projections: memory that
+    exists anyway). Deterministic on CPU; the bench and the memory tests both count with this."""
+    skip = {t.untyped_storage().data_ptr() for t in resident}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        s = t.untyped_storage()
+        if s.data_ptr() not in skip:
+            seen[s.data_ptr()] = s  # held until the count is done: no address is reused meanwhile
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return sum(s.nbytes() for s in seen.values()), out
+
+
+def choose_path(rows: int, r: int, in_f: int, out_f: int, training: bool, minimal: bool = False) -> str:
+    """'fused' when forming Delta W costs fewer FLOPs than the factored path, else 'factored'.
+    ``minimal``: the costs of the recomputing functions (v again; Delta W again)."""
     if training:
-        factored = 2 * rows * r * (in_f + out_f)
-        fused = 2 * r * in_f * out_f + rows * in_f * out_f
+        factored = rows * r * (2 * in_f + (3 if minimal else 2) * out_f)
+        fused = (3 if minimal else 2) * r * in_f * out_f + rows * in_f * out_f
     else:
         factored = rows * r * (in_f + out_f)
         fused = r * in_f * out_f

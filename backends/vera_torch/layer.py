@@ -22,8 +22,8 @@ from torch import nn
 
 from vera_ref import generators
 
-from .errors import BatchError, MergeError
-from .functional import choose_path, project_in, vera_delta, vera_linear
+from .errors import BatchError, ConfigError, MergeError
+from .functional import choose_path, project_in, vera_delta, vera_delta_min, vera_linear, vera_linear_min
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -62,6 +62,16 @@ def peft_projection(seed: int, r: int, n_in: int, n_out: int, group: int = 0,
 
 
 generators.register_device(generators.PEFT_MT19937.name, "torch", peft_projection)
+
+
+def resident_tensors(module: nn.Module) -> list[torch.Tensor]:
+    """Tensors ``module`` holds anyway: parameters, buffers and the projections its VeraLayers have
+    made (for ``functional.saved_tensor_bytes``: what autograd keeps of these costs nothing)."""
+    out = list(module.parameters()) + list(module.buffers())
+    for m in module.modules():
+        if isinstance(m, VeraLayer):
+            out += [t for pair in m._store._cache.values() for t in pair]
+    return out
 
 
 class ProjSpec(NamedTuple):
@@ -224,6 +234,9 @@ class VeraLayer(nn.Module):
         self.klass: dict[str, Hashable] = {}  # adapter -> its projection class (the model's grouping key)
         self.merged: list[str] = []
         self.fused: bool | None = None  # None: choose by cost; True/False: force (tests, benchmarks)
+        # what autograd keeps (issue 25): "minimal" keeps h or x only and recomputes v / W0 + Delta W in
+        # backward; "activations" keeps v / the merged weight too (less backward work, more memory)
+        self.save_for_backward = "minimal"
         self.register_buffer("vera_w0", None, persistent=False)  # W0 while merged
         self._tables: dict[tuple[Hashable, str], SlotTable] = {}  # (class, "d" | "b") -> cached stack
         object.__setattr__(self, "_state", state)  # plain references, not submodules
@@ -275,7 +288,16 @@ class VeraLayer(nn.Module):
             h = project_in(nn.functional.dropout(xa, p, True), A_l)  # spec 3.3: adapter input only
         else:
             h = self._shared_h(x, xa, A_l, self.proj[name])
-        return vera_delta(h, ld, lb, B_l)
+        return self._delta_fn()(h, ld, lb, B_l)
+
+    def _delta_fn(self):
+        return vera_delta_min if self._minimal() else vera_delta
+
+    def _minimal(self) -> bool:
+        mode = self.save_for_backward
+        if mode not in ("minimal", "activations"):
+            raise ConfigError("save_for_backward", f"{mode!r} is not 'minimal' or 'activations'")
+        return mode == "minimal"
 
     def _shared_h(self, x: torch.Tensor, xa: torch.Tensor, A_l: torch.Tensor, key: Hashable) -> torch.Tensor:
         """x A_l^T, computed once per forward for every layer that reads the same x with the same A_l."""
@@ -385,13 +407,14 @@ class VeraLayer(nn.Module):
             return True
         training = torch.is_grad_enabled() and (x.requires_grad or self.vera_lambda_b[name].requires_grad)
         return choose_path(x.numel() // self.in_features, self.proj[name].r, self.in_features,
-                           self.out_features, training) == "fused"
+                           self.out_features, training, self._minimal()) == "fused"
 
     def _fused(self, x: torch.Tensor, name: str) -> torch.Tensor:
         ld, lb = self.vera_lambda_d[name], self.vera_lambda_b[name]
         A_l, B_l = self.sliced_projection(name, x.device)
         dt = torch.promote_types(ld.dtype, x.dtype)
-        return vera_linear(x, self.base_layer.weight, self.base_layer.bias, ld.to(dt), lb.to(dt), A_l.to(dt),
+        fn = vera_linear_min if self._minimal() else vera_linear
+        return fn(x, self.base_layer.weight, self.base_layer.bias, ld.to(dt), lb.to(dt), A_l.to(dt),
                            B_l.to(dt), self.layout == "conv1d")
 
     def _vectors(self, key: Hashable, g: RowGroup, dt: torch.dtype, device: torch.device, r: int
@@ -441,14 +464,21 @@ class VeraLayer(nn.Module):
                 p = torch.tensor([0.0] + [self.dropout.get(n, 0.0) for n in g.names], dtype=dt,
                                  device=x.device).index_select(0, g.on("local", x.device))
                 p = p.reshape((-1,) + (1,) * (xa.dim() - 1))  # (n, 1, ..., 1)
-                keep = (torch.rand_like(xa) >= p).to(dt)
+                keep = torch.rand_like(xa) >= p  # bool: the mask autograd keeps is one byte per element
                 h = project_in(xa * keep / (1 - p), A_l)
             else:
                 h = self._class_h(x, rows, A_l, dt, (key, spec))
             ld, lb = self._vectors(key, g, dt, x.device, spec.r)  # (n, r), (n, out)
             bshape = (ld.shape[0],) + (1,) * (h.dim() - 2)
-            v = (h * ld.reshape(bshape + (-1,))) @ B_l.t()  # (n, ..., out)
-            lb = lb.reshape(bshape + (-1,))  # (n, 1, ..., out)
+            ld, lb = ld.reshape(bshape + (-1,)), lb.reshape(bshape + (-1,))  # (n, 1, ..., r), (n, 1, ..., out)
+            if self._minimal():  # the same ops as below, keeping h only (functional.vera_delta_min)
+                if rows is None and h.dtype == result.dtype:
+                    result = vera_delta_min(h, ld, lb, B_l, result)
+                else:
+                    d = vera_delta_min(h, ld, lb, B_l).to(result.dtype)
+                    result = result + d if rows is None else result.index_add(0, rows, d)
+                continue
+            v = (h * ld) @ B_l.t()  # (n, ..., out)
             if rows is None and v.dtype == result.dtype:
                 result = torch.addcmul(result, v, lb)  # result + v * lambda_b in one pass
             else:
