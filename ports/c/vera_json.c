@@ -60,7 +60,25 @@ static int hexval(unsigned char c)
     return -1;
 }
 
-/* A string token at s[i] == '"'; returns the index after its closing quote, or 0 (syntax). */
+static int hex4_at(const unsigned char *s, size_t n, size_t i, uint32_t *cp)
+{
+    /* a backslash, 'u' and four hex digits at s[i] */
+    int k;
+    uint32_t v = 0;
+    if (i > n || n - i < 6 || s[i] != '\\' || s[i + 1] != 'u') return 0;
+    for (k = 2; k < 6; k++) {
+        int h = hexval(s[i + (size_t)k]);
+        if (h < 0) return 0;
+        v = v << 4 | (uint32_t)h;
+    }
+    *cp = v;
+    return 1;
+}
+
+/* A string token at s[i] == '"'; returns the index after its closing quote, or 0 (syntax).
+ * spec 4.1.1 rule 4: strings are Unicode text, so a backslash-u escape of a surrogate must be a high one
+ * (D800-DBFF) followed at once by an escaped low one (DC00-DFFF) (I-JSON, RFC 7493 2.1); a raw
+ * surrogate (its 3-byte form, possible only in a document's text) is refused as well. */
 static size_t scan_string(const unsigned char *s, size_t n, size_t i)
 {
     i++;
@@ -68,14 +86,19 @@ static size_t scan_string(const unsigned char *s, size_t n, size_t i)
         unsigned char c = s[i];
         if (c == '"') return i + 1;
         if (c < 0x20) return 0; /* RFC 8259: control characters must be escaped */
+        if (c == 0xED && i + 1 < n && s[i + 1] >= 0xA0) return 0; /* a raw surrogate */
         if (c == '\\') {
             if (i + 1 >= n) return 0;
             c = s[i + 1];
             if (c == 'u') {
-                int k;
-                if (n - i < 6) return 0;
-                for (k = 2; k < 6; k++)
-                    if (hexval(s[i + k]) < 0) return 0;
+                uint32_t cp, low;
+                if (!hex4_at(s, n, i, &cp)) return 0;
+                if (cp >= 0xDC00 && cp <= 0xDFFF) return 0; /* a low surrogate without its high one */
+                if (cp >= 0xD800 && cp <= 0xDBFF) {
+                    if (!hex4_at(s, n, i + 6, &low) || low < 0xDC00 || low > 0xDFFF) return 0;
+                    i += 12;
+                    continue;
+                }
                 i += 6;
                 continue;
             }

@@ -214,6 +214,39 @@ def test_reader_hostile_sizes(exe, tmp_path):
         assert g == f"rejected {err.value.code} {cport.escape_field(err.value.field)}", name
 
 
+_META = '"vera_format":"vera-adapter","vera_spec_version":"1.1"'
+DIALECT_CASES = [  # spec 4.1.1 edge cases: (header text) -> the reference's verdict, and the port's
+    r'{"a":"\ud800"}', r'{"a":"\udc00"}', r'{"a":"\ud800\u0041"}', r'{"a":"\ud800\ud800\udc00"}',
+    r'{"a":"\ud800\udc00"}', r'{"a":"\\ud800"}', '{"a":"\\ud8', r'{"\ud83d\ude00":1,"😀":2}',
+    '{"a":1,"a":[' + "[" * 70 + "]" * 70 + "]}",
+    '{"a":[1e400,1,{"b":1,"b":2}]}', '{"a":-9223372036854775809}', '{"a":18446744073709551615}',
+    '{"__metadata__":{"vera_config":"{\\"a\\":\\"\\\\ud800\\"}",' + _META + "}}",
+    '{"__metadata__":{"vera_config":"{\\"a\\":1,\\"a\\":' + "[" * 70 + "]" * 70 + '}",' + _META + "}}",
+    '{"__metadata__":{"vera_config":"' + "\\u005b" * ((1 << 20) + 1) + '",' + _META + "}}",
+]
+
+
+def test_dialect_edge_cases(exe, tmp_path):
+    """Unpaired surrogate escapes, keys equal after unescaping, depth under a repeated key, integer
+    range ends, the document's own structural characters (E4.6.10.2): the reference's verdicts."""
+    from vera_ref import container
+    from vera_ref.adapter import build_adapter
+    from vera_ref.errors import AdapterFileError
+    paths, want = [], []
+    for i, text in enumerate(DIALECT_CASES):
+        b = text.encode("utf-8")
+        blob = len(b).to_bytes(8, "little") + b
+        (tmp_path / f"d{i}").write_bytes(blob)
+        paths.append(tmp_path / f"d{i}")
+        try:
+            build_adapter(*container.parse(blob))
+            want.append("accepted")
+        except AdapterFileError as exc:
+            want.append(f"rejected {exc.code} {cport.escape_field(exc.field)}")
+    assert len(set(want)) >= 5
+    assert _batch(exe, [f"file {p}" for p in paths]) == want
+
+
 # --- the differential fuzz, short -------------------------------------------------------------
 
 def test_differential_fuzz_short(exe, tmp_path):
