@@ -158,3 +158,9 @@ def test_real_peft_loads_the_exported_folder(tmp_path):
         back = tmp_path / f"back-{generator}.safetensors"
         save_adapter(peft_to_adapter(out), back)
         assert back.read_bytes() == src.read_bytes()
+
+
+def test_module_order_and_mixed_widths_survive(tmp_path):
+    ad = new_adapter([("z.q", 16, 16), ("a.v", 8, 24), ("enc.10.q", 16, 16), ("enc.2.q", 16, 16)], 4, seed=3)
+    save_adapter(ad, tmp_path / "a.safetensors")
+    assert _round_trip(tmp_path, tmp_path / "a.safetensors") == (tmp_path / "a.safetensors").read_bytes()
