@@ -214,6 +214,21 @@ def test_reader_hostile_sizes(exe, tmp_path):
         assert g == f"rejected {err.value.code} {cport.escape_field(err.value.field)}", name
 
 
+def test_sizes_rule_of_the_spec_text(exe, tmp_path):
+    """spec 4.1 Sizes: refused (E4.6.6.6) when itemsize times the product of the non-zero dimensions
+    exceeds the data section, zero-size tensors included: a scalar or a zero-size F64 tensor in a
+    file whose data section is under 8 bytes. (The reference checks the product only after a
+    non-zero dimension, so it reads these two as E4.6.6.8 and as a valid entry: reported.)"""
+    cases = [(b'{"__metadata__":{},"t":{"dtype":"F64","shape":[],"data_offsets":[0,8]}}', b"\0" * 4),
+             (b'{"__metadata__":{},"t":{"dtype":"F64","shape":[0],"data_offsets":[0,0]}}', b""),
+             (b'{"__metadata__":{},"t":{"dtype":"F32","shape":[3,0],"data_offsets":[0,0]}}', b"\0" * 3)]
+    paths = []
+    for i, (h, d) in enumerate(cases):
+        (tmp_path / f"s{i}").write_bytes(len(h).to_bytes(8, "little") + h + d)
+        paths.append(tmp_path / f"s{i}")
+    assert _batch(exe, [f"file {p}" for p in paths]) == ["rejected E4.6.6.6 t"] * 3
+
+
 _META = '"vera_format":"vera-adapter","vera_spec_version":"1.1"'
 DIALECT_CASES = [  # spec 4.1.1 edge cases: (header text) -> the reference's verdict, and the port's
     r'{"a":"\ud800"}', r'{"a":"\udc00"}', r'{"a":"\ud800\u0041"}', r'{"a":"\ud800\ud800\udc00"}',
