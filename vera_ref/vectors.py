@@ -20,7 +20,9 @@ from . import __version__, container
 from .adapter import Adapter, base_fingerprint, build_adapter, new_adapter, save_adapter, tensor_plan
 from .errors import AdapterFileError
 from .layer import backward, forward, merge
-from .metadata import CONFIG_KEY, FORMAT_KEY, FORMAT_NAME, SPEC_VERSION, VERSION_KEY, config_document, ModuleSpec
+from .jsontext import MAX_STRUCTURAL, structural_count
+from .metadata import (CONFIG_KEY, FORMAT_KEY, FORMAT_NAME, SPEC_TEXT_VERSION, SPEC_VERSION, VERSION_KEY,
+                       config_document, ModuleSpec)
 from .peft_mt19937 import peft_projection
 from .projection import kaiming_bound, projection, table_words
 from .tolerance import backward_magnitude, forward_magnitude, merge_magnitude
@@ -38,7 +40,7 @@ def _envelope(name: str, source: str, groups: list[dict], notes: dict[str, str])
             n += 1
             t["tcId"] = n
     return {"schema": "vera-vectors-v1", "name": name, "source": source,
-            "generatorVersion": f"vera-ref {__version__}", "specVersion": SPEC_VERSION,
+            "generatorVersion": f"vera-ref {__version__}", "specVersion": SPEC_TEXT_VERSION,
             "numberOfTests": n, "notes": notes, "testGroups": groups}
 
 
@@ -274,11 +276,40 @@ def _valid_extra_files() -> list[tuple[str, bytes]]:
         format="pt", trainer_note="unknown __metadata__ keys are ignored (spec 4.2)"))
     spaced = _doc_bytes(new_adapter([("q", 4, 4)], r=2, seed=1), doc_text=lambda t: "\n " + json.dumps(
         json.loads(t), indent=2) + "\n")
+    unicode = _doc_bytes(new_adapter([("q", 4, 4)], r=2, seed=4, provenance={
+        "emoji": "\U0001F600", "text": "\\udc80 is six characters, not an escape", "bmp": "\ud7ff\ue000"}),
+        meta_edit=lambda m: m.update({"note \U0001F600": "\U0001F4A1 \\ud800"}))
     return [("optional fields left out (module_prefix, tensor_layout, d_initial, dropout, extra_tensors, "
              "provenance), version 1.0", minimal),
             ("minor version 1.9 with unknown fields (ignored, spec 4.8) and unknown __metadata__ keys", newer),
             ("a metadata document with insignificant whitespace (readers accept any dialect-valid JSON)",
-             spaced)]
+             spaced),
+            ("surrogate pairs (\\ud83d\\ude00) in __metadata__ and in the document, and escaped backslashes "
+             "before 'udc80' (text, not an escape): Unicode text, accepted (spec 4.1.1 rule 4, 1.2)", unicode)]
+
+
+def _edit_header(data: bytes, edit) -> bytes:
+    """``data`` with its header text replaced by ``edit(text)`` (re-padded, new length prefix)."""
+    n = int.from_bytes(data[:8], "little")
+    text = edit(data[8:8 + n].decode("utf-8").rstrip(" ")).encode("utf-8")
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + n:]
+
+
+def _escaped_commas(ad: Adapter) -> bytes:
+    """A file whose document has 2^20 + 1 structural characters (commas in a provenance note) while
+    its header has 2^20 or 2^20 - 1 structural bytes: the header writes a few commas as \\u002c
+    escapes (six bytes, none structural)."""
+    def note(d):
+        d["provenance"] = {"note": ""}
+        text = json.dumps(d, sort_keys=True, separators=(",", ":"))
+        d["provenance"]["note"] = "," * (MAX_STRUCTURAL + 1 - structural_count(text))
+    data = _doc_bytes(ad, doc_edit=note)
+
+    def escape(text: str) -> str:  # as few escapes as bring the header to exactly 2^20 structural bytes
+        pairs = (structural_count(text) - MAX_STRUCTURAL + 1) // 2
+        return text.replace(",,", "\\u002c\\u002c", pairs)
+    return _edit_header(data, escape)
 
 
 def _invalid_files() -> list[tuple[str, str, bytes]]:
@@ -444,10 +475,33 @@ def _invalid_files() -> list[tuple[str, str, bytes]]:
         ("E4.6.25.1", "multi-fault: NaN in a vector and a wrong checksum (values first)",
          P(doc_edit=lambda d: d["projection_sha256"][0].update(B="0" * 64), tensor_edit=_set(
              "q.lambda_d", (np.array([np.nan, 0, 0, 0], np.float32), "F32")))),
+        # spec 1.2 (appended: the files above keep their names)
+        ("E4.6.10.2", "the document has 2^20 + 1 structural characters, written as \\u002c escapes in a header "
+                      "that passes E4.6.4.2 (the document's own characters are counted, spec 4.1.1 rule 2)",
+         _escaped_commas(base())),
+        ("E4.6.4.5", "multi-fault: a value nested 65 deep, then the same key again (depth is measured on the text, "
+                     "the dropped value included: not E4.6.4.7)",
+         _raw(b'{"__metadata__":{},"x":' + deep(65).encode() + b',"x":1}')),
+        ("E4.6.10.4", "multi-fault: provenance nested 65 deep, then provenance again (not E4.6.10.6)",
+         P(doc_text=lambda t: t.replace('"provenance":{}', '"provenance":{"x":' + deep(64) + '},"provenance":{}'))),
+        ("E4.6.4.4", "an unpaired surrogate escape (\\udc80) in a __metadata__ value (I-JSON strings, spec 4.1.1 "
+                     "rule 4; safetensors refuses it)", P(meta_edit=_set("note", "\udc80"))),
+        ("E4.6.4.4", "a high surrogate escape followed by a letter (\\ud800x) in a __metadata__ key",
+         P(meta_edit=_set("\ud800x", "y"))),
+        ("E4.6.4.4", "an unpaired surrogate escape in a tensor name",
+         P(tensor_edit=lambda p: p.__setitem__("q.lambda_d\udc80", p.pop("q.lambda_d")))),
+        ("E4.6.10.3", "an unpaired surrogate escape in base_model.name (the document's own escape)",
+         P(doc_edit=_set("base_model", {"name": "\udc80"}))),
+        ("E4.6.10.3", "a surrogate pair followed by an unpaired low surrogate in provenance",
+         P(doc_edit=_set("provenance", {"a": "\U0001F600\udc80"}))),
+        ("E4.6.4.4", "multi-fault: an unpaired surrogate, then a value nested 65 deep (rule 4 before rule 5)",
+         _raw(b'{"__metadata__":{"a":"\\udc80"},"x":' + deep(65).encode() + b"}")),
+        ("E4.6.10.3", "multi-fault: an unpaired surrogate in provenance and a duplicate key r (rule 4 before 7)",
+         P(doc_edit=_set("provenance", {"a": "\udc80"}), doc_text=lambda t: t.replace('"r":4', '"r":4,"r":4'))),
     ]
 
 
-UNREACHABLE_FROM_FILES = ("E4.6.0.1", "E4.6.0.2", "E4.6.0.3", "E4.6.0.4", "E4.6.0.5", "E4.6.10.2")
+UNREACHABLE_FROM_FILES = ("E4.6.0.1", "E4.6.0.2", "E4.6.0.3", "E4.6.0.4", "E4.6.0.5")  # the path (step 0)
 
 
 def file_vectors() -> tuple[dict[str, Any], dict[str, bytes]]:
