@@ -405,11 +405,15 @@ def safe_output() -> None:
 def main(argv: list[str] | None = None) -> int:
     safe_output()
     argv = sys.argv[1:] if argv is None else list(argv)
-    name = next((a for a in argv if not a.startswith("-")), "vera-ref")
+    name = next((a for a in argv if not a.startswith("-")), "")
     subject = None
     try:
-        args = build_parser(argv).parse_args(argv)
-        subject = getattr(args, "file", None) or getattr(args, "to_peft", None)
+        parser = build_parser(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # named with the command, like every other mistake (argparse would say "vera-ref: ...")
+            return _say(name, f"error: unrecognized arguments: {' '.join(extra)} (see 'vera-ref {name} --help')", 2)
+        # the adapter file the command reads, named in a refusal of it
+        subject = getattr(args, "file", None) or getattr(args, "to_peft", None) or getattr(args, "adapter", None)
         return args.func(args)
     except UsageError as exc:  # a value on the command line that cannot be used
         return _say(name, f"error: {exc}", 2)
@@ -437,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _say(name: str, message: str, code: int) -> int:
-    print(one_line(f"vera-ref {name}: {message}"), file=sys.stderr)
+    print(one_line(f"vera-ref {name}: {message}" if name else f"vera-ref: {message}"), file=sys.stderr)
     return code
 
 

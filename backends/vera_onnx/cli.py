@@ -6,7 +6,7 @@ import argparse
 import os
 
 from vera_ref.cli import Command, input_path, output_path
-from vera_ref.resolve import UsageError, resolve_object
+from vera_ref.resolve import UsageError, is_file_spec, resolve_object
 
 # exit codes (README "Command line"): a --model/--adapter/--out that cannot be used as typed is a UsageError
 # (exit 2, before any work); a factory that fails or returns something else, a file of another kind: an
@@ -36,16 +36,22 @@ def _model_factory(spec: str):
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    import torch
-    from vera_torch import VeraModel
-
-    from . import export
+    # the command line first, before torch is imported: a mistake costs no second
     if (args.capacity is None) == (args.mode == "multi"):
         raise UsageError("--capacity N is needed with --mode multi, and only there")
     if args.capacity is not None and args.capacity < 1:
         raise UsageError(f"--capacity must be >= 1, got {args.capacity}")
     input_path(args.adapter, "--adapter")
     output_path(args.out, "--out")
+    module, colon, attr = args.model.rpartition(":")
+    if not colon or not module or not attr:
+        raise UsageError(f"--model must be MODULE:NAME (e.g. mymodule:make), got {args.model!r}")
+    if is_file_spec(module):
+        input_path(module if os.path.exists(module) or module.endswith(".py") else module + ".py", "--model")
+    import torch
+    from vera_torch import VeraModel
+
+    from . import export
     model, example, names = _model_factory(args.model)
     vm = VeraModel.from_adapter(model, args.adapter, check_fingerprint=not args.no_fingerprint_check)
     export(vm, example, args.out, mode=args.mode, projections=args.projections, input_names=names,
