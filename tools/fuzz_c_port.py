@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"C crashes              {len(s['crashes'])}")
     print(f"sanitizer reports      {len(s['sanitizer'])}")
     print(f"reference escapes      {s['python_other']} (exceptions other than AdapterFileError)")
+    print(f"distinct verdicts      {len(s['codes'])} (accepted and {len(s['codes']) - ('accepted' in s['codes'])} rule codes)")
     print("verdicts               " + ", ".join(f"{c} {n}" for c, n in sorted(s["codes"].items(), key=lambda x: -x[1])[:14]))
     for blob, w, g in s["disagree"][:10]:
         print(f"  python: {w[:160]}\n  c:      {g[:160]}\n  bytes:  {blob[:160]!r}")
