@@ -6,6 +6,9 @@
  *   ./a.out --batch < commands      # the test driver (tests/ports/test_c_port.py)
  *   ./a.out --bench R N_IN N_OUT REPEAT   # timings for bench/rng.py
  */
+#if defined(__linux__)
+#define _DEFAULT_SOURCE /* madvise's MADV_HUGEPAGE, for the bench's buffers only */
+#endif
 #if !defined(_WIN32)
 #define _POSIX_C_SOURCE 200809L
 #endif
@@ -15,6 +18,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 static void print_field(FILE *f, const char *s, size_t n)
 {
@@ -202,6 +208,21 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+static float *bench_buffer(size_t n)
+{
+    /* the caller's buffers, allocated as NumPy allocates its arrays (the anchor of bench/rng.py):
+     * where Linux offers transparent huge pages on request, large buffers ask for them */
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    void *p;
+    size_t bytes = n * sizeof(float);
+    if (posix_memalign(&p, (size_t)1 << 21, bytes ? bytes : 1)) return NULL;
+    if (bytes >= ((size_t)1 << 22)) madvise(p, bytes, MADV_HUGEPAGE);
+    return (float *)p;
+#else
+    return (float *)malloc(n * sizeof(float));
+#endif
+}
+
 static int bench(int argc, char **argv)
 {
     /* bench/rng.py: the first call into fresh memory (cold), then REPEAT warm calls into the same
@@ -217,8 +238,8 @@ static int bench(int argc, char **argv)
     n_out = strtoull(argv[4], NULL, 10);
     repeat = atoi(argv[5]);
     if (repeat < 1) repeat = 1;
-    A = (float *)malloc((size_t)(r * n_in) * sizeof(float));
-    B = (float *)malloc((size_t)(n_out * r) * sizeof(float));
+    A = bench_buffer((size_t)(r * n_in));
+    B = bench_buffer((size_t)(n_out * r));
     warm = (double *)malloc((size_t)repeat * sizeof(double));
     if (!A || !B || !warm) return 2;
     t = now_s();
