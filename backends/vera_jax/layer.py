@@ -13,6 +13,8 @@ are checked at trace time and raise ``vera_ref.ShapeError``.
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -55,32 +57,60 @@ def _in_out(W, layout: str) -> tuple[int, int]:
     return in_f, out_f
 
 
-def adapter_out(x: jax.Array, A: jax.Array, B: jax.Array, lambda_d: jax.Array, lambda_b: jax.Array, *,
-                dropout_mask: jax.Array | None = None, dropout: float = 0.0) -> jax.Array:
-    """spec 3.2 without the base path: lambda_b * ((lambda_d * (dropout(x) A_l^T)) B_l^T), (..., out).
-
-    Computed in x's dtype: A, B and the vectors are cast to it (float32 parameters train
-    through the cast). ``dropout_mask`` (shape of x, 0/1) applies spec 3.3: x * mask / (1 - p).
-    """
-    in_f, out_f = jnp.shape(x)[-1], jnp.shape(lambda_b)[0]
-    A_l, B_l = _slices(A, B, lambda_d, lambda_b, in_f, out_f)
+def _branch(in_f: int, out_f: int, p: float, mask_kind: str | None, x: jax.Array, A: jax.Array, B: jax.Array,
+            lambda_d: jax.Array, lambda_b: jax.Array, mask: jax.Array | None) -> jax.Array:
+    """The adapter branch of spec 3.2 from the branch's own inputs: x (..., in), the whole A (r, n_in) and
+    B (n_out, r), lambda_d (r,), lambda_b (out,), and a 0/1 mask (shape of x) or a dropout key."""
     dt = x.dtype
-    if dropout_mask is not None:
-        if not 0.0 <= dropout < 1.0:
-            raise ShapeError(f"dropout must be in [0, 1), got {dropout}")
-        if jnp.shape(dropout_mask) != jnp.shape(x):
-            raise ShapeError(f"dropout_mask must have the shape of x {tuple(jnp.shape(x))}, "
-                             f"got {tuple(jnp.shape(dropout_mask))}")
-        x = x * (jnp.asarray(dropout_mask, dt) / jnp.asarray(1.0 - dropout, dt))  # spec 3.3
+    A_l, B_l = A[:, :in_f], B[:out_f, :]  # spec 2.3: (r, in), (out, r)
+    if mask_kind == "mask":
+        x = x * (jnp.asarray(mask, dt) / jnp.asarray(1.0 - p, dt))  # spec 3.3
+    elif mask_kind == "key":  # the same key draws the same mask in forward and in the recompute
+        keep = jax.random.bernoulli(mask, 1.0 - p, jnp.shape(x))
+        x = x * (keep.astype(dt) / jnp.asarray(1.0 - p, dt))  # spec 3.3
     h = _mm(x, A_l.T.astype(dt))  # (..., r)
     v = _mm(h * lambda_d.astype(dt), B_l.T.astype(dt))  # (..., out)
     return v * lambda_b.astype(dt)
 
 
+def adapter_out(x: jax.Array, A: jax.Array, B: jax.Array, lambda_d: jax.Array, lambda_b: jax.Array, *,
+                dropout_mask: jax.Array | None = None, dropout: float = 0.0, dropout_key: jax.Array | None = None,
+                remat: bool = True) -> jax.Array:
+    """spec 3.2 without the base path: lambda_b * ((lambda_d * (dropout(x) A_l^T)) B_l^T), (..., out).
+
+    Computed in x's dtype: A, B and the vectors are cast to it (float32 parameters train
+    through the cast). ``dropout_mask`` (shape of x, 0/1) applies spec 3.3: x * mask / (1 - p);
+    ``dropout_key`` (a ``jax.random`` key) draws the mask (keep with probability 1 - p) instead.
+
+    ``remat=True`` (the default): the branch is a ``jax.checkpoint`` that saves nothing of its own
+    for backward (``checkpoint_policies.nothing_saveable``): JAX keeps only the branch's inputs
+    (x, which the frozen base layer keeps anyway, the parameters, the mask or key) and recomputes
+    ``x A_l^T``, ``h``, the lambda-scaled intermediates and the dropped-out x in backward, from the
+    same inputs with the same operations: the gradients are those of ``remat=False`` (bit for bit
+    on one machine), which keeps every intermediate instead (more memory, no recompute).
+    """
+    in_f, out_f = jnp.shape(x)[-1], jnp.shape(lambda_b)[0]
+    _slices(A, B, lambda_d, lambda_b, in_f, out_f)  # the shape rules of spec 3.1
+    if dropout_mask is not None and dropout_key is not None:
+        raise ShapeError("pass dropout_mask or dropout_key, not both")
+    kind = "mask" if dropout_mask is not None else "key" if dropout_key is not None else None
+    if kind is not None and not 0.0 <= dropout < 1.0:
+        raise ShapeError(f"dropout must be in [0, 1), got {dropout}")
+    if kind == "mask" and jnp.shape(dropout_mask) != jnp.shape(x):
+        raise ShapeError(f"dropout_mask must have the shape of x {tuple(jnp.shape(x))}, "
+                         f"got {tuple(jnp.shape(dropout_mask))}")
+    fn = functools.partial(_branch, in_f, out_f, float(dropout), kind)
+    if remat:
+        fn = jax.checkpoint(fn, policy=jax.checkpoint_policies.nothing_saveable)
+    return fn(x, A, B, lambda_d, lambda_b, dropout_mask if kind == "mask" else dropout_key)
+
+
 def forward(x: jax.Array, W: jax.Array, bias: jax.Array | None, A: jax.Array, B: jax.Array,
             lambda_d: jax.Array, lambda_b: jax.Array, *, layout: str = "linear",
-            dropout_mask: jax.Array | None = None, dropout: float = 0.0) -> jax.Array:
-    """spec 3.2: y = x W0^T + bias + lambda_b * ((lambda_d * (dropout(x) A_l^T)) B_l^T); (..., out)."""
+            dropout_mask: jax.Array | None = None, dropout: float = 0.0, dropout_key: jax.Array | None = None,
+            remat: bool = True) -> jax.Array:
+    """spec 3.2: y = x W0^T + bias + lambda_b * ((lambda_d * (dropout(x) A_l^T)) B_l^T); (..., out).
+    ``dropout_key`` and ``remat``: see ``adapter_out``."""
     in_f, out_f = _in_out(W, layout)
     if jnp.shape(x)[-1] != in_f:
         raise ShapeError(f"x must have shape (..., {in_f}), got {tuple(jnp.shape(x))}")
@@ -89,7 +119,8 @@ def forward(x: jax.Array, W: jax.Array, bias: jax.Array | None, A: jax.Array, B:
     y = _mm(x, (W.T if layout == "linear" else W).astype(x.dtype))  # (..., out)
     if bias is not None:
         y = y + bias.astype(x.dtype)
-    return y + adapter_out(x, A, B, lambda_d, lambda_b, dropout_mask=dropout_mask, dropout=dropout)
+    return y + adapter_out(x, A, B, lambda_d, lambda_b, dropout_mask=dropout_mask, dropout=dropout,
+                           dropout_key=dropout_key, remat=remat)
 
 
 def delta_weight(A: jax.Array, B: jax.Array, lambda_d: jax.Array, lambda_b: jax.Array, in_features: int,

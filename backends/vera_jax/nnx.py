@@ -75,7 +75,8 @@ class VeraLinear(nnx.Module):
     """
 
     def __init__(self, base: nnx.Linear, A: VeraProjection, B: VeraProjection, lambda_d, lambda_b, *,
-                 settings: VeraSettings, group: int, layout: str, rngs: nnx.Rngs | None = None) -> None:
+                 settings: VeraSettings, group: int, layout: str, rngs: nnx.Rngs | None = None,
+                 remat: bool = True) -> None:
         self.base = base
         self.A, self.B = A, B
         self.lambda_d = VeraParam(jnp.asarray(lambda_d))  # (r,)
@@ -85,14 +86,23 @@ class VeraLinear(nnx.Module):
         if settings.dropout > 0 and rngs is None:
             raise ModelMismatchError(f"dropout: p={settings.dropout} needs rngs= (an nnx.Rngs with a 'dropout' stream)")
         self.drop = nnx.Dropout(settings.dropout, rngs=rngs) if settings.dropout > 0 else None
+        self.remat = remat  # True: backward keeps only the branch's inputs (vera_jax.adapter_out)
+
+    def _dropout_key(self) -> jax.Array | None:
+        """A fresh key of the dropout stream in train mode (the mask is drawn inside the branch, so the
+        recompute of backward draws the same one); None in eval mode (spec 3.3: identity)."""
+        d = self.drop
+        if d is None or d.deterministic:
+            return None
+        return d.rngs[d.rng_collection]() if isinstance(d.rngs, nnx.Rngs) else d.rngs()
 
     def __call__(self, x: jax.Array, *, dropout_mask: jax.Array | None = None) -> jax.Array:
         """``dropout_mask`` (shape of x, 0/1): this exact mask instead of a random one (spec 3.3)."""
         y = self.base(x)  # (..., out)
-        if dropout_mask is None and self.drop is not None:
-            x = self.drop(x)  # spec 3.3: adapter input only; identity in eval mode
+        key = self._dropout_key() if dropout_mask is None else None  # spec 3.3: adapter input only
         z = adapter_out(x, self.A[...], self.B[...], self.lambda_d[...], self.lambda_b[...],
-                        dropout_mask=dropout_mask, dropout=self.settings.dropout)
+                        dropout_mask=dropout_mask, dropout_key=key, dropout=self.settings.dropout,
+                        remat=self.remat)
         return y + z.astype(y.dtype)
 
     def delta_merged_kernel(self) -> jax.Array:
@@ -141,9 +151,11 @@ def vera_layers(model: nnx.Module) -> list[tuple[str, VeraLinear]]:
 def apply_vera(model: nnx.Module, target_modules: Sequence[str] | str, r: int, *, seed: int = 0,
                d_initial: float = 0.1, dropout: float = 0.0, sharing: str = "shared",
                generator: str = "philox4x32-10", vector_dtype: str = "float32",
-               rngs: nnx.Rngs | None = None) -> list[str]:
+               rngs: nnx.Rngs | None = None, remat: bool = True) -> list[str]:
     """Adapt every ``nnx.Linear`` whose dotted name matches ``target_modules``, in place (spec 3.9:
-    lambda_b = 0, lambda_d = d_initial, an exact no-op until trained). Returns the adapted names."""
+    lambda_b = 0, lambda_d = d_initial, an exact no-op until trained). Returns the adapted names.
+    ``remat`` (default True): backward keeps only the adapter branch's inputs and recomputes the
+    rest (``vera_jax.adapter_out``); False keeps the intermediates (more memory, no recompute)."""
     if not generators.get(generator).generates:
         raise ProjectionError(f"the {generator} generator has no rule to generate from: load a file that "
                               "stores A and B with load_adapter")
@@ -155,11 +167,11 @@ def apply_vera(model: nnx.Module, target_modules: Sequence[str] | str, r: int, *
         raise ModelMismatchError(f"modules: no nnx.Linear of this model matches {target_modules!r}")
     ad = vera_ref.new_adapter(mods, r=r, seed=seed, d_initial=d_initial, dropout=dropout, sharing=sharing,
                               generator=generator, vector_dtype=vector_dtype)
-    return _attach(model, ad, rngs=rngs, held=None)
+    return _attach(model, ad, rngs=rngs, held=None, remat=remat)
 
 
 def load_adapter(model: nnx.Module, path: str | os.PathLike | Adapter, *, check_fingerprint: bool = True,
-                 vector_dtype: str | None = None, rngs: nnx.Rngs | None = None) -> list[str]:
+                 vector_dtype: str | None = None, rngs: nnx.Rngs | None = None, remat: bool = True) -> list[str]:
     """Load a spec file (or a ``vera_ref.Adapter``) into ``model``, in place; returns the module names.
 
     A path is read by ``vera_jax.read_adapter``: every check of spec 4.6, the checksums of rule
@@ -170,12 +182,12 @@ def load_adapter(model: nnx.Module, path: str | os.PathLike | Adapter, *, check_
     fingerprint when it has one (``ModelMismatchError`` otherwise). Extra tensors (a task
     head) load into the ``nnx.Linear`` they name, in PyTorch's names (``head.weight``
     (out, in), ``head.bias``) or Flax's (``head.kernel`` (in, out)).
-    ``vector_dtype``: hold the vectors in this dtype instead of the file's.
+    ``vector_dtype``: hold the vectors in this dtype instead of the file's. ``remat``: as in ``apply_vera``.
     """
     if not isinstance(path, (Adapter, str, os.PathLike)):
         raise AdapterFileError("path", f"expected a file path or a vera_ref.Adapter, got {type(path).__name__}")
     ad = path if isinstance(path, Adapter) else read_adapter(path)
-    return _attach(model, ad, rngs=rngs, held=vector_dtype, check_fingerprint=check_fingerprint)
+    return _attach(model, ad, rngs=rngs, held=vector_dtype, check_fingerprint=check_fingerprint, remat=remat)
 
 
 def _held_dtype(name: str):
@@ -185,7 +197,8 @@ def _held_dtype(name: str):
     return jnp.float64 if name == "float64" else jnp.float32  # float32 holds float16/bfloat16 exactly
 
 
-def _attach(model: nnx.Module, ad: Adapter, *, rngs, held: str | None, check_fingerprint: bool = False) -> list[str]:
+def _attach(model: nnx.Module, ad: Adapter, *, rngs, held: str | None, check_fingerprint: bool = False,
+            remat: bool = True) -> list[str]:
     cfg = ad.config
     found = _modules(model)
     bases = {}
@@ -219,7 +232,7 @@ def _attach(model: nnx.Module, ad: Adapter, *, rngs, held: str | None, check_fin
         A, B = pairs[cfg.group_of(i)]
         ld, lb = vectors[m.name]
         layer = VeraLinear(bases[m.name], A, B, jnp.asarray(ld, dt), jnp.asarray(lb, dt), settings=settings,
-                           group=cfg.group_of(i), layout=m.layout, rngs=rngs)
+                           group=cfg.group_of(i), layout=m.layout, rngs=rngs, remat=remat)
         _replace(model, found[m.name][0], layer)
     for (lin, attr), value in heads:
         getattr(lin, attr)[...] = jnp.asarray(value, getattr(lin, attr)[...].dtype)
