@@ -20,14 +20,14 @@ from hypothesis import strategies as st
 
 import vera_ref
 from vera_ref.dtypes import round_to
-from vera_ref.tolerance import (C, PRECISION_EPS, backward_magnitude, compare, forward_magnitude,
+from vera_ref.tolerance import (PRECISION_EPS, U_ACC, backward_magnitude, compare, constant, forward_magnitude,
                                 merge_magnitude)
 from vera_ref.resources import vectors_dir
 
 VECTORS = vectors_dir()
 
 from . import strategies as S
-from .protocol import Implementation, LayerCase, LoadedAdapter
+from .protocol import Implementation, LayerCase, LoadedAdapter, NoGradient
 
 
 class Mismatch(AssertionError):
@@ -61,8 +61,22 @@ class Check:
                                   "N", "bias", "scale", "values_seed", "dropout")  # what a --case must hold
 
 
+_USED_C: list[float] = []  # the constants of the comparisons of the running check (spec 5.2.3)
+
+
 def _tol(dtype: str) -> dict:
-    return {"policy": "spec 5.2", "C": C, "eps": PRECISION_EPS[dtype], "dtype": dtype}
+    """What a report records (spec 5.2): the largest derived C the check used, eps, the dtype and
+    the accumulation format the bound assumes (spec 5.2.3)."""
+    c = max(_USED_C, default=None)
+    _USED_C.clear()
+    return {"policy": "spec 5.2", "C": c, "eps": PRECISION_EPS[dtype], "dtype": dtype,
+            "accumulation": "binary64" if U_ACC[dtype] == 2.0**-53 else "binary32"}
+
+
+def _C(quantity: str, case: LayerCase, dtype: str, steps: int = 1) -> float:
+    """spec 5.2.3: the constant of ``quantity`` for the sizes of ``case``."""
+    return constant(quantity, dtype, N=max(1, int(np.prod(np.shape(case.x)[:-1]))), in_features=case.in_features,
+                    out_features=case.out_features, r=case.r, steps=steps)
 
 
 def _crash(exc: BaseException) -> str:
@@ -97,6 +111,8 @@ def _property(strategy, body: Callable[[object], float | None], max_examples: in
     def failed(exc) -> Outcome:
         if isinstance(exc, Mismatch):
             return Outcome("failed", str(exc), state["n"], exc.ratio, _jsonable(state["last"]))
+        if isinstance(exc, NoGradient):
+            return Outcome("failed", str(exc), state["n"], None, _jsonable(state["last"]))
         return Outcome("failed", _crash(exc), state["n"], None, _jsonable(state["last"]))
 
     try:
@@ -120,11 +136,13 @@ def _property(strategy, body: Callable[[object], float | None], max_examples: in
     return Outcome("passed", "", state["n"], state["worst"])
 
 
-def _expect(got, ref, S_, dtype: str, what: str) -> float:
+def _expect(got, ref, S_, dtype: str, what: str, c: float) -> float:
+    """The worst ratio of |got - ref| to the bound of spec 5.2 with the constant ``c``, or Mismatch."""
     got = np.asarray(got, dtype=np.float64)
     if got.shape != np.shape(ref):
         raise Mismatch(f"{what}: shape {got.shape}, expected {np.shape(ref)}")
-    chk = compare(got, ref, S_, dtype)
+    _USED_C.append(c)
+    chk = compare(got, ref, S_, dtype, c)
     if not chk.ok:
         raise Mismatch(f"{what}: {chk.describe()}", chk.ratio)
     return chk.ratio
@@ -309,6 +327,7 @@ def _twin(c: LayerCase) -> LayerCase:
 def _layer_property(impl, device, dtype, max_examples, body, case=None, dropout=True, strategy=None) -> Outcome:
     dropout = dropout and getattr(impl, "dropout", True)
     explicit = S.explicit(_layouts(impl))
+    _USED_C.clear()
     out = _property(_specs(impl, dropout) if strategy is None else strategy, lambda spec: body(_build(impl, spec, dtype, device)),
                     max_examples, case, explicit)
     out.tolerance = _tol(dtype)
@@ -350,8 +369,9 @@ def check_forward(impl, device, dtype, max_examples, case=None) -> Outcome:
         s = impl.scale(c.r)
         try:
             t = _twin(c)  # the adapter term first: its message names a scale or a missing term directly
-            worst = _expect(impl.forward(t), *_forward_ref(t, s), dtype, "adapter term (W0 = 0, no bias)")
-            return max(worst, _expect(impl.forward(c), *_forward_ref(c, s), dtype, "y"))
+            k = _C("forward", c, dtype)
+            worst = _expect(impl.forward(t), *_forward_ref(t, s), dtype, "adapter term (W0 = 0, no bias)", k)
+            return max(worst, _expect(impl.forward(c), *_forward_ref(c, s), dtype, "y", k))
         except Mismatch as exc:
             note = tf32_probe(impl, c) if dtype == "float32" else ""
             raise Mismatch(str(exc) + note, exc.ratio) from None
@@ -364,7 +384,8 @@ def check_eval_dropout(impl, device, dtype, max_examples, case=None) -> Outcome:
         c = dataclasses.replace(c, dropout_mask=None, dropout=c.dropout or 0.5)
         ref, S_ = _forward_ref(c, impl.scale(c.r))
         return _expect(impl.forward(c), ref, S_, dtype, f"y in evaluation mode with dropout p = {c.dropout} "
-                                                        "(must equal the forward without dropout)")
+                                                        "(must equal the forward without dropout)",
+                       _C("forward", c, dtype))
     strategy = _specs(impl, dropout=False, dropout_p=0.5)
     return _layer_property(impl, device, dtype, max(5, max_examples // 5), body, case, strategy=strategy)
 
@@ -375,16 +396,29 @@ def _backward_ref(c: LayerCase, s: float):
     return (g.x, g.lambda_d, g.lambda_b * s), (m.x, m.lambda_d, m.lambda_b * s)
 
 
+def _gradients(got):
+    """(dx, d_lambda_d, d_lambda_b) as returned; a vector gradient that is None names its vector."""
+    try:
+        dx, dld, dlb = got
+    except (TypeError, ValueError):
+        raise Mismatch(f"backward returned {type(got).__name__}, expected (dx, d_lambda_d, d_lambda_b)") from None
+    for name, g in (("x", dx), ("lambda_d", dld), ("lambda_b", dlb)):
+        if g is None:
+            raise NoGradient(name)
+    return dx, dld, dlb
+
+
 def check_backward(impl, device, dtype, max_examples, case=None) -> Outcome:
     def body(c: LayerCase):
         s = impl.scale(c.r)
         ref, mag = _backward_ref(c, s)
-        got = impl.backward(c)
-        worst = max(_expect(g, r, m, dtype, what) for g, r, m, what in
+        got = _gradients(impl.backward(c))
+        worst = max(_expect(g, r, m, dtype, what, _C(what, c, dtype)) for g, r, m, what in
                     zip(got, ref, mag, ("dx", "d_lambda_d", "d_lambda_b")))
         t = _twin(c)
         ref, mag = _backward_ref(t, s)
-        return max(worst, _expect(impl.backward(t)[0], ref[0], mag[0], dtype, "adapter part of dx (W0 = 0)"))
+        return max(worst, _expect(_gradients(impl.backward(t))[0], ref[0], mag[0], dtype, "adapter part of dx (W0 = 0)",
+                                  _C("dx", c, dtype)))
     return _layer_property(impl, device, dtype, max_examples, body, case)
 
 
@@ -397,9 +431,10 @@ def _merge_ref(c: LayerCase, s: float, W=None):
 def check_merge(impl, device, dtype, max_examples, case=None) -> Outcome:
     def body(c: LayerCase):
         s = impl.scale(c.r)
-        worst = _expect(impl.merge(c), *_merge_ref(c, s), dtype, "W0 + Delta W")
+        k = _C("merge", c, dtype)
+        worst = _expect(impl.merge(c), *_merge_ref(c, s), dtype, "W0 + Delta W", k)
         t = _twin(c)
-        return max(worst, _expect(impl.merge(t), *_merge_ref(t, s), dtype, "Delta W (W0 = 0)"))
+        return max(worst, _expect(impl.merge(t), *_merge_ref(t, s), dtype, "Delta W (W0 = 0)", k))
     return _layer_property(impl, device, dtype, max_examples, body, case, dropout=False)
 
 
@@ -408,7 +443,8 @@ def check_unmerge(impl, device, dtype, max_examples, case=None) -> Outcome:
         s = impl.scale(c.r)
         Wm = round_to(_merge_ref(c, s)[0], S.storage(dtype)).astype(np.float64)
         ref = vera_ref.unmerge(Wm, c.A, c.B, c.lambda_d, c.lambda_b * s, layout=c.layout)
-        return _expect(impl.unmerge(c, Wm), ref, _merge_ref(c, s, Wm)[1], dtype, "W - Delta W")
+        return _expect(impl.unmerge(c, Wm), ref, _merge_ref(c, s, Wm)[1], dtype, "W - Delta W",
+                       _C("unmerge", c, dtype))
     return _layer_property(impl, device, dtype, max_examples, body, case, dropout=False)
 
 
@@ -471,8 +507,10 @@ def check_stateless(impl, device, dtype, max_examples, case=None) -> Outcome:
             if gen:
                 _projection_equal(impl, c.seed, c.r, c.n_in, c.n_out, c.group, device, after)
             if fwd:
-                worst = max(worst, _expect(impl.forward(c), *_forward_ref(c, impl.scale(c.r)), dtype, after + "y"))
+                worst = max(worst, _expect(impl.forward(c), *_forward_ref(c, impl.scale(c.r)), dtype, after + "y",
+                                           _C("forward", c, dtype)))
         return worst
+    _USED_C.clear()
     out = _property(_sequences(_layouts(impl)), body, max(5, max_examples // 5), case)
     out.tolerance = _tol(dtype)
     return out
@@ -519,16 +557,20 @@ def check_train(impl, device, dtype, max_examples, case=None) -> Outcome:
             m = backward_magnitude(c.x, c.W, c.A, c.B, Sd, Sb * s, c.dy, **kw)
             ld, lb = ld - lr * g.lambda_d, lb - lr * s * g.lambda_b
             Sd, Sb = Sd + lr * m.lambda_d, Sb + lr * s * m.lambda_b
-        # rounding of every step accumulates: the bound of spec 5.2 times the number of steps
-        return max(_expect(got.lambda_d, ld, Sd * steps, dtype, f"lambda_d after {steps} SGD steps (lr {lr:g})"),
-                   _expect(got.lambda_b, lb, Sb * steps, dtype, f"lambda_b after {steps} SGD steps (lr {lr:g})"))
+        # spec 5.2.3: the operations of every step lie on one term's way to the result
+        k = _C("train", c, dtype, steps)
+        return max(_expect(got.lambda_d, ld, Sd, dtype, f"lambda_d after {steps} SGD steps (lr {lr:g})", k),
+                   _expect(got.lambda_b, lb, Sb, dtype, f"lambda_b after {steps} SGD steps (lr {lr:g})", k))
     return _layer_property(impl, device, dtype, max(5, max_examples // 2), body, case)
 
 
 def check_adapter_scale(impl, device, dtype, max_examples, case=None) -> Outcome:
-    """spec 3.2 has no scale on the adapter term; a declared one is a named deviation."""
+    """spec 3.2 has no scale on the adapter term; a declared one is a named deviation. Without a
+    declared scale there is nothing to report here: the forward check compares the adapter term
+    with no scale (a constant factor fails it, named "a scale such as alpha/r?")."""
     if getattr(impl, "adapter_scale", None) is None:
-        return Outcome("passed", "", 1)
+        return Outcome("skipped", f"{impl.name} declares no adapter_scale: the forward check compares the "
+                                  "adapter term without one")
     scales = {r: impl.scale(r) for r in (1, 8, 64, 256)}
     return Outcome("failed", "declared deviation: adapter_scale (LoRA-style alpha/r) multiplies the adapter term by "
                              + ", ".join(f"{v:g} at r={r}" for r, v in scales.items())
@@ -537,7 +579,8 @@ def check_adapter_scale(impl, device, dtype, max_examples, case=None) -> Outcome
 
 def check_math_vectors(impl, device, dtype, max_examples, case=None) -> Outcome:
     """spec/vectors/math.json: the cases of the check's dtype, through forward/backward/merge as claimed."""
-    from .vectors_runner import math_case, unbits
+    from .vectors_runner import math_case, math_constant, unbits
+    _USED_C.clear()
     env = json.loads((VECTORS / "math.json").read_text())
     cases = [c for c in env["testGroups"][0]["tests"] if c["dtype"] == dtype
              and (c["dropout"] == 0 or getattr(impl, "dropout", True))
@@ -560,7 +603,7 @@ def check_math_vectors(impl, device, dtype, max_examples, case=None) -> Outcome:
             for k, got in outs.items():
                 ref = unbits(c["expected"][k]).reshape(c["expected"][k]["shape"])
                 S_ = unbits(c["magnitude"][k]).reshape(c["magnitude"][k]["shape"])
-                worst = max(worst, _expect(got, ref, S_, dtype, f"tcId {c['tcId']} {k}"))
+                worst = max(worst, _expect(got, ref, S_, dtype, f"tcId {c['tcId']} {k}", math_constant(c, k)))
         except Mismatch as exc:
             return Outcome("failed", str(exc), len(cases), exc.ratio, {"tcId": c["tcId"]}, _tol(dtype))
         except Exception as exc:

@@ -59,6 +59,15 @@ LAYOUTS = ("linear", "conv1d")
 GENERATOR_KINDS = ("philox4x32-10", "peft-mt19937", "own")
 
 
+class NoGradient(AssertionError):
+    """A trained vector got no gradient in a backward: it does not reach the output. Raised by
+    ``torch_helpers.backward_arrays``; the kit reports its message as the failure."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{name} got no gradient: it does not reach the output")
+        self.name = name
+
+
 class ConformanceError(VeraError, ValueError):
     """The kit cannot run as asked: a bad implementation name or declaration, a bad ``--case``,
     ``--only`` naming no check, an unwritable report path, a run that would check nothing."""

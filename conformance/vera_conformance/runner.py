@@ -46,6 +46,42 @@ class Result:
     note: str = ""
 
 
+# what an implementation computes with (protocol.py); declarations (name, dtypes, scale, ...) are not
+PROTOCOL_METHODS = ("projection", "philox", "forward", "backward", "merge", "unmerge", "train_steps",
+                    "load_adapter", "save_adapter")
+
+
+class Watched:
+    """The implementation as a check sees it, counting calls of its protocol methods: a check that
+    called none of them ran none of the implementation's code, and is never reported as passed."""
+
+    def __init__(self, impl: Implementation) -> None:
+        self.__dict__["_impl"] = impl
+        self.__dict__["calls"] = 0
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._impl, name)
+        if name not in PROTOCOL_METHODS or not callable(attr):
+            return attr
+
+        def called(*args, **kwargs):
+            self.__dict__["calls"] += 1
+            return attr(*args, **kwargs)
+        return called
+
+    def __setattr__(self, name: str, value) -> None:
+        setattr(self._impl, name, value)
+
+
+def _ran_nothing(out: Outcome, watched: Watched, impl: Implementation) -> Outcome:
+    """A pass of a check that called no method of the implementation becomes a failure."""
+    if out.status != "passed" or watched.calls:
+        return out
+    return Outcome("failed", f"the check called no method of {impl.name} ({', '.join(PROTOCOL_METHODS)}): "
+                             "a check that ran nothing is not a pass (a bug of the kit)", out.examples,
+                   tolerance=out.tolerance)
+
+
 def _device_present(device: str) -> str | None:
     if device == "cpu":
         return None
@@ -123,6 +159,20 @@ def run_case(impl: Implementation, chk: Check, device: str, dtype: str | None, c
                                f"({type(exc).__name__}: {exc})") from None
 
 
+def run_check(impl: Implementation, chk: Check, device: str, dtype: str | None, max_examples: int,
+              case: dict | None = None) -> Outcome:
+    """One check (or the replay of one case) with the implementation watched: a crash outside a
+    property is a failure, and a pass that called none of the implementation's methods is not a pass."""
+    watched = Watched(impl)
+    if case is not None:
+        return _ran_nothing(run_case(watched, chk, device, dtype, case), watched, impl)
+    try:
+        out = chk.run(watched, device, dtype or "float32", max_examples)
+    except Exception as exc:  # an implementation that crashes outside a property check
+        out = Outcome("failed", f"{type(exc).__name__}: {str(exc)[:300]}")
+    return _ran_nothing(out, watched, impl)
+
+
 def _fresh(impl: Implementation, impl_spec: str):
     """A new implementation object, for telling a state-dependent failure from a plain one."""
     try:
@@ -161,12 +211,9 @@ def run(impl: Implementation, impl_spec: str, devices: list[str], dtypes: list[s
         if reason or listed:
             out = Outcome("skipped", reason or f"skips file: {listed}")
         elif case is not None:
-            out = run_case(impl, chk, device, dtype, case)
+            out = run_check(impl, chk, device, dtype, 1, case)
         else:
-            try:
-                out = chk.run(impl, device, dtype or "float32", max_examples)
-            except Exception as exc:  # an implementation that crashes outside a property check
-                out = Outcome("failed", f"{type(exc).__name__}: {str(exc)[:300]}")
+            out = run_check(impl, chk, device, dtype, max_examples)
             if out.status == "failed":
                 out.reason += _state_note(impl, impl_spec, chk, device, dtype, out)
         status = out.status

@@ -1,14 +1,14 @@
 """Collected by ``pytest -p vera_conformance.pytest_plugin --pyargs vera_conformance``."""
 import pytest
 
-from vera_conformance.runner import _repro
+from vera_conformance.runner import _repro, run_check
 
 
 def test_vera(vera_item, vera_max_examples):
     impl, spec, tid, chk, device, dtype, reason = vera_item
     if reason:
         pytest.skip(reason)
-    out = chk.run(impl, device, dtype or "float32", vera_max_examples)
+    out = run_check(impl, chk, device, dtype, vera_max_examples)
     if out.status == "skipped":
         pytest.skip(out.reason)
     if out.status == "failed":

@@ -3,7 +3,7 @@
 leading slices of spec 2.3, tensors from a case, and plain SGD steps returning ``Trained``.
 
     from vera_conformance import Implementation
-    from vera_conformance.torch_helpers import case_tensors, run_case, sgd_steps
+    from vera_conformance.torch_helpers import backward_arrays, case_tensors, leading_slices, run_case, sgd_steps
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .protocol import LayerCase, Trained
+from .protocol import LayerCase, NoGradient, Trained
 
 TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
                 "float64": torch.float64, "tf32": torch.float32}
@@ -65,6 +65,25 @@ def run_case(c: LayerCase, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     mask = torch.tensor(c.dropout_mask, device=x.device)
     with fixed_dropout(mask):
         return model(x)
+
+
+def backward_arrays(c: LayerCase, model: nn.Module, x: torch.Tensor, lambda_d: torch.Tensor,
+                    lambda_b: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The kit's backward (spec 3.4): run ``model(x)`` as the case asks, backpropagate the case's
+    dy, and return (dx, d lambda_d, d lambda_b) as float64 arrays. ``x`` is made to require grad;
+    a vector (or x) that gets no gradient raises ``NoGradient`` naming it ("lambda_b got no
+    gradient: it does not reach the output") instead of an AttributeError on ``None.grad``."""
+    x = x.detach().requires_grad_()
+    for p in (lambda_d, lambda_b):
+        p.grad = None
+    y = run_case(c, model, x)
+    y.backward(torch.as_tensor(c.dy, dtype=y.dtype, device=y.device))
+    out = []
+    for name, t in (("x", x), ("lambda_d", lambda_d), ("lambda_b", lambda_b)):
+        if t.grad is None:
+            raise NoGradient(name)
+        out.append(t.grad.detach().to(torch.float64).cpu().numpy())
+    return out[0], out[1], out[2]
 
 
 def sgd_steps(c: LayerCase, model: nn.Module, layer: nn.Module, x: torch.Tensor, lr: float, steps: int,

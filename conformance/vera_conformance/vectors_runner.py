@@ -23,7 +23,7 @@ import json
 import numpy as np
 
 import vera_ref
-from vera_ref.tolerance import compare
+from vera_ref.tolerance import compare, constant
 from vera_ref.resources import vectors_dir
 
 VECTORS = vectors_dir()
@@ -100,12 +100,22 @@ def _projection(t, got):
     return ok, f"sha256 differ ({t['comment']})"
 
 
+QUANTITY = {"y": "forward", "dx": "dx", "dlambda_d": "d_lambda_d", "dlambda_b": "d_lambda_b", "W_merged": "merge"}
+
+
+def math_constant(t: dict, key: str) -> float:
+    """spec 5.2.3: C of the output ``key`` of a math.json case, from its sizes."""
+    N, in_f = t["inputs"]["x"]["shape"][-2:]
+    return constant(QUANTITY[key], t["dtype"], N=N, in_features=in_f, out_features=t["inputs"]["lambda_b"]["shape"][0],
+                    r=t["r"])
+
+
 def _math(t, got):
     bad = []
     for k, v in got.items():
         ref = unbits(t["expected"][k]).reshape(t["expected"][k]["shape"])
         S = unbits(t["magnitude"][k]).reshape(t["magnitude"][k]["shape"])
-        chk = compare(unbits(v).reshape(v["shape"]), ref, S, t["dtype"])
+        chk = compare(unbits(v).reshape(v["shape"]), ref, S, t["dtype"], math_constant(t, k))
         if not chk.ok:
             bad.append(f"{k}: {chk.describe()}")
     return not bad, "; ".join(bad)

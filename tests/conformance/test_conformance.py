@@ -13,8 +13,8 @@ from conftest import ROOT
 from vera_conformance.checks import CHECKS
 from vera_conformance.impls import broken as Bk
 from vera_conformance.impls.reference import Reference
-from vera_conformance.protocol import DTYPES, ConformanceError, load_implementation
-from vera_conformance.runner import _state_note, final_line, run, summary
+from vera_conformance.protocol import CAPABILITIES, DTYPES, ConformanceError, Implementation, load_implementation
+from vera_conformance.runner import PROTOCOL_METHODS, _state_note, final_line, run, summary
 
 EXAMPLES = 8
 
@@ -120,7 +120,7 @@ def test_torch_backend_passes_both_paths_in_every_dtype(factory):
     assert sum(r.status == "passed" for r in results) >= 36
     for r in results:  # every float check records its tolerance (spec 5.2)
         if r.status == "passed" and r.check in ("forward", "backward", "merge", "unmerge", "train"):
-            assert r.tolerance["C"] == 16 and r.worst_ratio is not None and r.worst_ratio <= 1
+            assert r.tolerance["C"] > 1 and r.worst_ratio is not None and r.worst_ratio <= 1
 
 
 def test_peft_layer_passes_through_the_same_door():
@@ -130,8 +130,8 @@ def test_peft_layer_passes_through_the_same_door():
     assert summary(results)["failed"] == 0, [(r.id, r.reason) for r in results if r.status == "failed"]
     assert {r.check for r in results if r.status == "passed"} == {
         "forward", "backward", "merge", "unmerge", "train", "eval_dropout", "generator_probe", "stateless",
-        "adapter_scale", "math_vectors"}
-    assert all("does not claim" in r.reason for r in results if r.status == "skipped")
+        "math_vectors"}
+    assert all("does not claim" in r.reason or r.check == "adapter_scale" for r in results if r.status == "skipped")
 
 
 def test_onnx_backend_passes_what_ort_can_do():
@@ -185,7 +185,7 @@ def test_cli_run_and_json_report(tmp_path):
     assert doc["summary"]["failed"] >= 1 and doc["spec_version"] == __import__("vera_ref").SPEC_VERSION
     assert doc["dtypes"] == ["bfloat16", "float16", "float32", "float64"]  # every declared dtype by default
     fwd = next(r for r in doc["results"] if r["id"] == "forward[bfloat16]_cpu")
-    assert fwd["status"] == "failed" and fwd["tolerance"]["C"] == 16 and fwd["case"]["in_features"] >= 1
+    assert fwd["status"] == "failed" and fwd["tolerance"]["C"] > 1 and fwd["case"]["in_features"] >= 1
 
 
 @pytest.mark.parametrize("args, message", [
@@ -290,16 +290,98 @@ def test_readme_table_is_the_kits_output():
     assert table(max_examples=2) in (ROOT / "README.md").read_text()
 
 
-def test_worked_example_wraps_a_third_party_layer_in_under_30_lines():
-    pytest.importorskip("torch")
-    example = (ROOT / "conformance/examples/wrap_torch_layer.py").read_text()
-    wrapper = example.split("# ---- the wrapper")[1].split("\n", 1)[1]
-    code = [ln for ln in wrapper.splitlines() if ln.strip()]
-    assert len(code) < 30
+def _readme_wrapper() -> str:
     readme = (ROOT / "conformance/README.md").read_text()
-    block = readme.split("```python\n")[1].split("```")[0]
-    assert [ln.split("  # noqa")[0] for ln in code] == [ln for ln in block.splitlines() if ln.strip()]
+    return readme.split("## Wrapping a torch layer")[1].split("```python\n")[1].split("```")[0]
+
+
+def test_readme_wrapper_is_a_complete_file_under_30_lines_that_passes(tmp_path):
+    """conformance/README.md's wrapper, as written there (imports and all), is the example file,
+    has under 30 lines of code as the README says, and passes the kit from a folder of its own."""
+    pytest.importorskip("torch")
+    block = _readme_wrapper()
+    assert block == (ROOT / "conformance/examples/wrap_torch_layer.py").read_text()
+    code = [ln for ln in block.splitlines() if ln.strip()]
+    n = len(code)
+    assert n < 30 and f"in {n} lines (blank lines not counted" in (ROOT / "conformance/README.md").read_text()
+    assert "leading_slices" in block and block.startswith("from ")  # imports and the slice helper are there
+    (tmp_path / "wrap_torch_layer.py").write_text(block)
+    (tmp_path / "plain_vera.py").write_text((ROOT / "conformance/examples/plain_vera.py").read_text())
     res = _runner("--impl", "wrap_torch_layer:make", "--max-examples", "3", "--only",
-                  "forward,backward,train,eval_dropout,generator_probe", cwd=ROOT / "conformance/examples")
+                  "forward,backward,train,eval_dropout,generator_probe", cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-1500:] + res.stderr
     assert res.stdout.strip().endswith("5 passed, 0 failed, 0 skipped")
+    # declared float32 only and asked for float16: nothing ran, so the run is an error, not a pass
+    res = _runner("--impl", "wrap_torch_layer:make", "--max-examples", "3", "--dtype", "float16", cwd=tmp_path)
+    assert res.returncode != 0 and "PASSED" not in res.stdout, res.stdout
+    assert "nothing was checked" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_a_vector_without_gradient_is_named(tmp_path):
+    """A trained vector that does not reach the output: the kit names it, not an AttributeError."""
+    r = _quiet(Bk.LambdaBNoGradient(), ["float32"], only=["backward"])[0]
+    assert (r.status, r.reason) == ("failed", "lambda_b got no gradient: it does not reach the output")
+    torch = pytest.importorskip("torch")
+    (tmp_path / "plain_vera.py").write_text((ROOT / "conformance/examples/plain_vera.py").read_text()
+                                            .replace("self.lambda_b * (", "self.lambda_b.detach() * ("))
+    (tmp_path / "wrap_torch_layer.py").write_text(_readme_wrapper())
+    sys.path.insert(0, str(tmp_path))
+    try:
+        impl = load_implementation("wrap_torch_layer:make")
+        r = _quiet(impl, ["float32"], 2, only=["backward"])[0]
+    finally:
+        sys.path.remove(str(tmp_path))
+        for m in ("wrap_torch_layer", "plain_vera"):
+            sys.modules.pop(m, None)
+    assert (r.status, r.reason) == ("failed", "lambda_b got no gradient: it does not reach the output")
+    assert torch.is_grad_enabled()
+
+
+class _Raises(Implementation):
+    """Claims everything and raises on any call of any method."""
+    name = "raises on every call"
+    capabilities = frozenset(CAPABILITIES)
+    dtypes = frozenset(DTYPES)
+
+    def __getattribute__(self, name):
+        attr = object.__getattribute__(self, name)
+        if name in PROTOCOL_METHODS or name == "philox":
+            def raising(*a, **k):
+                raise RuntimeError(f"{name} called")
+            return raising
+        return attr
+
+
+GENERATOR_CHECKS = ["philox_kat", "projection_vectors", "projection", "projection_distribution"]
+
+
+@pytest.mark.parametrize("decl, only", [
+    ({}, None),  # every check
+    ({"generator": "own"}, GENERATOR_CHECKS), ({"generator": "peft-mt19937"}, GENERATOR_CHECKS),
+    ({"adapter_scale": 0.5, "dropout": False, "layouts": frozenset({"linear"})},
+     ["adapter_scale", "eval_dropout", "generator_probe", "math_vectors", "forward"])], ids=str)
+def test_no_check_passes_an_implementation_that_raises_or_declares_nothing(decl, only):
+    """Structural (issue 21): every check, against an implementation whose every method raises,
+    reports failed or skipped; against one that declares nothing, skipped; never passed. The
+    declarations that change what a check does get a run of those checks each."""
+    impl = type("R", (_Raises,), dict(decl))()
+    results = run(impl, "x:y", ["cpu"], ["float32"], 1, only=only, echo=lambda s: None)
+    assert {r.check for r in results} == set(only or [c.name for c in CHECKS])
+    assert not [r.id for r in results if r.status == "passed"]
+    assert any(r.status == "failed" for r in results)
+    nothing = run(Implementation(), "x:y", ["cpu"], list(DTYPES), 1, only=only, echo=lambda s: None)
+    assert {r.status for r in nothing} == {"skipped"}
+
+
+def test_a_pass_that_called_nothing_is_a_failure():
+    """The runner's own guard: a check (here a kit bug) that returns passed without calling any
+    method of the implementation is reported failed."""
+    from vera_conformance.checks import Check, Outcome
+    from vera_conformance.runner import run_check
+    lazy = Check("lazy", "forward", "M", False, lambda impl, device, dtype, n, case=None: Outcome("passed", "", 1))
+    out = run_check(Reference(), lazy, "cpu", None, 2)
+    assert out.status == "failed" and f"called no method of {Reference().name} (projection, " in out.reason
+    busy = Check("busy", "forward", "M", False,
+                 lambda impl, device, dtype, n, case=None: Outcome("passed", "", impl.projection(1, 2, 3, 4, 0, device)
+                                                                   and 1))
+    assert run_check(Reference(), busy, "cpu", None, 2).status == "passed"

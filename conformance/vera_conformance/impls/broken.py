@@ -377,6 +377,16 @@ class PeftGeneratorClaimedAsPhilox(PeftGenerator):
     generator = "philox4x32-10"
 
 
+class LambdaBNoGradient(Reference):
+    """lambda_b is applied through a detached copy (``.data``), so autograd gives it no gradient:
+    the framework's grad is None."""
+    name = "broken: lambda_b detached (no gradient)"
+
+    def backward(self, c: LayerCase):
+        dx, dld, _ = super().backward(c)
+        return dx, dld, None
+
+
 # the check of a default run that catches each one (the meta-tests assert it fails there)
 CAUGHT_BY = {
     TransposedA: "projection", LambdaDAfterB: "forward", OwnUniform: "projection", BoundFromLayer: "forward",
@@ -389,7 +399,7 @@ CAUGHT_BY = {
     WriterFloat32Vectors: "files_roundtrip", WriterAllLinear: "files_roundtrip",
     WriterSeedThroughFloat: "files_roundtrip",
     DeclaredAlphaOverR: "adapter_scale", OwnGeneratorNormal: "projection_distribution",
-    PeftGeneratorClaimedAsPhilox: "projection_vectors",
+    PeftGeneratorClaimedAsPhilox: "projection_vectors", LambdaBNoGradient: "backward",
 }
 BROKEN = list(CAUGHT_BY)
 # declared deviations that are conforming in what they declare (the meta-tests assert they pass)

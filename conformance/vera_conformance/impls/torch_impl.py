@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from ..protocol import Implementation, LayerCase, LoadedAdapter, Trained
-from ..torch_helpers import Conv1D, run_case, sgd_steps
+from ..torch_helpers import Conv1D, backward_arrays, run_case, sgd_steps
 
 _DT = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16", "float64": "float64"}
 
@@ -77,11 +77,7 @@ class TorchImpl(Implementation):
 
     def backward(self, c: LayerCase):
         m, layer, dt = self._model(c)
-        x = self._x(c, dt, grad=True)
-        y = run_case(c, m, x)
-        y.backward(self.torch.tensor(c.dy, dtype=y.dtype, device=y.device))
-        return (x.grad.double().cpu().numpy(), layer.vera_lambda_d["default"].grad.double().cpu().numpy(),
-                layer.vera_lambda_b["default"].grad.double().cpu().numpy())
+        return backward_arrays(c, m, self._x(c, dt), layer.vera_lambda_d["default"], layer.vera_lambda_b["default"])
 
     def merge(self, c: LayerCase):
         m, layer, dt = self._model(c)
