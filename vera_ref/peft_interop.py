@@ -37,6 +37,7 @@ n_in; these come from ``model_modules`` (every module of the model), ``dims``
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -53,7 +54,7 @@ from .errors import AdapterFileError, ConversionError, ModelMismatchError
 from .metadata import SPEC_VERSION, AdapterConfig, ModuleSpec, config_json, parse_config
 from .peft_mt19937 import peft_projection
 from .peft_rule import (_is_int, _natural, _near_names, _show, check_selection, exact_target_modules,  # noqa: F401
-                        peft_selects)
+                        peft_selects, regex_budget)
 
 PREFIX = "base_model.model."
 CONFIG_FILE = "adapter_config.json"
@@ -190,6 +191,16 @@ def _adopt(carried: AdapterConfig, acfg: AdapterConfig, used: tuple[np.ndarray, 
     return None
 
 
+def _bounded(fn):
+    """Run ``fn`` with one regex step budget for all its pattern matches (peft_regex.MAX_TOTAL_STEPS)."""
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        with regex_budget():
+            return fn(*args, **kwargs)
+    return run
+
+
+@_bounded
 def peft_to_adapter(directory: str | os.PathLike, *, dims: Mapping[str, tuple[int, int]] | None = None,
                     in_features: int | None = None, base_model_name: str | None = None,
                     keep_projections: bool = False,
@@ -355,6 +366,7 @@ def peft_to_adapter(directory: str | os.PathLike, *, dims: Mapping[str, tuple[in
 
 
 # -- writing ----------------------------------------------------------------------------------
+@_bounded
 def adapter_to_peft(adapter: Adapter, directory: str | os.PathLike, *,
                     base_model_name_or_path: str | None = None, keep_projections: bool = False,
                     model_modules: Iterable[str] | None = None) -> None:

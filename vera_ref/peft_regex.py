@@ -7,7 +7,8 @@ Python's own regex parser (so PEFT's syntax is exactly what is accepted) after b
 length and group nesting, and then run as a Thompson automaton (Pike-style set simulation)
 that never backtracks: the work is at most about ``states x len(text)`` per match, with
 ``states <= MAX_STATES``, and a work budget (``MAX_STEPS``) stops anything beyond that with
-``RegexError``. No dependency beyond the standard library.
+``RegexError``; a ``Budget`` bounds the steps of all the matches of one conversion together
+(``MAX_TOTAL_STEPS``). No dependency beyond the standard library.
 
 Supported: literals, classes, ``.``, anchors (``^ $ \\A \\Z \\b \\B``), alternation, groups,
 greedy and lazy repeats (same yes/no answer), lookahead and fixed-width lookbehind, the flags
@@ -27,7 +28,16 @@ from re import _parser as P
 MAX_PATTERN_CHARS = 1 << 16  # a PEFT pattern of a 560-module model's full paths is ~20 kB
 MAX_NESTING = 100  # group nesting before parsing (Python's parser recurses per level)
 MAX_STATES = 1 << 17  # automaton states after expanding counted repeats
-MAX_STEPS = 1 << 22  # state visits per match call
+MAX_STEPS = 1 << 20  # state visits per match call
+MAX_TOTAL_STEPS = 1 << 22  # state visits per Budget (one conversion: every module, every pattern)
+
+
+class Budget:
+    """Automaton steps shared by several matches (``steps_left``); ``RegexError`` once spent."""
+
+    def __init__(self, steps: int | None = None) -> None:
+        self.limit = MAX_TOTAL_STEPS if steps is None else steps
+        self.steps_left = self.limit
 
 
 class RegexError(ValueError):
@@ -90,20 +100,27 @@ class Program:
         if self.literals is None:
             self.prog = _Compiler().program(parsed.data, parsed.state.flags)
 
-    def match(self, text: str, start: int = 0, *, full: bool) -> bool:
+    def match(self, text: str, start: int = 0, *, full: bool, budget: Budget | None = None) -> bool:
         """``re.fullmatch`` (full=True) or ``re.match`` (full=False) of ``text`` from ``start``."""
         if self.literals is not None:
             if full:
                 return text[start:] in self.literals
             return any(text.startswith(s, start) for s in self.literals)
-        run = _Run(text)
-        return run.ends(self.prog, start, len(text) if full else None, first=True) != set()
+        run = _Run(text, budget)
+        try:
+            return run.ends(self.prog, start, len(text) if full else None, first=True) != set()
+        finally:
+            run.settle()
 
-    def ends(self, text: str, start: int) -> set[int]:
+    def ends(self, text: str, start: int, budget: Budget | None = None) -> set[int]:
         """Every position at which a match of the pattern starting at ``start`` can end."""
         if self.literals is not None:
             return {start + len(s) for s in self.literals if text.startswith(s, start)}
-        return _Run(text).ends(self.prog, start, None, first=False)
+        run = _Run(text, budget)
+        try:
+            return run.ends(self.prog, start, None, first=False)
+        finally:
+            run.settle()
 
 
 @lru_cache(maxsize=256)
@@ -166,7 +183,11 @@ class _Compiler:
     def emit(self, prog: list, data, flags: int) -> None:
         for op, av in (data.data if hasattr(data, "data") else data):
             if op in (C.LITERAL, C.NOT_LITERAL, C.ANY, C.IN):
-                self.add(prog, (_CHAR, _char_test(op, av, flags)))
+                test = _char_test(op, av, flags)
+                if op is C.LITERAL and not flags & C.SRE_FLAG_IGNORECASE:
+                    self.add(prog, (_CHAR, test, chr(av)))  # the common case: compared directly
+                else:
+                    self.add(prog, (_CHAR, test, None))
             elif op is C.AT:
                 self.add(prog, (_AT, av, flags))
             elif op is C.BRANCH:
@@ -300,10 +321,21 @@ def _at_ok(kind, flags: int, text: str, i: int) -> bool:
 class _Run:
     """One match call: the text, the work counter, memoised look-around verdicts."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, budget: Budget | None = None) -> None:
         self.text = text
         self.steps = 0
+        self.budget = budget
+        self.limit = MAX_STEPS if budget is None else min(MAX_STEPS, max(budget.steps_left, 0))
         self.looks: dict[tuple[int, int], bool] = {}
+
+    def settle(self) -> None:
+        if self.budget is not None:
+            self.budget.steps_left -= self.steps
+
+    def _spent(self) -> RegexError:
+        if self.budget is not None and self.limit == max(self.budget.steps_left, 0) < MAX_STEPS:
+            return RegexError(f"matching needs more than the {self.budget.limit} automaton steps one conversion may use")
+        return RegexError(f"matching needs more than {MAX_STEPS} automaton steps")
 
     def closure(self, prog: list, pcs, i: int) -> list[int]:
         out, seen, stack = [], set(), list(pcs)
@@ -313,8 +345,8 @@ class _Run:
                 continue
             seen.add(pc)
             self.steps += 1
-            if self.steps > MAX_STEPS:
-                raise RegexError(f"matching needs more than {MAX_STEPS} automaton steps")
+            if self.steps > self.limit:
+                raise self._spent()
             ins = prog[pc]
             kind = ins[0]
             if kind == _JMP:
@@ -357,7 +389,11 @@ class _Run:
             if i >= len(text) or (end is not None and i >= end):
                 break
             c = text[i]
-            nxt = [pc + 1 for pc in current if prog[pc][0] == _CHAR and _char_ok(prog[pc][1], c)]
+            nxt = []
+            for pc in current:
+                ins = prog[pc]
+                if ins[0] == _CHAR and (c == ins[2] if ins[2] is not None else _char_ok(ins[1], c)):
+                    nxt.append(pc + 1)
             self.steps += len(current)
             i += 1
             current = self.closure(prog, nxt, i) if nxt else []

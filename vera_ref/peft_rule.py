@@ -6,12 +6,27 @@ never on backtracking ``re``, and every refusal is one ``ConversionError`` line.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import re
 import reprlib
-from typing import Iterable, Mapping
+from typing import Iterable, Iterator, Mapping
 
 from .errors import ConversionError
-from .peft_regex import RegexError, compile_untrusted
+from .peft_regex import Budget, RegexError, compile_untrusted
+
+_BUDGET: contextvars.ContextVar[Budget | None] = contextvars.ContextVar("peft_regex_budget", default=None)
+
+
+@contextlib.contextmanager
+def regex_budget(steps: int | None = None) -> Iterator[Budget]:
+    """Every pattern match inside shares one ``peft_regex.Budget`` (one conversion's bound)."""
+    budget = Budget() if steps is None else Budget(steps)
+    token = _BUDGET.set(budget)
+    try:
+        yield budget
+    finally:
+        _BUDGET.reset(token)
 
 
 def peft_selects(config: Mapping, key: str) -> bool:
@@ -43,7 +58,7 @@ def _regex(field: str, pattern: str):
 
 def _run(field: str, pattern: str, key: str, *, full: bool, start: int = 0) -> bool:
     try:
-        return _regex(field, pattern).match(key, start, full=full)
+        return _regex(field, pattern).match(key, start, full=full, budget=_BUDGET.get())
     except RegexError as exc:
         raise ConversionError(f"{field}: {_show(pattern, 80)} on {_show(key, 80)}: {exc}") from None
 
@@ -142,7 +157,7 @@ def _layer_index(p: str, key: str) -> int | None:
     starts = [0] + [i + 1 for i, c in enumerate(key.split("\n", 1)[0]) if c == "."]
     for i in starts:
         try:
-            ends = prog.ends(key, i)
+            ends = prog.ends(key, i, _BUDGET.get())
         except RegexError as exc:
             raise ConversionError(f"layers_pattern: {_show(p, 80)} on {_show(key, 80)}: {exc}") from None
         found = {int(m.group(1)) for k in ends if (m := _NUMBER_THEN_DOT.match(key, k)) is not None}

@@ -239,3 +239,22 @@ def test_missing_or_wrong_folder_says_so(tmp_path):
         os.mkfifo(d / "adapter_config.json")  # must not block
         with pytest.raises(ConversionError, match="not a regular file"):
             peft_to_adapter(d, in_features=4)
+
+
+def test_one_conversion_shares_one_step_budget(tmp_path, monkeypatch):
+    """A pattern that costs each module name a share of the per-match budget cannot multiply it by the
+    number of names: the conversion's matches share one Budget, then one ConversionError. (The budget
+    is lowered here to keep the test fast; the default is peft_regex.MAX_TOTAL_STEPS.)"""
+    pattern = "(?:" + "|".join(f"a{{{i}}}" for i in range(1, 12)) + r")*\d+"  # every name matches
+    names = [f"{'a' * 12}{i}" for i in range(20)]
+    budget = peft_regex.Budget(10**9)
+    for n in names[:2]:
+        assert peft_regex.compile_untrusted(pattern).match(n, full=True, budget=budget)
+    per_name = (budget.limit - budget.steps_left) // 2
+    monkeypatch.setattr(peft_regex, "MAX_TOTAL_STEPS", per_name * 10)
+    assert per_name < peft_regex.MAX_STEPS
+    d = _write(tmp_path / "p", _cfg(target_modules=pattern), names=names)
+    with pytest.raises(ConversionError, match=f"more than the {per_name * 10} automaton steps one conversion may use"):
+        peft_to_adapter(d, in_features=4)
+    monkeypatch.setattr(peft_regex, "MAX_TOTAL_STEPS", per_name * 40)
+    assert len(peft_to_adapter(d, in_features=4).config.modules) == 20
