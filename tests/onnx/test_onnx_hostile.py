@@ -252,6 +252,24 @@ def test_replacing_and_removing_adapters_keeps_no_private_files(files):
     assert os.listdir(sess._tmp.name) == []
 
 
+def test_the_session_serves_the_model_it_described_when_the_path_is_replaced(files, tmp_path, monkeypatch):
+    d = files
+    path = tmp_path / "model.onnx"
+    path.write_bytes((d / "hotswap.onnx").read_bytes())
+    real = serving.describe
+
+    def describe_then_swap(model):  # between the description and the session: the model file is replaced
+        out = real(model)
+        os.replace(_copy(d / "multi.onnx", tmp_path / "m.tmp"), path)
+        return out
+    monkeypatch.setattr(serving, "describe", describe_then_swap)
+    sess = VeraOnnxSession(path)
+    assert sess.mode == "hotswap"
+    assert "adapter_index" not in [i.name for i in sess.session.get_inputs()]  # the hot-swap graph, read once
+    sess.load_adapter("a", d / "good.onnx_adapter")
+    assert np.isfinite(sess.run(None, {"x": X}, adapter="a")[0]).all()
+
+
 # -- finding 12: adapter indices -----------------------------------------------------------------------------
 
 def _plain(path):
