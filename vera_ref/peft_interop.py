@@ -62,7 +62,7 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 MAX_CONFIG_BYTES = 1 << 20  # an adapter_config.json is a few hundred bytes; refuse anything absurd
 MAX_DIMS_BYTES = 1 << 24  # --dims: a few dozen bytes per module
 _LD, _LB = ".vera_lambda_d", ".vera_lambda_b"
-CARRIED_CONFIG = "vera_ref.vera_config"  # safetensors metadata: the spec document (README "PEFT compatibility")
+CARRIED_CONFIG = "vera_ref.vera_config"  # safetensors metadata: the spec document (spec 2.7 item 4)
 CARRIED_VERSION = "vera_ref.vera_spec_version"
 _IGNORED_NOTE = "carried_vera_config_ignored"
 _KEY_NOTE = "peft_projection_prng_key"  # provenance: the PEFT key stored projections were drawn with
@@ -159,7 +159,7 @@ def _read_peft(directory: str | os.PathLike) -> tuple[dict, dict[str, str], dict
 # -- the spec document carried through a PEFT file ---------------------------------------------
 def _carried(meta: Mapping[str, str], where: Path) -> AdapterConfig | None:
     """The spec metadata document ``adapter_to_peft`` put in the safetensors metadata (README "PEFT
-    compatibility"), parsed with the spec's own rules (spec 4.6 steps 9-21); None if absent."""
+    compatibility", spec 2.7 item 4), parsed with the spec's own rules (spec 4.6 steps 9-21); None if absent."""
     text = meta.get(CARRIED_CONFIG)
     if text is None:
         return None
