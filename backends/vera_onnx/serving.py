@@ -82,9 +82,17 @@ class VeraOnnxSession:
         .onnx_adapter file (names, dtype, shape and finiteness checked) as ``name``.
 
         ``replace=True`` swaps the values of an adapter already loaded under ``name``. Nothing
-        changes when the load is refused."""
+        changes when the load is refused. Errors: ``OnnxAdapterError`` (the adapter does not fit the
+        model, its values, an ``.onnx_adapter`` file that is malformed, too large or has trailing
+        bytes), ``OnnxError`` (names), and ``vera_ref.AdapterFileError`` (with its spec 4.6 code) for
+        a VeRA file that breaks a rule of spec 4.
+
+        An ``.onnx_adapter`` file is read once (bounded by the model, ``adapter_file``) and ONNX
+        Runtime maps a private copy of the bytes that were checked: the path may change meanwhile."""
         if name is None or not isinstance(name, str):
             raise OnnxError(f"adapter names are strings, got {name!r}")
+        if not isinstance(path, (str, os.PathLike, Adapter)):
+            raise OnnxAdapterError("path", f"expected a file path or a vera_ref.Adapter, got {type(path).__name__}")
         loaded = name in (self.slots if self.mode == "multi" else self.adapters)
         if loaded and not replace:
             raise OnnxError(f"an adapter named {name!r} is already loaded (load_adapter(..., replace=True) swaps it)")

@@ -325,6 +325,9 @@ def test_malformed_adapter_ids_raise_onnx_error(files, model):
                      ("aaa", r"^adapter_ids is a list .* got a string$")):
         with pytest.raises(OnnxError, match=msg):
             sess.run(None, {"x": X}, adapter_ids=ids)
+    for bad in (5, None, b"a.onnx_adapter"):
+        with pytest.raises(OnnxAdapterError, match=r"^path: expected a file path or a vera_ref\.Adapter, got "):
+            sess.load_adapter("b", bad)
     if model == "hotswap.onnx":
         for adapter in ([["a"]], 5):
             with pytest.raises(OnnxError):
