@@ -9,10 +9,11 @@ one function, ``AdapterConfig.expected_tensors`` (spec 4.4), for reading and wri
 from __future__ import annotations
 
 import hashlib
+import io
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import BinaryIO, Iterable, Mapping
 
 import numpy as np
 
@@ -189,9 +190,8 @@ def save_adapter(adapter: Adapter, path: str | os.PathLike) -> None:
     cfg.projection_sha256 = adapter.checksums()
     meta = {FORMAT_KEY: FORMAT_NAME, VERSION_KEY: SPEC_VERSION, CONFIG_KEY: config_json(cfg)}
     payload = container.to_bytes(meta, _tensor_plan(adapter))
-    meta_back, tensors = container.parse(payload)  # spec 4.6 applies to writers too
-    build_adapter(meta_back, tensors, max_projection_elements=DEFAULT_MAX_PROJECTION_ELEMENTS,
-                  verify_checksums=False)
+    read_adapter(io.BytesIO(payload), len(payload), max_projection_elements=DEFAULT_MAX_PROJECTION_ELEMENTS,
+                 verify_checksums=False)  # spec 4.6 applies to writers too: the reader's own path
     container.write_atomic(path, [payload])
 
 
@@ -293,23 +293,34 @@ def build_adapter(meta: Mapping[str, str], tensors: Mapping[str, container.RawTe
     return _assemble(cfg, tensors, verify_checksums)
 
 
+def read_adapter(f: BinaryIO, size: int, *, max_projection_elements: int = DEFAULT_MAX_PROJECTION_ELEMENTS,
+                 verify_checksums: bool = True) -> Adapter:
+    """spec 4.6 steps 1-26 on an open file (or ``io.BytesIO``) of ``size`` bytes, positioned at 0.
+
+    Steps 1-24 run on the header alone; only then is each expected tensor read, once, into
+    its final array, and checked (step 25) before the next is read (spec 4.1). A file refused
+    before step 25 costs its header to read, whatever its size.
+    """
+    meta, entries, start = container.read_header(f, size)
+    cfg, expected = check_layout(meta, entries, max_projection_elements=max_projection_elements)
+    tensors: dict[str, container.RawTensor] = {}
+    for name, raw in container.iter_tensors(f, entries, start, [t.name for t in expected]):
+        if not all_finite(raw.data):  # step 25, in the order of spec 4.4
+            fail("E4.6.25.1", name)
+        tensors[name] = raw
+    return _assemble(cfg, tensors, verify_checksums)
+
+
 def load_adapter(path: str | os.PathLike, *, max_projection_elements: int = DEFAULT_MAX_PROJECTION_ELEMENTS,
                  verify_checksums: bool = True) -> Adapter:
     """Read and check a VeRA adapter file (spec 4.6); raises AdapterFileError (``.code``, ``.field``).
 
-    Steps 0-24 run on the header alone; only then is each expected tensor read, once, into
-    its final array, and checked (step 25) before the next is read (spec 4.1). A file refused
-    before step 25 costs its header to read, whatever its size.
+    Step 0 (a regular file, opened without blocking), then ``read_adapter``: no tensor byte is
+    read before every rule that needs none has passed (spec 4.1).
     """
     with container.open_regular(path) as f:
-        meta, entries, start = container.read_header(f, os.fstat(f.fileno()).st_size)
-        cfg, expected = check_layout(meta, entries, max_projection_elements=max_projection_elements)
-        tensors: dict[str, container.RawTensor] = {}
-        for name, raw in container.iter_tensors(f, entries, start, [t.name for t in expected]):
-            if not all_finite(raw.data):  # step 25, in the order of spec 4.4
-                fail("E4.6.25.1", name)
-            tensors[name] = raw
-    return _assemble(cfg, tensors, verify_checksums)
+        return read_adapter(f, os.fstat(f.fileno()).st_size, max_projection_elements=max_projection_elements,
+                            verify_checksums=verify_checksums)
 
 
 def validate_adapter(path: str | os.PathLike, *,
@@ -318,7 +329,7 @@ def validate_adapter(path: str | os.PathLike, *,
     return load_adapter(path, max_projection_elements=max_projection_elements, verify_checksums=True)
 
 
-__all__ = ["Adapter", "new_adapter", "save_adapter", "load_adapter", "validate_adapter", "build_adapter",
-           "check_layout", "all_finite",
+__all__ = ["Adapter", "new_adapter", "save_adapter", "load_adapter", "read_adapter", "validate_adapter",
+           "build_adapter", "check_layout", "all_finite",
            "tensor_plan", "generate_projection", "sha256_hex", "base_fingerprint", "lambda_d_key", "lambda_b_key",
            "stored_keys", "PACKED_D", "PACKED_B"]

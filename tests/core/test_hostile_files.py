@@ -153,10 +153,18 @@ def test_onnx_and_peft_files_are_named(tmp_path):
 # --- the seeded mutation fuzz (spec 4.6: only AdapterFileError, with a rule code) --------------
 
 def test_seeded_mutation_fuzz(tmp_path):
-    """3,000 mutants: accepted ones round-trip through the writer; rejected ones carry a rule code."""
+    """3,000 mutants: accepted ones round-trip through the writer; rejected ones carry a rule code;
+    the oracles of tools/fuzz_reader.py hold."""
     stats = fuzz.run(3000, None, seed=20261130)
     assert stats["other"] == {} and stats["bad_code"] == 0, (stats["other"], stats["first_other"])
     assert stats["accepted"] > 50 and len(stats["codes"]) > 40
+    # issue 23's oracles ran, and none failed: sparse huge files (no tensor byte before steps 0-24),
+    # escape invariance, repeated-key order, surrogate pairs, the document alone
+    ran = {k: stats[k] for k in ("sparse", "escaped", "orders", "surrogate_pairs", "documents")}
+    assert min(ran.values()) >= 20, ran
+    failed = {k: stats[k] for k in ("escape_mismatch", "order_mismatch", "surrogate_mismatch", "document_mismatch",
+                                    "not_unicode")}
+    assert not any(failed.values()), (failed, stats["first_mismatch"])
     rng = __import__("random").Random(5)
     pool, checked = fuzz.seeds(), 0
     while checked < 40:
