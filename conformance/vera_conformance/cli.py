@@ -14,13 +14,13 @@ from vera_ref.resolve import UsageError, resolve_object
 # implementation or a file refused, nothing checked: exit 1), and a failed check returns 1
 
 
-def _names(value: str, known, option: str) -> list[str]:
+def _names(value: str, known, option: str, what: str) -> list[str]:
     names = [v.strip() for v in value.split(",") if v.strip()]
     bad = [n for n in names if n not in known]
     if bad:
-        raise UsageError(f"{option}: unknown {', '.join(map(repr, bad))} (known: {', '.join(known)})")
+        raise UsageError(f"{option}: unknown {what} {', '.join(map(repr, bad))} (known: {', '.join(known)})")
     if not names:
-        raise UsageError(f"{option} names nothing (known: {', '.join(known)})")
+        raise UsageError(f"{option} names no {what} (known: {', '.join(known)})")
     return names
 
 
@@ -33,10 +33,10 @@ def check_usage(args: argparse.Namespace) -> None:
         raise UsageError("name an implementation with --impl module:factory or --impl path/to/file.py:factory "
                          "(or VERA_IMPL), e.g. vera_conformance.impls.reference:make")
     resolve_object(spec, "--impl")  # imports it once; the runner finds the same module again
-    _names(args.device, DEVICES, "--device")
+    _names(args.device, DEVICES, "--device", "device")
     if args.dtype is not None:
-        _names(args.dtype, DTYPES, "--dtype")
-    only = _names(args.only, [c.name for c in CHECKS], "--only") if args.only is not None else None
+        _names(args.dtype, DTYPES, "--dtype", "dtype")
+    only = _names(args.only, [c.name for c in CHECKS], "--only", "check") if args.only is not None else None
     if args.max_examples < 1:
         raise UsageError(f"--max-examples must be >= 1, got {args.max_examples}")
     if args.case is not None:

@@ -203,10 +203,11 @@ add("onnx-adapter", "missing extra", (), lambda s: ["onnx-adapter", VALID, "--mo
 REF = ["conformance", "--impl", "vera_conformance.impls.reference:make"]
 add("conformance", "bad value", HYP, lambda s: ["conformance"], 2, "--impl")
 add("conformance", "bad value", HYP, lambda s: ["conformance", "--impl", "wrap"], 2, "MODULE:NAME")
-add("conformance", "bad value", HYP, lambda s: REF + ["--dtype", "float99"], 2, "--dtype: unknown 'float99'")
-add("conformance", "bad value", HYP, lambda s: REF + ["--only", "forwrd"], 2, "--only: unknown 'forwrd'")
-add("conformance", "bad value", HYP, lambda s: REF + ["--device", "tpu"], 2, "--device: unknown 'tpu'")
+add("conformance", "bad value", HYP, lambda s: REF + ["--dtype", "float99"], 2, "--dtype: unknown dtype 'float99'")
+add("conformance", "bad value", HYP, lambda s: REF + ["--only", "forwrd"], 2, "--only: unknown check 'forwrd'")
+add("conformance", "bad value", HYP, lambda s: REF + ["--device", "tpu"], 2, "--device: unknown device 'tpu'")
 add("conformance", "bad value", HYP, lambda s: REF + ["--max-examples", "0"], 2, "--max-examples must be >= 1")
+add("conformance", "bad value", HYP, lambda s: REF + ["--only", ","], 2, "--only names no check")
 add("conformance", "bad value", HYP, lambda s: REF + ["--only", "forward", "--case", "notjson"], 2, "--case is not JSON")
 add("conformance", "bad value", HYP, lambda s: ["conformance", "--impl", s.py("syn.py", "def make(:\n") + ":make"], 2,
     "has a syntax error")
