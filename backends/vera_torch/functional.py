@@ -30,8 +30,10 @@ Minimal saving (``VeraLayer.save_for_backward = "minimal"``, the default; issue 
   What is kept is then either h (N, r) or x (N, in) per group of layers that read the same x,
     whichever the chosen path needs; a frozen nn.Linear keeps neither (its mm saves x only
     when the weight needs a gradient), so one of the two is the floor for the vector gradients.
-  Dropout: h is formed from the dropped x, so no mask is ever recomputed; the dropout's own
-    backward keeps its mask (bool, one byte per element of x).
+  Dropout (``dropout_min``): h is formed from the dropped x, so the vector gradients need no mask;
+    dx needs it, and instead of the mask (a float per element of x in PyTorch's CPU dropout, a
+    bool on CUDA) the generator's state before the draw is kept and the mask drawn again from it
+    in backward (the same draw: the same mask, bit for bit). Mixed batches keep a bool mask.
 """
 from __future__ import annotations
 
@@ -99,17 +101,25 @@ class _VeraLinear(torch.autograd.Function):
 
 class _VeraDeltaMin(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, lambda_d, lambda_b, B_l, base):
-        # h (..., r); lambda_d (r) or (n, 1.., r); lambda_b (out) or (n, 1.., out); B_l (out, r); base None or (..., out)
+    def forward(ctx, h, lambda_d, lambda_b, B_l, base, rows):
+        # h (..., r); lambda_d (r) or (n, 1.., r); lambda_b (out) or (n, 1.., out); B_l (out, r);
+        # base None or (N, ..., out); rows None or (n,): the rows of base that h's rows are added to
         v = (h * lambda_d) @ B_l.t()  # (..., out)
-        ctx.save_for_backward(h, lambda_d, lambda_b, B_l)
+        ctx.save_for_backward(h, lambda_d, lambda_b, B_l, rows)
         ctx.per_row = lambda_b.dim() > 1
-        return v * lambda_b if base is None else torch.addcmul(base, v, lambda_b)
+        if base is None:
+            return v * lambda_b
+        if rows is not None:  # as base.index_add(0, rows, (v * lambda_b).to(base.dtype)), which keeps its source
+            return base.index_add(0, rows, (v * lambda_b).to(base.dtype))
+        return torch.addcmul(base, v, lambda_b)
 
     @staticmethod
     def backward(ctx, dy: torch.Tensor):
-        h, lambda_d, lambda_b, B_l = ctx.saved_tensors
-        need_h, need_d, need_b, _, need_base = ctx.needs_input_grad
+        h, lambda_d, lambda_b, B_l, rows = ctx.saved_tensors
+        need_h, need_d, need_b, _, need_base, _ = ctx.needs_input_grad
+        d_base = dy if need_base else None
+        if rows is not None:
+            dy = dy.index_select(0, rows).to(h.dtype)  # (n, ..., out)
         out, r = dy.shape[-1], h.shape[-1]
         d_lb = dh = d_ld = None
         if need_b:
@@ -121,7 +131,7 @@ class _VeraDeltaMin(torch.autograd.Function):
             if need_d:
                 d_ld = (du * h).sum_to_size(lambda_d.shape) if ctx.per_row else (du * h).reshape(-1, r).sum(0)
             dh = du * lambda_d if need_h else None  # (..., r)
-        return dh, d_ld, d_lb, None, dy if need_base else None
+        return dh, d_ld, d_lb, None, d_base, None
 
 
 def _merged_weight(W0, lambda_d, lambda_b, A_l, B_l, conv1d: bool) -> torch.Tensor:
@@ -154,6 +164,36 @@ class _VeraLinearMin(torch.autograd.Function):
         return dx, None, None, d_ld, d_lb, None, None, None
 
 
+class _Dropout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        cuda = x.device.type == "cuda"
+        state = torch.cuda.get_rng_state(x.device) if cuda else torch.get_rng_state()  # uint8, CPU
+        ctx.save_for_backward(state)
+        # the function in effect now draws again in backward (a test harness may have replaced it by
+        # one that applies a fixed mask: that one then applies the same mask again)
+        ctx.p, ctx.device, ctx.fn = p, x.device, torch.nn.functional.dropout
+        return ctx.fn(x, p, True)
+
+    @staticmethod
+    def backward(ctx, dy: torch.Tensor):
+        (state,) = ctx.saved_tensors
+        cuda = ctx.device.type == "cuda"
+        with torch.random.fork_rng(devices=[ctx.device] if cuda else []):  # the caller's stream is not moved
+            if cuda:
+                torch.cuda.set_rng_state(state, ctx.device)
+            else:
+                torch.set_rng_state(state)
+            noise = ctx.fn(torch.ones_like(dy), ctx.p, True)  # mask / (1 - p), as drawn
+        return dy * noise, None
+
+
+def dropout_min(x: torch.Tensor, p: float) -> torch.Tensor:
+    """``nn.functional.dropout(x, p, training=True)`` (the same draw, the same values) keeping the
+    generator state instead of the mask; the backward draws the mask again."""
+    return _Dropout.apply(x, p)
+
+
 def project_in(x: torch.Tensor, A_l: torch.Tensor) -> torch.Tensor:
     """h = x A_l^T with a backward that keeps only A_l."""
     return _ProjectIn.apply(x, A_l)
@@ -170,9 +210,10 @@ def vera_linear(x, W0, bias, lambda_d, lambda_b, A_l, B_l, conv1d: bool = False)
 
 
 def vera_delta_min(h: torch.Tensor, lambda_d: torch.Tensor, lambda_b: torch.Tensor, B_l: torch.Tensor,
-                   base: torch.Tensor | None = None) -> torch.Tensor:
-    """lambda_b * ((lambda_d * h) B_l^T) (+ base), keeping h only: v is recomputed in backward."""
-    return _VeraDeltaMin.apply(h, lambda_d, lambda_b, B_l, base)
+                   base: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """lambda_b * ((lambda_d * h) B_l^T), added to ``base`` (at ``rows`` of dim 0 when given), keeping
+    h only: v is recomputed in backward."""
+    return _VeraDeltaMin.apply(h, lambda_d, lambda_b, B_l, base, rows)
 
 
 def vera_linear_min(x, W0, bias, lambda_d, lambda_b, A_l, B_l, conv1d: bool = False) -> torch.Tensor:

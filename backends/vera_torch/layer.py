@@ -23,7 +23,7 @@ from torch import nn
 from vera_ref import generators
 
 from .errors import BatchError, ConfigError, MergeError
-from .functional import choose_path, project_in, vera_delta, vera_delta_min, vera_linear, vera_linear_min
+from .functional import choose_path, dropout_min, project_in, vera_delta, vera_delta_min, vera_linear, vera_linear_min
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -285,7 +285,8 @@ class VeraLayer(nn.Module):
         A_l, B_l = A_l.to(ld.dtype), B_l.to(ld.dtype)
         p = self.dropout[name]
         if p > 0 and self.training:
-            h = project_in(nn.functional.dropout(xa, p, True), A_l)  # spec 3.3: adapter input only
+            xd = dropout_min(xa, p) if self._minimal() else nn.functional.dropout(xa, p, True)
+            h = project_in(xd, A_l)  # spec 3.3: adapter input only
         else:
             h = self._shared_h(x, xa, A_l, self.proj[name])
         return self._delta_fn()(h, ld, lb, B_l)
@@ -472,11 +473,10 @@ class VeraLayer(nn.Module):
             bshape = (ld.shape[0],) + (1,) * (h.dim() - 2)
             ld, lb = ld.reshape(bshape + (-1,)), lb.reshape(bshape + (-1,))  # (n, 1, ..., r), (n, 1, ..., out)
             if self._minimal():  # the same ops as below, keeping h only (functional.vera_delta_min)
-                if rows is None and h.dtype == result.dtype:
-                    result = vera_delta_min(h, ld, lb, B_l, result)
+                if rows is None and h.dtype != result.dtype:
+                    result = result + vera_delta_min(h, ld, lb, B_l).to(result.dtype)
                 else:
-                    d = vera_delta_min(h, ld, lb, B_l).to(result.dtype)
-                    result = result + d if rows is None else result.index_add(0, rows, d)
+                    result = vera_delta_min(h, ld, lb, B_l, result, rows)
                 continue
             v = (h * ld) @ B_l.t()  # (n, ..., out)
             if rows is None and v.dtype == result.dtype:
