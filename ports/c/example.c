@@ -185,6 +185,28 @@ static int batch(void)
             }
             free(A);
             free(B);
+        } else if (!strcmp(cmd, "vectors") && sscanf(line, "%*s %7999[^\n]", arg) == 1) {
+            /* every module's lambda_d then lambda_b, as binary64 bits (vera_adapter_vector) */
+            vera_adapter *ad;
+            vera_error err;
+            size_t i, j;
+            if (vera_adapter_open(arg, NULL, &ad, &err)) { printf("rejected %s\n", err.code); continue; }
+            for (i = 0; i < ad->n_modules; i++) {
+                int which;
+                for (which = 0; which < 2; which++) {
+                    size_t cnt = (size_t)(which ? ad->modules[i].out_features : ad->r);
+                    double *v = (double *)malloc((cnt ? cnt : 1) * sizeof(double));
+                    if (!v || vera_adapter_vector(ad, i, which ? 'b' : 'd', v)) { printf(" error"); free(v); continue; }
+                    for (j = 0; j < cnt; j++) {
+                        uint64_t u;
+                        memcpy(&u, v + j, 8);
+                        printf(" %08lx%08lx", (unsigned long)(u >> 32), (unsigned long)(u & 0xFFFFFFFFu));
+                    }
+                    free(v);
+                }
+            }
+            printf("\n");
+            vera_adapter_free(ad);
         } else if (!strcmp(cmd, "file") && sscanf(line, "%*s %7999[^\n]", arg) == 1) {
             check_file(arg, 1);
         } else {

@@ -154,6 +154,26 @@ def test_file_vectors(exe):
     assert sum(t["result"] == "valid" for t in tests) >= 11 and sum(t["result"] == "invalid" for t in tests) >= 109
 
 
+def test_vectors_read_exactly(exe):
+    """Level F (spec 5.3): every module's lambda_d and lambda_b of every valid file vector, from either
+    tensor layout and each vector dtype, exactly the values the reference reads (as binary64 bits)."""
+    import numpy as np
+
+    from vera_ref.adapter import load_adapter
+    valid = [t for t in _tests("files.json") if t["result"] == "valid"]
+    got = _batch(exe, [f"vectors {VECTORS / 'files' / t['file']}" for t in valid])
+    dtypes = set()
+    for t, line in zip(valid, got):
+        ad = load_adapter(VECTORS / "files" / t["file"])
+        dtypes.add(ad.config.vector_dtype)
+        want = []
+        for m in ad.config.modules:
+            for v in (ad.lambda_d[m.name], ad.lambda_b[m.name]):
+                want += [f"{int(b):016x}" for b in np.asarray(v, dtype=np.float64).reshape(-1).view(np.uint64)]
+        assert line.split() == want, t["file"]
+    assert dtypes == {"float64", "float32", "float16", "bfloat16"}
+
+
 def test_example_program(exe):
     """The example's own mode: an adapter's checksums made by the port, exit 0; a rule code, exit 1."""
     tests = _tests("files.json")
