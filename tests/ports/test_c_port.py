@@ -255,6 +255,10 @@ DIALECT_CASES = [  # spec 4.1.1 edge cases: (header text) -> the reference's ver
     r'{"a":"\ud800\udc00"}', r'{"a":"\\ud800"}', '{"a":"\\ud8', r'{"\ud83d\ude00":1,"😀":2}',
     '{"a":1,"a":[' + "[" * 70 + "]" * 70 + "]}",
     '{"a":[1e400,1,{"b":1,"b":2}]}', '{"a":-9223372036854775809}', '{"a":18446744073709551615}',
+    '{"a":-9223372036854775808}', '{"a":18446744073709551616}', '{"a":-0}',  # rule 6's integer range ends
+    '{"a":0.' + "1" * 98 + "}", '{"a":0.' + "1" * 99 + "}",  # 100 characters, then 101
+    '{"a":1.7976931348623157e308}', '{"a":1.7976931348623159e308}',  # the largest binary64, then infinity
+    '{"a":' + "[" * 63 + "]" * 63 + "}", '{"a":' + "[" * 64 + "]" * 64 + "}",  # depth 64, then 65 (rule 5)
     '{"__metadata__":{"vera_config":"{\\"a\\":\\"\\\\ud800\\"}",' + _META + "}}",
     '{"__metadata__":{"vera_config":"{\\"a\\":1,\\"a\\":' + "[" * 70 + "]" * 70 + '}",' + _META + "}}",
     '{"__metadata__":{"vera_config":"' + "\\u005b" * ((1 << 20) + 1) + '",' + _META + "}}",
@@ -279,6 +283,45 @@ def test_dialect_edge_cases(exe, tmp_path):
         except AdapterFileError as exc:
             want.append(f"rejected {exc.code} {cport.escape_field(exc.field)}")
     assert len(set(want)) >= 5
+    assert _batch(exe, [f"file {p}" for p in paths]) == want
+
+
+def _with_document(blob: bytes, edit) -> bytes:
+    """A file vector with its metadata document's text changed by ``edit`` (tensor bytes kept)."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + n])
+    header["__metadata__"]["vera_config"] = edit(header["__metadata__"]["vera_config"])
+    text = json.dumps(header, separators=(",", ":")).encode()
+    return len(text).to_bytes(8, "little") + text + blob[8 + n:]
+
+
+def test_group_numbers_compare_as_json_values(exe, tmp_path):
+    """spec 4.6 step 21 as the reference applies it: a checksum entry's group compares as a JSON
+    number (1.0 and true equal 1, -0.0 equals 0; "1" and 1.5 do not)."""
+    from vera_ref import container
+    from vera_ref.adapter import build_adapter
+    from vera_ref.errors import AdapterFileError
+    tests = _tests("files.json")
+    per_module = next(t for t in tests if t["result"] == "valid" and t["config"]["sharing"] == "per-module")
+    shared = next(t for t in tests if t["result"] == "valid" and t["config"]["sharing"] == "shared"
+                  and t["config"]["generator"] == "philox4x32-10")
+    edits = [(per_module, '"group":1', '"group":true'), (per_module, '"group":1', '"group":1.0'),
+             (per_module, '"group":2', '"group":2e0'), (per_module, '"group":1', '"group":"1"'),
+             (per_module, '"group":1', '"group":1.5'), (shared, '"group":0', '"group":-0.0'),
+             (shared, '"group":0', '"group":false'), (shared, '"group":0', '"group":null')]
+    paths, want = [], []
+    for i, (t, old, new) in enumerate(edits):
+        blob = _with_document((VECTORS / "files" / t["file"]).read_bytes(), lambda d: d.replace(old, new))
+        assert blob != (VECTORS / "files" / t["file"]).read_bytes()
+        (tmp_path / f"g{i}").write_bytes(blob)
+        paths.append(tmp_path / f"g{i}")
+        try:
+            ad = build_adapter(*container.parse(blob))
+            want.append(" ".join(["accepted"] + [f"{g} {e['A']} {e['B']}" for (g, _, _), e in
+                                                 zip(ad.config.groups(), ad.config.projection_sha256)]))
+        except AdapterFileError as exc:
+            want.append(f"rejected {exc.code} {exc.field}")
+    assert sum(w.startswith("accepted") for w in want) == 5 and want.count("rejected E4.6.21.2 projection_sha256") == 3
     assert _batch(exe, [f"file {p}" for p in paths]) == want
 
 
