@@ -345,11 +345,13 @@ class HoleRead(RuntimeError):
 
 class HoleFile(io.RawIOBase):
     """A read-only file of ``len(head) + hole`` bytes: ``head``, then ``hole`` zero bytes that are
-    never stored. Reading more than HOLE_READ_LIMIT bytes of the hole raises HoleRead."""
+    never stored. Reading more than HOLE_READ_LIMIT bytes of the hole past the header (its length
+    prefix says where the header ends: a header may lie in the hole) raises HoleRead."""
 
     def __init__(self, head: bytes, hole: int) -> None:
         super().__init__()
         self.head, self.hole, self.pos, self.hole_read = head, hole, 0, 0
+        self.data_start = 8 + int.from_bytes(head[:8].ljust(8, b"\0"), "little")
 
     @property
     def size(self) -> int:
@@ -375,7 +377,7 @@ class HoleFile(io.RawIOBase):
         view[:from_head] = self.head[self.pos:self.pos + from_head]
         zeros = n - from_head
         if zeros:
-            self.hole_read += zeros
+            self.hole_read += max(0, self.pos + n - max(self.pos + from_head, self.data_start))
             if self.hole_read > HOLE_READ_LIMIT:
                 raise HoleRead(f"read {self.hole_read} bytes of a {self.hole}-byte hole")
             view[from_head:n] = bytes(zeros)
