@@ -63,6 +63,10 @@ class Scratch:
         (self.t / "notjson.json").write_text("query: [4, 4]\n")
         return str(self.t / "notjson.json")
 
+    def deep(self):  # nested 100,000 deep (issue 23 finding 8): not a --dims file, and no RecursionError escapes
+        (self.t / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+        return str(self.t / "deep.json")
+
     def peft(self):
         d = self.t / "peft"
         d.mkdir(exist_ok=True)
@@ -146,6 +150,8 @@ add("convert", "wrong kind of file", (), lambda s: ["convert", "--to-peft", s.pe
     "use `vera-ref convert --from-peft`")
 add("convert", "wrong kind of file", (), lambda s: ["convert", "--from-peft", s.peft(), "--dims", s.notjson(),
                                                     "--out", s / "o.safetensors"], 1, "not a JSON file")
+add("convert", "wrong kind of file", (), lambda s: ["convert", "--from-peft", s.peft(), "--dims", s.deep(),
+                                                    "--out", s / "o.safetensors"], 1, "not a JSON file (RecursionError)")
 add("convert", "wrong kind of file", (), lambda s: ["convert", "--from-peft", s.junk(), "--out", s / "o.safetensors"],
     1, "is a file, not a PEFT checkpoint folder")
 add("convert", "wrong kind of file", (), lambda s: ["convert", "--from-peft", s.peft(), "--out", s.folder()], 2,
