@@ -325,6 +325,38 @@ def test_group_numbers_compare_as_json_values(exe, tmp_path):
     assert _batch(exe, [f"file {p}" for p in paths]) == want
 
 
+def test_fields_chosen_and_cut(exe, tmp_path):
+    """spec 4.6: the first unknown field in ascending code-point order (step 11, base_model's keys
+    in step 20), and spec 4.6.1: a field longer than 120 characters cut to 117 and "..." (counted
+    in characters: two- and four-byte UTF-8 ones too)."""
+    from vera_ref import container
+    from vera_ref.adapter import build_adapter
+    from vera_ref.errors import AdapterFileError
+    t = next(t for t in _tests("files.json") if t["result"] == "valid" and t["config"]["sharing"] == "shared"
+             and t["config"]["generator"] == "philox4x32-10")
+
+    def add(**fields):
+        def edit(text):
+            doc = json.loads(text)
+            doc.update(fields)
+            return json.dumps(doc, ensure_ascii=bool(len(doc) % 2))  # escaped and raw characters both
+        return edit
+    edits = [add(zz=1, ab=1, b_=2), add(**{"k" * 200: 1}), add(**{"\u00e9" * 130: 1}),
+             add(**{"\U0001F600" * 125: 1, "\U0001F600" * 3: 1}), add(**{"x" * 120: 1}), add(**{"x" * 121: 1}),
+             add(base_model={"name": "n", "zz": "1", "url": "1"}),
+             add(base_model={"name": "n", "\u00e9" * 200: "1"})]
+    paths, want = [], []
+    for i, edit in enumerate(edits):
+        blob = _with_document((VECTORS / "files" / t["file"]).read_bytes(), edit)
+        (tmp_path / f"f{i}").write_bytes(blob)
+        paths.append(tmp_path / f"f{i}")
+        with pytest.raises(AdapterFileError) as err:
+            build_adapter(*container.parse(blob))
+        want.append(f"rejected {err.value.code} {cport.escape_field(err.value.field)}")
+    assert want[0] == "rejected E4.6.11.1 ab" and want[1].endswith("k" * 117 + "...")
+    assert _batch(exe, [f"file {p}" for p in paths]) == want
+
+
 # --- the differential fuzz, short -------------------------------------------------------------
 
 def test_differential_fuzz_short(exe, tmp_path):
