@@ -30,7 +30,9 @@ from .views import AdapterView, HeadView, LayerView
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
-    t = t.detach().cpu()
+    """``t`` as a NumPy array; a DTensor (FSDP2 shard) is gathered whole first: a collective."""
+    from .distributed import full
+    t = full(t.detach()).cpu()
     return (t.float() if t.dtype == torch.bfloat16 else t).numpy().copy()  # bf16 values are exact in float32
 
 
@@ -406,7 +408,8 @@ class VeraModel(nn.Module):
                    vector_dtype: str | None = None, base_model_name: str | None = None,
                    provenance: dict | None = None) -> Adapter:
         """The spec's in-memory adapter (vera_ref.Adapter) for ``name``; ``packed`` selects the packed
-        tensor layout of spec 4.4 (two tensors instead of two per module: the smallest file)."""
+        tensor layout of spec 4.4 (two tensors instead of two per module: the smallest file).
+        On an FSDP2-sharded model every rank must call it (sharded tensors are gathered whole)."""
         name = name or self._state.active
         self._require(name)
         cfg = self.vera_configs[name]
@@ -443,7 +446,14 @@ class VeraModel(nn.Module):
         return ad
 
     def save_adapter(self, path: str | os.PathLike, name: str | None = None, **kwargs: Any) -> None:
-        """Write adapter ``name`` as a spec file (spec 4), atomically; A and B only if ``stored``."""
+        """Write adapter ``name`` as a spec file (spec 4), atomically; A and B only if ``stored``.
+
+        On a model sharded with FSDP2 (DTensor vectors) this is a collective every rank calls: rank 0
+        writes the same bytes one process writes for the same vectors (``distributed.save_adapter``)."""
+        from . import distributed
+        if distributed.initialized() and distributed.has_sharded_vectors(self):
+            distributed.save_adapter(self, path, name, **kwargs)
+            return
         vera_ref.save_adapter(self.to_adapter(name, **kwargs), path)
 
     def load_adapter(self, path: str | os.PathLike | Adapter, name: str = "default", *,

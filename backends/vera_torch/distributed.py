@@ -1,0 +1,165 @@
+"""VeRA past one process: torch.distributed (torchrun, DDP, FSDP2 ``fully_shard``) (README "Training on
+several machines").
+
+A and B are a pure function of (generator, seed, r, n_in, n_out, group) (spec 2.1): every rank builds
+them locally from the seed, so they are never parameters or buffers, never broadcast, never
+reduce-scattered and never in a state dict or checkpoint. Only the vectors lambda_d, lambda_b (and
+the copies of ``modules_to_save`` heads) are trainable, so only their gradients travel.
+
+    fully_shard(layer) for each block; fully_shard(model)   # or DDP(model)
+    ... train ...
+    save_adapter(model, "a.safetensors")     # every rank calls it; rank 0 writes, atomically
+    save_checkpoint(model, "ckpt/")          # torch.distributed.checkpoint, vectors only
+    load_checkpoint(model, "ckpt/")          # any world size, sharded or not
+
+Under FSDP2 the vectors are DTensors (each rank holds a shard): reading them for a file needs every
+rank (``DTensor.full_tensor()`` is a collective), so ``save_adapter``/``to_adapter`` on a sharded
+model are collectives every rank must call in the same order. Without sharding (DDP, one process)
+the vectors are plain tensors and any single rank may save alone.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+import vera_ref
+
+try:  # torch.distributed may be absent from a build (some macOS / mobile wheels)
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor
+except ImportError:  # pragma: no cover - depends on the torch build
+    dist = None  # type: ignore[assignment]
+    DTensor = ()  # type: ignore[assignment,misc]
+
+VECTOR_MARKS = (".vera_lambda_d.", ".vera_lambda_b.")
+
+
+def is_sharded(t: torch.Tensor) -> bool:
+    """Is ``t`` a DTensor (a parameter FSDP2 sharded over ranks)?"""
+    return bool(DTensor) and isinstance(t, DTensor)
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor: ``t`` itself, or for a DTensor its all-gathered value (a collective)."""
+    return t.full_tensor() if is_sharded(t) else t
+
+
+def initialized() -> bool:
+    return dist is not None and dist.is_available() and dist.is_initialized()
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The VeraModel inside a DDP wrapper (FSDP2 keeps the module itself)."""
+    return model.module if hasattr(model, "module") and isinstance(getattr(model, "module"), nn.Module) else model
+
+
+def has_sharded_vectors(model: nn.Module) -> bool:
+    return any(is_sharded(p) for n, p in _unwrap(model).named_parameters() if "vera_lambda_" in n)
+
+
+def save_adapter(model: nn.Module, path: str | os.PathLike, name: str | None = None, *, writer: int = 0,
+                 **kwargs: Any) -> None:
+    """Write the spec file of adapter ``name`` from a model trained on several ranks.
+
+    A collective: every rank calls it. Each rank assembles the adapter (gathering sharded vectors,
+    the base weights for the fingerprint and the head copies with ``DTensor.full_tensor()``, in the
+    same module order on every rank); rank ``writer`` writes it atomically (vera_ref.atomic, the
+    one-process path, so the bytes equal a one-process save of the same vectors); the others wait
+    until the write is done and raise the writer's error if it failed. Without an initialised
+    process group it is ``model.save_adapter``."""
+    vm = _unwrap(model)
+    if not initialized():
+        vera_ref.save_adapter(vm.to_adapter(name, **kwargs), path)
+        return
+    ad = vm.to_adapter(name, **kwargs)  # collective when the vectors are sharded
+    error = [None]
+    if dist.get_rank() == writer:
+        try:
+            vera_ref.save_adapter(ad, path)
+        except Exception as e:  # noqa: BLE001 - sent to every rank, raised there
+            error = [f"{type(e).__name__}: {e}"]
+    dist.broadcast_object_list(error, src=writer)  # also the barrier: the file exists when this returns
+    if error[0] is not None:
+        raise OSError(f"{os.fspath(path)}: rank {writer} could not write the adapter: {error[0]}")
+
+
+def _is_vector_key(key: str) -> bool:
+    return any(m in key for m in VECTOR_MARKS) or ".copies." in key
+
+
+def vector_state_dict(model: nn.Module, name: str | None = None) -> dict[str, torch.Tensor]:
+    """The adapter's trainable tensors only (lambda_d, lambda_b and the ``modules_to_save`` head copies
+    of ``name``, default: every adapter), as ``torch.distributed.checkpoint.state_dict`` returns them
+    (DTensors under FSDP2, plain tensors otherwise; fully qualified names without a DDP prefix).
+    No base weight and no A or B: those come from the base checkpoint and from the seed."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    sd = get_model_state_dict(model)
+    keep = {k: v for k, v in sd.items() if _is_vector_key(k)}
+    if name is not None:
+        keep = {k: v for k, v in keep.items() if k.endswith(f".{name}") or f".copies.{name}." in k}
+    return keep
+
+
+def load_vector_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy vectors (full tensors or DTensors of any sharding) into ``model``'s vectors, sharded or
+    not; every key must be a vector (or head copy) of ``model``."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+    have = vector_state_dict(model)
+    unknown = sorted(set(state) - set(have))
+    if unknown:
+        raise KeyError(f"{unknown[0]}: not a vector of this model")
+    full_sd = any(not is_sharded(v) for v in state.values()) and any(is_sharded(v) for v in have.values())
+    set_model_state_dict(model, state, options=StateDictOptions(strict=False, full_state_dict=full_sd))
+
+
+def save_checkpoint(model: nn.Module, directory: str | os.PathLike) -> None:
+    """``torch.distributed.checkpoint.save`` of the vectors only (every rank calls it; each writes its
+    shards). Resume with ``load_checkpoint`` on any world size."""
+    import torch.distributed.checkpoint as dcp
+    dcp.save(vector_state_dict(model), checkpoint_id=os.fspath(directory))
+
+
+def load_checkpoint(model: nn.Module, directory: str | os.PathLike) -> None:
+    """Load vectors written by ``save_checkpoint`` (on any world size, resharded as needed)."""
+    import torch.distributed.checkpoint as dcp
+    state = vector_state_dict(model)
+    dcp.load(state, checkpoint_id=os.fspath(directory))
+    load_vector_state_dict(model, state)
+
+
+def load_vectors(model: nn.Module, path: str | os.PathLike, name: str | None = None) -> None:
+    """Resume a model whose adapter ``name`` already exists (e.g. after ``fully_shard``) from a spec
+    file: the file's vectors replace the model's, sharded as the model's are. The file's r, modules
+    and dimensions must equal the adapter's. Every rank calls it (each reads the file)."""
+    from .model import _vector
+    vm = _unwrap(model)
+    name = name or vm.active_adapter
+    vm._require(name)
+    ad = vera_ref.load_adapter(path)
+    cfg, mine = ad.config, vm.vera_configs[name]
+    if [m.name for m in cfg.modules] != vm.vera_modules[name] or cfg.r != mine.r:
+        raise vera_ref.errors.ModelMismatchError(
+            f"{os.fspath(path)}: adapter modules or r differ from adapter {name!r} of this model")
+    state = {}
+    for m in cfg.modules:
+        state[f"base_model.{m.name}.vera_lambda_d.{name}"] = _vector(ad.lambda_d, m.name, "lambda_d", (cfg.r,),
+                                                                     mine.vector_dtype)
+        state[f"base_model.{m.name}.vera_lambda_b.{name}"] = _vector(ad.lambda_b, m.name, "lambda_b",
+                                                                     (m.out_features,), mine.vector_dtype)
+    load_vector_state_dict(model, state)
+
+
+@torch.no_grad()
+def init_vectors(model: nn.Module, name: str | None = None) -> None:
+    """spec 3.9's initial vectors (lambda_d = d_initial, lambda_b = 0) for adapter ``name`` (default:
+    every adapter), in place, sharded or not: for a model built on the meta device
+    (``init_empty_weights``-style) and materialised with ``to_empty``, whose vectors hold garbage."""
+    vm = _unwrap(model)
+    for layer in vm.vera_layers():
+        for n in layer.vera_lambda_d:
+            if name is None or n == name:
+                layer.vera_lambda_d[n].fill_(vm.vera_configs[n].d_initial)
+                layer.vera_lambda_b[n].zero_()

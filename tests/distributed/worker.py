@@ -1,0 +1,204 @@
+"""Launched by tests/distributed/test_distributed.py with torchrun (2 processes, gloo, CPU):
+  python -m torch.distributed.run --standalone --nproc_per_node 2 worker.py OUT_DIR
+
+Every scenario trains TinyNet's VeRA vectors for a few SGD steps on a global batch split over the
+ranks and records, per step, the distributed gradient, the one-process float32 gradient from the
+same vectors on the whole batch, the float64 magnitude sum that bounds their difference, and the
+bytes sent by the gradient collectives. Rank 0 writes OUT_DIR/results.json; the test asserts."""
+import copy
+import json
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+sys.path[:0] = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")]
+from torch_models import TinyNet  # noqa: E402
+from vera_torch import VeraConfig, get_vera_model  # noqa: E402
+from vera_torch import distributed as vd  # noqa: E402
+
+OUT = sys.argv[1]
+N, SEQ, D, LR, STEPS = 8, 4, 16, 0.5, 3
+CFG = dict(r=8, target_modules=["query", "value", "c_fc"], seed=21)
+
+dist.init_process_group("gloo")
+RANK, WS = dist.get_rank(), dist.get_world_size()
+g = torch.Generator().manual_seed(7)
+X, Y = torch.randn(N, SEQ, D, generator=g), torch.randint(0, 3, (N,), generator=g)
+PER = N // WS
+XS, YS = X[RANK * PER:(RANK + 1) * PER], Y[RANK * PER:(RANK + 1) * PER]
+
+
+class Count:
+    """Bytes handed to the gradient collectives in one step."""
+    reduce_scatter = 0
+    all_reduce = 0
+    ddp_buckets = 0
+
+
+_rs = dist.reduce_scatter_single
+_ar = dist.all_reduce
+
+
+def _rs_counted(output, input, *a, **k):  # noqa: A002 - torch's argument names
+    Count.reduce_scatter += input.numel() * input.element_size()
+    return _rs(output, input, *a, **k)
+
+
+def _ar_counted(tensor, *a, **k):
+    Count.all_reduce += tensor.numel() * tensor.element_size()
+    return _ar(tensor, *a, **k)
+
+
+dist.reduce_scatter_single = _rs_counted  # FSDP2's DefaultReduceScatter calls dist.reduce_scatter_single
+dist.all_reduce = _ar_counted
+
+
+def ddp_hook(state, bucket):
+    Count.ddp_buckets += bucket.buffer().numel() * bucket.buffer().element_size()
+    return default_hooks.allreduce_hook(None, bucket)
+
+
+def make(device=None):
+    torch.manual_seed(0)
+    if device == "meta":  # the base built without memory; the vectors follow its device
+        with torch.device("meta"):
+            base = TinyNet()
+        return get_vera_model(base, VeraConfig(**CFG))
+    return get_vera_model(TinyNet(), VeraConfig(**CFG))
+
+
+def strip(name):
+    return name[len("module."):] if name.startswith("module.") else name
+
+
+def vectors(model):  # a collective under FSDP2
+    return {k: vd.full(v).detach().clone() for k, v in vd.vector_state_dict(model).items()}
+
+
+def grads(wrapped):  # a collective under FSDP2
+    return {strip(n): vd.full(p.grad).detach().clone() for n, p in wrapped.named_parameters() if p.requires_grad}
+
+
+def reference(v):
+    """One process, whole batch, from vectors v: the float32 gradient, and the float64 sum over rows of
+    |per-row gradient of loss/N| (the magnitude the reduction-order bound scales with)."""
+    m = make()
+    m.load_state_dict(v, strict=False)
+    F.cross_entropy(m(X), Y).backward()
+    g32 = {n: p.grad.clone() for n, p in m.named_parameters() if p.requires_grad}
+    m64 = copy.deepcopy(m).double()
+    mag = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in m64.named_parameters() if p.requires_grad}
+    for i in range(N):
+        m64.zero_grad()
+        (F.cross_entropy(m64(X[i:i + 1].double()), Y[i:i + 1], reduction="sum") / N).backward()
+        for n, p in m64.named_parameters():
+            if p.requires_grad:
+                mag[n] += p.grad.abs()
+    return g32, mag
+
+
+def wrap(kind, m):
+    if kind == "ddp":
+        w = DDP(m)
+        w.register_comm_hook(None, ddp_hook)
+        return w
+    if kind in ("fsdp_layer", "fsdp_meta"):
+        for b in m.base_model.blocks:
+            fully_shard(b)
+        fully_shard(m)
+    elif kind == "fsdp_model":
+        fully_shard(m)
+    elif kind == "fsdp_mp":
+        mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        for b in m.base_model.blocks:
+            fully_shard(b, mp_policy=mp)
+        fully_shard(m, mp_policy=mp)
+    return m
+
+
+def scenario(kind):
+    if kind == "fsdp_meta":  # init_empty_weights-style: built on meta, sharded, materialised, loaded
+        m = make("meta")
+        wrap(kind, m)
+        m.to_empty(device="cpu")
+        base = {k: v for k, v in make().state_dict().items() if "vera_lambda" not in k}
+        set_model_state_dict(m, base, options=StateDictOptions(full_state_dict=True, strict=False))
+        vd.init_vectors(m)
+        w = m
+    else:
+        m = make()
+        w = wrap(kind, m)
+    trainable = [p for p in w.parameters() if p.requires_grad]
+    frozen_grad = [n for n, p in w.named_parameters() if not p.requires_grad]
+    opt = torch.optim.SGD(trainable, lr=LR)
+    steps = []
+    for _ in range(STEPS):
+        v = vectors(m)
+        opt.zero_grad()
+        Count.reduce_scatter = Count.all_reduce = Count.ddp_buckets = 0
+        F.cross_entropy(w(XS), YS).backward()
+        sent = {"reduce_scatter": Count.reduce_scatter, "all_reduce": Count.all_reduce, "ddp": Count.ddp_buckets}
+        gd = grads(w)
+        opt.step()
+        rec = {"bytes": sent}
+        if RANK == 0 and kind != "fsdp_mp":
+            g32, mag = reference(v)
+            rec["diff"] = {n: (gd[n] - g32[n]).abs().max().item() for n in g32}
+            rec["ratio"] = {n: ((gd[n] - g32[n]).abs() / mag[n].float().clamp_min(1e-30)).max().item() for n in g32}
+            rec["grad"] = {n: g32[n].abs().max().item() for n in g32}
+            rec["mag"] = {n: mag[n].max().item() for n in g32}
+        steps.append(rec)
+    path = os.path.join(OUT, f"{kind}.safetensors")
+    if kind.startswith("fsdp"):
+        m.save_adapter(path)  # a collective: every rank calls it
+    else:
+        vd.save_adapter(w, path)
+    final = vectors(m)
+    res = {"steps": steps, "frozen_with_grad": [n for n in frozen_grad if getattr(dict(w.named_parameters())[n],
+                                                                                   "grad", None) is not None],
+           "vector_bytes": sum(p.numel() * 4 for p in trainable),
+           "vector_bytes_padded": sum(-(-p.numel() // WS) * WS * 4 for p in trainable),
+           "sharded": vd.has_sharded_vectors(m),
+           "cache_devices": sorted({dev for (_, dev) in m._store._cache}),
+           "state_keys_with_projection": [k for k in m.state_dict() if "__A__" in k or "__B__" in k]}
+    if RANK == 0:
+        one = make()
+        one.load_state_dict(final, strict=False)
+        one.save_adapter(os.path.join(OUT, f"{kind}_one.safetensors"))
+        torch.save(final, os.path.join(OUT, f"{kind}_final.pt"))
+    return m, res
+
+
+results = {"world_size": WS}
+models = {}
+for kind in ["ddp", "fsdp_layer", "fsdp_model", "fsdp_mp", "fsdp_meta"]:
+    models[kind], results[kind] = scenario(kind)
+
+# torch.distributed.checkpoint: the vectors only, round-tripped into a model sharded differently
+ckpt = os.path.join(OUT, "dcp")
+vd.save_checkpoint(models["fsdp_layer"], ckpt)
+fresh = make()
+fully_shard(fresh)
+vd.load_checkpoint(fresh, ckpt)
+want = torch.load(os.path.join(OUT, "fsdp_layer_final.pt")) if RANK == 0 else None
+got = vectors(fresh)
+# a spec file loaded into a sharded model (load_vectors) gives the same vectors
+again = make()
+fully_shard(again)
+vd.load_vectors(again, os.path.join(OUT, "fsdp_layer.safetensors"))
+got2 = vectors(again)
+if RANK == 0:
+    results["dcp_equal"] = sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
+    results["dcp_keys"] = sorted(got)
+    results["load_vectors_equal"] = all(torch.equal(got2[k], want[k]) for k in want)
+    with open(os.path.join(OUT, "results.json"), "w") as f:
+        json.dump(results, f)
+dist.barrier()
+dist.destroy_process_group()
