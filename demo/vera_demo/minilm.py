@@ -140,6 +140,8 @@ class Tokenizer:
         self.tok = HFTok.from_file(str(model_dir / "tokenizer.json"))
         self.tok.enable_truncation(max_len)
         self.tok.enable_padding(pad_id=0, pad_token="[PAD]")
+        self._unpadded = HFTok.from_file(str(model_dir / "tokenizer.json"))
+        self._unpadded.enable_truncation(max_len)
 
     def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         enc = self.tok.encode_batch(texts)
@@ -149,4 +151,4 @@ class Tokenizer:
 
     def lengths(self, texts: list[str]) -> list[int]:
         """Tokens of each text after truncation (what a batch of it pads to: its longest)."""
-        return [sum(e.attention_mask) for e in self.tok.encode_batch(texts)]
+        return [len(e.ids) for e in self._unpadded.encode_batch(texts)]

@@ -1,6 +1,6 @@
 """The main job: VeRA on a real pretrained transformer, offline, compared, then shipped to ONNX Runtime.
 
-    vera-ref demo [--steps 250] [--r 256] [--targets query,value] [--out results] [--full] [--keep-models]
+    vera-ref demo [--steps 200] [--r 256] [--targets query,value] [--out results] [--full] [--keep-models]
 
 1. Data: Rotten Tomatoes snippets (fresh vs rotten), split by movie. Model: all-MiniLM-L6-v2.
    The start of the run times a few real steps of each kind and prints the estimated total.
@@ -35,6 +35,7 @@ import numpy as np
 from .tuning import lr_grid  # noqa: F401  (the grid's definition; tests import it from here)
 
 CURVE_SNIPPETS = 200  # --full: validation snippets evaluated along training (the accuracy-over-steps curve)
+STEPS, FULL_STEPS = 200, 250  # the full budget of a method: default (README "where the time goes"), --full
 
 
 def _step(msg: str) -> None:
@@ -74,8 +75,9 @@ def _positive(kind):
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     """The demo's options; every value is checked here or in ``check_targets`` before any training starts."""
     ap.add_argument("--out", default="results", help="results folder (default: results)")
-    ap.add_argument("--steps", type=_positive(int), default=250,
-                    help="training steps of the full budget, for every method (default 250)")
+    ap.add_argument("--steps", type=_positive(int), default=None,
+                    help=f"training steps of the full budget, for every method (default {STEPS}; {FULL_STEPS} with "
+                         "--full)")
     ap.add_argument("--batch", type=_positive(int), default=16, help="batch size (default 16)")
     ap.add_argument("--r", type=_positive(int), default=256, help="VeRA rank (default 256)")
     ap.add_argument("--targets", default="query,value", help="adapted modules, comma-separated suffixes")
@@ -164,6 +166,8 @@ def run(args) -> dict:
         from .tuning import full_schedule, halving_schedule, tune
     imports_s = time.perf_counter() - ph_imports.w
 
+    if args.steps is None:
+        args.steps = FULL_STEPS if args.full else STEPS
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     onnx_dir = out if args.keep_models else Path(tempfile.mkdtemp(prefix="vera-demo-onnx-"))
@@ -272,8 +276,8 @@ def run(args) -> dict:
         with clock(f"tuning {label}"), Progress(schedule.total_steps(), f"{label} tuning") as bar:
             best, trials, record = tune(lr_grid(centre, args.tune), schedule, start, evaluate, bar)
         tuning[label] = record
-        print(f"      {label}: chosen learning rate {best.lr:.3g} (validation accuracy {best.score:.4f}, "
-              f"{best.run.seconds:.0f} s of training)")
+        chosen = f"validation accuracy {best.score:.4f} at step {best.curve[-1][0]}" if best.curve else "no choice"
+        print(f"      {label}: chosen learning rate {best.lr:.3g} ({chosen}, {best.run.seconds:.0f} s of training)")
         return best, trials
 
     best_vera, vera_trials = run_tuning(vera_label, new_vera, args.lr, "3/8")
@@ -378,7 +382,7 @@ def run(args) -> dict:
     _step("8/8 results: table, JSON and the picture")
     with clock("results: table, JSON and the picture"):
         curve_label = (f"validation accuracy ({CURVE_SNIPPETS} snippets; last point all {len(val.texts)})"
-                       if args.full else f"validation accuracy ({len(val.texts)} snippets, at each rung)")
+                       if args.full else f"validation accuracy ({len(val.texts)} snippets, at the rungs)")
         plot(rows, curves, out / "results.png", curve_label)
         md = ["| method | test accuracy | trainable params | adapter bytes | wall s |", "|---|---|---|---|---|"]
         md += [f"| {r['method']} | {r['test_accuracy']:.4f} | {r['trainable_params']:,} | {r['adapter_bytes']:,} | "

@@ -9,12 +9,13 @@ the demo runs it for VeRA and for LoRA alike:
   between the best rate and its better neighbour (the grid is refined). Every method therefore
   always spends the same number of steps, widened or not;
 * rung 1: the better half (by validation accuracy) continues to half the budget;
-* rung 2: the best one continues to the full budget, and is the one that ships.
+* rung 2: the best one continues to the full budget, and is the one that ships (no validation pass
+  there: nothing is left to choose; the test set then measures it).
 
 A trial is never restarted: it stops at a rung and continues from there, its cosine schedule
 running over the full budget from the start (as in Hyperband's and ASHA's resumed trials), so
 the winner is trained exactly as a single run of the full budget would be. With a grid of 3 the
-cost is 4 x 1/4 + 2 x 1/4 + 1 x 1/2 = 2 budgets of steps and 7 validation passes per method,
+cost is 4 x 1/4 + 2 x 1/4 + 1 x 1/2 = 2 budgets of steps and 6 validation passes per method,
 against 3 budgets and 3 passes (plus curve points) for the full grid (``--full``).
 """
 from __future__ import annotations
@@ -49,6 +50,11 @@ class Schedule:
     def runs(self) -> list[tuple[int, int, int]]:
         """(trials, from step, to step) of each rung: the work the up-front estimate adds up."""
         return [(k, r0, r) for k, r, r0 in zip(self.keep, self.rungs, [0] + self.rungs[:-1])]
+
+    def evaluated(self, i: int) -> bool:
+        """Whether rung ``i``'s trials get a validation pass: every rung of the full grid (curve
+        points, the choice at the last); under halving, every rung where something is chosen."""
+        return not self.halving or i < len(self.rungs) - 1 or self.keep[i] > 1
 
 
 def halving_schedule(steps: int, n: int) -> Schedule:
@@ -86,8 +92,9 @@ class Trial:
     curve: list[tuple[int, float]] = field(default_factory=list)
 
     @property
-    def score(self) -> float:
-        return self.curve[-1][1]
+    def score(self) -> float | None:
+        """Validation accuracy at the last evaluated rung (None: never evaluated, nothing was chosen)."""
+        return self.curve[-1][1] if self.curve else None
 
 
 def tune(grid: list[float], schedule: Schedule, start, evaluate, bar=None, log=print) -> tuple[Trial, list[Trial], dict]:
@@ -95,31 +102,36 @@ def tune(grid: list[float], schedule: Schedule, start, evaluate, bar=None, log=p
     gives its validation accuracy (``last``: at the final rung, else at an earlier one).
 
     Returns (winner, every trial in the order started, a JSON record of every choice)."""
+    say = bar.write if bar is not None else log
     trials = [Trial(lr, start(lr)) for lr in grid]
     record: dict = {"schedule": schedule.name, "grid": list(grid), "rungs": []}
     live = list(trials)
     for i, (steps, keep) in enumerate(zip(schedule.rungs, schedule.keep)):
-        last = i == len(schedule.rungs) - 1
+        last, scored = i == len(schedule.rungs) - 1, schedule.evaluated(i)
         if schedule.halving and i > 0:  # the better ones continue (ties: the earlier started)
             live = sorted(live, key=lambda t: -t.score)[:keep]
             live.sort(key=trials.index)
         for t in live:
-            _advance(t, steps, evaluate, last, bar)
+            _advance(t, steps, evaluate if scored else None, last, bar)
         if i == 0 and schedule.extra:
             lr, why = extra_rate([t.lr for t in trials], [t.score for t in trials])
             t = Trial(lr, start(lr))
             trials.append(t)
             live.append(t)
-            _advance(t, steps, evaluate, last, bar)
+            _advance(t, steps, evaluate if scored else None, last, bar)
             record["extra"] = {"lr": lr, "why": why}
-            (bar.write if bar is not None else log)(f"      {why}: {lr:.3g}")
-        record["rungs"].append({"steps": steps, "validation_accuracy": {f"{t.lr:.6g}": t.score for t in live}})
-        msg = ", ".join(f"lr {t.lr:.3g}: {t.score:.4f}" for t in live)
-        (bar.write if bar is not None else log)(f"      rung {i + 1}/{len(schedule.rungs)} at {steps} steps, "
-                                                f"validation accuracy {msg}")
-    winner = max(live, key=lambda t: t.score)  # ties: the earlier started
+            say(f"      {why}: {lr:.3g}")
+        entry = {"steps": steps, "trained": [t.lr for t in live]}
+        if scored:
+            entry["validation_accuracy"] = {f"{t.lr:.6g}": t.score for t in live}
+            msg = ", ".join(f"lr {t.lr:.3g}: {t.score:.4f}" for t in live)
+            say(f"      rung {i + 1}/{len(schedule.rungs)} at {steps} steps, validation accuracy {msg}")
+        else:
+            say(f"      rung {i + 1}/{len(schedule.rungs)}: lr {live[0].lr:.3g} trained to the full {steps} steps")
+        record["rungs"].append(entry)
+    winner = max(live, key=lambda t: t.score if t.score is not None else 0.0)  # ties: the earlier started
     record["chosen_lr"] = winner.lr
-    record["chosen_on_edge"] = winner.lr in (min(t.lr for t in trials), max(t.lr for t in trials))
+    record["chosen_on_edge"] = len(trials) > 1 and winner.lr in (min(t.lr for t in trials), max(t.lr for t in trials))
     record["trials"] = [{"lr": t.lr, "validation_accuracy": t.score, "steps": t.run.step,
                          "curve": t.curve, "train_seconds": round(t.run.seconds, 1)} for t in trials]
     return winner, trials, record
@@ -127,4 +139,5 @@ def tune(grid: list[float], schedule: Schedule, start, evaluate, bar=None, log=p
 
 def _advance(t: Trial, steps: int, evaluate, last: bool, bar) -> None:
     t.run.advance(steps, bar)
-    t.curve.append((steps, float(evaluate(t.run, last))))
+    if evaluate is not None:
+        t.curve.append((steps, float(evaluate(t.run, last))))

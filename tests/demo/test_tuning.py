@@ -53,9 +53,10 @@ def test_halving_schedule_budget_is_two_full_runs_and_the_same_widened_or_not():
                 assert best.run.step == steps and len(trials) == n + 1
 
 
-def test_no_tuning_is_one_run_of_the_full_budget():
-    best, trials, record, log = _tune([0.03], T.halving_schedule(100, 1), lambda lr, st: 0.5)
+def test_no_tuning_is_one_run_of_the_full_budget_and_no_validation_pass():
+    best, trials, record, log = _tune([0.03], T.halving_schedule(100, 1), lambda lr, st: 1 / 0)
     assert log == [(0.03, 0, 100)] and record["chosen_lr"] == 0.03 and "extra" not in record
+    assert best.curve == [] and record["trials"][0]["validation_accuracy"] is None
 
 
 def test_the_better_half_continues_and_the_best_gets_the_full_budget():
@@ -64,7 +65,9 @@ def test_the_better_half_continues_and_the_best_gets_the_full_budget():
     best, trials, record, log = _tune(T.lr_grid(0.03, 3), T.halving_schedule(200, 3), score)
     assert [round(t.lr, 6) for t in trials] == [0.01, 0.03, 0.09, round(math.sqrt(0.03 * 0.01), 6)]
     assert record["extra"]["why"].startswith("best inside the grid: refined")
-    assert [len(r["validation_accuracy"]) for r in record["rungs"]] == [4, 2, 1]
+    assert [len(r["trained"]) for r in record["rungs"]] == [4, 2, 1]
+    # validation passes where something is chosen: not at the last rung, where one trial is left
+    assert [len(r.get("validation_accuracy", ())) for r in record["rungs"]] == [4, 2, 0]
     kept = [float(k) for k in record["rungs"][1]["validation_accuracy"]]
     assert sorted(kept) == pytest.approx(sorted([0.03, math.sqrt(0.03 * 0.01)]))  # the two best of rung 0
     assert best.lr == pytest.approx(0.03) and record["chosen_lr"] == best.lr and best.run.step == 200
@@ -117,7 +120,7 @@ def test_tuning_estimate_adds_every_planned_step_and_evaluation():
     step_tokens = list(range(100, 108))
     want_train = 3 * sum(0.5 + 0.01 * t for t in step_tokens[0:2]) + 2 * sum(0.5 + 0.01 * t for t in step_tokens[2:4]) \
         + sum(0.5 + 0.01 * t for t in step_tokens[4:8])
-    assert tuning_seconds(costs, "m", s, step_tokens, 1000, 10) == pytest.approx(want_train + 6 * 1000 * 0.001)
+    assert tuning_seconds(costs, "m", s, step_tokens, 1000, 10) == pytest.approx(want_train + 5 * 1000 * 0.001)
     f = T.full_schedule(8, 2, points=4)  # every 2 steps, curve points on 10 tokens, the last on 1000
     assert tuning_seconds(costs, "m", f, step_tokens, 1000, 10) == pytest.approx(
         2 * sum(0.5 + 0.01 * t for t in step_tokens) + 2 * (3 * 10 + 1000) * 0.001)
