@@ -343,6 +343,7 @@ def test_fields_chosen_and_cut(exe, tmp_path):
         return edit
     edits = [add(zz=1, ab=1, b_=2), add(**{"k" * 200: 1}), add(**{"\u00e9" * 130: 1}),
              add(**{"\U0001F600" * 125: 1, "\U0001F600" * 3: 1}), add(**{"x" * 120: 1}), add(**{"x" * 121: 1}),
+             add(**{"\u00e9" * 119: 1}), add(**{"\u00e9" * 120: 1}), add(**{"\u00e9" * 121: 1}),
              add(base_model={"name": "n", "zz": "1", "url": "1"}),
              add(base_model={"name": "n", "\u00e9" * 200: "1"})]
     paths, want = [], []
