@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from typing import Any
 
 import numpy as np
@@ -115,14 +116,29 @@ def loads(text: str, *, counted: bool = False) -> Any:
                 seen.add(k)
         return d
 
+    def parse() -> Any:
+        found.clear()
+        return json.loads(text, parse_int=parse_int, parse_float=parse_float, parse_constant=_reject_constant,
+                          object_pairs_hook=pairs)
+
     try:
-        doc = json.loads(text, parse_int=parse_int, parse_float=parse_float, parse_constant=_reject_constant,
-                         object_pairs_hook=pairs)
-    except RecursionError:
-        if not _valid_syntax(text) or unpaired_surrogate(text):
-            raise JsonRuleError("syntax") from None
-        raise JsonRuleError("depth") from None
-    except ValueError:  # JSONDecodeError, NaN/Infinity
+        try:
+            doc = parse()
+        except RecursionError:
+            if not _valid_syntax(text) or unpaired_surrogate(text):
+                raise JsonRuleError("syntax") from None
+            if text_depth(text) > MAX_DEPTH:
+                raise JsonRuleError("depth") from None
+            # a shallow text met a deep call stack: parse it again with room for its depth
+            limit = sys.getrecursionlimit()
+            sys.setrecursionlimit(limit + 4 * MAX_DEPTH)
+            try:
+                doc = parse()
+            finally:
+                sys.setrecursionlimit(limit)
+    except ValueError as exc:  # JSONDecodeError, NaN/Infinity
+        if isinstance(exc, JsonRuleError):
+            raise
         raise JsonRuleError("syntax") from None
     # the syntax rule's Unicode strings, then depth, as properties of the text: without a repeated
     # key the value holds every string and container of the text, so one walk of it decides both;

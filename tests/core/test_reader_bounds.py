@@ -295,6 +295,22 @@ def test_depth_before_duplicates_in_header_and_document():
     assert code_of(parse_config, text) == "E4.6.10.4"
 
 
+def test_a_shallow_text_in_a_deep_call_stack_gets_the_verdict_of_its_text():
+    """Depth is the text's: a caller deep in Python's stack (the C scanner runs out of recursion on a
+    30-level text) gets the verdict of the text, not "depth"."""
+    import sys
+
+    def at_depth(n):
+        if n:
+            return at_depth(n - 1)
+        with pytest.raises(jsontext.JsonRuleError) as err:
+            jsontext.loads('{"a":' + "[" * 30 + "1e999" + "]" * 30 + "}")
+        ok = jsontext.loads('{"a":' + "[" * 30 + "]" * 30 + "}")
+        return err.value.rule, jsontext.depth(ok)
+    import inspect
+    assert at_depth(sys.getrecursionlimit() - len(inspect.stack()) - 30) == ("number", 31)
+
+
 def test_text_depth_agrees_with_the_parsed_depth():
     for text in ["0", '"[["', "[]", '{"a":[{"b":[]}]}', '[["\\\\"],"\\"[",{"k\\\\\\"[":[[]]}]', " [ [ ] ] "]:
         assert jsontext.text_depth(text) == jsontext.depth(json.loads(text)), text
