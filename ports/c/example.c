@@ -86,6 +86,30 @@ static int rebuild(const vera_adapter *ad, size_t gi, char hexA[65], char hexB[6
     return rc;
 }
 
+/* The batch driver reads each file a second time from memory, from a buffer of exactly the file's
+ * size (so a sanitized build sees any read past its end): the verdict must be the same. */
+static int memory_agrees(const char *path, const vera_adapter *ad, const vera_error *err)
+{
+    FILE *f = fopen(path, "rb");
+    long size;
+    unsigned char *buf;
+    vera_adapter *m;
+    vera_error e;
+    int rc, same;
+    if (!f) return 0;
+    if (fseek(f, 0, SEEK_END) != 0 || (size = ftell(f)) < 0 || fseek(f, 0, SEEK_SET) != 0) { fclose(f); return 0; }
+    buf = (unsigned char *)malloc(size ? (size_t)size : 1);
+    if (!buf || fread(buf, 1, (size_t)size, f) != (size_t)size) { fclose(f); free(buf); return 0; }
+    fclose(f);
+    rc = vera_adapter_open_memory(buf, (size_t)size, NULL, &m, &e);
+    if (ad) same = rc == 0 && m->n_groups == ad->n_groups && !memcmp(m->sha256, ad->sha256, ad->n_groups * sizeof *ad->sha256);
+    else same = rc != 0 && !strcmp(e.code, err->code) && e.field_len == err->field_len &&
+                !memcmp(e.field, err->field, e.field_len);
+    if (rc == 0) vera_adapter_free(m);
+    free(buf);
+    return same;
+}
+
 static int check_file(const char *path, int batch)
 {
     vera_adapter *ad;
@@ -93,6 +117,10 @@ static int check_file(const char *path, int batch)
     size_t gi;
     static const char *const GEN[] = {"philox4x32-10", "stored", "peft-mt19937"};
     if (vera_adapter_open(path, NULL, &ad, &err)) {
+        if (batch && strncmp(err.code, "E4.6.0.", 7) != 0 && !memory_agrees(path, NULL, &err)) {
+            printf("memory-read-differs\n");
+            return 1;
+        }
         if (batch) {
             printf("rejected %s ", err.code);
             print_field(stdout, err.field, err.field_len);
@@ -102,6 +130,11 @@ static int check_file(const char *path, int batch)
             print_field(stdout, err.field, err.field_len);
             printf(": %s\n", err.problem);
         }
+        return 1;
+    }
+    if (batch && !memory_agrees(path, ad, NULL)) {
+        printf("memory-read-differs\n");
+        vera_adapter_free(ad);
         return 1;
     }
     if (batch) printf("accepted");
