@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -111,7 +112,12 @@ def load_vector_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> 
     unknown = sorted(set(state) - set(have))
     if unknown:
         raise KeyError(f"{unknown[0]}: not a vector of this model")
-    full_sd = any(not is_sharded(v) for v in state.values()) and any(is_sharded(v) for v in have.values())
+    if not any(is_sharded(v) for v in have.values()):  # plain tensors (one process, DDP): no collective
+        with torch.no_grad():
+            for k, v in state.items():
+                have[k].copy_(full(v))
+        return
+    full_sd = any(not is_sharded(v) for v in state.values())
     set_model_state_dict(model, state, options=StateDictOptions(strict=False, full_state_dict=full_sd))
 
 
@@ -149,6 +155,17 @@ def load_vectors(model: nn.Module, path: str | os.PathLike, name: str | None = N
                                                                      mine.vector_dtype)
         state[f"base_model.{m.name}.vera_lambda_b.{name}"] = _vector(ad.lambda_b, m.name, "lambda_b",
                                                                      (m.out_features,), mine.vector_dtype)
+    have = vector_state_dict(vm, name)
+    wrappers = [p for p, _ in vm.base_model.named_modules() if f"base_model.{p}.copies.{name}." in " ".join(have)]
+    for key, (arr, _) in ad.extra.items():  # extra_tensors: modules_to_save heads, saved whole (spec 4.3)
+        owner = next((w for w in wrappers if key.startswith(w + ".")), None)
+        full_key = f"base_model.{owner}.copies.{name}.{key[len(owner) + 1:]}" if owner is not None else key
+        if full_key not in have:
+            raise vera_ref.errors.ModelMismatchError(f"{os.fspath(path)}: {key}: no such head tensor in this model")
+        state[full_key] = torch.from_numpy(np.array(arr)).to(have[full_key].dtype)
+    missing = sorted(set(have) - set(state))
+    if missing:
+        raise vera_ref.errors.ModelMismatchError(f"{os.fspath(path)}: has no value for {missing[0]}")
     load_vector_state_dict(model, state)
 
 

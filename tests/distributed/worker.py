@@ -198,6 +198,13 @@ if RANK == 0:
     results["dcp_equal"] = sorted(got) == sorted(want) and all(torch.equal(got[k], want[k]) for k in want)
     results["dcp_keys"] = sorted(got)
     results["load_vectors_equal"] = all(torch.equal(got2[k], want[k]) for k in want)
+
+# the Hugging Face Trainer example on the same 2 processes (its DDP uses this process group)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "examples"))
+import trainer_vera  # noqa: E402
+trainer_vera.main(["--output_dir", os.path.join(OUT, "trainer"), "--max_steps", "4", "--save_steps", "2",
+                   "--batch_size", "4"])
+if RANK == 0:
     with open(os.path.join(OUT, "results.json"), "w") as f:
         json.dump(results, f)
 dist.barrier()

@@ -1,0 +1,61 @@
+"""The Hugging Face Trainer example (examples/trainer_vera.py): checkpoints are spec files, and resuming
+reads them back (on one process here; under torchrun with 2 processes in worker.py's launch)."""
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("accelerate")
+
+from conftest import ROOT  # noqa: E402
+
+from test_distributed import run  # noqa: E402,F401 - the one torchrun launch (fixture)
+
+pytestmark = pytest.mark.distributed
+
+
+@pytest.fixture(scope="module")
+def example():
+    sys.path.insert(0, str(ROOT / "examples"))
+    import trainer_vera
+    return trainer_vera
+
+
+def _files(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_checkpoints_are_spec_files_and_resume_is_bit_identical_on_one_process(example, tmp_path):
+    import vera_ref
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert example.main(["--output_dir", str(a), "--max_steps", "4", "--save_steps", "2"]) == 0
+    assert example.main(["--output_dir", str(b), "--max_steps", "2", "--save_steps", "2"]) == 0
+    # no whole-model weights: only the spec file can give the resumed run its vectors
+    assert "vera_adapter.safetensors" in _files(b / "checkpoint-2")
+    assert not any(n.startswith(("model", "pytorch_model")) for n in _files(b / "checkpoint-2"))
+    assert example.main(["--output_dir", str(b), "--max_steps", "4", "--save_steps", "2",
+                         "--resume_from_checkpoint", str(b / "checkpoint-2")]) == 0
+    full = (a / "checkpoint-4" / "vera_adapter.safetensors").read_bytes()
+    assert (b / "checkpoint-4" / "vera_adapter.safetensors").read_bytes() == full
+    two = vera_ref.load_adapter(a / "checkpoint-2" / "vera_adapter.safetensors")
+    four = vera_ref.load_adapter(a / "checkpoint-4" / "vera_adapter.safetensors")
+    moved = [abs(four.lambda_b[k] - two.lambda_b[k]).max() for k in two.lambda_b]
+    assert max(moved) > 0 and "classifier.weight" in four.extra  # trained vectors and the saved head
+
+
+def test_trainer_under_torchrun_writes_spec_checkpoints_that_resume_on_one_process(example, run, tmp_path):
+    import shutil
+    import vera_ref
+    out, _ = run
+    for step in (2, 4):
+        names = _files(out / "trainer" / f"checkpoint-{step}")
+        assert "vera_adapter.safetensors" in names and "rng_state_1.pth" in names, names  # 2 ranks
+        ad = vera_ref.load_adapter(out / "trainer" / f"checkpoint-{step}" / "vera_adapter.safetensors")
+        assert max(abs(v).max() for v in ad.lambda_b.values()) > 0
+    # another world size: the 2-process checkpoint resumes on one process
+    work = tmp_path / "resume"
+    shutil.copytree(out / "trainer" / "checkpoint-2", work / "checkpoint-2")
+    assert example.main(["--output_dir", str(work), "--max_steps", "4", "--save_steps", "2", "--batch_size", "8",
+                         "--resume_from_checkpoint", "last"]) == 0
+    assert (work / "checkpoint-4" / "vera_adapter.safetensors").is_file()
