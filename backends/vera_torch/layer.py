@@ -237,7 +237,10 @@ class VeraLayer(nn.Module):
         # what autograd keeps (issue 25): "minimal" keeps h or x only and recomputes v / W0 + Delta W in
         # backward; "activations" keeps v / the merged weight too (less backward work, more memory)
         self.save_for_backward = "minimal"
-        self.register_buffer("vera_w0", None, persistent=False)  # W0 while merged
+        self.register_buffer("vera_w0", None, persistent=False)  # W0 while merged with a full copy
+        self.restore = "auto"  # what merge keeps to restore W0 (RESTORE_MODES)
+        self._kept_mode = "auto"  # the mode of the current merge
+        self._restore: dict | None = None  # what it kept, when not the full copy in vera_w0
         self._tables: dict[tuple[Hashable, str], SlotTable] = {}  # (class, "d" | "b") -> cached stack
         object.__setattr__(self, "_state", state)  # plain references, not submodules
         object.__setattr__(self, "_store", store)
@@ -248,8 +251,8 @@ class VeraLayer(nn.Module):
 
     @property
     def original_weight(self) -> torch.Tensor:
-        """W0: the base weight as it was before any merge."""
-        return self.vera_w0 if self.vera_w0 is not None else self.base_layer.weight
+        """W0: the base weight as it was before any merge (rebuilt from what the merge kept)."""
+        return self._original()
 
     def add_adapter(self, name: str, spec: ProjSpec, r: int, d_initial: float, dropout: float,
                     dtype: torch.dtype, klass: Hashable | None = None) -> None:
@@ -327,11 +330,11 @@ class VeraLayer(nn.Module):
         return lb.to(dt)[:, None] * B_l.to(dt), ld.to(dt)[:, None] * A_l.to(dt)
 
     @torch.no_grad()
-    def _write_merged(self, names: list[str]) -> bool:
-        """weight = W0 + sum of Delta W over ``names``, accumulated in float32 or wider (in place for
+    def _write_merged(self, names: list[str], w0: torch.Tensor) -> bool:
+        """weight = ``w0`` + sum of Delta W over ``names``, accumulated in float32 or wider (in place for
         float32/float64 weights, else in a float32 buffer) and rounded once; True when every value is
         finite in the weight's dtype."""
-        w, w0 = self.base_layer.weight, self.vera_w0
+        w = self.base_layer.weight
         if not names:
             w.copy_(w0)
             return True
@@ -351,34 +354,143 @@ class VeraLayer(nn.Module):
         # or is not finite needs the element-wise check
         return bool(torch.isfinite(w.sum())) or bool(torch.isfinite(w).all())
 
+    # How unmerge gets W0 back (README "Merging"): "auto" (default) keeps only the elements that
+    # fl(W - Delta W) does not bring back (index + original value) and a full copy when those would
+    # take more than RESIDUAL_LIMIT of the weight's bytes; "sparse" refuses the merge then; "copy"
+    # keeps a full copy on the weight's device, "cpu" on the CPU; "none" keeps nothing (no unmerge).
+    RESTORE_MODES = ("auto", "sparse", "copy", "cpu", "none")
+    RESIDUAL_LIMIT = 0.5
+
     @torch.no_grad()
-    def merge(self, name: str) -> None:
+    def _delta_sum(self, record: dict) -> torch.Tensor:
+        """Sum of the merged Delta W from the vectors kept at merge time, in the weight's layout and
+        float32 or wider: the same ops at merge and at unmerge, so the same bits."""
+        w = self.base_layer.weight
+        dt = torch.promote_types(w.dtype, torch.float32)
+        acc = None
+        for n, (ld, lb) in record["vectors"].items():
+            A_l, B_l = self.sliced_projection(n, w.device)
+            P, Q = lb.to(dt)[:, None] * B_l.to(dt), ld.to(dt)[:, None] * A_l.to(dt)  # (out, r), (r, in)
+            if self.layout == "conv1d":
+                P, Q = Q.t(), P.t()
+            acc = P @ Q if acc is None else acc.addmm_(P, Q)
+        return acc
+
+    @staticmethod
+    def _checksum(t: torch.Tensor) -> tuple[int, int]:
+        """Two int64 sums of the bit patterns (plain and squared, wrapping): any change of a few
+        elements changes them."""
+        bits = t.view({8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}[t.element_size()]).long()
+        return int(bits.sum()), int((bits * bits).sum())
+
+    @torch.no_grad()
+    def _keep_w0(self, w0: torch.Tensor, mode: str) -> None:
+        """Record how to get ``w0`` back from the weight just merged (``self.merged`` names)."""
+        w = self.base_layer.weight
+        self.vera_w0, self._restore, self._kept_mode = None, None, mode
+        if mode == "copy":
+            self.vera_w0 = w0
+            return
+        if mode == "cpu":
+            self._restore = {"mode": mode, "w0": w0.to("cpu", copy=True)}
+            return
+        if mode == "none":
+            self._restore = {"mode": mode}
+            return
+        rec = {"mode": mode, "vectors": {n: (self.vera_lambda_d[n].detach().clone(),
+                                              self.vera_lambda_b[n].detach().clone()) for n in self.merged}}
+        back = (w.to(torch.promote_types(w.dtype, torch.float32)) - self._delta_sum(rec)).to(w.dtype)
+        ibits = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}[w.element_size()]
+        idx = (back.view(ibits) != w0.view(ibits)).view(-1).nonzero().view(-1)  # elements that do not round-trip
+        idx = idx.to(torch.int32) if w.numel() < 2**31 else idx
+        rec["idx"], rec["values"] = idx, w0.reshape(-1).index_select(0, idx.long())
+        rec["merged_sum"], rec["w0_sum"] = self._checksum(w), self._checksum(w0)
+        size = idx.numel() * (idx.element_size() + w.element_size())
+        if size > self.RESIDUAL_LIMIT * w.numel() * w.element_size():
+            if mode == "sparse":
+                raise MergeError(f"{idx.numel()} of the {w.numel()} merged values do not round-trip "
+                                 f"(restore='sparse' keeps at most {self.RESIDUAL_LIMIT:.0%} of the weight's bytes)")
+            self.vera_w0 = w0
+            return
+        self._restore = rec
+
+    @torch.no_grad()
+    def _original(self) -> torch.Tensor:
+        """W0 from what the merge kept (the weight itself when nothing is merged)."""
+        w = self.base_layer.weight
+        if not self.merged or self.vera_w0 is not None:
+            return w if not self.merged else self.vera_w0
+        rec = self._restore
+        if rec is None or rec["mode"] == "none":
+            raise MergeError("this layer was merged with restore='none': W0 was not kept, it cannot be unmerged")
+        if rec["mode"] == "cpu":
+            return rec["w0"].to(w.device, copy=True)
+        back = (w.to(torch.promote_types(w.dtype, torch.float32)) - self._delta_sum(rec)).to(w.dtype)
+        if self._checksum(w) != rec["merged_sum"]:  # the weight was changed while merged: spec 3.6, W - Delta W
+            return back
+        back.view(-1).index_copy_(0, rec["idx"].long(), rec["values"])
+        if self._checksum(back) != rec["w0_sum"]:
+            raise MergeError("unmerge cannot restore W0 bit for bit here (Delta W came out with other bits "
+                             "than at merge time: another BLAS or thread count?); the weight stays merged. "
+                             "Merge with restore='copy' or 'cpu' on such machines")
+        return back
+
+    @torch.no_grad()
+    def merge(self, name: str, restore: str | None = None) -> None:
         """Fold ``name`` into the weight: W0 + Delta W, the sum in float32 or wider, rounded once to the
-        weight's dtype. ``MergeError``, the weight unchanged, when a value would not be finite."""
+        weight's dtype. ``MergeError``, the weight unchanged, when a value would not be finite.
+        ``restore`` (default: this layer's ``restore``, "auto"): what is kept to undo it (RESTORE_MODES)."""
         if name in self.merged:
             return
+        mode = self.restore if restore is None else restore
+        if mode not in self.RESTORE_MODES:
+            raise ConfigError("restore", f"{mode!r} is not one of {', '.join(self.RESTORE_MODES)}")
         w = self.base_layer.weight
-        fresh = self.vera_w0 is None
-        if fresh:
-            self.vera_w0 = w.detach().clone()
-        if not self._write_merged(self.merged + [name]):
-            self._write_merged(self.merged)  # the same bits as before (the same computation)
-            if fresh:
-                self.vera_w0 = None
+        w0 = self._original().clone() if self.merged else w.detach().clone()
+        old, old_mode = list(self.merged), self._kept_mode
+        if not self._write_merged(old + [name], w0):
+            self._write_merged(old, w0)  # the same bits as before (the same computation)
             raise MergeError(f"merging {name!r} would make the {tuple(w.shape)} weight non-finite in "
                              f"{str(w.dtype).replace('torch.', '')}; the weights are unchanged")
         self.merged.append(name)
+        try:
+            self._keep_w0(w0, mode)
+        except MergeError:
+            self.merged = old
+            self._write_merged(old, w0)
+            if old:
+                self._keep_w0(w0, old_mode)  # what was kept before, again (the same weight, the same bits)
+            raise
 
     @torch.no_grad()
     def unmerge(self, name: str | None = None) -> None:
         """Remove adapter ``name`` (default: every merged adapter) from the weight; with none left
-        merged the weight is W0 again, bit for bit, and the copy of W0 is freed."""
+        merged the weight is W0 again, bit for bit, and what was kept of W0 is freed."""
         names = [n for n in self.merged if name is not None and n != name]
-        if self.vera_w0 is not None:
-            self._write_merged(names)
-            if not names:
-                self.vera_w0 = None
+        if not self.merged:
+            return
+        w0 = self._original()
+        w0 = w0.clone() if w0 is self.vera_w0 else w0
+        mode = self._kept_mode
+        self._write_merged(names, w0)
         self.merged = names
+        if names:
+            self._keep_w0(w0, mode)
+        else:
+            self.vera_w0, self._restore = None, None
+
+    def _apply(self, fn, recurse=True):
+        """Casts and moves (``.to``, ``.half()``, ...) while merged: unmerged first (bit for bit), then
+        merged again in the new dtype / on the new device, so unmerge still restores the cast W0."""
+        names = list(self.merged)
+        if not names or (self._restore is not None and self._restore["mode"] == "none"):
+            return super()._apply(fn, recurse)
+        mode = self._kept_mode
+        self.unmerge()
+        out = super()._apply(fn, recurse)
+        for n in names:
+            self.merge(n, mode)
+        return out
 
     # -- forward ----------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
