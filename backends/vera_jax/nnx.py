@@ -335,17 +335,16 @@ def merge_and_unload(model: nnx.Module) -> nnx.Module:
     would hold a non-finite value where its base kernel was finite (spec 3.6 MUST): e.g. lambdas
     that push a float16 kernel past 65504."""
     layers = vera_layers(model)
-    merged = []
-    for name, layer in layers:  # every kernel computed and checked before any is written
+    for name, layer in layers:  # every kernel checked before any is written; one merged kernel alive at a time
         k0 = layer.base.kernel[...]  # (in, out)
         k = layer.delta_merged_kernel()
         bad = int(jnp.count_nonzero(jnp.isfinite(k0) & ~jnp.isfinite(k)))
         if bad:
             raise MergeError(f"{name}: merging would make {bad} of the {k.size} values of the {tuple(k.shape)} "
                              f"{jnp.dtype(k.dtype).name} kernel non-finite; the weights are unchanged")
-        merged.append((name, layer, k))
-    for name, layer, k in merged:
-        layer.base.kernel[...] = k
+        del k
+    for name, layer in layers:  # the same computation again (deterministic): what was checked is written
+        layer.base.kernel[...] = layer.delta_merged_kernel()
         _replace(model, _modules(model)[name][0], layer.base)
     return model
 
