@@ -203,21 +203,16 @@ def cmd_convert(args) -> int:
 
 
 def _read_dims(path: str) -> dict[str, tuple[int, int]]:
-    """--dims: a JSON object {"module path": [in_features, out_features]} (a file of another kind: exit 1)."""
+    """--dims: a JSON object {"module path": [in_features, out_features]}, read with the bounds of
+    ``peft_interop.read_dims`` (size, depth, numbers; a file of another kind: exit 1)."""
     from .errors import ConversionError
+    from .peft_interop import read_dims
     if os.path.isdir(path):
         raise ConversionError(f"--dims {path}: is a folder, not a JSON file")
     try:
-        with open(path, "rb") as f:
-            doc = json.loads(f.read(1 << 24))
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise ConversionError(f"--dims {path}: not a JSON file ({type(exc).__name__})") from None
-    ok = isinstance(doc, dict) and all(
-        isinstance(v, list) and len(v) == 2 and all(isinstance(n, int) and not isinstance(n, bool) and n > 0
-                                                    for n in v) for v in doc.values())
-    if not ok or not doc:
-        raise ConversionError(f'--dims {path}: must be a JSON object {{"module path": [in_features, out_features], ...}}')
-    return {k: (v[0], v[1]) for k, v in doc.items()}
+        return read_dims(path)
+    except ConversionError as exc:
+        raise ConversionError(f"--dims {exc}") from None
 
 
 def setup_convert(p: argparse.ArgumentParser) -> None:

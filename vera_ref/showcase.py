@@ -18,7 +18,7 @@ from .describe import describe, validity
 from .errors import AdapterFileError
 from .layer import backward, forward, merge
 from .projection import projection
-from .tolerance import compare, forward_magnitude
+from .tolerance import compare, constant, forward_magnitude
 
 
 def _step(msg: str) -> None:
@@ -80,8 +80,10 @@ def run(out_dir: str | None = None, steps: int = 300, seed: int = 42) -> int:
     Wm = merge(W0.astype(np.float32), A, B, back.lambda_d["layer"], back.lambda_b["layer"], dtype="float32")
     got = X.astype(np.float32) @ Wm.T + bias.astype(np.float32)
     ref = forward(X, W0, bias, A, B, back.lambda_d["layer"], back.lambda_b["layer"])
+    # spec 5.2.3: the merged forward is the forward's nested sums (in, r) in another nesting order
+    c = constant("forward", "float32", N=X.shape[0], in_features=in_f, out_features=out_f, r=r)
     chk = compare(got, ref, forward_magnitude(X, W0, bias, A, B, back.lambda_d["layer"], back.lambda_b["layer"]),
-                  "float32")
+                  "float32", c)
     print(f"      merged float32 vs float64 reference: {'within' if chk.ok else 'OUTSIDE'} tolerance; {chk.describe()}")
 
     _step("6/6 tamper with a copy (one checksum digit): the reader must refuse it, naming the field")

@@ -149,9 +149,9 @@ add("convert", "missing file", (), lambda s: ["convert", "--to-peft", VALID, "--
 add("convert", "wrong kind of file", (), lambda s: ["convert", "--to-peft", s.peft(), "--out", s / "p"], 1,
     "use `vera-ref convert --from-peft`")
 add("convert", "wrong kind of file", (), lambda s: ["convert", "--from-peft", s.peft(), "--dims", s.notjson(),
-                                                    "--out", s / "o.safetensors"], 1, "not a JSON file")
+                                                    "--out", s / "o.safetensors"], 1, "--dims file: not valid JSON")
 add("convert", "wrong kind of file", (), lambda s: ["convert", "--from-peft", s.peft(), "--dims", s.deep(),
-                                                    "--out", s / "o.safetensors"], 1, "not a JSON file (RecursionError)")
+                                                    "--out", s / "o.safetensors"], 1, "--dims file: nested deeper than")
 add("convert", "wrong kind of file", (), lambda s: ["convert", "--from-peft", s.junk(), "--out", s / "o.safetensors"],
     1, "is a file, not a PEFT checkpoint folder")
 add("convert", "wrong kind of file", (), lambda s: ["convert", "--from-peft", s.peft(), "--out", s.folder()], 2,
