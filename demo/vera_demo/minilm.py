@@ -140,8 +140,9 @@ class Tokenizer:
         self.tok = HFTok.from_file(str(model_dir / "tokenizer.json"))
         self.tok.enable_truncation(max_len)
         self.tok.enable_padding(pad_id=0, pad_token="[PAD]")
-        self._unpadded = HFTok.from_file(str(model_dir / "tokenizer.json"))
+        self._unpadded = HFTok.from_file(str(model_dir / "tokenizer.json"))  # for lengths: its file may pad
         self._unpadded.enable_truncation(max_len)
+        self._unpadded.no_padding()
 
     def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         enc = self.tok.encode_batch(texts)

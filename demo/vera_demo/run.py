@@ -278,6 +278,9 @@ def run(args) -> dict:
         tuning[label] = record
         chosen = f"validation accuracy {best.score:.4f} at step {best.curve[-1][0]}" if best.curve else "no choice"
         print(f"      {label}: chosen learning rate {best.lr:.3g} ({chosen}, {best.run.seconds:.0f} s of training)")
+        if record["chosen_on_edge"]:  # said, not hidden: one widening step was not enough (results.json too)
+            print(f"      note: {best.lr:.3g} is on the edge of the rates tried; the grid's centre is set with "
+                  f"{'--lr' if label.startswith('VeRA') else '--lora-lr'}")
         return best, trials
 
     best_vera, vera_trials = run_tuning(vera_label, new_vera, args.lr, "3/8")

@@ -52,6 +52,23 @@ def test_plain_bert_matches_transformers():
 
 
 @needs_assets
+def test_token_lengths_are_the_unpadded_ones_and_evaluation_batches_follow_them():
+    """The lengths behind grouped batches, evaluation order and the time estimate: the tokens of each
+    text alone (tokenizer.json itself asks for padding to 128; lengths must not see it)."""
+    from vera_demo.minilm import Tokenizer
+    from vera_demo.train import _by_length
+    tok = Tokenizer(model_dir())
+    texts = ["dull.", "a gripping, beautifully shot film that never lets go of you", "long " * 200, "fine"]
+    lengths = tok.lengths(texts)
+    assert lengths == [int(tok([t])[1].sum()) for t in texts]
+    assert lengths[2] == 64 and lengths[0] < lengths[1] < 64  # truncated at max_len, nothing padded
+    seen = []
+    out = _by_length(lambda ids, mask: seen.append(mask.sum(1).tolist()) or ids[:, :1].float(), tok, texts, 2, "t")
+    assert seen == [sorted(lengths)[:2], sorted(lengths)[2:]]  # batches of similar token length
+    assert out[:, 0].tolist() == [101.0] * 4  # [CLS] of every text, back in the input order
+
+
+@needs_assets
 def test_split_is_by_movie():
     from vera_demo.data import load
     train, test = load()
