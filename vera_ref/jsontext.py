@@ -116,8 +116,7 @@ def loads(text: str, *, counted: bool = False) -> Any:
                 seen.add(k)
         return d
 
-    def parse() -> Any:
-        found.clear()
+    def parse() -> Any:  # a second parse of the same text meets its literals and objects in the same order
         return json.loads(text, parse_int=parse_int, parse_float=parse_float, parse_constant=_reject_constant,
                           object_pairs_hook=pairs)
 
@@ -176,28 +175,20 @@ def depth(doc: Any) -> int:
 
 def _not_unicode(s: str) -> bool:
     """Whether a parsed string holds a surrogate code point: Python's decoder joins an escaped
-    pair into one code point, so only an unpaired escape (or a raw surrogate) leaves one."""
-    if s.isascii():  # O(1): a flag of the string
-        return False
-    try:
-        s.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
+    pair into one code point, so only an unpaired escape (or a raw surrogate) leaves one.
+    (``isascii`` is O(1): a flag of the string.)"""
+    return not s.isascii() and _has_raw_surrogate(s)
 
 
 def _scan(doc: Any) -> tuple[int, bool]:
     """(depth, whether some key or string is not Unicode text) of a parsed value, in one
     iterative walk of all of it."""
-    if isinstance(doc, str):
-        return 0, _not_unicode(doc)
     if not isinstance(doc, (list, dict)):
-        return 0, False
-    deepest, stack = 0, [(doc, 1)]
+        return 0, isinstance(doc, str) and _not_unicode(doc)
+    deepest, stack = 1, [(doc, 1)]
     while stack:
         v, d = stack.pop()
-        if d > deepest:
-            deepest = d
+        deepest = max(deepest, d)
         if isinstance(v, dict):
             if any(_not_unicode(k) for k in v):
                 return deepest, True
@@ -234,11 +225,9 @@ def unpaired_surrogate(text: str) -> bool:
         return True
     a = np.frombuffer(t.encode("utf-8"), dtype=np.uint8)
     highs, lows, step = [], [], 1 << 20
-    for i in range(0, a.size, step):
+    for i in range(0, a.size - 3, step):  # an escape starts at i (its 4th character at i + 3)
         c = a[i:i + step + 3]
-        n = min(step, c.size - 3)
-        if n <= 0:
-            break
+        n = c.size - 3
         p = np.flatnonzero((c[:n] == 92) & (c[1:n + 1] == 117) & ((c[2:n + 2] | 32) == 100))  # \u[dD]
         if p.size:
             fourth = c[p + 3]

@@ -306,9 +306,12 @@ def test_a_shallow_text_in_a_deep_call_stack_gets_the_verdict_of_its_text():
         with pytest.raises(jsontext.JsonRuleError) as err:
             jsontext.loads('{"a":' + "[" * 30 + "1e999" + "]" * 30 + "}")
         ok = jsontext.loads('{"a":' + "[" * 30 + "]" * 30 + "}")
-        return err.value.rule, jsontext.depth(ok)
+        at_bound = jsontext.loads('{"a":' + "[" * 63 + "]" * 63 + "}")  # 64 levels: accepted
+        return err.value.rule, jsontext.depth(ok), jsontext.depth(at_bound)
     import inspect
-    assert at_depth(sys.getrecursionlimit() - len(inspect.stack()) - 30) == ("number", 31)
+    limit = sys.getrecursionlimit()
+    assert at_depth(limit - len(inspect.stack()) - 30) == ("number", 31, 64)
+    assert sys.getrecursionlimit() == limit  # the room it made is given back
 
 
 def test_text_depth_agrees_with_the_parsed_depth():
@@ -343,6 +346,25 @@ def test_paired_surrogates_and_escaped_backslashes_are_accepted(s):
     text = '{"a":"' + s + '","' + s + '":["' + s + '"]}'
     assert jsontext.loads(text) == json.loads(text)
     assert not jsontext.unpaired_surrogate(text)
+
+
+def test_unpaired_surrogate_answers_a_bool_and_reads_across_its_chunks():
+    for text in ('"\u00e9\\ud83d\\ude00"', '"\U0001F600"', '"\\u00e9"', '"plain"', '"\\ud7ff"'):
+        assert jsontext.unpaired_surrogate(text) is False, text
+    assert jsontext.unpaired_surrogate('"\u00e9\\udc80"') is True
+    for k in range(2**20 - 8, 2**20 + 2):  # an escape across the 1 MiB chunks of the scan
+        pad = '"' + "x" * k
+        assert jsontext.unpaired_surrogate(pad + '\\ud83d\\ude00"') is False, k
+        assert jsontext.unpaired_surrogate(pad + '\\ud83d"') is True, k
+        assert jsontext.unpaired_surrogate(pad + 'x\\ude00"') is True, k
+
+
+def test_scan_gives_depth_and_unicode_of_a_parsed_value():
+    scan = jsontext._scan
+    assert scan("x") == (0, False) and scan(1) == (0, False) and scan(None) == (0, False)
+    assert scan("\udc80") == (0, True)
+    assert scan([]) == (1, False) and scan({}) == (1, False) and scan([[], [[1]]]) == (3, False)
+    assert scan({"a": ["\udc80"]})[1] and scan({"\udc80": 1})[1] and not scan({"\u00e9": ["\U0001F600"]})[1]
 
 
 def test_a_raw_surrogate_in_a_document_is_refused():
