@@ -1,6 +1,6 @@
 """VeRA training step, memory, merge, switch and file size: ours vs PEFT, side by side in one run.
 
-    python bench/torch_layer.py [--layers 4] [--steps 5] [--threads 2]
+    python bench/torch_layer.py [--layers 4] [--steps 5] [--threads 2] [--only train|merge]
 
 Model: a RoBERTa-base-shaped encoder (hidden 768, 12 heads, FFN 3072) built from its
 config with random weights (no download), --layers layers, VeRA on query/value,
@@ -17,6 +17,11 @@ torch.autograd.graph.saved_tensors_hooks, parameters, buffers and projections no
 memory tests count with the same function; CPU has no allocator peak counter).
 Targets: our cost <= 0.6x PEFT's at r=1024 and <= PEFT's at r=256; our saved MB <= PEFT LoRA r=8's;
 a RoBERTa-large-shaped q/v r=256 float32 adapter <= 250,000 bytes (PEFT: 2,356,488).
+
+Merged serving (issue 25): a RoBERTa-base-shaped model (12 layers, vocabulary 50265), q/v r=256
+float32, merged with vectors scaled so that mean |Delta W| / mean |W0| is 0 (a new adapter), 1e-4,
+1e-3, 1e-2 and 1e-1: the tensor bytes it holds (parameters, buffers, projections, what merge keeps
+to restore W0) against the base model's; target: at most 1% more, unmerge bit for bit.
 """
 from __future__ import annotations
 
@@ -79,6 +84,55 @@ def file_bytes(save) -> int:
                    if f.endswith(".safetensors"))
 
 
+def tensor_bytes(model) -> int:
+    """Unique storages of every tensor the model holds: parameters, buffers, our projections and
+    what our merged layers keep to restore W0."""
+    from vera_torch.layer import VeraLayer
+    ts = resident_tensors(model)
+    for m in model.modules():
+        if isinstance(m, VeraLayer) and m._restore is not None:
+            rec = m._restore
+            ts += [t for k in ("w0", "idx", "values") if k in rec for t in [rec[k]]]
+            ts += [t for pair in rec.get("vectors", {}).values() for t in pair]
+    return sum({t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in ts}.values())
+
+
+def merged_bytes() -> None:
+    base = roberta(12)
+    base.embeddings.word_embeddings = torch.nn.Embedding(50265, 768)
+    for p in base.parameters():
+        p.requires_grad_(False)
+    nb = tensor_bytes(base)
+    w0 = {n: p.detach().clone() for n, p in base.named_parameters()}
+    ov = get_vera_model(base, VeraConfig(r=256, target_modules=["query", "value"], seed=0))
+    print(f"# merged RoBERTa-base-shaped model, q/v r=256, float32: base model {nb / 2**20:.1f} MiB")
+    print(f"{'mean|dW|/mean|W0|':>18} {'merged MiB':>11} {'vs base':>8} {'kept: sparse/copy':>18} "
+          f"{'misses':>8} {'unmerge':>8}")
+    g = torch.Generator().manual_seed(1)
+    layers = list(ov.vera_layers())
+    for rel in (0.0, 1e-4, 1e-3, 1e-2, 1e-1):
+        with torch.no_grad():
+            for layer in layers:
+                lb = layer.vera_lambda_b["default"]
+                lb.copy_(torch.randn(lb.shape, generator=g))
+                layer.vera_lambda_d["default"].copy_(torch.randn(256, generator=g))
+                if rel == 0.0:
+                    lb.zero_()
+                else:
+                    lb.mul_(rel * layer.weight.abs().mean() / layer.delta_weight("default").abs().mean())
+        ov.merge()
+        mb = tensor_bytes(ov)
+        copies = sum(layer.vera_w0 is not None for layer in layers)
+        misses = sum(layer._restore["idx"].numel() for layer in layers if layer._restore is not None)
+        frac = misses / sum(layer.weight.numel() for layer in layers)
+        ov.unmerge()
+        exact = all(torch.equal(p.view(torch.int32), w0[n.replace("base_layer.", "")].view(torch.int32))
+                    for n, p in ov.base_model.named_parameters() if "vera_lambda" not in n)
+        print(f"{rel:>18g} {mb / 2**20:>11.1f} {100 * (mb / nb - 1):>+7.2f}% {len(layers) - copies:>11}/{copies:<6} "
+              f"{100 * frac:>7.3f}% {'exact' if exact else 'DIFFERS':>8}")
+    print("merged MiB includes the adapter (vectors, projections A, B: 1.5 MiB) and what merge keeps")
+
+
 def timed(fn, repeat: int = 3) -> float:
     ts = []
     for _ in range(repeat):
@@ -93,8 +147,13 @@ def main() -> int:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--only", choices=("train", "merge"), default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.only != "train":
+        merged_bytes()
+        if args.only == "merge":
+            return 0
     base = roberta(args.layers)
     for p in base.parameters():
         p.requires_grad_(False)

@@ -331,25 +331,18 @@ class VeraLayer(nn.Module):
 
     @torch.no_grad()
     def _write_merged(self, names: list[str], w0: torch.Tensor) -> bool:
-        """weight = ``w0`` + sum of Delta W over ``names``, accumulated in float32 or wider (in place for
-        float32/float64 weights, else in a float32 buffer) and rounded once; True when every value is
-        finite in the weight's dtype."""
+        """weight = ``w0`` + Delta W, Delta W the sum over ``names`` formed first (float32 or wider, by
+        ``_delta_sum``, the same product unmerge forms again), the sum rounded once to the weight's
+        dtype (float16/bfloat16: once from float32); True when every value is finite in that dtype."""
         w = self.base_layer.weight
         if not names:
             w.copy_(w0)
             return True
-        dt = torch.promote_types(w.dtype, torch.float32)
-        acc = w if w.dtype == dt else torch.empty(w.shape, dtype=dt, device=w.device)
-        for i, n in enumerate(names):
-            P, Q = self._factors(n, dt)  # (out, r), (r, in)
-            if self.layout == "conv1d":
-                P, Q = Q.t(), P.t()  # Delta W^T: (in, r), (r, out)
-            if i == 0:
-                torch.addmm(w0.to(dt), P, Q, out=acc)
-            else:
-                acc.addmm_(P, Q)
-        if acc is not w:
-            w.copy_(acc)
+        dW = self._delta_sum({n: (self.vera_lambda_d[n], self.vera_lambda_b[n]) for n in names})
+        if w.dtype == dW.dtype:
+            torch.add(w0, dW, out=w)
+        else:
+            w.copy_(dW.add_(w0))
         # a finite sum means every value is finite (inf and NaN propagate); only a sum that overflows
         # or is not finite needs the element-wise check
         return bool(torch.isfinite(w.sum())) or bool(torch.isfinite(w).all())
@@ -362,13 +355,13 @@ class VeraLayer(nn.Module):
     RESIDUAL_LIMIT = 0.5
 
     @torch.no_grad()
-    def _delta_sum(self, record: dict) -> torch.Tensor:
-        """Sum of the merged Delta W from the vectors kept at merge time, in the weight's layout and
-        float32 or wider: the same ops at merge and at unmerge, so the same bits."""
+    def _delta_sum(self, vectors: dict) -> torch.Tensor:
+        """Sum of Delta W over ``vectors`` (name -> (lambda_d, lambda_b)), in the weight's layout and
+        float32 or wider: merge and unmerge form it with the same ops, so with the same bits."""
         w = self.base_layer.weight
         dt = torch.promote_types(w.dtype, torch.float32)
         acc = None
-        for n, (ld, lb) in record["vectors"].items():
+        for n, (ld, lb) in vectors.items():
             A_l, B_l = self.sliced_projection(n, w.device)
             P, Q = lb.to(dt)[:, None] * B_l.to(dt), ld.to(dt)[:, None] * A_l.to(dt)  # (out, r), (r, in)
             if self.layout == "conv1d":
@@ -399,7 +392,7 @@ class VeraLayer(nn.Module):
             return
         rec = {"mode": mode, "vectors": {n: (self.vera_lambda_d[n].detach().clone(),
                                               self.vera_lambda_b[n].detach().clone()) for n in self.merged}}
-        back = (w.to(torch.promote_types(w.dtype, torch.float32)) - self._delta_sum(rec)).to(w.dtype)
+        back = (w.to(torch.promote_types(w.dtype, torch.float32)) - self._delta_sum(rec["vectors"])).to(w.dtype)
         ibits = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}[w.element_size()]
         idx = (back.view(ibits) != w0.view(ibits)).view(-1).nonzero().view(-1)  # elements that do not round-trip
         idx = idx.to(torch.int32) if w.numel() < 2**31 else idx
@@ -425,7 +418,7 @@ class VeraLayer(nn.Module):
             raise MergeError("this layer was merged with restore='none': W0 was not kept, it cannot be unmerged")
         if rec["mode"] == "cpu":
             return rec["w0"].to(w.device, copy=True)
-        back = (w.to(torch.promote_types(w.dtype, torch.float32)) - self._delta_sum(rec)).to(w.dtype)
+        back = (w.to(torch.promote_types(w.dtype, torch.float32)) - self._delta_sum(rec["vectors"])).to(w.dtype)
         if self._checksum(w) != rec["merged_sum"]:  # the weight was changed while merged: spec 3.6, W - Delta W
             return back
         back.view(-1).index_copy_(0, rec["idx"].long(), rec["values"])

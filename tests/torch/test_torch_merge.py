@@ -197,7 +197,7 @@ def test_a_delta_w_with_other_bits_at_unmerge_is_refused_with_the_weight_merged(
     q = m.base_model.blocks[0].query
     merged = q.weight.detach().clone()
     real = type(q)._delta_sum
-    monkeypatch.setattr(type(q), "_delta_sum", lambda self, rec: real(self, rec) * (1 + 2**-20))
+    monkeypatch.setattr(type(q), "_delta_sum", lambda self, v: real(self, v) * (1 + 2**-20))
     with pytest.raises(MergeError, match=r"^unmerge cannot restore W0 bit for bit here \(Delta W came out with "
                                          r"other bits than at merge time"):
         q.unmerge()
