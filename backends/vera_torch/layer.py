@@ -218,10 +218,15 @@ class ProjectionStore:
 class VeraLayer(nn.Module):
     """An adapted layer: y = base(x) + lambda_b * ((lambda_d * (dropout(x) A_l^T)) B_l^T) (spec 3.2).
 
-    Merging keeps a copy of the original weight W0 (a non-persistent buffer, one weight's
-    worth of memory in the weight's dtype per merged layer, freed by unmerge), so that
-    unmerge and ``disable_adapter()`` restore W0 bit for bit in every dtype (spec 3.6
-    allows drift; this implementation has none)."""
+    Merging keeps what unmerge needs to restore W0 bit for bit in every dtype (spec 3.6 allows
+    drift; this implementation has none): by default (``restore="auto"``) only the elements that
+    fl(W - Delta W) does not bring back, as int32 index + value, or a full copy of W0 (the
+    non-persistent buffer ``vera_w0``) when those would take more than half its bytes; see
+    ``RESTORE_MODES`` and README "Merging".
+
+    Training keeps, by default (``save_for_backward="minimal"``), only h = x A_l^T (factored
+    path, shared by the layers reading the same x) or x (fused path) for the backward, and
+    recomputes v or W0 + Delta W there; ``"activations"`` keeps them (functional.py)."""
 
     def __init__(self, base_layer: nn.Module, state: State, store: ProjectionStore) -> None:
         super().__init__()
