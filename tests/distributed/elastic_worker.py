@@ -1,5 +1,5 @@
 """Launched by tests/distributed/test_elastic.py:
-  python -m torch.distributed.run --standalone --nproc_per_node 2 --max-restarts 1 elastic_worker.py OUT_DIR
+  python -m torch.distributed.run --standalone --nproc_per_node 2 --max-restarts 3 elastic_worker.py OUT_DIR
 
 DDP training of TinyNet's VeRA vectors for STEPS SGD steps, a spec-file checkpoint every EVERY steps (the
 step number in its provenance, one atomic file). On the first attempt rank 1 kills itself (SIGKILL) after

@@ -59,3 +59,18 @@ def test_trainer_under_torchrun_writes_spec_checkpoints_that_resume_on_one_proce
     assert example.main(["--output_dir", str(work), "--max_steps", "4", "--save_steps", "2", "--batch_size", "8",
                          "--resume_from_checkpoint", "last"]) == 0
     assert (work / "checkpoint-4" / "vera_adapter.safetensors").is_file()
+
+
+def test_callback_adds_the_spec_file_to_a_plain_trainers_checkpoints(example, tmp_path):
+    from transformers import Trainer, TrainingArguments
+    from vera_torch.trainer import VeraCheckpointCallback
+    assert example.main(["--output_dir", str(tmp_path / "v"), "--max_steps", "2", "--save_steps", "2"]) == 0
+    args = TrainingArguments(output_dir=str(tmp_path / "t"), max_steps=2, save_steps=2, per_device_train_batch_size=8,
+                             learning_rate=1e-2, lr_scheduler_type="constant", report_to=[], use_cpu=True,
+                             remove_unused_columns=False, label_names=["labels"], seed=0, disable_tqdm=True,
+                             average_tokens_across_devices=False)
+    Trainer(model=example.build(), args=args, train_dataset=example.Synthetic(),
+            callbacks=[VeraCheckpointCallback()]).train()
+    # the Trainer's own files stay; the callback's spec file holds the same vectors VeraTrainer saved
+    got = (tmp_path / "t" / "checkpoint-2" / "vera_adapter.safetensors").read_bytes()
+    assert got == (tmp_path / "v" / "checkpoint-2" / "vera_adapter.safetensors").read_bytes()
