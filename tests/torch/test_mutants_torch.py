@@ -352,4 +352,5 @@ def test_refresh_tables_after_data_changes_and_deepcopy():
     _close64(got[0], want_a[0])  # REL64; a stale table (lambda_b 0.3, not -2) is O(1) off
     twin = copy.deepcopy(m)
     with torch.no_grad():
-        torch.testing.assert_close(twin(x, adapter_ids=["a", "b"]), got, rtol=0, atol=0)  # the same ops on the same values
+        # the same ops on the same values: bit for bit
+        torch.testing.assert_close(twin(x, adapter_ids=["a", "b"]), got, rtol=0, atol=0)
