@@ -9,7 +9,7 @@ from conftest import VECTORS
 from vera_ref.errors import ShapeError
 from vera_ref.layer import backward, forward, merge, unmerge
 from vera_ref.projection import projection
-from vera_ref.tolerance import backward_magnitude, compare, forward_magnitude, merge_magnitude
+from vera_ref.tolerance import backward_magnitude, compare, constant, forward_magnitude, merge_magnitude
 from vera_ref.vectors import unbits
 
 
@@ -57,9 +57,15 @@ def test_merged_weight_reproduces_forward(seed, N, in_f, out_f, r, extra, dropou
     y_merged = x @ (Wm.T if layout == "linear" else Wm) + b
     y = forward(x, W, b, A, B, ld, lb, layout=layout)
     S = forward_magnitude(x, W, b, A, B, ld, lb, layout=layout)
-    assert compare(y_merged, y, S, "float64").ok
+    sizes = dict(N=N, in_features=in_f, out_features=out_f, r=r)
+    # spec 5.2.3: the merged-weight forward has the forward's sums and counts
+    chk = compare(y_merged, y, S, "float64", constant("forward", "float64", **sizes))
+    assert chk.ok, chk.describe()
     back = unmerge(Wm, A, B, ld, lb, layout=layout)
-    assert compare(back, W, merge_magnitude(W, A, B, ld, lb, layout=layout), "float64").ok
+    # merge then unmerge: two merges' errors, each within the merge bound of the same magnitude
+    chk = compare(back, W, merge_magnitude(W, A, B, ld, lb, layout=layout), "float64",
+                  2 * constant("merge", "float64", **sizes))
+    assert chk.ok, chk.describe()
 
 
 def test_conv1d_layout_is_the_transposed_linear():
@@ -84,11 +90,18 @@ def test_fresh_adapter_is_an_exact_no_op():
 def test_dropout_applies_to_the_adapter_input_only():
     x, W, b, A, B, ld, lb, _, _ = _case(2, 3, 5, 4, 2)
     zero_mask = np.zeros_like(x)
-    # with every adapter input dropped, only the base path remains
-    assert np.allclose(forward(x, W, b, A, B, ld, lb, dropout_mask=zero_mask, dropout=0.5), x @ W.T + b)
+    # with every adapter input dropped, only the base path remains: the adapter term is exactly 0, so the
+    # output is the base's x @ W.T + b bit for bit (the same ops on the same arrays, as spec 3.9's no-op)
+    assert np.array_equal(forward(x, W, b, A, B, ld, lb, dropout_mask=zero_mask, dropout=0.5), x @ W.T + b)
     ones = np.ones_like(x)
     scaled = forward(x, W, b, A, B, ld, lb, dropout_mask=ones, dropout=0.5)
-    assert np.allclose(scaled - (x @ W.T + b), 2 * (forward(x, W, b, A, B, ld, lb) - (x @ W.T + b)))
+    # no input dropped at p = 0.5: the adapter term is scaled by 1 / (1 - p) = 2, the same function as
+    # lambda_b doubled; within spec 5.2's float64 forward bound of it (a missing or misplaced 1 / (1 - p)
+    # is off by the adapter term, O(S))
+    twice = (x, W, b, A, B, ld, 2 * lb)
+    chk = compare(scaled, forward(*twice), forward_magnitude(*twice), "float64",
+                  constant("forward", "float64", N=3, in_features=5, out_features=4, r=2))
+    assert chk.ok, chk.describe()
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
@@ -96,12 +109,16 @@ def test_low_precision_path_within_tolerance(dtype):
     from vera_ref.dtypes import round_to
     x, W, b, A, B, ld, lb, dy, _ = _case(11, 8, 64, 48, 16, (4, 4))
     x, W, b, ld, lb, dy = (round_to(a, dtype).astype(np.float64) for a in (x, W, b, ld, lb, dy))
+    sizes = dict(N=8, in_features=64, out_features=48, r=16)  # spec 5.2.3: C from this case's sums
     got = forward(x, W, b, A, B, ld, lb, dtype=dtype)
-    assert compare(got, forward(x, W, b, A, B, ld, lb), forward_magnitude(x, W, b, A, B, ld, lb), dtype).ok
+    chk = compare(got, forward(x, W, b, A, B, ld, lb), forward_magnitude(x, W, b, A, B, ld, lb), dtype,
+                  constant("forward", dtype, **sizes))
+    assert chk.ok, chk.describe()
     g = backward(x, W, A, B, ld, lb, dy, dtype=dtype)
     ref, S = backward(x, W, A, B, ld, lb, dy), backward_magnitude(x, W, A, B, ld, lb, dy)
-    for got_i, ref_i, S_i in zip(g, ref, S):
-        assert compare(got_i, ref_i, S_i, dtype).ok
+    for q, got_i, ref_i, S_i in zip(("dx", "d_lambda_d", "d_lambda_b"), g, ref, S):
+        chk = compare(got_i, ref_i, S_i, dtype, constant(q, dtype, **sizes))
+        assert chk.ok, (q, chk.describe())
 
 
 def test_math_vectors():
@@ -119,6 +136,8 @@ def test_math_vectors():
             ref = unbits(c["expected"][name]["bits"], "float64").reshape(c["expected"][name]["shape"])
             S = unbits(c["magnitude"][name]["bits"], "float64").reshape(c["magnitude"][name]["shape"])
             assert np.array_equal(got, ref), (c["tcId"], name)  # same reference code: bit-exact
+            # got is ref (asserted): rounding it to binary32 errs by <= 2^-24 |ref| <= 2^-24 S, inside C = 16
+            # on any machine; checks that the stored magnitude S is at least |ref|
             assert compare(got.astype(np.float32), ref, S, "float32").ok or dt == "float64"
 
 
