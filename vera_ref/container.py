@@ -148,13 +148,11 @@ def read_header(f: BinaryIO, file_size: int) -> tuple[dict[str, str], dict[str, 
         view = memoryview(raw)[pos:pos + min(1 << 20, n - pos)]
         got = f.readinto(view)
         if not got:  # the file shrank while we read it
-            view.release()
             fail("E4.6.3.1", N=n, size=8 + pos)
         if pos == 0 and raw[0] != 0x7B:  # '{'
-            view.release()
             fail("E4.6.4.1")
         count += jsontext.structural_count(view[:got])
-        view.release()
+        view.release()  # raw may grow next
         if count > jsontext.MAX_STRUCTURAL:
             fail("E4.6.4.2")
         pos += got
