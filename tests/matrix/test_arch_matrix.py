@@ -40,7 +40,7 @@ transformers = pytest.importorskip("transformers")
 ort = pytest.importorskip("onnxruntime")
 
 import vera_ref  # noqa: E402
-from vera_ref.tolerance import backward_magnitude, compare, forward_magnitude  # noqa: E402
+from vera_ref.tolerance import backward_magnitude, compare, constant, forward_magnitude  # noqa: E402
 from vera_torch import VeraConfig, VeraModel, get_vera_model  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.matrix]
@@ -291,6 +291,12 @@ def _layer_reference(t: Trained):
     return A, B, W, bias, spec.layout
 
 
+def _sizes(x: np.ndarray, W: np.ndarray, A: np.ndarray, layout: str) -> dict:
+    """The sums' lengths of spec 5.2.3 for this layer and input: rows N, in, out, r."""
+    out_f, in_f = W.shape if layout == "linear" else W.shape[::-1]
+    return dict(N=x.size // in_f, in_features=in_f, out_features=out_f, r=A.shape[0])
+
+
 # -- the cells ---------------------------------------------------------------------------------------
 def test_train(trained):
     t = trained
@@ -306,8 +312,10 @@ def test_train(trained):
             ld, lb = step["ld"].numpy().astype(np.float64), step["lb"].numpy().astype(np.float64)
             ref = vera_ref.backward(x, W, A, B, ld, lb, dy, layout=layout)
             mag = backward_magnitude(x, W, A, B, ld, lb, dy, layout=layout)
-            for got, want, s in ((step["g_ld"], ref.lambda_d, mag.lambda_d), (step["g_lb"], ref.lambda_b, mag.lambda_b)):
-                c = compare(got.numpy(), want, s, "float32")
+            sizes = _sizes(x, W, A, layout)
+            for q, got, want, s in (("d_lambda_d", step["g_ld"], ref.lambda_d, mag.lambda_d),
+                                    ("d_lambda_b", step["g_lb"], ref.lambda_b, mag.lambda_b)):
+                c = compare(got.numpy(), want, s, "float32", constant(q, "float32", **sizes))  # spec 5.2.3
                 assert c.ok, c.describe()
                 worst = max(worst, float(np.max(np.abs(got.numpy() - want))))
                 ratio = max(ratio, c.ratio)
@@ -329,7 +337,8 @@ def test_numpy(trained):
         ld, lb = ad.lambda_d[t.layer_path], ad.lambda_b[t.layer_path]
         x = seen["x"].numpy().astype(np.float64)
         ref = vera_ref.forward(x, W, bias, A, B, ld, lb, layout=layout)
-        c = compare(seen["y"].numpy(), ref, forward_magnitude(x, W, bias, A, B, ld, lb, layout=layout), "float32")
+        c = compare(seen["y"].numpy(), ref, forward_magnitude(x, W, bias, A, B, ld, lb, layout=layout), "float32",
+                    constant("forward", "float32", **_sizes(x, W, A, layout)))  # spec 5.2.3
         assert c.ok, c.describe()
         base = vera_ref.forward(x, W, bias, A, B, ld, np.zeros_like(lb), layout=layout)
         assert np.max(np.abs(ref - base)) > 1e-3  # the adapter changes this layer's output
