@@ -5,7 +5,7 @@
 
 Mutants are the ones ``tools/fuzz_reader.py`` makes for the Python reader (its ``seeds`` and
 ``mutate``, imported, same random stream for a given seed). Each is judged by the reference
-(``container.parse`` + ``build_adapter``, as ``fuzz_reader.outcome``) and by the C port built
+(``read_adapter`` on the bytes, as ``fuzz_reader.outcome``) and by the C port built
 with ``-fsanitize=address,undefined -fno-sanitize-recover=all`` (``example --batch``, one process
 per batch of files). Printed: cases, agreements, disagreements (verdict or rule code/field, or the
 checksums of an accepted file), C crashes and sanitizer reports (any stderr output), time.

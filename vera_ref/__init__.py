@@ -4,7 +4,7 @@ Public names used by the conformance kit and by outside checks:
 philox4x32, projection, forward, backward, merge, unmerge, Adapter, load_adapter,
 save_adapter, validate_adapter, peft_projection.
 """
-__version__ = "1.1.0"
+__version__ = "1.2.0"
 
 from .adapter import Adapter, base_fingerprint, load_adapter, new_adapter, save_adapter, validate_adapter
 from .errors import (AdapterFileError, ConversionError, ModelMismatchError, OnnxError, ProjectionError, ShapeError,

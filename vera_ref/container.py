@@ -73,6 +73,8 @@ def _nbytes(shape: list[int], itemsize: int, limit: int) -> int | None:
             n *= d
             if n > limit:
                 return None
+    if n > limit:  # spec 4.1 Sizes: the itemsize alone counts too (scalars, zero-size tensors)
+        return None
     return 0 if 0 in shape else n
 
 

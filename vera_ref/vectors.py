@@ -172,7 +172,7 @@ def math_vectors() -> dict[str, Any]:
     ]
     return _envelope("math", "vera_ref.layer (this repository), float64 reference",
                      [{"type": "VeraLayer", "tests": tests}],
-                     {"check": "spec 5.2 with the case's dtype: |got - expected| <= 16 * eps * magnitude + tiny",
+                     {"check": "spec 5.2 with the case's dtype: |got - expected| <= C * eps * magnitude + tiny, C of spec 5.2.3 for the output's quantity and the case's sizes",
                       "bits": "inputs as bits of the case dtype; expected and magnitude as float64 bits",
                       "projection": "A, B = projection(seed, r, n_in, n_out); the layer uses the leading slices"})
 
@@ -498,6 +498,10 @@ def _invalid_files() -> list[tuple[str, str, bytes]]:
          _raw(b'{"__metadata__":{"a":"\\udc80"},"x":' + deep(65).encode() + b"}")),
         ("E4.6.10.3", "multi-fault: an unpaired surrogate in provenance and a duplicate key r (rule 4 before 7)",
          P(doc_edit=_set("provenance", {"a": "\udc80"}), doc_text=lambda t: t.replace('"r":4', '"r":4,"r":4'))),
+        ("E4.6.6.6", "an F64 scalar over a 4-byte data section: the itemsize alone exceeds it (spec 4.1 Sizes)",
+         H({"q.lambda_d": {"dtype": "F64", "shape": [], "data_offsets": [0, 4]}}, b"\0" * 4)),
+        ("E4.6.6.6", "an F64 tensor of shape [0] over a 4-byte data section (zero-size tensors included, 4.1 Sizes)",
+         H({"q.lambda_d": {"dtype": "F64", "shape": [0], "data_offsets": [0, 4]}}, b"\0" * 4)),
     ]
 
 

@@ -246,7 +246,10 @@ def summary(results: list[Result]) -> dict:
 
 def report_doc(results: list[Result], impl: Implementation) -> dict:
     import vera_ref
-    return {"implementation": impl.name, "spec_version": vera_ref.SPEC_VERSION, "kit": f"vera-ref {vera_ref.__version__}",
+    from vera_ref.metadata import SPEC_TEXT_VERSION
+    # the spec text the kit checks against, and the file profile its writers write (spec/README.md)
+    return {"implementation": impl.name, "spec_version": SPEC_TEXT_VERSION, "file_profile": vera_ref.SPEC_VERSION,
+            "kit": f"vera-ref {vera_ref.__version__}",
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "capabilities": sorted(impl.capabilities), "dtypes": sorted(impl.dtypes),
             "declarations": {"layouts": sorted(getattr(impl, "layouts", ())), "dropout": getattr(impl, "dropout", True),

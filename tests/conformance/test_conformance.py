@@ -182,7 +182,8 @@ def test_cli_run_and_json_report(tmp_path):
     assert re.fullmatch(r"\d+ passed, [1-9]\d* failed, \d+ skipped", last), last
     assert "repro: vera-ref conformance --impl vera_conformance.impls.broken:OffByOneSlice --only forward" in res.stdout
     doc = json.loads(rep.read_text())
-    assert doc["summary"]["failed"] >= 1 and doc["spec_version"] == __import__("vera_ref").SPEC_VERSION
+    assert doc["summary"]["failed"] >= 1 and doc["spec_version"] == __import__("vera_ref.metadata").metadata.SPEC_TEXT_VERSION
+    assert doc["file_profile"] == __import__("vera_ref").SPEC_VERSION
     assert doc["dtypes"] == ["bfloat16", "float16", "float32", "float64"]  # every declared dtype by default
     fwd = next(r for r in doc["results"] if r["id"] == "forward[bfloat16]_cpu")
     assert fwd["status"] == "failed" and fwd["tolerance"]["C"] > 1 and fwd["case"]["in_features"] >= 1

@@ -129,12 +129,16 @@ def test_shape_sizes_do_not_overflow():
         body = json.dumps({"__metadata__": meta, "x": {"dtype": "F32", "shape": shape,
                                                        "data_offsets": [0, 0]}}).encode()
         blob = len(body).to_bytes(8, "little") + body
-        try:
-            meta_back, tensors = container.parse(blob)
-        except AdapterFileError as exc:
-            assert exc.code == "E4.6.6.6" and max(shape) > 0  # the data section is empty
-        else:
-            assert max(shape) == 0 and tensors["x"].data.shape == tuple(shape)
+        # the data section is empty: itemsize (4) times the product of the non-zero dimensions
+        # exceeds it for every shape, zero-size ones included (spec 4.1 Sizes)
+        with pytest.raises(AdapterFileError) as exc:
+            container.parse(blob)
+        assert exc.value.code == "E4.6.6.6", (shape, exc.value.code)
+    # a zero-size tensor over a data section that holds its itemsize passes the size rule
+    body = json.dumps({"__metadata__": meta, "x": {"dtype": "F32", "shape": [0] * 16, "data_offsets": [0, 0]},
+                       "y": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}).encode()
+    _, tensors = container.parse(len(body).to_bytes(8, "little") + body + b"\0" * 4)
+    assert tensors["x"].data.shape == (0,) * 16
 
 
 # --- other kinds of file (spec 4.6 steps 2 and 8) ---------------------------------------------
