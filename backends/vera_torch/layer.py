@@ -245,6 +245,7 @@ class VeraLayer(nn.Module):
         self.register_buffer("vera_w0", None, persistent=False)  # W0 while merged with a full copy
         self.restore = "auto"  # what merge keeps to restore W0 (RESTORE_MODES)
         self._kept_mode = "auto"  # the mode of the current merge
+        self._last_delta: torch.Tensor | None = None  # Delta W of the last _write_merged, until _keep_w0 reads it
         self._restore: dict | None = None  # what it kept, when not the full copy in vera_w0
         self._tables: dict[tuple[Hashable, str], SlotTable] = {}  # (class, "d" | "b") -> cached stack
         object.__setattr__(self, "_state", state)  # plain references, not submodules
@@ -347,7 +348,8 @@ class VeraLayer(nn.Module):
         if w.dtype == dW.dtype:
             torch.add(w0, dW, out=w)
         else:
-            w.copy_(dW.add_(w0))
+            w.copy_(dW + w0)
+        self._last_delta = dW  # for _keep_w0 right after (the same product: no second one)
         # a finite sum means every value is finite (inf and NaN propagate); only a sum that overflows
         # or is not finite needs the element-wise check
         return bool(torch.isfinite(w.sum())) or bool(torch.isfinite(w).all())
@@ -386,6 +388,8 @@ class VeraLayer(nn.Module):
         """Record how to get ``w0`` back from the weight just merged (``self.merged`` names)."""
         w = self.base_layer.weight
         self.vera_w0, self._restore, self._kept_mode = None, None, mode
+        if mode in ("copy", "cpu", "none"):
+            self._last_delta = None
         if mode == "copy":
             self.vera_w0 = w0
             return
@@ -397,7 +401,11 @@ class VeraLayer(nn.Module):
             return
         rec = {"mode": mode, "vectors": {n: (self.vera_lambda_d[n].detach().clone(),
                                               self.vera_lambda_b[n].detach().clone()) for n in self.merged}}
-        back = (w.to(torch.promote_types(w.dtype, torch.float32)) - self._delta_sum(rec["vectors"])).to(w.dtype)
+        dW, self._last_delta = self._last_delta, None
+        if dW is None:
+            dW = self._delta_sum(rec["vectors"])
+        back = (w.to(dW.dtype) - dW).to(w.dtype)
+        del dW
         ibits = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}[w.element_size()]
         idx = (back.view(ibits) != w0.view(ibits)).view(-1).nonzero().view(-1)  # elements that do not round-trip
         idx = idx.to(torch.int32) if w.numel() < 2**31 else idx
@@ -448,6 +456,7 @@ class VeraLayer(nn.Module):
         old, old_mode = list(self.merged), self._kept_mode
         if not self._write_merged(old + [name], w0):
             self._write_merged(old, w0)  # the same bits as before (the same computation)
+            self._last_delta = None
             raise MergeError(f"merging {name!r} would make the {tuple(w.shape)} weight non-finite in "
                              f"{str(w.dtype).replace('torch.', '')}; the weights are unchanged")
         self.merged.append(name)

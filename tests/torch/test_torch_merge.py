@@ -66,6 +66,8 @@ def test_one_hundred_cycles_restore_the_original_weights_bit_for_bit(dtype, delt
         except MergeError as e:
             assert refused, str(e)
             assert _same_bits(_weights(m), w0) and not any(layer.merged for layer in m.vera_layers())
+            assert all(layer._last_delta is None and layer._restore is None and layer.vera_w0 is None
+                       for layer in m.vera_layers())  # a refused merge keeps nothing
             continue
         assert not refused
         kept = [_kept(layer) for layer in m.vera_layers()]
@@ -87,7 +89,8 @@ def test_one_hundred_cycles_restore_the_original_weights_bit_for_bit(dtype, delt
             assert _same_bits(_weights(m), w0)
         m.unmerge()
         assert _same_bits(_weights(m), w0)
-        assert all(layer.vera_w0 is None and layer._restore is None for layer in m.vera_layers())  # freed
+        assert all(layer.vera_w0 is None and layer._restore is None and layer._last_delta is None
+                   for layer in m.vera_layers())  # freed
     if not refused:
         m.merge()
     with m.disable_adapter():  # the base model, bit for bit, merged or not
