@@ -1,6 +1,6 @@
 """The main job: VeRA on a real pretrained transformer, offline, compared, then shipped to ONNX Runtime.
 
-    vera-ref demo [--steps 200] [--r 256] [--targets query,value] [--out results] [--full] [--keep-models]
+    vera-ref demo [--steps 250] [--r 256] [--targets query,value] [--out results] [--full] [--keep-models]
 
 1. Data: Rotten Tomatoes snippets (fresh vs rotten), split by movie. Model: all-MiniLM-L6-v2.
    The start of the run times a few real steps of each kind and prints the estimated total.
@@ -9,7 +9,7 @@
    and LoRA tune their learning rate with the same schedule on a validation split of the training
    movies (never the test set): successive halving (every rate a short run, the better half
    continues, the best gets the full budget; a grid whose best rate is on its edge is widened),
-   or with --full every rate of the grid trains the full budget (version 1.1's protocol).
+   or with --full every rate of the grid trains the full budget (release 1.2.0's protocol).
 3. Ship: save the VeRA adapter, reload it in a fresh process (bit-identical logits), merge and
    export to ONNX (ORT logits vs torch), serve every VeRA adapter trained from one multi-mode ORT
    session in one mixed batch, checked row by row against torch.
@@ -35,7 +35,7 @@ import numpy as np
 from .tuning import lr_grid  # noqa: F401  (the grid's definition; tests import it from here)
 
 CURVE_SNIPPETS = 200  # --full: validation snippets evaluated along training (the accuracy-over-steps curve)
-STEPS, FULL_STEPS = 200, 250  # the full budget of a method: default (README "where the time goes"), --full
+STEPS = 250  # the full budget of a method, default and --full alike (README "where the time goes")
 
 
 def _step(msg: str) -> None:
@@ -75,9 +75,8 @@ def _positive(kind):
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     """The demo's options; every value is checked here or in ``check_targets`` before any training starts."""
     ap.add_argument("--out", default="results", help="results folder (default: results)")
-    ap.add_argument("--steps", type=_positive(int), default=None,
-                    help=f"training steps of the full budget, for every method (default {STEPS}; {FULL_STEPS} with "
-                         "--full)")
+    ap.add_argument("--steps", type=_positive(int), default=STEPS,
+                    help=f"training steps of the full budget, for every method (default {STEPS})")
     ap.add_argument("--batch", type=_positive(int), default=16, help="batch size (default 16)")
     ap.add_argument("--r", type=_positive(int), default=256, help="VeRA rank (default 256)")
     ap.add_argument("--targets", default="query,value", help="adapted modules, comma-separated suffixes")
@@ -91,7 +90,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                          "tuning). Successive halving adds one rate after the first short runs (beyond the "
                          "edge when the best rate is on it), the same for both methods")
     ap.add_argument("--full", action="store_true",
-                    help="the long protocol of version 1.1: every rate of the grid trains the full budget on "
+                    help="the long protocol of release 1.2.0: every rate of the grid trains the full budget on "
                          "random batches (about 3x the default's time) instead of successive halving on batches "
                          "grouped by length")
     ap.add_argument("--vector-dtype", default="bfloat16", choices=("float32", "bfloat16", "float16"),
@@ -166,8 +165,6 @@ def run(args) -> dict:
         from .tuning import full_schedule, halving_schedule, tune
     imports_s = time.perf_counter() - ph_imports.w
 
-    if args.steps is None:
-        args.steps = FULL_STEPS if args.full else STEPS
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     onnx_dir = out if args.keep_models else Path(tempfile.mkdtemp(prefix="vera-demo-onnx-"))
@@ -208,7 +205,7 @@ def run(args) -> dict:
                                                                  modules_to_save=["classifier"]))
 
     vera_label, lora_label = f"VeRA r={args.r}", "LoRA r=8"
-    if args.full:  # version 1.1: random batches, every rate the full budget, a curve on a few snippets
+    if args.full:  # release 1.2.0: random batches, every rate the full budget, a curve on a few snippets
         plan = list(batches(len(fit.texts), args.batch, args.steps, args.seed))
         schedule = full_schedule(args.steps, args.tune)
         curve_texts = val.texts[:CURVE_SNIPPETS]

@@ -11,7 +11,7 @@ from .progress import Progress
 
 
 def batches(n: int, size: int, steps: int, seed: int):
-    """``steps`` index batches, reshuffling each epoch (``--full``: the protocol of version 1.1)."""
+    """``steps`` index batches, reshuffling each epoch (``--full``: release 1.2.0's protocol)."""
     rng = np.random.default_rng(seed)
     order, pos = rng.permutation(n), 0
     for _ in range(steps):
@@ -119,7 +119,7 @@ class Trial:
 
 def train_model(model, tok, texts, labels, *, steps: int, batch: int, lr: float, seed: int, desc: str,
                 evaluate=None, eval_every: int = 0):
-    """``--full`` (version 1.1's protocol): ``steps`` random batches, evaluating along the way.
+    """``--full`` (release 1.2.0's protocol): ``steps`` random batches, evaluating along the way.
 
     Returns (losses per step, training seconds, curve): ``curve`` holds (step, evaluate()) every
     ``eval_every`` steps and at the last step when ``evaluate`` is given; evaluation time is not
