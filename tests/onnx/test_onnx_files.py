@@ -60,7 +60,25 @@ def files(tmp_path_factory):
         for n in ("default", "b"):
             m.set_adapter(n)
             want[n] = m(x).numpy()
+            want[f"{n} gap"] = _gap(m, x, n)
     return d, want
+
+
+def _gap(m, x, name):
+    """Per element, how far two float32 evaluations (torch, ORT) of the Linear-ReLU-Linear model with adapter
+    ``name`` may be apart on any machine: each within C eps S of the exact value, per layer e_l <= |W_l| e_(l-1)
+    + C_l eps S_l through the 1-Lipschitz ReLU, so C = the layers' spec 5.2.3 forward constants summed and S
+    the same pass on |inputs|."""
+    from vera_ref.tolerance import bound, constant, forward_magnitude
+    s, c = x.detach().double().abs().numpy(), 0.0
+    for i in (0, 2):
+        layer = m.base_model[i]
+        (A, B), ld, lb = layer.sliced_projection(name, "cpu"), layer.vera_lambda_d[name], layer.vera_lambda_b[name]
+        W, b, A, B, ld, lb = (t.detach().double().numpy() for t in (layer.base_layer.weight, layer.base_layer.bias,
+                                                                     A, B, ld, lb))
+        s = forward_magnitude(s, W, b, A, B, ld, lb)
+        c += constant("forward", "float32", N=x.shape[0], in_features=W.shape[1], out_features=W.shape[0], r=len(ld))
+    return 2 * bound(s, "float32", c)
 
 
 def test_importing_vera_onnx_loads_no_torch(tmp_path):
@@ -95,9 +113,9 @@ def test_serving_works_with_torch_blocked(files):
     assert res.stdout.strip() == ("vera_onnx.export needs torch (pip install 'vera-ref[torch]'); serving exported "
                                   "models needs onnx and onnxruntime only")
     out = np.load(d / "out.npy")
-    assert np.allclose(out[0], want["default"], atol=1e-5) and np.allclose(out[1], want["b"], atol=1e-5)
-    mixed = np.stack([want["b"][0], want["default"][1], want["b"][2]])
-    assert np.allclose(out[2], mixed, atol=1e-5)
+    near = lambda got, n, rows=slice(None): (np.abs(got - want[n][rows]) <= want[f"{n} gap"][rows]).all()  # noqa: E731
+    assert near(out[0], "default") and near(out[1], "b")
+    assert near(out[2][[0, 2]], "b", [0, 2]) and near(out[2][1], "default", 1)  # each row with its own adapter
 
 
 def _write_param_file(path, params):
