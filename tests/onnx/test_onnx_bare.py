@@ -14,8 +14,12 @@ from vera_onnx import VeraOnnxSession, export  # noqa: E402
 from vera_onnx.errors import ExportError  # noqa: E402
 from vera_torch import VeraConfig, get_vera_model  # noqa: E402
 
-# float32 whole-model agreement: spec 5.2's bound is per layer; through 2 layers, attention and a
-# LayerNorm the errors of ORT's and torch's kernels stay below 1e-4 of the output's scale
+# float32 whole-model agreement. NOT derived (issue 21): spec 5.2.3 bounds each VeRA layer, but these
+# models also run softmax, LayerNorm/RMSNorm, GELU (Erf) and SiLU, whose torch and ORT kernels document no
+# error bound, and LayerNorm divides by a computed deviation (no a-priori condition number). 1e-4 of the
+# output scale is ~800 eps: it rests on those kernels being accurate to a few ulps and the random-weight
+# models being well conditioned. A float64 comparison is not available: ORT's CPU provider has no float64
+# Erf (BERT's GELU). A wrong adapter, row or slot moves the output by far more than 1e-4 of its scale.
 RTOL = 1e-4
 
 
@@ -106,7 +110,22 @@ def test_diff_and_bool_cumsum_export(tmp_path):
     so.log_severity_level = 3
     feeds = {"input_0": x.numpy()}
     got = ort.InferenceSession(str(tmp_path / "d.onnx"), so, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
-    assert np.allclose(got, m(x).detach().numpy(), atol=1e-6)
+    # y = the VeRA layer's output, k = (diff(y) != 1).cumsum <= 4: both sides' y within C eps S of the exact one
+    # (spec 5.2.3, derived C), k equal where every |diff - 1| exceeds the gap (asserted), then one rounding of k y
+    from vera_ref.tolerance import bound, constant, forward_magnitude
+    layer = m.base_model[0]
+    with torch.no_grad():
+        y, want = layer(x).double().numpy(), m(x).double().numpy()
+    A, B = layer.sliced_projection("default", "cpu")
+    W, b, A, B, ld, lb = (t.detach().double().numpy() for t in (
+        layer.base_layer.weight, layer.base_layer.bias, A, B, layer.vera_lambda_d["default"], layer.vera_lambda_b["default"]))
+    gap = 2 * bound(forward_magnitude(x.double().numpy(), W, b, A, B, ld, lb), "float32",
+                    constant("forward", "float32", N=2, in_features=4, out_features=4, r=2))
+    # the mask cannot differ: column 0 is y0 - fl(y0 - 1), exactly 1 on both sides when y0 >= 1/2 (y0 - 1 is then
+    # a float32); the other columns are far from 1 compared with the gap
+    assert (y[:, 0] > 0.5 + gap[:, 0]).all()
+    assert (np.abs(np.diff(y, axis=-1) - 1) > 4 * gap.max() + 2.0**-20 * (1 + np.abs(y).max())).all()
+    assert (np.abs(got - want) <= 4 * gap + 2.0**-23 * np.abs(want)).all()
 
 
 def test_unsupported_operator_is_one_line_naming_it(tmp_path):
