@@ -8,7 +8,7 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from torch_models import TinyNet  # noqa: E402
+from torch_models import Block, TinyNet  # noqa: E402
 from vera_onnx import OnnxAdapterError, VeraOnnxSession, describe, export  # noqa: E402
 from vera_ref.errors import OnnxError  # noqa: E402
 from vera_torch import VeraConfig, get_vera_model  # noqa: E402
@@ -17,10 +17,52 @@ TARGETS = ["query", "value", "c_fc"]
 NAMES = ("a", "b", "c")
 
 
-def _trained(seed=5, r=8, names=NAMES, heads=True):
-    """TinyNet with adapters ``names`` of one (generator, seed, r), each with its own random vectors and head."""
+# Values are compared in float64 (ORT runs the float64 export): two float64 paths of one function (torch and
+# ORT, a mixed batch and a row alone) differ by ~(terms + ops on a value's way, < 100) * 2^-53 * S, times the
+# gains of softmax, tanh-GELU and the next layers (S / |y| and gains < 1e3 for these small nets, elementwise
+# float64 kernels within a few ulps): under 1e-10 of the output scale on any BLAS or thread count, while a
+# wrong row, slot or adapter moves the output by > 1e-2 of it. (Float32 sides would differ by an amount no
+# kernel documents; ORT has no float64 Erf, hence the tanh form of GELU.)
+REL64 = 1e-9
+
+
+class _TanhBlock(Block):
+    """TinyNet's block with GELU's tanh form (ORT's CPU provider has no float64 Erf)."""
+
+    def forward(self, x):
+        att = torch.softmax(self.query(x) @ self.key(x).transpose(-1, -2) / x.shape[-1] ** 0.5, -1) @ self.value(x)
+        return x + self.out(torch.nn.functional.gelu(self.c_fc(x + att), approximate="tanh"))
+
+
+def _close64(got, want):
+    """|got - want| <= REL64 * max(1, max |want|), both float64 (the bound above)."""
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.dtype == want.dtype == np.float64, (got.dtype, want.dtype)
+    return bool((np.abs(got - want) <= REL64 * max(1.0, float(np.abs(want).max()))).all())
+
+
+@pytest.fixture
+def f64():
+    """Tensors made in the test are float64 (torch.randn, new modules)."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def _tiny64():
     torch.manual_seed(0)
-    base = TinyNet()
+    base = TinyNet().double()
+    for b in base.blocks:
+        b.__class__ = _TanhBlock
+    return base
+
+
+def _trained(seed=5, r=8, names=NAMES, heads=True, f64=False):
+    """TinyNet with adapters ``names`` of one (generator, seed, r), each with its own random vectors and head
+    (``f64``: the float64 tanh-GELU TinyNet)."""
+    torch.manual_seed(0)
+    base = _tiny64() if f64 else TinyNet()
     kw = {"modules_to_save": ["classifier"]} if heads else {}
     m = get_vera_model(copy.deepcopy(base), VeraConfig(r=r, target_modules=TARGETS, seed=seed, **kw), names[0])
     for n in names[1:]:
@@ -30,7 +72,7 @@ def _trained(seed=5, r=8, names=NAMES, heads=True):
         for n, p in m.named_parameters():
             if "vera_lambda" in n or ".copies." in n:
                 p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype))
-    return base.eval(), m.eval()
+    return (base.double().eval(), m.double().eval()) if f64 else (base.eval(), m.eval())
 
 
 def _alone(m, x, name):
@@ -48,6 +90,20 @@ def served(tmp_path_factory):
     d = tmp_path_factory.mktemp("multi")
     base, m = _trained()
     x = torch.randn(3, 4, 16)
+    export(m, (x,), d / "multi.onnx", mode="multi", capacity=4, input_names=["x"])
+    for n in NAMES:
+        m.save_adapter(d / f"{n}.safetensors", n)
+    sess = VeraOnnxSession(d / "multi.onnx")
+    for n in NAMES:
+        sess.load_adapter(n, d / f"{n}.safetensors")
+    return d, base, m, sess
+
+
+@pytest.fixture(scope="module")
+def served64(tmp_path_factory):
+    d = tmp_path_factory.mktemp("multi64")
+    base, m = _trained(f64=True)
+    x = torch.randn(3, 4, 16, dtype=torch.float64)
     export(m, (x,), d / "multi.onnx", mode="multi", capacity=4, input_names=["x"])
     for n in NAMES:
         m.save_adapter(d / f"{n}.safetensors", n)
@@ -75,24 +131,24 @@ def test_the_graph_has_one_index_input_and_tables_with_a_base_row(served):
 
 
 @pytest.mark.parametrize("shape", [(5, 3), (7, 6)])
-def test_mixed_batch_rows_equal_each_row_alone_with_its_adapter(served, shape):
-    _, base, m, sess = served
+def test_mixed_batch_rows_equal_each_row_alone_with_its_adapter(served64, shape, f64):
+    _, base, m, sess = served64
     ids = (["a", None, "c", "b", "a", "c", None][: shape[0]])
     x = torch.randn(shape[0], shape[1], 16)
     got = sess.run(None, {"x": x.numpy()}, adapter_ids=ids)[0]
     for i, n in enumerate(ids):
         want = _alone(m, x[i: i + 1], n)
-        assert np.allclose(got[i: i + 1], want, atol=1e-5, rtol=1e-5), (i, n, np.abs(got[i] - want).max())
+        assert _close64(got[i: i + 1], want), (i, n, np.abs(got[i] - want).max())  # REL64: float64 both sides
     with torch.no_grad():  # and torch's own mixed batch
-        assert np.allclose(got, m(x, adapter_ids=ids).numpy(), atol=1e-5, rtol=1e-5)
+        assert _close64(got, m(x, adapter_ids=ids).numpy())
     # no adapter on any row: the base model
-    assert np.allclose(sess.run(None, {"x": x.numpy()})[0], base(x).detach().numpy(), atol=1e-5)
+    assert _close64(sess.run(None, {"x": x.numpy()})[0], base(x).detach().numpy())
     # one adapter for the whole batch
-    assert np.allclose(sess.run(None, {"x": x.numpy()}, adapter="b")[0], _alone(m, x, "b"), atol=1e-5)
+    assert _close64(sess.run(None, {"x": x.numpy()}, adapter="b")[0], _alone(m, x, "b"))
 
 
-def test_adapters_come_and_go_by_name_in_a_running_session(tmp_path):
-    _, m = _trained(names=("a", "b", "c", "d"))
+def test_adapters_come_and_go_by_name_in_a_running_session(tmp_path, f64):
+    _, m = _trained(names=("a", "b", "c", "d"), f64=True)
     x = torch.randn(4, 3, 16)
     export(m, (x,), tmp_path / "multi.onnx", mode="multi", capacity=2, input_names=["x"])
     for n in "abcd":
@@ -112,13 +168,13 @@ def test_adapters_come_and_go_by_name_in_a_running_session(tmp_path):
     ids = ["c", "b", None, "c"]
     got = sess.run(None, {"x": x.numpy()}, adapter_ids=ids)[0]
     for i, (n, src) in enumerate(zip(ids, ["c", "d", None, "c"])):
-        assert np.allclose(got[i: i + 1], _alone(m, x[i: i + 1], src), atol=1e-5), i
+        assert _close64(got[i: i + 1], _alone(m, x[i: i + 1], src)), i  # REL64: float64 both sides
     # an .onnx_adapter file loads into a slot too
     from vera_onnx import onnx_adapter
     onnx_adapter(tmp_path / "a.safetensors", tmp_path / "multi.onnx", tmp_path / "a.onnx_adapter")
     sess.remove_adapter("c")
     sess.load_adapter("a2", tmp_path / "a.onnx_adapter")
-    assert np.allclose(sess.run(None, {"x": x.numpy()}, adapter_ids=["a2"] * 4)[0], _alone(m, x, "a"), atol=1e-5)
+    assert _close64(sess.run(None, {"x": x.numpy()}, adapter_ids=["a2"] * 4)[0], _alone(m, x, "a"))
 
 
 def test_refusals(served, tmp_path):
@@ -157,8 +213,8 @@ def test_refusals(served, tmp_path):
         export(m, (torch.from_numpy(x),), tmp_path / "x.onnx", mode="multi", input_names=["x"])
 
 
-def test_generator_graph_in_multi_mode(tmp_path):
-    _, m = _trained(heads=False)
+def test_generator_graph_in_multi_mode(tmp_path, f64):
+    _, m = _trained(heads=False, f64=True)
     x = torch.randn(3, 4, 16)
     export(m, (x,), tmp_path / "init.onnx", mode="multi", capacity=3, input_names=["x"])
     export(m, (x,), tmp_path / "gen.onnx", mode="multi", capacity=3, input_names=["x"], projections="generator")
@@ -172,26 +228,26 @@ def test_generator_graph_in_multi_mode(tmp_path):
             sess.load_adapter(n, tmp_path / f"{n}.safetensors")
         outs.append(sess.run(None, {"x": x.numpy()}, adapter_ids=["c", "a", "b"])[0])
     assert np.array_equal(outs[0], outs[1])
-    assert np.allclose(outs[1][:1], _alone(m, x[:1], "c"), atol=1e-5)
+    assert _close64(outs[1][:1], _alone(m, x[:1], "c"))  # REL64: float64 both sides
 
 
-def test_hotswap_session_refuses_mixed_rows(tmp_path):
-    _, m = _trained(heads=False)
+def test_hotswap_session_refuses_mixed_rows(tmp_path, f64):
+    _, m = _trained(heads=False, f64=True)
     x = torch.randn(2, 3, 16)
     export(m, (x,), tmp_path / "hot.onnx", mode="hotswap", input_names=["x"])
     m.save_adapter(tmp_path / "a.safetensors", "a")
     sess = VeraOnnxSession(tmp_path / "hot.onnx")
     sess.load_adapter("a", tmp_path / "a.safetensors")
-    assert np.allclose(sess.run(None, {"x": x.numpy()}, adapter_ids=["a", "a"])[0], _alone(m, x, "a"), atol=1e-5)
+    assert _close64(sess.run(None, {"x": x.numpy()}, adapter_ids=["a", "a"])[0], _alone(m, x, "a"))  # REL64
     with pytest.raises(OnnxError, match=r"^this model serves one adapter per run \(exported with mode='hotswap'\)"):
         sess.run(None, {"x": x.numpy()}, adapter_ids=["a", None])
 
 
-def test_adapters_of_different_seeds_ranks_and_modules_in_one_batch(tmp_path):
+def test_adapters_of_different_seeds_ranks_and_modules_in_one_batch(tmp_path, f64):
     """One graph serves every projection class of the model's adapters: (seed 5, r 8), (seed 6, r 8),
     (seed 5, r 4) and (seed 5, r 8 on query only); each row equals its adapter run alone."""
     torch.manual_seed(0)
-    m = get_vera_model(TinyNet(), VeraConfig(r=8, target_modules=TARGETS, seed=5), "a")
+    m = get_vera_model(_tiny64(), VeraConfig(r=8, target_modules=TARGETS, seed=5), "a")
     m.add_adapter("b", VeraConfig(r=8, target_modules=TARGETS, seed=6))
     m.add_adapter("c", VeraConfig(r=4, target_modules=TARGETS, seed=5))
     m.add_adapter("d", VeraConfig(r=8, target_modules=["query"], seed=5))
@@ -201,7 +257,7 @@ def test_adapters_of_different_seeds_ranks_and_modules_in_one_batch(tmp_path):
         for n, p in m.named_parameters():
             if "vera_lambda" in n:
                 p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64).float())
-    m.eval()
+    m.double().eval()
     x = torch.randn(6, 3, 16)
     export(m, (x,), tmp_path / "multi.onnx", mode="multi", capacity=5, input_names=["x"], projections="generator")
     desc = describe(tmp_path / "multi.onnx")
@@ -214,7 +270,7 @@ def test_adapters_of_different_seeds_ranks_and_modules_in_one_batch(tmp_path):
     ids = ["d", "b", None, "c", "a2", "a"]
     got = sess.run(None, {"x": x.numpy()}, adapter_ids=ids)[0]
     for i, n in enumerate(ids):
-        assert np.allclose(got[i: i + 1], _alone(m, x[i: i + 1], n), atol=1e-5, rtol=1e-5), (i, n)
+        assert _close64(got[i: i + 1], _alone(m, x[i: i + 1], n)), (i, n)  # REL64: float64 both sides
     _, other = _trained(seed=9, names=("o",), heads=False)
     other.save_adapter(tmp_path / "o.safetensors", "o")
     with pytest.raises(OnnxAdapterError, match=r"^projection: the adapter fits none of the model's 4 projection "
