@@ -7,6 +7,7 @@ step KILL_AT; torchrun restarts both ranks, which resume from the last checkpoin
 also trains the same STEPS uninterrupted and rank 0 writes both final vectors for the test to compare."""
 import json
 import os
+from datetime import timedelta
 import signal
 import sys
 
@@ -26,7 +27,7 @@ STEPS, EVERY, KILL_AT, N = 6, 2, 3, 8
 CKPT = os.path.join(OUT, "ckpt.safetensors")
 ATTEMPT = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 
-dist.init_process_group("gloo")
+dist.init_process_group("gloo", timeout=timedelta(seconds=60))  # a stuck peer is an error (then a restart)
 RANK, WS = dist.get_rank(), dist.get_world_size()
 g = torch.Generator().manual_seed(7)
 X, Y = torch.randn(STEPS, N, 4, 16, generator=g), torch.randint(0, 3, (STEPS, N), generator=g)

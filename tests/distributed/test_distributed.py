@@ -13,6 +13,7 @@ from the same vectors); the two differ by at most 2 gamma_K M. Comparing each st
 itself is elementwise, so equal-within-bound gradients give equal-within-lr*bound vectors."""
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +34,7 @@ N, SEQ, W, L = 8, 4, 24, 7  # worker.py's batch, sequence, widest layer; TinyNet
 U = 2.0 ** -24
 K = N * SEQ * W * L
 BOUND = 2 * K * U / (1 - K * U)  # 2 gamma_K, relative to M
-EXACT_KINDS = ["ddp", "fsdp_layer", "fsdp_model", "fsdp_meta"]
+EXACT_KINDS = ["ddp", "fsdp_layer", "fsdp_model", "fsdp_meta", "fsdp_mixed"]
 ALL_KINDS = EXACT_KINDS + ["fsdp_mp"]
 
 
@@ -66,9 +67,16 @@ def run(tmp_path_factory):
             out.mkdir(exist_ok=True)
             env = dict(os.environ, OMP_NUM_THREADS="1")
             env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "backends"), str(ROOT), env.get("PYTHONPATH", "")])
-            p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                                "2", str(WORKER), str(out)], capture_output=True, text=True, timeout=600, env=env)
-            assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-6000:]
+            p = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                                  "2", str(WORKER), str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True, env=env, start_new_session=True)
+            try:
+                so, se = p.communicate(timeout=400)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)  # torchrun and its workers: nothing left running
+                so, se = p.communicate()
+                pytest.fail("torchrun did not finish in 400 s:\n" + se[-4000:])
+            assert p.returncode == 0, so[-3000:] + se[-6000:]
     return out, json.loads((out / "results.json").read_text())
 
 
@@ -92,6 +100,8 @@ def test_sharded_save_is_bit_identical_to_the_one_process_file(run):
     for kind in ALL_KINDS:
         a, b = (out / f"{kind}.safetensors").read_bytes(), (out / f"{kind}_one.safetensors").read_bytes()
         assert a == b, kind
+    b = out / "fsdp_mixed_b.safetensors"  # the second adapter of the mixed-adapter run
+    assert b.read_bytes() == (out / "fsdp_mixed_b_one.safetensors").read_bytes()
     assert res["fsdp_layer"]["sharded"] and not res["ddp"]["sharded"]  # the save really ran on DTensors
     ad = vera_ref.load_adapter(out / "fsdp_layer.safetensors")
     final = torch.load(out / "fsdp_layer_final.pt")
@@ -104,13 +114,15 @@ def test_bytes_communicated_per_step_are_the_vectors_gradient_bytes(run):
     for kind in ALL_KINDS:
         r = res[kind]
         assert r["frozen_with_grad"] == []  # frozen base weights get no gradient, so nothing to send
-        assert r["vector_bytes"] == r["vector_bytes_padded"] == 640  # 2 blocks x (2 x (8 + 16) + 8 + 24) x 4 B
+        # 2 blocks x (2 x (8 + 16) + 8 + 24) x 4 B; the mixed run adds adapter b: 2 x ((4 + 16) + (4 + 24)) x 4 B
+        want = 640 + (384 if kind == "fsdp_mixed" else 0)
+        assert r["vector_bytes"] == r["vector_bytes_padded"] == want
         for step in r["steps"]:
             b = step["bytes"]
             if kind == "ddp":
-                assert b == {"reduce_scatter": 0, "all_reduce": 640, "ddp": 640}
+                assert b == {"reduce_scatter": 0, "all_reduce": want, "ddp": want}
             else:  # reduce_dtype float32 under the mixed precision policy too
-                assert b == {"reduce_scatter": 640, "all_reduce": 0, "ddp": 0}, kind
+                assert b == {"reduce_scatter": want, "all_reduce": 0, "ddp": 0}, kind
 
 
 def test_projections_are_rebuilt_per_rank_never_stored(run):

@@ -65,8 +65,16 @@ def ddp_hook(state, bucket):
     return default_hooks.allreduce_hook(None, bucket)
 
 
-def make(device=None):
+IDS = ["default", "b", None, "b", "default", "default", "b", None]  # mixed-adapter rows (fsdp_mixed)
+
+
+def make(device=None, mixed=False):
     torch.manual_seed(0)
+    if mixed:  # two adapters of different seeds and ranks, both trained, one batch
+        m = get_vera_model(TinyNet(), VeraConfig(**CFG))
+        m.add_adapter("b", VeraConfig(r=4, target_modules=["query", "c_fc"], seed=5, d_initial=0.5))
+        m.set_trainable(["default", "b"])
+        return m
     if device == "meta":  # the base built without memory; the vectors follow its device
         with torch.device("meta"):
             base = TinyNet()
@@ -86,20 +94,26 @@ def grads(wrapped):  # a collective under FSDP2
     return {strip(n): vd.full(p.grad).detach().clone() for n, p in wrapped.named_parameters() if p.requires_grad}
 
 
-def reference(v):
+def fwd(m, x, rows, mixed):
+    return m(x, adapter_ids=[IDS[i] for i in rows]) if mixed else m(x)
+
+
+def reference(v, mixed=False):
     """One process, whole batch, from vectors v: the float32 gradient, and the float64 sum over rows of
     |per-row gradient of loss/N| (the magnitude the reduction-order bound scales with)."""
-    m = make()
+    m = make(mixed=mixed)
     m.load_state_dict(v, strict=False)
-    F.cross_entropy(m(X), Y).backward()
+    F.cross_entropy(fwd(m, X, range(N), mixed), Y).backward()
     g32 = {n: p.grad.clone() for n, p in m.named_parameters() if p.requires_grad}
     m64 = copy.deepcopy(m).double()
     mag = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in m64.named_parameters() if p.requires_grad}
     for i in range(N):
+        if mixed and IDS[i] is None:
+            continue  # a base-model row: no vector reaches its loss
         m64.zero_grad()
-        (F.cross_entropy(m64(X[i:i + 1].double()), Y[i:i + 1], reduction="sum") / N).backward()
+        (F.cross_entropy(fwd(m64, X[i:i + 1].double(), [i], mixed), Y[i:i + 1], reduction="sum") / N).backward()
         for n, p in m64.named_parameters():
-            if p.requires_grad:
+            if p.requires_grad and p.grad is not None:  # a row of one adapter leaves the other's without
                 mag[n] += p.grad.abs()
     return g32, mag
 
@@ -109,7 +123,7 @@ def wrap(kind, m):
         w = DDP(m)
         w.register_comm_hook(None, ddp_hook)
         return w
-    if kind in ("fsdp_layer", "fsdp_meta"):
+    if kind in ("fsdp_layer", "fsdp_meta", "fsdp_mixed"):
         for b in m.base_model.blocks:
             fully_shard(b)
         fully_shard(m)
@@ -124,6 +138,7 @@ def wrap(kind, m):
 
 
 def scenario(kind):
+    mixed = kind == "fsdp_mixed"
     if kind == "fsdp_meta":  # init_empty_weights-style: built on meta, sharded, materialised, loaded
         m = make("meta")
         wrap(kind, m)
@@ -133,7 +148,7 @@ def scenario(kind):
         vd.init_vectors(m)
         w = m
     else:
-        m = make()
+        m = make(mixed=mixed)
         w = wrap(kind, m)
     trainable = [p for p in w.parameters() if p.requires_grad]
     frozen_grad = [n for n, p in w.named_parameters() if not p.requires_grad]
@@ -143,13 +158,13 @@ def scenario(kind):
         v = vectors(m)
         opt.zero_grad()
         Count.reduce_scatter = Count.all_reduce = Count.ddp_buckets = 0
-        F.cross_entropy(w(XS), YS).backward()
+        F.cross_entropy(fwd(w, XS, range(RANK * PER, (RANK + 1) * PER), mixed), YS).backward()
         sent = {"reduce_scatter": Count.reduce_scatter, "all_reduce": Count.all_reduce, "ddp": Count.ddp_buckets}
         gd = grads(w)
         opt.step()
         rec = {"bytes": sent}
         if RANK == 0 and kind != "fsdp_mp":
-            g32, mag = reference(v)
+            g32, mag = reference(v, mixed)
             rec["diff"] = {n: (gd[n] - g32[n]).abs().max().item() for n in g32}
             rec["ratio"] = {n: ((gd[n] - g32[n]).abs() / mag[n].float().clamp_min(1e-30)).max().item() for n in g32}
             rec["grad"] = {n: g32[n].abs().max().item() for n in g32}
@@ -158,6 +173,8 @@ def scenario(kind):
     path = os.path.join(OUT, f"{kind}.safetensors")
     if kind.startswith("fsdp"):
         m.save_adapter(path)  # a collective: every rank calls it
+        if mixed:
+            m.save_adapter(os.path.join(OUT, f"{kind}_b.safetensors"), "b")
     else:
         vd.save_adapter(w, path)
     final = vectors(m)
@@ -169,16 +186,18 @@ def scenario(kind):
            "cache_devices": sorted({dev for (_, dev) in m._store._cache}),
            "state_keys_with_projection": [k for k in m.state_dict() if "__A__" in k or "__B__" in k]}
     if RANK == 0:
-        one = make()
+        one = make(mixed=mixed)
         one.load_state_dict(final, strict=False)
         one.save_adapter(os.path.join(OUT, f"{kind}_one.safetensors"))
+        if mixed:
+            one.save_adapter(os.path.join(OUT, f"{kind}_b_one.safetensors"), "b")
         torch.save(final, os.path.join(OUT, f"{kind}_final.pt"))
     return m, res
 
 
 results = {"world_size": WS}
 models = {}
-for kind in ["ddp", "fsdp_layer", "fsdp_model", "fsdp_mp", "fsdp_meta"]:
+for kind in ["ddp", "fsdp_layer", "fsdp_model", "fsdp_mp", "fsdp_meta", "fsdp_mixed"]:
     models[kind], results[kind] = scenario(kind)
 
 # torch.distributed.checkpoint: the vectors only, round-tripped into a model sharded differently
