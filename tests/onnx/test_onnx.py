@@ -14,7 +14,7 @@ ort = pytest.importorskip("onnxruntime")
 
 import vera_ref  # noqa: E402
 from conftest import ROOT, VECTORS  # noqa: E402
-from torch_models import TinyNet, randomise  # noqa: E402
+from torch_models import Block, TinyNet, randomise  # noqa: E402
 from vera_onnx import VeraOnnxSession, export, onnx_adapter, philox_model, projection_model  # noqa: E402
 from vera_onnx.torch_export import _torchscript  # noqa: E402
 from vera_ref.errors import OnnxError  # noqa: E402
@@ -48,12 +48,44 @@ def test_generator_graph_is_bit_identical_to_the_reference(args):
     assert np.array_equal(A, a) and np.array_equal(B, b)
 
 
-def _model(seed=5, r=8, **kw):
+def _model(seed=5, r=8, f64=False, **kw):
+    """TinyNet with an adapter (``f64``: in float64 with GELU's tanh form; ORT's CPU provider has no float64 Erf)."""
     torch.manual_seed(0)
     base = TinyNet()
+    if f64:
+        base = base.double()
+        for b in base.blocks:
+            b.__class__ = _TanhBlock
     m = get_vera_model(copy.deepcopy(base), VeraConfig(r=r, target_modules=["query", "value", "c_fc"], seed=seed, **kw))
     randomise(m)
-    return base, m.eval()
+    return (base.double(), m.double().eval()) if f64 else (base, m.eval())
+
+
+class _TanhBlock(Block):
+    def forward(self, x):
+        att = torch.softmax(self.query(x) @ self.key(x).transpose(-1, -2) / x.shape[-1] ** 0.5, -1) @ self.value(x)
+        return x + self.out(torch.nn.functional.gelu(self.c_fc(x + att), approximate="tanh"))
+
+
+# torch vs ORT on float64 exports (as tests/onnx/test_onnx_multi.py): two float64 paths of one function differ by
+# ~(terms + ops, < 100) * 2^-53 * S times the gains of softmax, tanh-GELU and the next layers (< 1e3 here), under
+# 1e-10 of the output scale on any BLAS or thread count; a wrong adapter or head moves it by > 1e-2 of it
+REL64 = 1e-9
+
+
+def _float32_vectors(m):
+    """The model's lambdas rounded to float32, the files' vector dtype, so that torch and ORT use equal values."""
+    with torch.no_grad():
+        for n, p in m.named_parameters():
+            if "vera_lambda" in n:
+                p.copy_(p.float().to(p.dtype))
+    return m.double()
+
+
+def _close64(got, want):
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.dtype == want.dtype == np.float64, (got.dtype, want.dtype)
+    return bool((np.abs(got - want) <= REL64 * max(1.0, float(np.abs(want).max()))).all())
 
 
 def _feeds(m, name="default"):
@@ -62,17 +94,17 @@ def _feeds(m, name="default"):
 
 
 def test_merged_export_has_the_base_models_operators_and_dynamic_axes(tmp_path):
-    base, m = _model()
-    x = torch.randn(2, 3, 16)
+    base, m = _model(f64=True)
+    x = torch.randn(2, 3, 16, dtype=torch.float64)
     export(m, (x,), tmp_path / "merged.onnx", input_names=["x"])
     _torchscript(base.eval(), (x,), str(tmp_path / "base.onnx"), ["x"], ["output"],
                   {"x": {0: "batch", 1: "sequence"}}, fold=True)
     ops = lambda p: Counter(n.op_type for n in onnx.load(p).graph.node)  # noqa: E731
     assert ops(tmp_path / "merged.onnx") == ops(tmp_path / "base.onnx")
     s = _session(tmp_path / "merged.onnx")
-    assert np.allclose(s.run(None, {"x": x.numpy()})[0], m(x).detach().numpy(), atol=1e-5)
-    x2 = torch.randn(5, 7, 16)  # other batch and sequence sizes
-    assert np.allclose(s.run(None, {"x": x2.numpy()})[0], m(x2).detach().numpy(), atol=1e-5)
+    assert _close64(s.run(None, {"x": x.numpy()})[0], m(x).detach().numpy())  # REL64: float64 both sides
+    x2 = torch.randn(5, 7, 16, dtype=torch.float64)  # other batch and sequence sizes
+    assert _close64(s.run(None, {"x": x2.numpy()})[0], m(x2).detach().numpy())
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
@@ -111,23 +143,24 @@ def test_ort_matches_the_reference_within_spec_tolerance(tmp_path, mode, dtype):
 
 
 def test_hotswap_defaults_to_the_base_model_and_each_adapter_equals_its_merged_model(tmp_path):
-    base, m = _model()
+    base, m = _model(f64=True)
     m.add_adapter("b", VeraConfig(r=8, target_modules=["query", "value", "c_fc"], seed=5))
     randomise(m)
     with torch.no_grad():
         for layer in m.vera_layers():
             layer.vera_lambda_b["b"].mul_(-3)
-    x = torch.randn(2, 3, 16)
+    _float32_vectors(m)
+    x = torch.randn(2, 3, 16, dtype=torch.float64)
     export(m, (x,), tmp_path / "hot.onnx", mode="hotswap", input_names=["x"])
     sess = VeraOnnxSession(tmp_path / "hot.onnx")
-    assert np.allclose(sess.run(None, {"x": x.numpy()})[0], base.eval()(x).detach().numpy(), atol=1e-5)
+    assert _close64(sess.run(None, {"x": x.numpy()})[0], base.eval()(x).detach().numpy())  # REL64: float64
     for name in ("default", "b"):
         m.set_adapter(name)
         export(m, (x,), tmp_path / f"merged_{name}.onnx", input_names=["x"])
         m.save_adapter(tmp_path / f"{name}.safetensors", name)
         sess.load_adapter(name, tmp_path / f"{name}.safetensors")
         want = _session(tmp_path / f"merged_{name}.onnx").run(None, {"x": x.numpy()})[0]
-        assert np.allclose(sess.run(None, {"x": x.numpy()}, adapter=name)[0], want, atol=1e-5), name
+        assert _close64(sess.run(None, {"x": x.numpy()}, adapter=name)[0], want), name  # two float64 graphs
     # an .onnx_adapter file written by the converter loads the same way
     mapping = onnx_adapter(tmp_path / "b.safetensors", tmp_path / "hot.onnx", tmp_path / "b.onnx_adapter")
     assert json.loads((tmp_path / "b.onnx_adapter.json").read_text())["inputs"] == mapping
@@ -192,24 +225,27 @@ def test_cli_export_and_onnx_adapter(tmp_path):
     sess = VeraOnnxSession(tmp_path / "hot.onnx")
     sess.load_adapter("a", tmp_path / "a.onnx_adapter")
     x = torch.randn(2, 3, 16)
+    # NOT derived (issue 21): onnx_factories:tiny is a float32 TinyNet with Erf-GELU and softmax, whose ORT/torch
+    # float32 kernels document no bound, and ORT has no float64 Erf; 1e-5 rests on those kernels (see the report)
     assert np.allclose(sess.run(None, {"x": x.numpy()}, adapter="a")[0], m(x).detach().numpy(), atol=1e-5)
 
 
 def test_hotswap_swaps_the_task_head_too(tmp_path):
-    base, m = _model(modules_to_save=["classifier"])
+    base, m = _model(modules_to_save=["classifier"], f64=True)
     m.add_adapter("b", VeraConfig(r=8, target_modules=["query", "value", "c_fc"], seed=5,
                                   modules_to_save=["classifier"]))
     randomise(m)
     with torch.no_grad():
         m.base_model.classifier.copies["default"].bias.add_(1.0)
         m.base_model.classifier.copies["b"].weight.mul_(-1)
-    x = torch.randn(2, 3, 16)
+    _float32_vectors(m)
+    x = torch.randn(2, 3, 16, dtype=torch.float64)
     export(m, (x,), tmp_path / "hot.onnx", mode="hotswap", input_names=["x"])
     sess = VeraOnnxSession(tmp_path / "hot.onnx")
     assert sess.description["extra"] == ["classifier.bias", "classifier.weight"]
-    assert np.allclose(sess.run(None, {"x": x.numpy()})[0], base.eval()(x).detach().numpy(), atol=1e-5)
+    assert _close64(sess.run(None, {"x": x.numpy()})[0], base.eval()(x).detach().numpy())  # REL64: float64
     for name in ("default", "b"):
         m.save_adapter(tmp_path / f"{name}.safetensors", name)
         sess.load_adapter(name, tmp_path / f"{name}.safetensors")
         m.set_adapter(name)
-        assert np.allclose(sess.run(None, {"x": x.numpy()}, adapter=name)[0], m(x).detach().numpy(), atol=1e-5)
+        assert _close64(sess.run(None, {"x": x.numpy()}, adapter=name)[0], m(x).detach().numpy()), name  # REL64
