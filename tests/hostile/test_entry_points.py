@@ -25,7 +25,7 @@ from conftest import ROOT
 from vera_ref import ModuleSpec, container, new_adapter
 from vera_ref.adapter import read_adapter, tensor_plan
 from vera_ref.errors import AdapterFileError, ConversionError, VeraError
-from vera_ref.peft_interop import MAX_DIMS_BYTES, peft_to_adapter, read_dims
+from vera_ref.peft_interop import MAX_DIMS_BYTES, adapter_to_peft, peft_to_adapter, read_dims
 
 SEED, R = 4, 3
 MODS = [ModuleSpec("0", 6, 3), ModuleSpec("2", 3, 5)]
@@ -270,6 +270,39 @@ def o_fifo(d, good: Path):
 ONNX_ADAPTER_FILES = [o_trailing, o_truncated, o_sparse, o_garbage, o_folder, o_fifo]
 
 
+# -- hostile in-memory objects and configurations (no file: cost bounded by the constant 8 MiB) ------
+def m_nan_vector(d):
+    ad = new_adapter([ModuleSpec("enc.q", 4, 3)], 2, seed=0)
+    ad.lambda_d["enc.q"][:] = np.nan
+    return (ad, None), 0
+
+
+MEMORY_ADAPTERS = [m_nan_vector]
+
+
+def c_r_negative(d):
+    return {"r": -1, "target_modules": ["q"]}, 0
+
+
+def c_r_nan(d):
+    return {"r": float("nan"), "target_modules": ["q"]}, 0
+
+
+def c_seed_negative(d):
+    return {"r": 2, "target_modules": ["q"], "seed": -1}, 0
+
+
+def c_regex_bomb(d):
+    return {"r": 2, "target_modules": r"(a|aa)+$"}, 0
+
+
+def c_surrogate(d):
+    return {"r": 2, "target_modules": ["\ud800"]}, 0
+
+
+TORCH_CONFIGS = [c_r_negative, c_r_nan, c_seed_negative, c_regex_bomb, c_surrogate]
+
+
 # -- cost measurement ---------------------------------------------------------------------------
 class Counting:
     """A file object that counts the bytes read through it."""
@@ -469,6 +502,21 @@ def _torch_from_peft(p, req):
     VeraModel.from_peft(Net(), p)
 
 
+def _adapter_to_peft(p, req):
+    ad, modules = p
+    adapter_to_peft(ad, req.getfixturevalue("tmp_path") / "out_peft", model_modules=modules)
+
+
+def _torch_get_vera_model(p, req):
+    from torch import nn
+
+    from vera_torch import VeraConfig, get_vera_model
+    net = nn.Module()
+    setattr(net, A29, nn.Linear(4, 3))
+    net.q = nn.Linear(4, 3)
+    get_vera_model(net, VeraConfig(**p))
+
+
 def _read_dims(p, req):
     read_dims(p)
 
@@ -497,6 +545,12 @@ def _onnx_errors():
     return OnnxAdapterError, OnnxError
 
 
+def _config_error():
+    pytest.importorskip("torch")
+    from vera_torch.errors import ConfigError
+    return ConfigError
+
+
 def _torch_errors():
     pytest.importorskip("torch")
     from vera_torch.errors import ConfigError  # noqa: F401 - the package's error module imports
@@ -519,6 +573,8 @@ ENTRY_POINTS = {
     "vera_ref.peft_interop.peft_to_adapter": (ConversionError, "peft", _peft_to_adapter),
     "vera-ref convert --from-peft": (CliRefusal, "peft", _cli_from_peft),
     "vera_torch.VeraModel.from_peft": (ConversionError, "peft", _torch_from_peft),
+    "vera_ref.peft_interop.adapter_to_peft": (ConversionError, "memory_adapter", _adapter_to_peft),
+    "vera_torch.get_vera_model": (_config_error, "torch_config", _torch_get_vera_model),
     "vera_ref.peft_interop.read_dims": (ConversionError, "dims", _read_dims),
     "vera-ref convert --dims": (CliRefusal, "dims", _cli_dims),
     "vera_onnx.read_parameters": (lambda: _onnx_errors()[0], "onnx_adapter", _onnx_read_parameters),
@@ -526,12 +582,15 @@ ENTRY_POINTS = {
                                                                _onnx_load_onnx_adapter),
 }
 INPUTS = {"adapter": ADAPTER_FILES, "stream": STREAM_FILES, "peft": PEFT_DIRS, "dims": DIMS_FILES,
-          "onnx_adapter": ONNX_ADAPTER_FILES}
+          "onnx_adapter": ONNX_ADAPTER_FILES, "memory_adapter": MEMORY_ADAPTERS, "torch_config": TORCH_CONFIGS}
 # (entry point, input) -> a bug found here (not fixed by this file), with the line that shows it
 XFAIL: dict[tuple[str, str], str] = {
     ("vera_ref.peft_interop.peft_to_adapter", "p_nan_weights"):
         "bug: a PEFT checkpoint whose vera_lambda_d holds NaN is accepted: peft_to_adapter returns an Adapter with "
         "lambda_d [nan, nan] and raises nothing (a spec adapter must be finite, E4.6.25.1)",
+    ("vera_ref.peft_interop.adapter_to_peft", "m_nan_vector"):
+        "bug: an in-memory Adapter whose lambda_d holds NaN is written as a PEFT checkpoint; adapter_to_peft "
+        "raises nothing (save_adapter refuses the same adapter)",
     ("vera_torch.VeraModel.from_peft", "p_nan_weights"):
         "bug: raises AdapterFileError, not ConversionError: backends/vera_torch/model.py line 630, in _vector: "
         "raise AdapterFileError(field, 'contains non-finite values (NaN or infinity)') (via load_adapter line 510)",
