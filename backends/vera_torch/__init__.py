@@ -10,10 +10,10 @@ from .config import VeraConfig
 from .errors import AdapterNameError, BatchError, ConfigError, MergeError
 from .functional import project_in, vera_delta
 from .layer import ModulesToSave, VeraLayer, is_conv1d, peft_projection
-from .model import VeraModel, get_vera_model
+from .model import VeraModel, get_vera_model, linear_layers, linear_name_endings, unmatched_targets
 from .philox import projection
 from .views import AdapterView, HeadView, LayerView
 
-__all__ = ["VeraConfig", "VeraModel", "get_vera_model", "VeraLayer", "ModulesToSave", "projection",
+__all__ = ["VeraConfig", "VeraModel", "get_vera_model", "linear_layers", "linear_name_endings", "unmatched_targets", "VeraLayer", "ModulesToSave", "projection",
            "peft_projection", "project_in", "vera_delta", "is_conv1d", "AdapterView", "LayerView", "HeadView",
            "ConfigError", "AdapterNameError", "MergeError", "BatchError"]

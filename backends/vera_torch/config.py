@@ -75,7 +75,7 @@ class VeraConfig:
         self.d_initial = _real("d_initial", self.d_initial)
         if not math.isfinite(self.d_initial):
             raise ConfigError("d_initial", f"must be a finite number, got {self.d_initial!r}")
-        if not torch.isfinite(torch.tensor(self.d_initial, dtype=torch.float64).to(self.vector_dtype)):
+        if not torch.isfinite(torch.tensor(self.d_initial, dtype=torch.float64, device="cpu").to(self.vector_dtype)):
             raise ConfigError("d_initial", f"{self.d_initial!r} overflows vector_dtype {self.vector_dtype_name}")
         self.dropout = _real("dropout", self.dropout)
         if not 0.0 <= self.dropout < 1.0:

@@ -140,7 +140,7 @@ def load_vectors(model: nn.Module, path: str | os.PathLike, name: str | None = N
     """Resume a model whose adapter ``name`` already exists (e.g. after ``fully_shard``) from a spec
     file: the file's vectors replace the model's, sharded as the model's are. The file's r, modules
     and dimensions must equal the adapter's. Every rank calls it (each reads the file)."""
-    from .model import _vector
+    from .values import vector_tensor as _vector
     vm = _unwrap(model)
     name = name or vm.active_adapter
     vm._require(name)

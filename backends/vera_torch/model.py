@@ -26,6 +26,7 @@ from .config import DTYPE_NAMES, VeraConfig
 from .errors import AdapterNameError, BatchError, ConfigError, MergeError
 from .layer import (MixedBatch, ModulesToSave, ProjectionStore, ProjSpec, RowGroup, State, VeraLayer, adaptable,
                     layer_dims)
+from .values import vector_tensor as _vector
 from .views import AdapterView, HeadView, LayerView
 
 
@@ -263,6 +264,14 @@ class VeraModel(nn.Module):
     def vera_layers(self) -> Iterator[VeraLayer]:
         return (m for m in self.base_model.modules() if isinstance(m, VeraLayer))
 
+    def set_save_for_backward(self, mode: str) -> None:
+        """What every adapted layer keeps for backward: "minimal" (the default: h = x A^T, or x on
+        the fused path; the rest is recomputed) or "activations" (faster, more memory; README "PyTorch")."""
+        if mode not in ("minimal", "activations"):
+            raise ConfigError("save_for_backward", f"{mode!r} is not 'minimal' or 'activations'")
+        for layer in self.vera_layers():
+            layer.save_for_backward = mode
+
     def modules_to_save(self) -> Iterator[ModulesToSave]:
         return (m for m in self.base_model.modules() if isinstance(m, ModulesToSave))
 
@@ -342,20 +351,21 @@ class VeraModel(nn.Module):
         mods = [ModuleSpec(p, l.in_features, l.out_features, l.layout) for p, l in layers.items()]
         return base_fingerprint({p: _np(l.original_weight) for p, l in layers.items()}, mods)
 
-    def merge(self, name: str | None = None) -> None:
+    def merge(self, name: str | None = None, restore: str | None = None) -> None:
         """Fold adapter ``name`` (default: the active one) into the base weights (spec 3.5).
 
         Delta W is computed in float32 or wider and added to W0 before one rounding to the weight's
         dtype. ``MergeError`` (every weight unchanged) when a merged weight would not be finite.
-        Each merged layer keeps a copy of its W0 (one weight's worth of memory in its dtype, e.g.
-        2.4 MB per 768x768 float32 layer) so unmerge() restores W0 bit for bit."""
+        ``restore`` (default: each layer's ``restore``, "auto"): what each merged layer keeps so that
+        unmerge() restores W0 bit for bit (README "Merging"): the elements fl(W - Delta W) misses, or a
+        full copy when those would take more than half the weight's bytes; "none" keeps nothing."""
         name = name or self._state.active
         self._require(name)
         done = []
         for path, layer in self.base_model.named_modules():
             if isinstance(layer, VeraLayer) and name in layer.proj and name not in layer.merged:
                 try:
-                    layer.merge(name)
+                    layer.merge(name, restore)
                 except MergeError as e:
                     for other in done:
                         other.unmerge(name)
@@ -368,8 +378,9 @@ class VeraModel(nn.Module):
             layer.unmerge()
 
     def merge_and_unload(self) -> nn.Module:
-        """Merge the active adapter and return the plain model, task-head copies included."""
-        self.merge()
+        """Merge the active adapter and return the plain model, task-head copies included; nothing is
+        kept to unmerge."""
+        self.merge(restore="none")
         return self.unwrapped(self._state.active)
 
     def adapter_view(self, name: str | None = None) -> AdapterView:
@@ -613,25 +624,6 @@ class VeraModel(nn.Module):
                                              f"{str(ref.dtype).replace('torch.', '')}, this model's dtype for it")
                 out[owner][pname] = t
         return out
-
-
-def _vector(table: dict, module: str, what: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """One vector (or stored matrix) of an Adapter as a ``dtype`` tensor: present, of ``shape``, finite."""
-    field = f"{module}.{what}" if what else module
-    if module not in table:
-        raise AdapterFileError(field, "missing")
-    try:
-        arr = np.asarray(table[module], dtype=np.float64)
-    except (TypeError, ValueError):
-        raise AdapterFileError(field, "is not an array of numbers") from None
-    if arr.shape != shape:
-        raise AdapterFileError(field, f"shape {list(arr.shape)} must be {list(shape)}")
-    if not np.isfinite(arr).all():
-        raise AdapterFileError(field, "contains non-finite values (NaN or infinity)")
-    t = torch.from_numpy(arr).to(dtype)
-    if not bool(torch.isfinite(t).all()):
-        raise AdapterFileError(field, f"values overflow {str(dtype).replace('torch.', '')}")
-    return t
 
 
 def _layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
