@@ -53,6 +53,7 @@ from .dtypes import FROM_CODE, SAFETENSORS_CODE, round_to
 from .errors import AdapterFileError, ConversionError, ModelMismatchError
 from .metadata import SPEC_VERSION, AdapterConfig, ModuleSpec, config_json, parse_config
 from .peft_mt19937 import peft_projection
+from .values import checked_values
 from .peft_rule import (_is_int, _natural, _near_names, _show, check_selection, exact_target_modules,  # noqa: F401
                         peft_selects, regex_budget)
 
@@ -361,8 +362,25 @@ def peft_to_adapter(directory: str | os.PathLike, *, dims: Mapping[str, tuple[in
                 acfg.base_model = {**(acfg.base_model or {}), "name": base_model_name}
         else:
             acfg.provenance[_IGNORED_NOTE] = why
-    return Adapter(acfg, {n: tensors[PREFIX + n + _LD].data for n in names},
-                   {n: tensors[PREFIX + n + _LB].data for n in names}, stored=stored, extra=extra)
+    lambda_d = {n: tensors[PREFIX + n + _LD].data for n in names}
+    lambda_b = {n: tensors[PREFIX + n + _LB].data for n in names}
+    _check_finite(lambda_d, lambda_b, stored, extra, f"{directory}: ")
+    return Adapter(acfg, lambda_d, lambda_b, stored=stored, extra=extra)
+
+
+def _check_finite(lambda_d: Mapping, lambda_b: Mapping, stored: Mapping, extra: Mapping, where: str = "") -> None:
+    """Every value of a converted adapter is finite (spec 4.6 rule 25, through the value checks
+    every backend shares: vera_ref.values), or ConversionError naming the tensor."""
+    def error(field: str, problem: str) -> ConversionError:
+        return ConversionError(f"{where}{field}: {problem}")
+    for what, table in (("vera_lambda_d", lambda_d), ("vera_lambda_b", lambda_b)):
+        for n, v in table.items():
+            checked_values(f"{_show(n, 120)}.{what}", v, np.shape(v), "float64", error=error)
+    for g, pair in stored.items():
+        for what, m in zip(("vera_A", "vera_B"), pair):
+            checked_values(f"projection group {g} {what}", m, np.shape(m), "float64", error=error)
+    for k, (arr, _) in extra.items():
+        checked_values(_show(k, 120), arr, np.shape(arr), "float64", error=error)
 
 
 # -- writing ----------------------------------------------------------------------------------
@@ -381,6 +399,7 @@ def adapter_to_peft(adapter: Adapter, directory: str | os.PathLike, *,
     travels in the safetensors metadata (``CARRIED_CONFIG``) for ``peft_to_adapter`` to restore.
     """
     cfg = adapter.config
+    _check_finite(adapter.lambda_d, adapter.lambda_b, adapter.stored, adapter.extra)
     if cfg.sharing != "shared":
         raise ConversionError("PEFT supports only shared projections; this adapter is per-module")
     layouts = {m.layout for m in cfg.modules}

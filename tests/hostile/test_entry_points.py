@@ -310,17 +310,7 @@ ENTRY_POINTS = {
 INPUTS = {"adapter": ADAPTER_FILES, "stream": STREAM_FILES, "peft": PEFT_DIRS, "dims": DIMS_FILES,
           "onnx_adapter": ONNX_ADAPTER_FILES, "memory_adapter": MEMORY_ADAPTERS, "torch_config": TORCH_CONFIGS}
 # (entry point, input) -> a bug found here (not fixed by this file), with the line that shows it
-XFAIL: dict[tuple[str, str], str] = {
-    ("vera_ref.peft_interop.peft_to_adapter", "p_nan_weights"):
-        "bug: a PEFT checkpoint whose vera_lambda_d holds NaN is accepted: peft_to_adapter returns an Adapter with "
-        "lambda_d [nan, nan] and raises nothing (a spec adapter must be finite, E4.6.25.1)",
-    ("vera_ref.peft_interop.adapter_to_peft", "m_nan_vector"):
-        "bug: an in-memory Adapter whose lambda_d holds NaN is written as a PEFT checkpoint; adapter_to_peft "
-        "raises nothing (save_adapter refuses the same adapter)",
-    ("vera_torch.VeraModel.from_peft", "p_nan_weights"):
-        "bug: raises AdapterFileError, not ConversionError: backends/vera_torch/model.py line 630, in _vector: "
-        "raise AdapterFileError(field, 'contains non-finite values (NaN or infinity)') (via load_adapter line 510)",
-}
+XFAIL: dict[tuple[str, str], str] = {}
 
 ROWS = [pytest.param(ep, make, id=f"{ep}|{make.__name__}",
                      marks=[pytest.mark.xfail(strict=True, reason=XFAIL[(ep, make.__name__)])]
