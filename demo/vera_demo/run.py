@@ -114,17 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def check_targets(model, targets: list[str]) -> None:
-    """Every --targets entry must name at least one nn.Linear of the model (a suffix of its path),
-    checked before any baseline or training runs."""
-    from torch import nn
-
+    """Every --targets entry must name at least one linear layer of the model (a suffix of its path),
+    checked before any baseline or training runs (vera_torch's own listing of linear layers)."""
     from vera_ref.resolve import UsageError
-    linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    for t in targets:
-        if not t or not any(n == t or n.endswith("." + t) for n in linear):
-            names = sorted({n.rpartition(".")[2] for n in linear})
-            raise UsageError(f"--targets: {t!r} names no linear layer of the model (its linear layers end in "
-                             f"{', '.join(names)})")
+    from vera_torch import linear_name_endings, unmatched_targets
+    bad = [t for t in targets if not t] or unmatched_targets(model, targets)
+    if bad:
+        raise UsageError(f"--targets: {bad[0]!r} names no linear layer of the model (its linear layers end in "
+                         f"{', '.join(linear_name_endings(model))})")
 
 
 def _write(path: Path, text: str) -> None:
@@ -145,6 +142,10 @@ def _copy_tree(src: Path, dst: Path) -> None:
 
 def run(args) -> dict:
     import tempfile
+
+    from vera_ref.resolve import UsageError
+    if os.path.lexists(args.out) and not os.path.isdir(args.out):  # before any work (README exit codes)
+        raise UsageError(f"--out {args.out}: is a file; name a folder")
 
     from .progress import Clock
     clock = Clock()
