@@ -1,5 +1,6 @@
 """The Hugging Face Trainer example (examples/trainer_vera.py): checkpoints are spec files, and resuming
-reads them back (on one process here; under torchrun with 2 processes in worker.py's launch)."""
+reads them back (on one process here; under torchrun with 2 processes in worker.py's launch, which also
+resumes its own checkpoint)."""
 import sys
 
 import pytest
@@ -44,7 +45,7 @@ def test_checkpoints_are_spec_files_and_resume_is_bit_identical_on_one_process(e
     assert max(moved) > 0 and "classifier.weight" in four.extra  # trained vectors and the saved head
 
 
-def test_trainer_under_torchrun_writes_spec_checkpoints_that_resume_on_one_process(example, run, tmp_path):
+def test_trainer_under_torchrun_writes_spec_checkpoints_that_resume_on_two_and_one_processes(example, run, tmp_path):
     import shutil
     import vera_ref
     out, _ = run
@@ -53,6 +54,9 @@ def test_trainer_under_torchrun_writes_spec_checkpoints_that_resume_on_one_proce
         assert "vera_adapter.safetensors" in names and "rng_state_1.pth" in names, names  # 2 ranks
         ad = vera_ref.load_adapter(out / "trainer" / f"checkpoint-{step}" / "vera_adapter.safetensors")
         assert max(abs(v).max() for v in ad.lambda_b.values()) > 0
+    # the same 2 processes resumed from their own checkpoint-2 write the uninterrupted run's bytes
+    resumed = out / "trainer_resumed" / "checkpoint-4" / "vera_adapter.safetensors"
+    assert resumed.read_bytes() == (out / "trainer" / "checkpoint-4" / "vera_adapter.safetensors").read_bytes()
     # another world size: the 2-process checkpoint resumes on one process
     work = tmp_path / "resume"
     shutil.copytree(out / "trainer" / "checkpoint-2", work / "checkpoint-2")

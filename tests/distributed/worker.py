@@ -223,6 +223,13 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import trainer_vera  # noqa: E402
 trainer_vera.main(["--output_dir", os.path.join(OUT, "trainer"), "--max_steps", "4", "--save_steps", "2",
                    "--batch_size", "4"])
+# resumed under torchrun from its own 2-process checkpoint: the same bytes as the uninterrupted run
+if RANK == 0:
+    import shutil
+    shutil.copytree(os.path.join(OUT, "trainer", "checkpoint-2"), os.path.join(OUT, "trainer_resumed", "checkpoint-2"))
+dist.barrier()
+trainer_vera.main(["--output_dir", os.path.join(OUT, "trainer_resumed"), "--max_steps", "4", "--save_steps", "2",
+                   "--batch_size", "4", "--resume_from_checkpoint", "last"])
 if RANK == 0:
     with open(os.path.join(OUT, "results.json"), "w") as f:
         json.dump(results, f)
