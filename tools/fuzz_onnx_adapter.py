@@ -18,9 +18,9 @@ Four kinds of case, each against the hot-swap or the multi model's parameter sha
 
 Oracles: no exception but OnnxError subclasses (and AdapterFileError for .safetensors input); an
 accepted table has every model parameter it names with the model's dtype and shape, all finite;
-each case takes under 2 s and its Python allocation peak (tracemalloc, every 4th case run again
-under it) stays under 64 MiB.
-Exit status 1 on any escape or bound broken; 2 if onnxruntime (or torch, onnx) is missing.
+a refusal's message is one line; each case takes under 2 s (timed without tracemalloc); every 4th
+case is run again under tracemalloc and its Python allocation peak stays under 64 MiB. Exit status
+1 on any escape, multi-line message or bound broken; 2 if onnxruntime (or torch, onnx) is missing.
 """
 from __future__ import annotations
 

@@ -14,9 +14,11 @@ flips, cuts, header edits, huge declared shapes). It is converted with ``dims``,
 neither, chosen by the case.
 
 Oracles: the outcome is an Adapter whose vectors are all finite, or ConversionError /
-ModelMismatchError (anything else is an escape); each case takes under 2 s; each case's Python
-allocation peak (tracemalloc, every 4th case run again under it) stays under 64 MiB. Printed: cases, seconds, outcomes by kind and
-message, escapes, the slowest case and the largest peak. Exit status 1 on any escape or bound broken.
+ModelMismatchError with a one-line message (anything else is an escape); each case takes under
+2 s (timed without tracemalloc); every 4th case is run again under tracemalloc and its Python
+allocation peak stays under 64 MiB. Printed: cases, seconds, outcomes by kind and message start,
+escapes, multi-line messages, the slowest case and the largest peak. Exit status 1 on any escape,
+multi-line message or bound broken.
 """
 from __future__ import annotations
 
