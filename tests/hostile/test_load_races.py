@@ -54,7 +54,7 @@ def spec_files(d, mods=MODS):
 
 
 def race(d, slots: dict[str, tuple[bytes, bytes]], load, same_as_good, errors, loads=LOADS, seconds=SECONDS):
-    """Load ``loads`` times (or for ``seconds``) while a thread replaces each file of ``slots``
+    """Load ``loads`` times (or for ``seconds``, once both outcomes occurred) while a thread replaces each file of ``slots``
     (name -> (good bytes, bad bytes)) with one of its versions, by os.replace of a hard link, one file
     at a time in a random order. ``load()`` returns the result, ``same_as_good(result)`` says whether it
     is exactly the good one; ``errors`` the documented refusal types. Returns the outcome counts."""
@@ -90,8 +90,8 @@ def race(d, slots: dict[str, tuple[bytes, bytes]], load, same_as_good, errors, l
                 counts["refused"] += 1
             else:
                 counts["good" if same_as_good(result) else "wrong"] += 1
-            if time.perf_counter() - t0 > seconds:
-                break
+            if time.perf_counter() - t0 > seconds and counts["good"] and counts["refused"]:
+                break  # on a slow machine: past the time once both outcomes were seen, else up to ``loads``
     finally:
         stop.set()
         t.join()
