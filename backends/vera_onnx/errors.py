@@ -18,9 +18,10 @@ class OnnxAdapterError(OnnxError):
     """An adapter that cannot be served by this model; ``field`` names the offending parameter."""
 
     def __init__(self, field: str, problem: str) -> None:
-        self.field = field
+        self.field = field  # raw; the message shows it on one printable line (names come from hostile files)
         self.problem = problem
-        super().__init__(f"{field}: {problem}")
+        shown = field if field.isprintable() else repr(field)[1:-1]
+        super().__init__(f"{shown}: {problem}")
 
 
 class ExportError(OnnxError):
