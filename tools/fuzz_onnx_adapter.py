@@ -25,21 +25,20 @@ case is run again under tracemalloc and its Python allocation peak stays under 6
 from __future__ import annotations
 
 import argparse
-import collections
 import random
 import struct
 import sys
 import tempfile
 import time
 import traceback
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-for p in (ROOT, ROOT / "backends"):
+for p in (ROOT, ROOT / "backends", ROOT / "tools"):
     sys.path.insert(0, str(p))
+from fuzz_tally import measure, new_stats, record  # noqa: E402
 
 SLOW_S = 2.0
 PEAK_MIB = 64
@@ -227,38 +226,15 @@ def run_case(rng: random.Random, env: dict) -> tuple[str, str]:
 
 def fuzz(cases: int | None = None, seconds: float | None = None, seed: int = 0) -> dict:
     rng = random.Random(seed)
-    s = {"cases": 0, "kinds": collections.Counter(), "details": collections.Counter(), "escapes": [], "multiline": [],
-         "slowest": (0.0, -1), "peak": (0, -1), "over": 0, "traced": 0}
+    s = new_stats()
     with tempfile.TemporaryDirectory() as t:
         env = setup(Path(t))
         t_start = time.perf_counter()
         while (cases is None or s["cases"] < cases) and (seconds is None or time.perf_counter() - t_start < seconds):
             case_seed = rng.getrandbits(64)
             with np.errstate(over="ignore"):  # the mutants' own casts of 1e300 to float32 (not the loader's)
-                t0 = time.perf_counter()
-                kind, detail = run_case(random.Random(case_seed), env)
-                dt = time.perf_counter() - t0
-                peak = 0
-                if s["cases"] % MEMORY_EVERY == 0:  # the same case again under tracemalloc (slower: not timed)
-                    tracemalloc.start()
-                    run_case(random.Random(case_seed), env)
-                    peak = tracemalloc.get_traced_memory()[1]
-                    tracemalloc.stop()
-                    s["traced"] += 1
-            i = s["cases"]
-            s["cases"] += 1
-            s["kinds"][kind] += 1
-            s["details"][f"{kind}: {detail}" if kind not in ("escape", "multiline") else kind] += 1
-            if kind == "escape":
-                s["escapes"].append((i, detail))
-            if kind == "multiline":
-                s["multiline"].append((i, detail))
-            if dt > s["slowest"][0]:
-                s["slowest"] = (dt, i)
-            if peak > s["peak"][0]:
-                s["peak"] = (peak, i)
-            if dt > SLOW_S or peak > PEAK_MIB << 20:
-                s["over"] += 1
+                kind, detail, dt, peak = measure(run_case, case_seed, env, s, MEMORY_EVERY)
+            record(s, kind, detail, dt, peak, SLOW_S, PEAK_MIB)
         s["seconds"] = time.perf_counter() - t_start
     return s
 
