@@ -44,9 +44,10 @@ else:
     xs, ys = X[rank * 4:(rank + 1) * 4], Y[rank * 4:(rank + 1) * 4]
     for _ in range(3):
         opt.zero_grad(); torch.nn.functional.cross_entropy(ddp(xs), ys).backward(); opt.step()
-    if rank != 0:
-        dist.destroy_process_group(); sys.exit(0)
+    dist.barrier()  # both ranks done with every collective before either tears the group down
     dist.destroy_process_group()
+    if rank != 0:
+        sys.exit(0)
 torch.save({{n: p.detach() for n, p in model.named_parameters() if p.requires_grad}}, {out!r} + mode)
 """
 
