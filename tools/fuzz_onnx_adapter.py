@@ -24,7 +24,6 @@ case is run again under tracemalloc and its Python allocation peak stays under 6
 """
 from __future__ import annotations
 
-import argparse
 import random
 import struct
 import sys
@@ -38,7 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 for p in (ROOT, ROOT / "backends", ROOT / "tools"):
     sys.path.insert(0, str(p))
-from fuzz_tally import measure, new_stats, record  # noqa: E402
+from fuzz_tally import arguments, measure, new_stats, record, report  # noqa: E402
 
 SLOW_S = 2.0
 PEAK_MIB = 64
@@ -240,32 +239,13 @@ def fuzz(cases: int | None = None, seconds: float | None = None, seed: int = 0) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--minutes", type=float, help="run this long")
-    ap.add_argument("--cases", type=int, help="run this many cases")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
+    args = arguments(__doc__, argv)
     missing = need()
     if missing:
         print(missing, file=sys.stderr)
         return 2
-    if args.minutes is None and args.cases is None:
-        args.cases = 1000
     s = fuzz(args.cases, None if args.minutes is None else args.minutes * 60, args.seed)
-    print(f"cases                {s['cases']} in {s['seconds']:.1f} s (seed {args.seed})")
-    print("outcomes             " + ", ".join(f"{k} {n}" for k, n in s["kinds"].most_common()))
-    print(f"distinct outcomes    {len(s['details'])} (kind, input kind and message start)")
-    print(f"escapes              {len(s['escapes'])} (exceptions of other types, or accepted values that break the oracle)")
-    print(f"multi-line messages  {len(s['multiline'])} (a documented error whose message is not one line)")
-    print(f"slowest case         {s['slowest'][0] * 1000:.1f} ms (case {s['slowest'][1]}); "
-          f"largest peak {s['peak'][0] / 2**20:.1f} MiB (case {s['peak'][1]}, {s['traced']} cases traced); over {SLOW_S:.0f} s or "
-          f"{PEAK_MIB} MiB: {s['over']}")
-    print("most frequent        " + "; ".join(f"{k} {n}" for k, n in s["details"].most_common(8)))
-    if s["escapes"]:
-        print(f"first escape (case {s['escapes'][0][0]}):\n{s['escapes'][0][1]}")
-    if s["multiline"]:
-        print(f"first multi-line message (case {s['multiline'][0][0]}): {s['multiline'][0][1]}")
-    return 1 if s["escapes"] or s["multiline"] or s["over"] else 0
+    return report(s, args.seed, "kind, input kind and message start", SLOW_S, PEAK_MIB)
 
 
 if __name__ == "__main__":

@@ -47,3 +47,34 @@ def record(s: dict, kind: str, detail: str, dt: float, peak: int, slow_s: float,
         s["peak"] = (peak, i)
     if dt > slow_s or peak > peak_mib << 20:
         s["over"] += 1
+
+
+def arguments(doc: str | None, argv: list[str] | None):
+    """--minutes, --cases, --seed (default: 1000 cases)."""
+    import argparse
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, help="run this long")
+    ap.add_argument("--cases", type=int, help="run this many cases")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    if args.minutes is None and args.cases is None:
+        args.cases = 1000
+    return args
+
+
+def report(s: dict, seed: int, details: str, slow_s: float, peak_mib: int) -> int:
+    """Print the tally; exit status 1 on an escape, a multi-line message or a case over its bounds."""
+    print(f"cases                {s['cases']} in {s['seconds']:.1f} s (seed {seed})")
+    print("outcomes             " + ", ".join(f"{k} {n}" for k, n in s["kinds"].most_common()))
+    print(f"distinct outcomes    {len(s['details'])} ({details})")
+    print(f"escapes              {len(s['escapes'])} (exceptions of other types, or accepted values that break the oracle)")
+    print(f"multi-line messages  {len(s['multiline'])} (a documented error whose message is not one line)")
+    print(f"slowest case         {s['slowest'][0] * 1000:.1f} ms (case {s['slowest'][1]}); "
+          f"largest peak {s['peak'][0] / 2**20:.1f} MiB (case {s['peak'][1]}, {s['traced']} cases traced); over "
+          f"{slow_s:.0f} s or {peak_mib} MiB: {s['over']}")
+    print("most frequent        " + "; ".join(f"{k} {n}" for k, n in s["details"].most_common(8)))
+    if s["escapes"]:
+        print(f"first escape (case {s['escapes'][0][0]}):\n{s['escapes'][0][1]}")
+    if s["multiline"]:
+        print(f"first multi-line message (case {s['multiline'][0][0]}): {s['multiline'][0][1]}")
+    return 1 if s["escapes"] or s["multiline"] or s["over"] else 0
