@@ -329,12 +329,6 @@ class VeraLayer(nn.Module):
         dW = (lb.to(dt)[:, None] * B_l.to(dt)) @ (ld.to(dt)[:, None] * A_l.to(dt))  # (out, in)
         return dW if self.layout == "linear" else dW.t()
 
-    def _factors(self, name: str, dt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """(lambda_b * B_l) (out, r) and (lambda_d * A_l) (r, in) in ``dt``: Delta W is their product (spec 3.5)."""
-        ld, lb = self.vera_lambda_d[name], self.vera_lambda_b[name]
-        A_l, B_l = self.sliced_projection(name, ld.device)
-        return lb.to(dt)[:, None] * B_l.to(dt), ld.to(dt)[:, None] * A_l.to(dt)
-
     @torch.no_grad()
     def _write_merged(self, names: list[str], w0: torch.Tensor) -> bool:
         """weight = ``w0`` + Delta W, Delta W the sum over ``names`` formed first (float32 or wider, by

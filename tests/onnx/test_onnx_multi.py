@@ -85,11 +85,10 @@ def _alone(m, x, name):
         return m(x).numpy()
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    d = tmp_path_factory.mktemp("multi")
-    base, m = _trained()
-    x = torch.randn(3, 4, 16)
+def _serve(d, f64: bool = False):
+    """The multi export of _trained's model, every adapter saved and loaded into one session."""
+    base, m = _trained(f64=f64)
+    x = torch.randn(3, 4, 16, dtype=torch.float64 if f64 else torch.float32)
     export(m, (x,), d / "multi.onnx", mode="multi", capacity=4, input_names=["x"])
     for n in NAMES:
         m.save_adapter(d / f"{n}.safetensors", n)
@@ -97,20 +96,16 @@ def served(tmp_path_factory):
     for n in NAMES:
         sess.load_adapter(n, d / f"{n}.safetensors")
     return d, base, m, sess
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    return _serve(tmp_path_factory.mktemp("multi"))
 
 
 @pytest.fixture(scope="module")
 def served64(tmp_path_factory):
-    d = tmp_path_factory.mktemp("multi64")
-    base, m = _trained(f64=True)
-    x = torch.randn(3, 4, 16, dtype=torch.float64)
-    export(m, (x,), d / "multi.onnx", mode="multi", capacity=4, input_names=["x"])
-    for n in NAMES:
-        m.save_adapter(d / f"{n}.safetensors", n)
-    sess = VeraOnnxSession(d / "multi.onnx")
-    for n in NAMES:
-        sess.load_adapter(n, d / f"{n}.safetensors")
-    return d, base, m, sess
+    return _serve(tmp_path_factory.mktemp("multi64"), f64=True)
 
 
 def test_the_graph_has_one_index_input_and_tables_with_a_base_row(served):
