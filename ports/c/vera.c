@@ -1,23 +1,10 @@
 /* vera.c - the VeRA kit in C99: generator (spec 1), projections (spec 2), SHA-256 (FIPS 180-4,
  * for spec 2.6) and the adapter-file reader (spec 4). See vera.h for the interface. */
-#if !defined(_WIN32)
-#define _POSIX_C_SOURCE 200809L
-#endif
 #include "vera.h"
 
-#include <errno.h>
 #include <math.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#if defined(__unix__) || defined(__APPLE__)
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <sys/types.h>
-#include <unistd.h>
-#define VERA_POSIX 1
-#endif
 
 /* ======================================================================================== */
 /* spec 1.1: constants of Random123's philox.h                                              */
