@@ -768,3 +768,11 @@ CHECKS = [
           "written files pass the reference with every field equal",
           case_keys=("r", "generator", "seed", "sharing", "vector_dtype", "modules", "values_seed")),
 ]
+
+# Checks kept in modules of their own (one concept a file); they import the base names above, so
+# they are imported here, after them.
+from .checks_own import CHECKS as _OWN_CHECKS  # noqa: E402  (own generators: determinism, reload)
+from .checks_writer import CHECKS as _WRITER_CHECKS  # noqa: E402  (writers: bytes and fields)
+from .checks_quantized import CHECKS as _QUANTIZED_CHECKS  # noqa: E402  (quantized bases)
+
+CHECKS += _OWN_CHECKS + _WRITER_CHECKS + _QUANTIZED_CHECKS

@@ -404,3 +404,11 @@ CAUGHT_BY = {
 BROKEN = list(CAUGHT_BY)
 # declared deviations that are conforming in what they declare (the meta-tests assert they pass)
 CONFORMING_DECLARED = [DeclaredTF32, OwnGeneratorUniform, PeftGenerator]
+
+# the broken implementations of the checks kept in their own modules (checks_own, checks_writer,
+# checks_quantized), each module with its CAUGHT_BY
+from . import broken_own, broken_quantized, broken_writer  # noqa: E402
+
+for _m in (broken_own, broken_writer, broken_quantized):
+    CAUGHT_BY.update(_m.CAUGHT_BY)
+    BROKEN += [c for c in _m.CAUGHT_BY if c not in BROKEN]
