@@ -2,7 +2,7 @@
 PY ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
-EXTRAS := dev,torch,onnx,peft,demo,jax
+EXTRAS := dev,torch,onnx,peft,demo,jax,quant
 
 .PHONY: demo test smoke venv vectors bench clean
 
