@@ -18,6 +18,15 @@ with the reason. By default every dtype in ``dtypes`` is checked. Subclass
                                                           with ``.field`` and ``.code`` of the spec 4.6 rule
                                                           (vera_ref.AdapterFileError has both)
                  save_adapter(adapter, path)              writes a spec file for a LoadedAdapter
+    reload       save_layer(case, folder)                 y (N, out): builds the layer of ``case`` (an own
+                                                          generator draws A and B from case.seed), returns
+                                                          its forward of case.x and saves the adapter into
+                                                          ``folder`` with the implementation's own save
+                 load_layer(case, folder)                 y (N, out): a fresh layer (base W0 and bias from
+                                                          the case) with the adapter loaded from ``folder``
+                                                          by its own load, its forward of case.x; the case's
+                                                          lambda_d, lambda_b, A and B are NaN here: they
+                                                          must come from what was saved
 
 The leading-slice rule (spec 2.3): A is (r, n_in) and B is (n_out, r) for the whole
 group, with n_in >= in_features and n_out >= out_features; a layer uses A[:, :in] and
@@ -36,8 +45,13 @@ Declarations instead of faking (README of the kit):
                    (LoRA-style alpha/r): a named deviation from spec 3.2; the math
                    checks fold s into lambda_b so the rest is still checked
     generator      "philox4x32-10" (the spec's), "peft-mt19937" (bit-exact PEFT), or
-                   "own" (a framework's uniform sampler: only the distribution of A and B
-                   is checked, and the generator level is not claimed)
+                   "own" (a framework's uniform sampler: the distribution of A and B is
+                   checked, and that one seed gives the same A and B bit for bit whatever the
+                   global RNGs of torch, NumPy and Python's random did in between, another
+                   seed others; the generator level is not claimed). With the ``reload``
+                   capability, a layer saved and loaded back computes the same forward bit
+                   for bit, the global RNGs moved between the two (cases with n_in = in,
+                   n_out = out and group 0, so a framework's layer draws its own shapes)
 
 Plug one in with ``--impl module:factory`` (factory() returns the object; the module is
 looked up in the current folder first, as pytest does) or VERA_IMPL=module:factory.
@@ -52,7 +66,7 @@ import numpy as np
 
 from vera_ref.errors import VeraError
 
-CAPABILITIES = ("generator", "forward", "backward", "merge", "unmerge", "train", "files")
+CAPABILITIES = ("generator", "forward", "backward", "merge", "unmerge", "train", "files", "reload")
 DTYPES = ("float32", "float16", "bfloat16", "float64", "tf32")  # tf32: spec 5.2.2
 DEVICES = ("cpu", "cuda")
 LAYOUTS = ("linear", "conv1d")
@@ -139,8 +153,17 @@ class Trained:
 
 @dataclass
 class LoadedAdapter:
-    """What a files-capable implementation returns from load_adapter: the config fields the
-    checks compare and the vectors as float64 arrays (values of ``vector_dtype``)."""
+    """An adapter file's content (spec 4.3-4.5): what a files-capable implementation returns from
+    load_adapter and what save_adapter writes. Vectors are float64 arrays (values of ``vector_dtype``).
+
+    A writer writes every field (the writer checks compare each one, and the bytes spec 4.3 fixes):
+    the module names in full (the writer picks ``module_prefix``), ``tensor_layout``, ``d_initial``,
+    ``dropout``, ``provenance``, ``extra`` in ``extra_dtypes``, and ``base_model`` as given.
+    ``base_weights`` says whether the base model is known: when given (W0 of each module as its
+    layer holds it: (out, in) for linear, (in, out) for conv1d), the writer writes
+    ``base_model.fingerprint`` of these weights (spec 4.3); when None it writes only a fingerprint
+    ``base_model`` already holds, never one of weights it made up. A reader may leave
+    ``base_weights`` None and fill the other fields it keeps (the defaults are spec 4.3's)."""
 
     r: int
     generator: str
@@ -151,6 +174,13 @@ class LoadedAdapter:
     vector_dtype: str = "float32"
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # extra tensors (spec 4.4) by name
     sharing: str = "shared"
+    tensor_layout: str = "per-module"  # or "packed" (spec 4.4)
+    d_initial: float = 0.1  # spec 3.9
+    dropout: float = 0.0  # spec 3.3
+    provenance: dict = field(default_factory=dict)  # free-form JSON object (spec 4.3)
+    base_model: dict[str, str] | None = None  # name / revision / fingerprint strings (spec 4.3)
+    extra_dtypes: dict[str, str] = field(default_factory=dict)  # dtype of each extra tensor (spec 4.5); absent: float32
+    base_weights: dict[str, np.ndarray] | None = None  # W0 by module name: the base model is known (see above)
 
     @classmethod
     def of(cls, ad) -> "LoadedAdapter":
@@ -160,7 +190,10 @@ class LoadedAdapter:
                    [(m.name, m.in_features, m.out_features, m.layout) for m in cfg.modules],
                    {k: np.asarray(v, np.float64) for k, v in ad.lambda_d.items()},
                    {k: np.asarray(v, np.float64) for k, v in ad.lambda_b.items()}, cfg.vector_dtype,
-                   {k: np.asarray(v, np.float64) for k, (v, _) in ad.extra.items()}, cfg.sharing)
+                   {k: np.asarray(v, np.float64) for k, (v, _) in ad.extra.items()}, cfg.sharing,
+                   cfg.tensor_layout, cfg.d_initial, cfg.dropout, dict(cfg.provenance),
+                   None if cfg.base_model is None else dict(cfg.base_model),
+                   {k: d for k, (_, d) in ad.extra.items()})
 
 
 class Implementation:
@@ -207,6 +240,16 @@ class Implementation:
         raise NotImplementedError
 
     def save_adapter(self, adapter: LoadedAdapter, path) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def save_layer(self, case: LayerCase, folder) -> np.ndarray:  # pragma: no cover - interface
+        """``reload``: build the layer of ``case``, save its adapter into ``folder`` (a directory
+        that exists) with your own save, and return its forward of case.x (N, out)."""
+        raise NotImplementedError
+
+    def load_layer(self, case: LayerCase, folder) -> np.ndarray:  # pragma: no cover - interface
+        """``reload``: a fresh layer (W0, bias from ``case``) with the adapter your own load reads
+        from ``folder``; its forward of case.x (N, out). lambda_d, lambda_b, A, B of ``case`` are NaN."""
         raise NotImplementedError
 
 
