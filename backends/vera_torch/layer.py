@@ -23,6 +23,7 @@ from torch import nn
 from vera_ref import generators
 
 from .errors import BatchError, ConfigError, MergeError
+from . import quantized
 from .functional import choose_path, dropout_min, project_in, vera_delta, vera_delta_min, vera_linear, vera_linear_min
 
 
@@ -34,7 +35,7 @@ def is_conv1d(module: nn.Module) -> bool:
 
 
 def adaptable(module: nn.Module) -> bool:
-    return isinstance(module, nn.Linear) or is_conv1d(module)
+    return isinstance(module, nn.Linear) or is_conv1d(module) or quantized.foreign(module) is not None  # spec 7.1
 
 
 def layer_dims(module: nn.Module) -> tuple[int, int, str]:
@@ -257,8 +258,9 @@ class VeraLayer(nn.Module):
 
     @property
     def original_weight(self) -> torch.Tensor:
-        """W0: the base weight as it was before any merge (rebuilt from what the merge kept)."""
-        return self._original()
+        """W0: the base weight as it was before any merge (rebuilt from what the merge kept); on a
+        quantized base the dequantized original quantized weight, float32 (spec 7.1)."""
+        return quantized.original(self) if quantized.kind(self.base_layer) else self._original()
 
     def add_adapter(self, name: str, spec: ProjSpec, r: int, d_initial: float, dropout: float,
                     dtype: torch.dtype, klass: Hashable | None = None) -> None:
@@ -436,10 +438,13 @@ class VeraLayer(nn.Module):
         return back
 
     @torch.no_grad()
-    def merge(self, name: str, restore: str | None = None) -> None:
+    def merge(self, name: str, restore: str | None = None, max_output_change: float | None = None) -> None:
         """Fold ``name`` into the weight: W0 + Delta W, the sum in float32 or wider, rounded once to the
         weight's dtype. ``MergeError``, the weight unchanged, when a value would not be finite.
-        ``restore`` (default: this layer's ``restore``, "auto"): what is kept to undo it (RESTORE_MODES)."""
+        ``restore`` (default: this layer's ``restore``, "auto"): what is kept to undo it (RESTORE_MODES).
+        On a quantized base: dequantize, add, requantize, within ``max_output_change`` (spec 7.5)."""
+        if quantized.kind(self.base_layer):
+            return quantized.merge(self, name, restore, max_output_change)
         if name in self.merged:
             return
         mode = self.restore if restore is None else restore
@@ -467,6 +472,8 @@ class VeraLayer(nn.Module):
     def unmerge(self, name: str | None = None) -> None:
         """Remove adapter ``name`` (default: every merged adapter) from the weight; with none left
         merged the weight is W0 again, bit for bit, and what was kept of W0 is freed."""
+        if quantized.kind(self.base_layer):
+            return quantized.unmerge(self, name)  # spec 7.5: the original quantized weight
         names = [n for n in self.merged if name is not None and n != name]
         if not self.merged:
             return

@@ -18,10 +18,11 @@ from torch import nn
 
 import vera_ref
 from vera_ref import generators
-from vera_ref.adapter import Adapter, base_fingerprint, stored_keys
+from vera_ref.adapter import Adapter, stored_keys
 from vera_ref.errors import AdapterFileError, ModelMismatchError
 from vera_ref.metadata import AdapterConfig, ModuleSpec
 
+from . import quantized
 from .config import DTYPE_NAMES, VeraConfig
 from .errors import AdapterNameError, BatchError, ConfigError, MergeError
 from .layer import (MixedBatch, ModulesToSave, ProjectionStore, ProjSpec, RowGroup, State, VeraLayer, adaptable,
@@ -158,6 +159,7 @@ class VeraModel(nn.Module):
         if not isinstance(config, VeraConfig):
             raise ConfigError("config", f"must be a VeraConfig, got {type(config).__name__}")
         targets = self._targets(config, modules)
+        quantized.check_targets(targets)  # spec 7.1: one clear error for a quantized layer VeRA cannot adapt
         if not targets:
             raise ConfigError("target_modules", f"{_entry(str(config.target_modules), config.target_modules)} "
                               f"selects no nn.Linear or Conv1D layer of this model; "
@@ -349,9 +351,9 @@ class VeraModel(nn.Module):
         self._require(name)
         layers = {p: self.base_model.get_submodule(p) for p in self.vera_modules[name]}
         mods = [ModuleSpec(p, l.in_features, l.out_features, l.layout) for p, l in layers.items()]
-        return base_fingerprint({p: _np(l.original_weight) for p, l in layers.items()}, mods)
+        return quantized.fingerprint(layers, mods, _np)  # spec 4.3; a quantized layer: spec 7.2
 
-    def merge(self, name: str | None = None, restore: str | None = None) -> None:
+    def merge(self, name: str | None = None, restore: str | None = None, max_output_change: float | None = None) -> None:
         """Fold adapter ``name`` (default: the active one) into the base weights (spec 3.5).
 
         Delta W is computed in float32 or wider and added to W0 before one rounding to the weight's
@@ -365,11 +367,11 @@ class VeraModel(nn.Module):
         for path, layer in self.base_model.named_modules():
             if isinstance(layer, VeraLayer) and name in layer.proj and name not in layer.merged:
                 try:
-                    layer.merge(name, restore)
+                    layer.merge(name, restore, max_output_change)  # the bound: quantized bases (spec 7.5)
                 except MergeError as e:
                     for other in done:
                         other.unmerge(name)
-                    raise MergeError(f"{path}: {e}") from None
+                    raise type(e)(f"{path}: {e}") from None  # the same type (RequantizationError, spec 7.5)
                 done.append(layer)
 
     def unmerge(self) -> None:
@@ -377,10 +379,13 @@ class VeraModel(nn.Module):
         for layer in self.vera_layers():
             layer.unmerge()
 
-    def merge_and_unload(self) -> nn.Module:
+    def merge_and_unload(self, dtype: torch.dtype | None = None, max_output_change: float | None = None) -> nn.Module:
         """Merge the active adapter and return the plain model, task-head copies included; nothing is
-        kept to unmerge."""
-        self.merge(restore="none")
+        kept to unmerge. ``dtype``: a full-precision model in that dtype, quantized layers dequantized
+        first (spec 7.6); ``max_output_change``: the bound for merging into quantized weights (spec 7.5)."""
+        if dtype is not None:
+            return quantized.full_precision(self, dtype)
+        self.merge(restore="none", max_output_change=max_output_change)
         return self.unwrapped(self._state.active)
 
     def adapter_view(self, name: str | None = None) -> AdapterView:
@@ -436,7 +441,7 @@ class VeraModel(nn.Module):
             generator=cfg.generator, seed=cfg.seed if gen.has_seed else None, sharing=cfg.sharing,
             vector_dtype=DTYPE_NAMES[cfg.vector_dtype], tensor_layout="packed" if packed else "per-module",
             d_initial=cfg.d_initial, dropout=cfg.dropout,
-            base_model=base or None, provenance=dict(provenance or {}))
+            base_model=base or None, provenance=quantized.provenance(provenance, [l for _, l in layers]))
         ad = Adapter(acfg, {p: _np(l.vera_lambda_d[name]) for p, l in layers},
                      {p: _np(l.vera_lambda_b[name]) for p, l in layers})
         if vector_dtype is not None and vector_dtype != acfg.vector_dtype:  # store the vectors rounded (spec 4.5)
@@ -497,6 +502,7 @@ class VeraModel(nn.Module):
                 raise ModelMismatchError(f"modules: {m.name!r} is a module saved whole (modules_to_save) or part "
                                          f"of an adapted layer, not a layer VeRA can adapt")
             base = mod.base_layer if isinstance(mod, VeraLayer) else mod
+            quantized.check_targets([(m.name, base)])  # spec 7.1
             if not adaptable(base):
                 raise ModelMismatchError(f"modules: {m.name!r} is a {type(base).__name__}, not an nn.Linear or Conv1D")
             got = layer_dims(base)
@@ -555,7 +561,9 @@ class VeraModel(nn.Module):
         """spec 4.3: the adapted modules' original weights must give the file's fingerprint."""
         layers = {m.name: self.base_model.get_submodule(m.name) for m in cfg.modules}
         weights = {n: (l.original_weight if isinstance(l, VeraLayer) else l.weight) for n, l in layers.items()}
-        mine = base_fingerprint({n: _np(w) for n, w in weights.items()}, cfg.modules)
+        if not quantized.fingerprint_comparable(cfg.provenance, layers.values()):
+            return  # spec 7.4: trained on another kind of base (quantized / full precision): warned, loaded
+        mine = quantized.fingerprint(layers, cfg.modules, _np)  # spec 4.3; a quantized layer: spec 7.2
         want = cfg.base_model["fingerprint"]
         if mine == want:
             return
