@@ -3,8 +3,8 @@
 
 An own generator (a framework's uniform sampler) is not the spec's, so its bits are not checked
 (spec 5.3); what still holds is that A and B are a function of the seed (spec 5.4: no result
-depends on earlier calls). ``own_determinism`` asks for the same seed three times with the global
-RNGs of Python's ``random``, NumPy and torch reseeded and drawn from in between: a generator that
+depends on earlier calls). ``own_determinism`` asks for the same seed twice (after a warm-up call)
+with the global RNGs of Python's ``random``, NumPy and torch reseeded and drawn from before each: a generator that
 ignores the seed and draws from a global RNG (AdapterHub's ``init_weights_seed`` is ignored this
 way), keeps a generator between calls, or seeds from entropy gives other bits; another seed must
 give another A and another B (a seed that never reaches the sampler gives the same).
@@ -100,9 +100,10 @@ def _first_diff(a: np.ndarray, b: np.ndarray) -> str:
 
 
 def check_own_determinism(impl, device, dtype, max_examples, case=None) -> Outcome:
-    """spec 5.3/5.4: an own generator's A and B are a function of the seed. The same seed three
-    times, the global RNGs moved to other states before each, gives the same bits; another seed
-    gives another A and another B."""
+    """spec 5.3/5.4: an own generator's A and B are a function of the seed. After a warm-up call,
+    the same seed twice, the global RNGs moved to other states before each, gives the same bits
+    (on a difference, a third call in the first call's global state names the cause); another
+    seed gives another A and another B."""
     def body(args):
         seed, r, n_in, n_out, other = (int(a) for a in (args["args"] if isinstance(args, dict) else args))
         if other == seed:
