@@ -220,10 +220,11 @@ class VeraLayer(nn.Module):
     """An adapted layer: y = base(x) + lambda_b * ((lambda_d * (dropout(x) A_l^T)) B_l^T) (spec 3.2).
 
     Merging keeps what unmerge needs to restore W0 bit for bit in every dtype (spec 3.6 allows
-    drift; this implementation has none): by default (``restore="auto"``) only the elements that
-    fl(W - Delta W) does not bring back, as int32 index + value, or a full copy of W0 (the
-    non-persistent buffer ``vera_w0``) when those would take more than half its bytes; see
-    ``RESTORE_MODES`` and README "Merging".
+    drift; this implementation has none): by default (``restore="auto"``) a compact residual
+    (restore.py: a 2-, 4- or 8-bit correction in ulps for each element where the merge lost
+    information, found again from W and Delta W, so no index; index + value for the rare rest),
+    or a full copy of W0 (the non-persistent buffer ``vera_w0``) when the residual would take more
+    than half its bytes; see ``RESTORE_MODES`` and README "Merging".
 
     Training keeps, by default (``save_for_backward="minimal"``), only h = x A_l^T (factored
     path, shared by the layers reading the same x) or x (fused path) for the backward, and
@@ -350,9 +351,9 @@ class VeraLayer(nn.Module):
         # or is not finite needs the element-wise check
         return bool(torch.isfinite(w.sum())) or bool(torch.isfinite(w).all())
 
-    # How unmerge gets W0 back (README "Merging"): "auto" (default) keeps only the elements that
-    # fl(W - Delta W) does not bring back (index + original value) and a full copy when those would
-    # take more than RESIDUAL_LIMIT of the weight's bytes; "sparse" refuses the merge then; "copy"
+    # How unmerge gets W0 back (README "Merging"): "auto" (default) keeps the residual that brings
+    # fl(W - Delta W) back to W0 (restore.py, checked per element at merge time) and a full copy when
+    # it would take more than RESIDUAL_LIMIT of the weight's bytes; "sparse" refuses the merge then; "copy"
     # keeps a full copy on the weight's device, "cpu" on the CPU; "none" keeps nothing (no unmerge).
     RESTORE_MODES = ("auto", "sparse", "copy", "cpu", "none")
     RESIDUAL_LIMIT = 0.5
@@ -382,6 +383,7 @@ class VeraLayer(nn.Module):
     @torch.no_grad()
     def _keep_w0(self, w0: torch.Tensor, mode: str) -> None:
         """Record how to get ``w0`` back from the weight just merged (``self.merged`` names)."""
+        from . import restore  # the residual's codec (restore.py)
         w = self.base_layer.weight
         self.vera_w0, self._restore, self._kept_mode = None, None, mode
         if mode in ("copy", "cpu", "none"):
@@ -400,18 +402,17 @@ class VeraLayer(nn.Module):
         dW, self._last_delta = self._last_delta, None
         if dW is None:
             dW = self._delta_sum(rec["vectors"])
-        back = (w.to(dW.dtype) - dW).to(w.dtype)
+        res = restore.encode(w.detach(), dW, w0)  # checked: decodes to w0 bit for bit, or None
         del dW
-        ibits = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}[w.element_size()]
-        idx = (back.view(ibits) != w0.view(ibits)).view(-1).nonzero().view(-1)  # elements that do not round-trip
-        idx = idx.to(torch.int32) if w.numel() < 2**31 else idx
-        rec["idx"], rec["values"] = idx, w0.reshape(-1).index_select(0, idx.long())
+        rec["residual"] = res
         rec["merged_sum"], rec["w0_sum"] = self._checksum(w), self._checksum(w0)
-        size = idx.numel() * (idx.element_size() + w.element_size())
-        if size > self.RESIDUAL_LIMIT * w.numel() * w.element_size():
+        size = None if res is None else res.nbytes
+        if size is None or size > self.RESIDUAL_LIMIT * w.numel() * w.element_size():
             if mode == "sparse":
-                raise MergeError(f"{idx.numel()} of the {w.numel()} merged values do not round-trip "
-                                 f"(restore='sparse' keeps at most {self.RESIDUAL_LIMIT:.0%} of the weight's bytes)")
+                what = ("no residual restores W0 bit for bit" if res is None else
+                        f"the residual to restore W0 would take {size} of the weight's "
+                        f"{w.numel() * w.element_size()} bytes")
+                raise MergeError(f"{what} (restore='sparse' keeps at most {self.RESIDUAL_LIMIT:.0%} of them)")
             self.vera_w0 = w0
             return
         self._restore = rec
@@ -419,6 +420,7 @@ class VeraLayer(nn.Module):
     @torch.no_grad()
     def _original(self) -> torch.Tensor:
         """W0 from what the merge kept (the weight itself when nothing is merged)."""
+        from . import restore
         w = self.base_layer.weight
         if not self.merged or self.vera_w0 is not None:
             return w if not self.merged else self.vera_w0
@@ -427,11 +429,14 @@ class VeraLayer(nn.Module):
             raise MergeError("this layer was merged with restore='none': W0 was not kept, it cannot be unmerged")
         if rec["mode"] == "cpu":
             return rec["w0"].to(w.device, copy=True)
-        back = (w.to(torch.promote_types(w.dtype, torch.float32)) - self._delta_sum(rec["vectors"])).to(w.dtype)
+        dW = self._delta_sum(rec["vectors"])
         if self._checksum(w) != rec["merged_sum"]:  # the weight was changed while merged: spec 3.6, W - Delta W
-            return back
-        back.view(-1).index_copy_(0, rec["idx"].long(), rec["values"])
-        if self._checksum(back) != rec["w0_sum"]:
+            return restore.subtract(w.detach(), dW)
+        try:
+            back = restore.decode(w.detach(), dW, rec["residual"])
+        except restore.ResidualMismatch:
+            back = None
+        if back is None or self._checksum(back) != rec["w0_sum"]:
             raise MergeError("unmerge cannot restore W0 bit for bit here (Delta W came out with other bits "
                              "than at merge time: another BLAS or thread count?); the weight stays merged. "
                              "Merge with restore='copy' or 'cpu' on such machines")
