@@ -1,5 +1,582 @@
-"""Checks of what a writer writes (spec 4): the bytes (canonical document, module prefix, omitted\ndefaults, fingerprint) and every field a file carries, and a written file run in a real model.
+"""Checks of what a writer writes (spec 4): the bytes (canonical document, module prefix, omitted
+defaults, fingerprint) and every field a file carries, and a written file run in a real model.
+
+Each check hands the implementation's ``save_adapter`` a whole ``LoadedAdapter`` (every field of
+spec 4.3: provenance, d_initial, dropout, tensor layout, base model, extra tensors and their
+dtypes, module names whose common prefix the writer must find) and reads what it wrote with the
+reference. Where spec 4.3 fixes the bytes (canonical form: sorted keys, no insignificant
+whitespace, ASCII only; the longest module prefix; ``layout`` omitted when ``linear``; the profile
+version), the document is compared with the one vera_ref writes for the same content and the
+first broken rule is named; what the spec leaves open (how a number is spelled, whether an
+optional field at its default is written) is compared by value and reported as a note.
 """
 from __future__ import annotations
 
-CHECKS: list = []  # Check entries, appended to checks.CHECKS
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from hypothesis import strategies as st
+
+import vera_ref
+from vera_ref.adapter import base_fingerprint
+from vera_ref.dtypes import round_to
+from vera_ref.metadata import CONFIG_KEY, FORMAT_KEY, FORMAT_NAME, SPEC_VERSION, VERSION_KEY, common_prefix
+from vera_ref.tolerance import compare, constant, forward_magnitude
+
+from .checks import Check, Mismatch, Outcome, _bits_equal, _crash, _layouts, _property
+from .protocol import LoadedAdapter
+
+VDTYPES = ("float32", "float16", "bfloat16", "float64")
+CASE_KEYS = ("r", "generator", "seed", "sharing", "vector_dtype", "tensor_layout", "modules", "d_initial",
+             "dropout", "provenance", "base_model", "base", "extra", "values_seed")
+
+# --- contents: what a writer is asked to write ------------------------------------------------------
+
+_PREFIXES = ["", "model.", "model.layers.", "transformer.h.0.", "encoder.layer-1.attention.self."]
+_LEAVES = [["q"], ["v"], ["attn", "q"], ["attn", "v"], ["mlp", "fc_1"], ["0", "c_attn"], ["1", "c_attn"]]
+_KEY_CHARS = st.characters(min_codepoint=0x20, max_codepoint=0xFFFF, exclude_categories=("Cs",))
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**53, 2**53) | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(_KEY_CHARS, max_size=6), inner, max_size=3),
+    max_leaves=8)
+
+
+@st.composite
+def _contents(draw, layouts, base=None, extras=True):
+    """A content spec (JSON, replayable with --case); ``_content`` builds the LoadedAdapter."""
+    gen = draw(st.sampled_from(["philox4x32-10", "philox4x32-10", "peft-mt19937"]))
+    prefix = draw(st.sampled_from(_PREFIXES))
+    leaves = draw(st.lists(st.sampled_from(_LEAVES), min_size=1, max_size=4, unique_by=tuple))
+    mods = [[prefix + ".".join(leaf), draw(st.integers(1, 12)), draw(st.integers(1, 12)),
+             draw(st.sampled_from(sorted(layouts)))] for leaf in leaves]
+    extra = []
+    if extras and draw(st.booleans()):
+        extra = [["classifier.weight", draw(st.sampled_from(VDTYPES)), [2, 3]],
+                 ["classifier.bias", draw(st.sampled_from(VDTYPES)), [2]]][:draw(st.integers(1, 2))]
+    bm = draw(st.one_of(st.none(), st.fixed_dictionaries(
+        {"name": st.sampled_from(["roberta-base", "gpt2", "m\u00f6del/\u6a21\u578b \"v1\""])},
+        optional={"revision": st.text(max_size=12)})))
+    return {"r": draw(st.integers(1, 9)), "generator": gen,
+            "seed": str(draw(st.one_of(st.integers(0, 2**64 - 1), st.sampled_from([0, 2**53 + 1, 2**64 - 1])))),
+            "sharing": "shared" if gen == "peft-mt19937" else draw(st.sampled_from(["shared", "per-module"])),
+            "vector_dtype": draw(st.sampled_from(VDTYPES)),
+            "tensor_layout": draw(st.sampled_from(["per-module", "packed"])), "modules": mods,
+            "d_initial": draw(st.sampled_from([0.1, 0.0, 1.0, -0.5, 1 / 3, 2.5e-7]) | st.floats(-4, 4)),
+            "dropout": draw(st.sampled_from([0.0, 0.1, 0.5]) | st.floats(0, 0.999)),
+            "provenance": draw(st.dictionaries(st.text(_KEY_CHARS, max_size=8), _JSON, max_size=4)),
+            "base_model": bm, "base": base or draw(st.sampled_from(["known", "unknown", "given"])),
+            "extra": extra, "values_seed": draw(st.integers(0, 2**32 - 1))}
+
+
+def _content(spec: dict, float32_values: bool = False) -> LoadedAdapter:
+    """The LoadedAdapter of a content spec. ``base``: "known" gives base_weights (W0 in each layer's
+    layout); "given" a base_model.fingerprint copied from elsewhere (a file read before); "unknown"
+    neither. ``float32_values``: vectors exactly representable in binary32 whatever vector_dtype."""
+    rng = np.random.default_rng(spec["values_seed"])
+    vdt = spec["vector_dtype"]
+    mods = [(str(n), int(i), int(o), str(lay)) for n, i, o, lay in spec["modules"]]
+
+    def values(n, dtype):
+        v = rng.normal(size=n)
+        return round_to(round_to(v, "float32") if float32_values else v, dtype).astype(np.float64)
+    weights = {n: round_to(rng.normal(size=(o, i) if lay == "linear" else (i, o)), "float32").astype(np.float64)
+               for n, i, o, lay in mods}
+    base_model = None if spec["base_model"] is None else dict(spec["base_model"])
+    if spec["base"] == "given":
+        base_model = {**(base_model or {}),
+                      "fingerprint": base_fingerprint(weights, [vera_ref.ModuleSpec(*m) for m in mods])}
+    return LoadedAdapter(
+        spec["r"], spec["generator"], int(spec["seed"]), mods,
+        {m[0]: values(spec["r"], vdt) for m in mods}, {m[0]: values(m[2], vdt) for m in mods}, vdt,
+        {n: values(tuple(shape), dt).reshape(shape) for n, dt, shape in spec["extra"]}, spec["sharing"],
+        spec["tensor_layout"], float(spec["d_initial"]), float(spec["dropout"]), dict(spec["provenance"]),
+        base_model, {n: dt for n, dt, _ in spec["extra"]}, weights if spec["base"] == "known" else None)
+
+
+def _explicit(layouts, base=None) -> list[dict]:
+    """Fixed contents first: nested prefixes that leave a name of one part, every default at its
+    default (nothing optional to write), non-ASCII text, a conv1d module, packed vectors."""
+    lay = sorted(layouts)
+    conv = "conv1d" if "conv1d" in lay else lay[0]
+    common = {"seed": str(2**64 - 1), "provenance": {}, "base_model": None, "extra": [], "d_initial": 0.1,
+              "dropout": 0.0, "tensor_layout": "per-module", "sharing": "shared", "generator": "philox4x32-10"}
+    return [
+        {**common, "r": 4, "vector_dtype": "float32", "base": base or "unknown", "values_seed": 1,
+         "modules": [["model.layers.0.attn.q", 7, 5, lay[0]], ["model.layers.0.attn.v", 3, 9, lay[0]]]},
+        {**common, "r": 3, "vector_dtype": "bfloat16", "base": base or "known", "values_seed": 2,
+         "sharing": "per-module", "tensor_layout": "packed", "d_initial": 1e-3, "dropout": 0.05,
+         "modules": [["a.b.c", 5, 2, lay[0]], ["a.b", 4, 6, conv], ["a.bc.d", 2, 2, lay[0]]],
+         "provenance": {"trainer": "caf\u00e9 \u2713 \U0001F600", "steps": 250, "lr": 0.003, "tags": ["x", None, True],
+                        "nested": {"b": 1, "a": [1.5, {"z": 0, "y": "\n\t\\\""}]}},
+         "base_model": {"name": "gpt2", "revision": "e7da7f2"},
+         "extra": [["classifier.bias", "float16", [2]], ["classifier.weight", "float64", [2, 3]]]},
+        {**common, "r": 1, "vector_dtype": "float64", "base": base or "given", "values_seed": 3,
+         "generator": "peft-mt19937", "seed": "0", "modules": [["q", 1, 1, lay[-1]]],
+         "base_model": {"name": "m\u00f6del"}},
+    ]
+
+
+def _write(impl, content: LoadedAdapter, path: Path) -> None:
+    try:
+        impl.save_adapter(content, path)
+    except Mismatch:
+        raise
+    except Exception as exc:
+        raise Mismatch(f"save_adapter raised {_crash(exc)}") from None
+
+
+def _read_back(path: Path):
+    """The reference's reading of a written file (spec 4.7: writers MUST produce files that pass 4.6)."""
+    try:
+        return vera_ref.validate_adapter(path)
+    except vera_ref.AdapterFileError as exc:
+        raise Mismatch(f"the reference rejects the written file (spec 4.7: a writer's files MUST pass 4.6): "
+                       f"{exc}") from None
+
+
+def _reference_bytes(content: LoadedAdapter, folder: Path) -> bytes:
+    """What vera_ref writes for the same content."""
+    path = folder / "reference.safetensors"
+    vera_ref.save_adapter(content.to_adapter(), path)
+    return path.read_bytes()
+
+
+def _header(raw: bytes) -> tuple[dict, bytes]:
+    n = int.from_bytes(raw[:8], "little")
+    text = raw[8:8 + n]
+    return json.loads(text), text
+
+
+# --- writer_fields: every field a file carries -------------------------------------------------------
+
+def _json_equal(a, b) -> bool:
+    """JSON values equal with their types (true is not 1; 1 and 1.0 are one number)."""
+    if isinstance(a, bool) or isinstance(b, bool) or a is None or b is None or isinstance(a, str) or isinstance(b, str):
+        return type(a) is type(b) and a == b
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_json_equal(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_json_equal(a[k], b[k]) for k in a)
+    return False
+
+
+def field_diff(ad, want: LoadedAdapter) -> list[str]:
+    """Every field of the file (as the reference read it) that is not what the writer was given."""
+    cfg, problems = ad.config, []
+    got = {"r": cfg.r, "generator": cfg.generator, "seed": cfg.seed, "sharing": cfg.sharing,
+           "vector_dtype": cfg.vector_dtype, "tensor_layout": cfg.tensor_layout}
+    for k, v in got.items():
+        if v != getattr(want, k):
+            problems.append(f"{k} {v!r} (given {getattr(want, k)!r})")
+    for k in ("d_initial", "dropout"):  # numbers: the written value must read back as the given binary64
+        v, w = getattr(cfg, k), getattr(want, k)
+        if not (v == w and math.copysign(1, v) == math.copysign(1, w)):
+            problems.append(f"{k} {v!r} (given {w!r}{', the default' if k == 'd_initial' and v == 0.1 else ''})")
+    mods = [(m.name, m.in_features, m.out_features, m.layout) for m in cfg.modules]
+    if mods != [tuple(m) for m in want.modules]:
+        problems.append(f"modules {mods[:3]} (given {want.modules[:3]}; full name, in, out, layout in order)")
+    else:
+        for m, *_ in want.modules:
+            for what in ("lambda_d", "lambda_b"):
+                if not _bits_equal(getattr(ad, what)[m], getattr(want, what)[m]):
+                    problems.append(f"{m}.{what}")
+    if not _json_equal(cfg.provenance, want.provenance):
+        problems.append(f"provenance {json.dumps(cfg.provenance)[:80]} (given {json.dumps(want.provenance)[:80]})")
+    given = dict(want.base_model or {})
+    got_bm = {k: v for k, v in (cfg.base_model or {}).items() if k != "fingerprint" or "fingerprint" in given}
+    if want.base_weights is not None:
+        given.pop("fingerprint", None)
+        got_bm.pop("fingerprint", None)
+    if got_bm != given:
+        problems.append(f"base_model {cfg.base_model!r} (given {want.base_model!r}; the fingerprint is "
+                        "writer_fingerprint's)")
+    if sorted(ad.extra) != sorted(want.extra):
+        problems.append(f"extra tensors {sorted(ad.extra)} (given {sorted(want.extra)})")
+    else:
+        for k in sorted(want.extra):
+            arr, dt = ad.extra[k]
+            if dt != want.extra_dtypes.get(k, "float32"):
+                problems.append(f"extra tensor {k} dtype {dt} (given {want.extra_dtypes.get(k, 'float32')})")
+            elif not _bits_equal(np.asarray(arr, np.float64), want.extra[k]):
+                problems.append(f"extra tensor {k} values")
+    return problems
+
+
+def check_writer_fields(impl, device, dtype, max_examples, case=None) -> Outcome:
+    """Every field of spec 4.3-4.5 a file carries, read back by the reference: the old round trip's
+    fields and provenance, d_initial, dropout, tensor_layout, base_model, extra tensors and dtypes."""
+    def body(spec):
+        content = _content(spec)
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "a.safetensors"
+            _write(impl, content, path)
+            problems = field_diff(_read_back(path), content)
+        if problems:
+            raise Mismatch(f"written, then read by the reference: {'; '.join(problems[:4])} differ (spec 4.3)")
+    lay = _layouts(impl)
+    return _property(_contents(lay), body, max(5, max_examples // 4), case, _explicit(lay))
+
+
+# --- writer_bytes: the bytes spec 4.3 fixes ---------------------------------------------------------
+
+def _whitespace(text: str) -> int | None:
+    """The offset of the first JSON whitespace outside strings, or None."""
+    in_str = esc = False
+    for i, ch in enumerate(text):
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in " \t\n\r":
+            return i
+    return None
+
+
+def _unsorted_keys(text: str) -> tuple[str, str] | None:
+    """The first pair of keys (a, b) with b right after a in one object and b < a (code points)."""
+    found: list = []
+
+    def hook(pairs):
+        keys = [k for k, _ in pairs]
+        for a, b in zip(keys, keys[1:]):
+            if b < a and not found:
+                found.append((a, b))
+        return dict(pairs)
+    json.loads(text, object_pairs_hook=hook)
+    return found[0] if found else None
+
+
+def document_rule(meta: dict, text: str, content: LoadedAdapter) -> str | None:
+    """The first rule of spec 4.2/4.3 the written metadata breaks, named, or None."""
+    if meta.get(VERSION_KEY) != SPEC_VERSION:
+        return (f"vera_spec_version: writes {meta.get(VERSION_KEY)!r}; writers write the file profile "
+                f"{SPEC_VERSION!r} (spec 4.2, 4.8)")
+    if meta.get(FORMAT_KEY) != FORMAT_NAME:
+        return f"vera_format: writes {meta.get(FORMAT_KEY)!r} (spec 4.2)"
+    bad = next((i for i, ch in enumerate(text) if ord(ch) > 0x7F), None)
+    if bad is not None:
+        return (f"canonical form, ASCII only: character {text[bad]!r} (U+{ord(text[bad]):04X}) at offset {bad} "
+                "of the document is not \\u-escaped (spec 4.3)")
+    ws = _whitespace(text)
+    if ws is not None:
+        return (f"canonical form, no insignificant whitespace: {text[ws]!r} at offset {ws} of the document "
+                f"({text[max(0, ws - 20):ws + 20]!r}) (spec 4.3)")
+    pair = _unsorted_keys(text)
+    if pair is not None:
+        return f"key order of the document: key {pair[1]!r} after {pair[0]!r}; keys are sorted (spec 4.3)"
+    doc = json.loads(text)
+    names = [m[0] for m in content.modules]
+    want = common_prefix(names)
+    got = doc.get("module_prefix", "")
+    if got != want:
+        return (f"module_prefix: writes {got!r}, the longest common prefix of whole parts that leaves each "
+                f"name non-empty is {want!r} (spec 4.3)")
+    for i, m in enumerate(doc.get("modules", [])):
+        if isinstance(m, list) and len(m) == 4 and m[3] == "linear":
+            return f"default value written: modules[{i}] carries layout 'linear', which writers omit (spec 4.3)"
+    return None
+
+
+def _open_difference(got: str, want: str) -> str:
+    i = next((k for k, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+    return f"offset {i}: {got[max(0, i - 15):i + 25]!r} where vera_ref writes {want[max(0, i - 15):i + 25]!r}"
+
+
+def check_writer_bytes(impl, device, dtype, max_examples, case=None) -> Outcome:
+    """The document's bytes where spec 4.3 fixes them, against what vera_ref writes for the same
+    content: the first broken rule is named. Differences spec 4.3 leaves open are a note."""
+    open_notes: list[str] = []
+
+    def body(spec):
+        content = _content(spec)
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "a.safetensors"
+            _write(impl, content, path)
+            _read_back(path)
+            header, _ = _header(path.read_bytes())
+            ref_header, _ = _header(_reference_bytes(content, Path(d)))
+        meta = header.get("__metadata__", {})
+        text, ref_text = meta.get(CONFIG_KEY, ""), ref_header["__metadata__"][CONFIG_KEY]
+        rule = document_rule(meta, text, content)
+        if rule is not None:
+            raise Mismatch(f"the written document breaks {rule}")
+        if text != ref_text:
+            g, w = json.loads(text), json.loads(ref_text)
+            g.setdefault("module_prefix", "")
+            if not all(_json_equal(g.get(k, _DEFAULTS.get(k)), w.get(k, _DEFAULTS.get(k))) for k in set(g) | set(w)):
+                diff = sorted(k for k in set(g) | set(w) if not _json_equal(g.get(k, _DEFAULTS.get(k)),
+                                                                         w.get(k, _DEFAULTS.get(k))))
+                raise Mismatch(f"the written document's values of {diff[:4]} differ from what vera_ref writes "
+                               f"for the same content")
+            if not open_notes:
+                open_notes.append("the document differs from vera_ref's only where spec 4.3 leaves it open "
+                                  f"(number spelling, escapes, optional fields at their defaults): first at "
+                                  f"{_open_difference(text, ref_text)}")
+    lay = _layouts(impl)
+    out = _property(_contents(lay), body, max(5, max_examples // 4), case, _explicit(lay))
+    if out.status == "passed" and open_notes:
+        out.note = open_notes[0]
+    return out
+
+
+_DEFAULTS = {"module_prefix": "", "tensor_layout": "per-module", "d_initial": 0.1, "dropout": 0.0,
+             "extra_tensors": [], "provenance": {}}  # spec 4.3: the value of an absent optional field
+
+
+def check_writer_header(impl, device, dtype, max_examples, case=None) -> Outcome:
+    """spec 4.7's SHOULDs on the container: tensors in name order, the header padded with spaces to
+    a multiple of 8 bytes. A failure here departs from a recommendation, not from a MUST."""
+    def body(spec):
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "a.safetensors"
+            _write(impl, _content(spec), path)
+            _read_back(path)
+            raw = path.read_bytes()
+        header, text = _header(raw)
+        order = sorted((v["data_offsets"], k) for k, v in header.items() if k != "__metadata__")
+        names = [k for _, k in order]
+        if names != sorted(names):
+            first = next(i for i, (a, b) in enumerate(zip(names, sorted(names))) if a != b)
+            raise Mismatch(f"tensor data order {names[:4]}: tensor {names[first]!r} is stored where "
+                           f"{sorted(names)[first]!r} would be (spec 4.7: writers SHOULD order tensors by name)")
+        if len(text) % 8:
+            raise Mismatch(f"header of {len(text)} bytes is not padded with spaces to a multiple of 8 "
+                           "(spec 4.7: writers SHOULD pad it, as safetensors does)")
+        pad = text[len(text.rstrip()):]
+        if pad.strip(b" "):
+            raise Mismatch(f"the header is padded with {pad!r}, not spaces (spec 4.7)")
+    lay = _layouts(impl)
+    return _property(_contents(lay), body, max(3, max_examples // 8), case, _explicit(lay)[:2])
+
+
+# --- writer_fingerprint: spec 4.3's base_model.fingerprint ------------------------------------------
+
+def _fp(weights, mods, raw_layout=False, dtype="<f4", names=True) -> str:
+    """spec 4.3's fingerprint, or one of its common wrong variants."""
+    h = hashlib.sha256()
+    for m in mods:
+        W = np.asarray(weights[m.name])
+        W = W if (m.layout == "linear" or raw_layout) else W.T  # (out, in)
+        if names:
+            h.update(m.name.encode("utf-8") + b"\0")
+        h.update(np.ascontiguousarray(W, dtype=dtype).tobytes())
+    return h.hexdigest()
+
+
+def _fingerprint_diagnosis(content: LoadedAdapter, got: str) -> str:
+    """Name the mistake when the written fingerprint is one of the common wrong ones."""
+    mods = [vera_ref.ModuleSpec(*m) for m in content.modules]
+    w = content.base_weights
+    tries = (("conv1d weights hashed as the layer holds them, (in, out)", lambda: _fp(w, mods, raw_layout=True)),
+             ("W0 hashed as binary64", lambda: _fp(w, mods, dtype="<f8")),
+             ("no module names", lambda: _fp(w, mods, names=False)),
+             ("the modules in name order", lambda: _fp(w, sorted(mods, key=lambda m: m.name))))
+    for what, f in tries:
+        if f() == got:
+            return f" (it is the fingerprint with {what})"
+    return ""
+
+
+def fingerprint_problem(ad, content: LoadedAdapter) -> str | None:
+    got = (ad.config.base_model or {}).get("fingerprint")
+    given = (content.base_model or {}).get("fingerprint")
+    if content.base_weights is not None:
+        want = base_fingerprint(content.base_weights, [vera_ref.ModuleSpec(*m) for m in content.modules])
+        if got is None:
+            return ("base_model.fingerprint not written though the base model's weights were given (spec 4.3: "
+                    "sha256 of each module's name, a NUL and W0 as binary32 (out, in))")
+        if got != want:
+            return (f"base_model.fingerprint {got[:16]}... is not spec 4.3's {want[:16]}... of the given base "
+                    f"weights{_fingerprint_diagnosis(content, got)}")
+    elif given is not None:
+        if got != given:
+            return f"base_model.fingerprint {str(got)[:16]}... written, the given one is {given[:16]}..."
+    elif got is not None:
+        return (f"base_model.fingerprint {got[:16]}... written for an unknown base model (no base weights and no "
+                "fingerprint given): a fingerprint of weights the writer made up, which the real base model "
+                "never matches (spec 4.3)")
+    return None
+
+
+def check_writer_fingerprint(impl, device, dtype, max_examples, case=None) -> Outcome:
+    """base_model.fingerprint (spec 4.3): of the given base weights when the base model is known
+    (conv1d transposed to (out, in), binary32, names and NUL in module order); the given one kept;
+    none made up when the base model is unknown."""
+    def body(spec):
+        content = _content(spec)
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "a.safetensors"
+            _write(impl, content, path)
+            problem = fingerprint_problem(_read_back(path), content)
+        if problem:
+            raise Mismatch(problem)
+    lay = _layouts(impl)
+    return _property(_contents(lay), body, max(5, max_examples // 4), case, _explicit(lay))
+
+
+# --- writer_atomic: spec 4.7 ------------------------------------------------------------------------
+
+def check_writer_atomic(impl, device, dtype, max_examples, case=None) -> Outcome:
+    """spec 4.7: the target is replaced by a rename (a reader holding the old file keeps reading the
+    old bytes), nothing is left beside it, and a write that must fail (a non-finite vector, which
+    4.6 refuses) raises, leaves the old file whole and removes its temporary."""
+    def body(spec):
+        content = _content(spec)
+        with tempfile.TemporaryDirectory() as d:
+            target = Path(d) / "a.safetensors"
+            old = _reference_bytes(dataclasses.replace(content, provenance={"old": True}, base_weights=None,
+                                                       base_model=None), Path(d))
+            os.replace(Path(d) / "reference.safetensors", target)
+            with open(target, "rb") as held:
+                _write(impl, content, target)
+                if held.read() != old:
+                    raise Mismatch("the target was rewritten in place: a reader holding the old file saw its bytes "
+                                   "change (spec 4.7: write a temporary, flush it, rename it over the target)")
+            left = sorted(p for p in os.listdir(d) if p != target.name)
+            if left:
+                raise Mismatch(f"a successful write left {left[:3]} beside the target (spec 4.7)")
+            _read_back(target)
+            new = target.read_bytes()
+            bad = dataclasses.replace(content, lambda_b=dict(content.lambda_b))
+            first = content.modules[0][0]
+            bad.lambda_b[first] = np.where(np.arange(content.modules[0][2]) == 0, np.nan, content.lambda_b[first])
+            try:
+                impl.save_adapter(bad, target)
+            except Exception:
+                pass
+            else:
+                try:
+                    vera_ref.validate_adapter(target)
+                except vera_ref.AdapterFileError as exc:
+                    raise Mismatch(f"a lambda_b holding NaN was written, not refused: the file breaks {exc.code} "
+                                   "(spec 4.7: writers MUST produce files that pass 4.6)") from None
+                raise Mismatch("a lambda_b holding NaN was accepted without an error") from None
+            if target.read_bytes() != new:
+                raise Mismatch("a refused write changed the target (spec 4.7: a failed write leaves the old file)")
+            left = sorted(p for p in os.listdir(d) if p != target.name)
+            if left:
+                raise Mismatch(f"a refused write left {left[:3]} behind (spec 4.7: the temporary MUST be removed "
+                               "on every error)")
+    lay = _layouts(impl)
+    return _property(_contents(lay, extras=False), body, max(3, max_examples // 8), case, _explicit(lay)[:2])
+
+
+# --- written_file_runs: the written file in a real model ----------------------------------------------
+
+def _torch_outputs(path: Path, content: LoadedAdapter, xs: dict, biases: dict) -> dict:
+    """Load the written file with vera_torch onto a model holding the content's base weights (the
+    fingerprint checked) and run each adapted module, in evaluation mode."""
+    import torch
+    from torch import nn
+
+    from vera_torch import VeraModel
+
+    from .torch_helpers import Conv1D
+    root = nn.Module()
+    for name, fi, fo, layout in sorted(content.modules, key=lambda m: m[0].count(".")):  # parents first
+        *owner, leaf = name.split(".")
+        node = root
+        for p in owner:
+            if not hasattr(node, p):
+                node.add_module(p, nn.Module())
+            node = getattr(node, p)
+        layer = nn.Linear(fi, fo) if layout == "linear" else Conv1D(fi, fo, True)
+        with torch.no_grad():
+            layer.weight.copy_(torch.from_numpy(content.base_weights[name]))
+            layer.bias.copy_(torch.from_numpy(biases[name]))
+        node.add_module(leaf, layer)
+    try:
+        vm = VeraModel.from_adapter(root, str(path), vector_dtype="float32")  # held exactly; a float32 model
+    except Exception as exc:
+        raise Mismatch(f"vera_torch refuses the written file on the base model it was written for: "
+                       f"{_crash(exc)}") from None
+    vm.eval()
+    with torch.no_grad():
+        return {n: vm.base_model.get_submodule(n)(torch.from_numpy(xs[n]).float()).double().numpy()
+                for n, *_ in content.modules}
+
+
+def check_written_file_runs(impl, device, dtype, max_examples, case=None) -> Outcome:
+    """The written file loaded onto a real model (vera_torch, base fingerprint checked; the reference
+    reader when torch is absent) and run: each module's output against the float64 forward of the
+    vectors the writer was given, within spec 5.2's float32 bound."""
+    try:
+        import torch  # noqa: F401
+        import vera_torch  # noqa: F401
+        use_torch = True
+    except ImportError:
+        use_torch = False
+    worst = {"r": 0.0}
+
+    def body(spec):
+        content = _content(spec, float32_values=True)
+        ref = content.to_adapter()
+        rng = np.random.default_rng(spec["values_seed"] + 1)
+        xs = {n: round_to(rng.normal(size=(3, i)), "float32").astype(np.float64) for n, i, _, _ in content.modules}
+        biases = {n: round_to(rng.normal(size=o), "float32").astype(np.float64) for n, _, o, _ in content.modules}
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "a.safetensors"
+            _write(impl, content, path)
+            if use_torch:
+                outs = _torch_outputs(path, content, xs, biases)
+            else:
+                loaded = _read_back(path)
+                outs = {n: vera_ref.forward(xs[n], content.base_weights[n], biases[n], *loaded.module_projection(n),
+                                            loaded.lambda_d[n], loaded.lambda_b[n], layout=lay, dtype="float32")
+                        for n, _, _, lay in content.modules}
+        for n, fi, fo, lay in content.modules:
+            args = (xs[n], content.base_weights[n], biases[n], *ref.module_projection(n), content.lambda_d[n],
+                    content.lambda_b[n])
+            want = vera_ref.forward(*args, layout=lay)
+            S = forward_magnitude(*args, layout=lay)
+            c = constant("forward", "float32", N=3, in_features=fi, out_features=fo, r=content.r)
+            got = np.asarray(outs[n], np.float64)
+            if got.shape != want.shape:
+                raise Mismatch(f"{n}: output shape {got.shape}, expected {want.shape}")
+            chk = compare(got, want, S, "float32", c)
+            if not chk.ok:
+                raise Mismatch(f"{n} run with the written file: {chk.describe()} against the forward of the vectors "
+                               f"the writer was given", chk.ratio)
+            worst["r"] = max(worst["r"], chk.ratio)
+        return worst["r"]
+    lay = _layouts(impl)
+    first, second = _explicit(lay, base="known")[:2]
+    conv = second["modules"][1][3]
+    second = {**second, "extra": [], "modules": [["h.1.c_attn", 5, 2, lay[0]], ["h.0.c_attn", 4, 6, conv],
+                                                 ["h.0.mlp.fc_1", 2, 2, lay[0]]]}  # not nested (a real model's)
+    out = _property(_contents(lay, base="known", extras=False), body, max(3, max_examples // 8), case,
+                    [first, second])
+    out.note = "" if use_torch else "torch is absent: the written file was run through the reference's reader"
+    return out
+
+
+CHECKS: list = [
+    Check("writer_fields", "files", "F", False, check_writer_fields,
+          "every field a written file carries (provenance, d_initial, dropout, layout, base model, extras)",
+          case_keys=CASE_KEYS),
+    Check("writer_bytes", "files", "F", False, check_writer_bytes,
+          "the document's bytes where spec 4.3 fixes them (canonical, prefix, omitted defaults, version)",
+          case_keys=CASE_KEYS),
+    Check("writer_header", "files", "F", False, check_writer_header,
+          "tensors in name order, header padded to 8 bytes (the SHOULDs of 4.7)", case_keys=CASE_KEYS),
+    Check("writer_fingerprint", "files", "F", False, check_writer_fingerprint,
+          "base_model.fingerprint of the given weights, none made up (4.3)", case_keys=CASE_KEYS),
+    Check("writer_atomic", "files", "F", False, check_writer_atomic,
+          "replaced by rename, nothing left behind, a refused write leaves the old file (4.7)", case_keys=CASE_KEYS),
+    Check("written_file_runs", "files", "F", False, check_written_file_runs,
+          "a written file loaded onto a real model and run (5.2 bounds)", case_keys=CASE_KEYS),
+]

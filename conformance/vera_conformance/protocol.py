@@ -195,6 +195,27 @@ class LoadedAdapter:
                    None if cfg.base_model is None else dict(cfg.base_model),
                    {k: d for k, (_, d) in ad.extra.items()})
 
+    def to_adapter(self):
+        """The vera_ref.Adapter of this content: what the reference writes for it (with
+        ``base_model.fingerprint`` of ``base_weights`` when they are given, spec 4.3)."""
+        import vera_ref
+        from vera_ref.adapter import base_fingerprint
+        from vera_ref.dtypes import compute_dtype
+        mods = [vera_ref.ModuleSpec(*m) for m in self.modules]
+        base = None if self.base_model is None else dict(self.base_model)
+        if self.base_weights is not None:
+            base = {**(base or {}), "fingerprint": base_fingerprint(self.base_weights, mods)}
+        ad = vera_ref.new_adapter(mods, r=self.r, seed=self.seed, generator=self.generator, sharing=self.sharing,
+                                  d_initial=self.d_initial, dropout=self.dropout, vector_dtype=self.vector_dtype,
+                                  tensor_layout=self.tensor_layout, base_model=base, provenance=self.provenance)
+        for name in ad.lambda_d:
+            ad.lambda_d[name] = np.asarray(self.lambda_d[name]).astype(ad.lambda_d[name].dtype)
+            ad.lambda_b[name] = np.asarray(self.lambda_b[name]).astype(ad.lambda_b[name].dtype)
+        for name, v in self.extra.items():
+            dt = self.extra_dtypes.get(name, "float32")
+            ad.extra[name] = (np.asarray(v).astype(compute_dtype(dt)), dt)
+        return ad
+
 
 class Implementation:
     """Base class: claims nothing. Override ``capabilities`` and the matching methods."""
