@@ -37,9 +37,9 @@ class _Sampler(Bo.OwnGeneratorUniform):
 
     def projection(self, seed, r, n_in, n_out, group, device):
         bA, bB = float(kaiming_bound(n_in)), float(kaiming_bound(r))
-        A = (2 * np.asarray(self.draw(seed, r * n_in), np.float64) - 1) * bA
-        B = (2 * np.asarray(self.draw(seed + 1, n_out * r), np.float64) - 1) * bB
-        return A.astype(np.float32).reshape(r, n_in), B.astype(np.float32).reshape(n_out, r)
+        u = 2 * np.asarray(self.draw(seed, r * n_in + n_out * r), np.float64) - 1  # A's values, then B's
+        return (u[:r * n_in] * bA).astype(np.float32).reshape(r, n_in), \
+            (u[r * n_in:] * bB).astype(np.float32).reshape(n_out, r)
 
 
 def _global_sampler(which):
@@ -77,6 +77,19 @@ def test_adapterhub_pattern_torch_global_rng_is_caught_and_a_seeded_torch_genera
             return torch.rand(size, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)).numpy()
     r = _one(SeededTorch(), "own_determinism", "float32")
     assert (r.status, r.examples) == ("passed", 6)  # 3 explicit + 3 drawn
+    # what the pass leaves open: torch's CPU generator keeps 32 bits of the seed
+    assert r.note.startswith("seeds 5 and 2^32 + 5 give the same A and B: the sampler keeps 32 bits of the seed")
+
+
+def test_a_pass_notes_seeds_the_sampler_cannot_take_and_says_nothing_when_it_takes_all():
+    assert _one(Bk.OwnGeneratorUniform(), "own_determinism").note == ""  # NumPy's Generator takes 64-bit seeds
+
+    class LegacyRandomState(_Sampler):  # np.random.RandomState refuses seeds >= 2^32
+        def draw(self, seed, size):
+            return np.random.RandomState(seed).random_sample(size)
+    r = _one(LegacyRandomState(), "own_determinism")
+    assert r.status == "passed" and r.note.startswith("projection(seed 2^32 + 5) raised ValueError: ")
+    assert r.note.endswith("seeds in [0, 2^64) are valid (spec 4.3)")
 
 
 def test_state_kept_between_calls_entropy_and_a_fixed_seed_are_each_named():
