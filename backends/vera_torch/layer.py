@@ -234,6 +234,7 @@ class VeraLayer(nn.Module):
         super().__init__()
         self.base_layer = base_layer
         self.in_features, self.out_features, self.layout = layer_dims(base_layer)
+        quantized.prepare(base_layer)  # spec 7.2: a 4-bit base keeps bitsandbytes' canonical layout
         self.vera_lambda_d = nn.ParameterDict()
         self.vera_lambda_b = nn.ParameterDict()
         self.proj: dict[str, ProjSpec] = {}

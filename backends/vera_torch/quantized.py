@@ -102,6 +102,25 @@ def check_targets(targets: Iterable[tuple[str, nn.Module]]) -> None:
             raise QuantizedLayerError(f"{path}: VeRA cannot adapt {why}; supported: {SUPPORTED}")
 
 
+@torch.no_grad()
+def prepare(module: nn.Module) -> None:
+    """Keep a 4-bit weight in bitsandbytes' canonical layout (spec 7.2). On CPUs with AVX512-BF16,
+    bitsandbytes' Linear4bit rewrites its weight in place at its first eval forward without gradients
+    into a CPU kernel layout (and requires out_features % 32 == 0 for it): the bytes change and, with
+    double quantization, the absmax statistics are requantized, not restored. An adapted layer keeps
+    the canonical layout (the CPU inference kernel is not used); a weight already rewritten is
+    converted back (exact without double quantization; with it, bitsandbytes' own best effort)."""
+    base = _base(module)
+    w = getattr(base, "weight", None)
+    if type(w).__name__ != "Params4bit" or getattr(w, "quant_state", None) is None:
+        return
+    if hasattr(base, "support_avx512bf16_for_cpu"):
+        base.support_avx512bf16_for_cpu = False
+    if getattr(w.quant_state, "packing_format_for_cpu", False):
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+        w.data, w.quant_state = _convert_weight_packed_for_cpu_inverse(w.data, w.quant_state)
+
+
 def scheme(module: nn.Module) -> str | None:
     """spec 7.3: ``bnb-nf4``, ``bnb-fp4``, ``bnb-int8`` or None (full precision)."""
     k = kind(module)
@@ -218,6 +237,7 @@ def fingerprint(layers: Mapping[str, nn.Module], modules: Iterable[Any],
         layer = layers[m.name]
         h.update(m.name.encode("utf-8") + b"\0")
         if kind(layer):
+            prepare(layer)
             h.update(fingerprint_segment(layer, getattr(layer, "_quant_orig", None)))
             continue
         W = to_np(_w0(layer))
