@@ -224,8 +224,16 @@ def check_layout(meta: Mapping[str, str], entries: Mapping[str, tuple], *,
     if cfg.projection_elements() > max_projection_elements:
         fail("E4.6.22.1", n=cfg.projection_elements(), max=max_projection_elements)
     expected: list[TensorSpec] = cfg.expected_tensors()
+    check_names(expected, entries)
+    check_types(cfg, expected, entries)
+    return cfg, expected
+
+
+def check_names(expected: list[TensorSpec], entries: Mapping[str, tuple]) -> None:
+    """spec 4.6 step 23: every extra name in list order (23.1), then each expected tensor in the
+    order of spec 4.4 (23.2), then the present tensors in ascending name order (23.3)."""
     vera_names = {t.name for t in expected if t.role != "extra"}
-    for t in expected:  # step 23
+    for t in expected:
         if t.role == "extra" and t.name in vera_names:
             fail("E4.6.23.1", t.name)
     for t in expected:
@@ -235,7 +243,12 @@ def check_layout(meta: Mapping[str, str], entries: Mapping[str, tuple], *,
     for name in sorted(entries):
         if name not in names:
             fail("E4.6.23.3", name)
-    for t in expected:  # step 24
+
+
+def check_types(cfg: AdapterConfig, expected: list[TensorSpec], entries: Mapping[str, tuple]) -> None:
+    """spec 4.6 step 24, tensor by tensor in the order of spec 4.4: all of one tensor's rules (its
+    shape, 24.1, then its dtype, 24.2 or 24.3) before the next tensor."""
+    for t in expected:
         dtype, shape = entries[t.name][:2]
         if t.shape is not None and tuple(shape) != t.shape:
             fail("E4.6.24.1", t.name, shape=list(shape), expected=list(t.shape))
@@ -243,7 +256,6 @@ def check_layout(meta: Mapping[str, str], entries: Mapping[str, tuple], *,
             fail("E4.6.24.2", t.name, d=dtype, dtype=cfg.vector_dtype)
         if t.role == "projection" and dtype != t.dtype:
             fail("E4.6.24.3", t.name, d=dtype)
-    return cfg, expected
 
 
 FINITE_CHUNK = 1 << 16  # elements checked per step: no temporary of the tensor's size

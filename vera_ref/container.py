@@ -166,9 +166,9 @@ def read_header(f: BinaryIO, file_size: int) -> tuple[dict[str, str], dict[str, 
     header = _json(text, ("E4.6.4.2", "E4.6.4.4", "E4.6.4.5", "E4.6.4.6", "E4.6.4.7"))
     del text
     assert isinstance(header, dict)  # it began with '{' and is valid JSON
-    meta = header.pop("__metadata__", None)
-    if meta is None:
+    if "__metadata__" not in header:
         fail("E4.6.5.1")
+    meta = header.pop("__metadata__")  # null is a value, not absence (spec 4.3): E4.6.5.2
     if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
         fail("E4.6.5.2")
     data_size = file_size - 8 - n

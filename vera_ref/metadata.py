@@ -145,9 +145,9 @@ def _is_int(v: Any) -> bool:
 
 
 def _int(doc: dict, key: str, missing: str, bad: str) -> int:
-    v = doc.get(key)
-    if v is None:
+    if key not in doc:  # spec 4.3: null is a value (of no field's type), not absence
         fail(missing)
+    v = doc[key]
     if not _is_int(v) or v < 1:
         fail(bad, json=v)
     return v
@@ -155,9 +155,9 @@ def _int(doc: dict, key: str, missing: str, bad: str) -> int:
 
 def _choice(doc: dict, key: str, allowed: tuple[str, ...], missing: str | None, bad: str,
             default: str | None = None) -> str:
-    v = doc.get(key, default)
-    if v is None and missing is not None:
+    if key not in doc and missing is not None:  # spec 4.3: null is a value, not absence
         fail(missing)
+    v = doc.get(key, default)
     if not isinstance(v, str) or v not in allowed:
         fail(bad, json=v, allowed=", ".join(allowed))
     return v
@@ -168,9 +168,9 @@ def _modules(doc: dict) -> list[ModuleSpec]:
     prefix = doc.get("module_prefix", "")
     if not isinstance(prefix, str) or not _PREFIX_RE.fullmatch(prefix):
         fail("E4.6.16.1", json=prefix)
-    mods = doc.get("modules")
-    if mods is None:
+    if "modules" not in doc:
         fail("E4.6.16.2")
+    mods = doc["modules"]
     if not isinstance(mods, list) or not mods:
         fail("E4.6.16.3")
     out, seen = [], set()
@@ -197,13 +197,13 @@ def _modules(doc: dict) -> list[ModuleSpec]:
 
 def _seed(doc: dict, gen: generators.Generator) -> int | None:
     """spec 4.6 step 14 (spec 1.3 range), asked of the generator registry."""
-    v = doc.get("seed")
     if not gen.has_seed:
-        if v is not None:
+        if "seed" in doc:  # spec 4.3: even as null
             fail("E4.6.14.1")
         return None
-    if v is None:
+    if "seed" not in doc:
         fail("E4.6.14.2")
+    v = doc["seed"]
     if not isinstance(v, str) or not _SEED_RE.fullmatch(v):
         fail("E4.6.14.3", json=v)
     try:
@@ -223,14 +223,17 @@ def _number(doc: dict, key: str, default: float, code: str, unit_interval: bool)
 
 
 def _checksums(doc: dict, groups: list[tuple[int, int, int]]) -> list[dict[str, Any]]:
-    v = doc.get("projection_sha256")
-    if v is None:
+    if "projection_sha256" not in doc:
         fail("E4.6.21.1")
+    v = doc["projection_sha256"]
     want = [g for g, _, _ in groups]
-    if (not isinstance(v, list) or [e.get("group") if isinstance(e, dict) else None for e in v] != want
-            or not all(set(e) == {"group", "A", "B"} for e in v)):
+    # spec 4.6 step 21: the list as a whole (21.2: one entry per group, each exactly {group, A, B},
+    # group an integer of 4.3: 1.0 and true are not 1) before the digits of any entry (21.3)
+    if (not isinstance(v, list) or len(v) != len(want)
+            or not all(isinstance(e, dict) and set(e) == {"group", "A", "B"} and _is_int(e["group"])
+                       and e["group"] == g for e, g in zip(v, want))):
         fail("E4.6.21.2", groups=want)
-    for e in v:
+    for e in v:  # group order, A before B
         for k in ("A", "B"):
             if not isinstance(e[k], str) or not _HEX_RE.fullmatch(e[k]):
                 fail("E4.6.21.3", k=k, g=e["group"])
@@ -247,9 +250,9 @@ def _names(doc: dict) -> list[str]:
 
 
 def _base_model(doc: dict) -> dict[str, str] | None:
-    v = doc.get("base_model")
-    if v is None:
+    if "base_model" not in doc:
         return None
+    v = doc["base_model"]  # null is not an object (spec 4.3): E4.6.20.3
     if not isinstance(v, dict) or not all(isinstance(s, str) for s in v.values()):
         fail("E4.6.20.3")
     unknown = sorted(set(v) - {"name", "revision", "fingerprint"})
@@ -292,13 +295,31 @@ def parse_document(text: str) -> dict[str, Any]:
     return doc
 
 
+def _unknown_fields(doc: dict, minor: int) -> None:
+    """spec 4.6 step 11: the first unknown field in ascending order of code points (spec 4.6), only
+    in a file whose minor version is at most the profile's (spec 4.8: a newer minor may add fields)."""
+    unknown = sorted(set(doc) - set(KNOWN_FIELDS))
+    if unknown and minor <= SPEC_MINOR:
+        fail("E4.6.11.1", unknown[0])
+
+
+def _dims(doc: dict, modules: list[ModuleSpec]) -> tuple[int, int]:
+    """spec 4.6 step 17, in the order of its codes: n_in then n_out (missing, type), then both
+    against the modules (17.5, 17.6), so a wrong n_in with a missing n_out is E4.6.17.3."""
+    n_in = _int(doc, "n_in", "E4.6.17.1", "E4.6.17.2")
+    n_out = _int(doc, "n_out", "E4.6.17.3", "E4.6.17.4")
+    if n_in != max(m.in_features for m in modules):
+        fail("E4.6.17.5", n=max(m.in_features for m in modules), v=n_in)
+    if n_out != max(m.out_features for m in modules):
+        fail("E4.6.17.6", n=max(m.out_features for m in modules), v=n_out)
+    return n_in, n_out
+
+
 def parse_config(text: str, version: str = SPEC_VERSION) -> AdapterConfig:
     """Parse and check the metadata document (spec 4.3, steps 9-21 of 4.6)."""
     _, minor = check_version(version)
     doc = parse_document(text)
-    unknown = sorted(set(doc) - set(KNOWN_FIELDS))
-    if unknown and minor <= SPEC_MINOR:  # spec 4.8: a newer minor may add fields we skip
-        fail("E4.6.11.1", unknown[0])
+    _unknown_fields(doc, minor)
     r = _int(doc, "r", "E4.6.12.1", "E4.6.12.2")
     generator = _choice(doc, "generator", generators.names(), "E4.6.13.1", "E4.6.13.2")
     gen = generators.get(generator)
@@ -307,12 +328,7 @@ def parse_config(text: str, version: str = SPEC_VERSION) -> AdapterConfig:
     if sharing not in gen.sharing:
         fail("E4.6.15.3", generator=generator, allowed=" or ".join(repr(s) for s in gen.sharing))
     modules = _modules(doc)
-    n_in = _int(doc, "n_in", "E4.6.17.1", "E4.6.17.2")
-    n_out = _int(doc, "n_out", "E4.6.17.3", "E4.6.17.4")
-    if n_in != max(m.in_features for m in modules):
-        fail("E4.6.17.5", n=max(m.in_features for m in modules), v=n_in)
-    if n_out != max(m.out_features for m in modules):
-        fail("E4.6.17.6", n=max(m.out_features for m in modules), v=n_out)
+    n_in, n_out = _dims(doc, modules)
     vector_dtype = _choice(doc, "vector_dtype", tuple(EPS), "E4.6.18.1", "E4.6.18.2")
     tensor_layout = _choice(doc, "tensor_layout", TENSOR_LAYOUTS, None, "E4.6.18.3", default="per-module")
     d_initial = _number(doc, "d_initial", 0.1, "E4.6.19.1", unit_interval=False)

@@ -28,6 +28,8 @@ from .projection import kaiming_bound, projection, table_words
 from .tolerance import backward_magnitude, forward_magnitude, merge_magnitude
 from .adapter import sha256_hex
 from .resources import vectors_dir
+from .vectors_rules import (_doc_bytes, _drop, _edit_header, _raw, _raw_header, _set, finding_files, order_files,
+                            valid_finding_files, variant_files)
 
 RANDOM123_SOURCE = ("DEShawResearch/random123 v1.14.0 (commit 9545ff6413f258be2f04c1d319d99aaef7521150), "
                     "files tests/kat_vectors and tests/old_kat_vectors, lines 'philox4x32 10 ...' verbatim")
@@ -220,49 +222,6 @@ def _valid_adapters() -> list[tuple[str, Adapter]]:
     return out
 
 
-def _raw(text: bytes, data: bytes = b"", length: int | None = None) -> bytes:
-    """A container from a header text given byte for byte."""
-    return (len(text) if length is None else length).to_bytes(8, "little") + text + data
-
-
-def _raw_header(header: dict, data: bytes = b"", length: int | None = None) -> bytes:
-    return _raw(json.dumps(header, separators=(",", ":")).encode(), data, length)
-
-
-def _doc_bytes(ad: Adapter, doc_text=None, doc_edit=None, meta_edit=None, tensor_edit=None,
-               version: str = SPEC_VERSION) -> bytes:
-    """A file built from ``ad`` with edits, bypassing the writer's own checks.
-
-    doc_edit(doc) edits the document (a dict); doc_text(text) -> text edits its JSON text.
-    """
-    ad.config.extra_tensors = sorted(ad.extra)
-    ad.config.projection_sha256 = ad.checksums()
-    doc = config_document(ad.config)
-    if doc_edit:
-        doc_edit(doc)
-    text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
-    if doc_text:
-        text = doc_text(text)
-    meta = {FORMAT_KEY: FORMAT_NAME, VERSION_KEY: version, CONFIG_KEY: text}
-    if meta_edit:
-        meta_edit(meta)
-    plan = tensor_plan(ad)
-    if tensor_edit:
-        tensor_edit(plan)
-    return container.to_bytes(meta, plan)
-
-
-def _set(key, value):
-    return lambda d: d.__setitem__(key, value)
-
-
-def _drop(*keys):
-    def edit(d):
-        for k in keys:
-            d.pop(k, None)
-    return edit
-
-
 def _valid_extra_files() -> list[tuple[str, bytes]]:
     """Valid files the writer does not make: optional fields left out, a newer minor version."""
     ad = new_adapter([("enc.q", 4, 4), ("enc.v", 4, 2)], r=2, seed=8)
@@ -286,14 +245,6 @@ def _valid_extra_files() -> list[tuple[str, bytes]]:
              spaced),
             ("surrogate pairs (\\ud83d\\ude00) in __metadata__ and in the document, and escaped backslashes "
              "before 'udc80' (text, not an escape): Unicode text, accepted (spec 4.1.1 rule 4, 1.2)", unicode)]
-
-
-def _edit_header(data: bytes, edit) -> bytes:
-    """``data`` with its header text replaced by ``edit(text)`` (re-padded, new length prefix)."""
-    n = int.from_bytes(data[:8], "little")
-    text = edit(data[8:8 + n].decode("utf-8").rstrip(" ")).encode("utf-8")
-    text += b" " * (-len(text) % 8)
-    return len(text).to_bytes(8, "little") + text + data[8 + n:]
 
 
 def _escaped_commas(ad: Adapter) -> bytes:
@@ -505,6 +456,39 @@ def _invalid_files() -> list[tuple[str, str, bytes]]:
     ]
 
 
+# the variants (spec 6.5 "Variants") that vectors made before 1.2 break on their own, by comment
+EARLIER_VARIANTS = {
+    "an F64 scalar over a 4-byte data section: the itemsize alone exceeds it (spec 4.1 Sizes)": ("F64",),
+    "tensor larger than the whole data section": ("F32",),
+    "data_offsets disagree with the shape": ("F32",),
+    "seed with the stored generator": ("stored",),
+    "seed missing": ("philox4x32-10",),
+    "seed 2^64, out of range": ("philox4x32-10",),
+    "peft-mt19937 with per-module sharing": ("peft-mt19937",),
+    "checksum list for the wrong groups": ("shared",),
+    "checksum not hex": ("A",),
+    "hostile document: a projection of 10^12 elements": ("philox4x32-10 shared",),
+    "an extra tensor named like a VeRA vector": ("lambda_d",),
+    "missing lambda_b": ("lambda_b",),
+    "unexpected tensor": ("unlisted name",),
+    "lambda_d of the wrong length": ("lambda_d",),
+    "packed lambda_b of the wrong length": ("packed lambda_b",),
+    "lambda dtype differs from vector_dtype": ("lambda_b", "float32"),
+    "stored projection as F64": ("A",),
+    "NaN in lambda_b": ("lambda_b", "F32", "NaN"),
+    "infinity in a BF16 vector": ("lambda_d", "BF16", "+inf"),
+    "checksum of A does not match the generator": ("philox4x32-10", "A"),
+}
+
+
+def invalid_files() -> list[tuple[str, str, bytes, tuple[str, ...]]]:
+    """(code, comment, bytes, variants) of every invalid file vector, in file order: those of 1.1 and
+    1.2's first round, then (spec 1.2) the decided points, the orders of 4.6 and a vector per rule
+    per variant (``vera_ref.vectors_rules``)."""
+    earlier = [(code, comment, data, EARLIER_VARIANTS.get(comment, ())) for code, comment, data in _invalid_files()]
+    return earlier + finding_files() + order_files() + variant_files()
+
+
 UNREACHABLE_FROM_FILES = ("E4.6.0.1", "E4.6.0.2", "E4.6.0.3", "E4.6.0.4", "E4.6.0.5")  # the path (step 0)
 
 
@@ -513,7 +497,7 @@ def file_vectors() -> tuple[dict[str, Any], dict[str, bytes]]:
     valid, invalid = [], []
     for comment, ad in _valid_adapters():
         valid.append((comment, _saved_bytes(ad)))
-    valid += _valid_extra_files()
+    valid += _valid_extra_files() + valid_finding_files()
     out_valid = []
     for comment, data in valid:
         name = f"valid-{len(out_valid) + 1:02d}.safetensors"
@@ -527,7 +511,7 @@ def file_vectors() -> tuple[dict[str, Any], dict[str, bytes]]:
             "tensors": {k: {"dtype": v[0], "shape": list(v[1]),
                             "sha256": hashlib.sha256(data[start + v[2]: start + v[3]]).hexdigest()}
                         for k, v in sorted(entries.items())}})
-    for want, comment, data in _invalid_files():
+    for want, comment, data, variants in invalid_files():
         name = f"invalid-{len(invalid) + 1:03d}.safetensors"
         files[name] = data
         try:
@@ -540,7 +524,8 @@ def file_vectors() -> tuple[dict[str, Any], dict[str, bytes]]:
             err = {"code": exc.code, "field": exc.field, "message": str(exc)}
         else:
             raise RuntimeError(f"invalid file vector {name!r} ({comment}) was accepted")
-        invalid.append({"comment": comment, "result": "invalid", "file": name, "error": err})
+        invalid.append({"comment": comment, "result": "invalid", "file": name, "error": err,
+                        **({"variants": list(variants)} if variants else {})})
     env = _envelope("files", "vera_ref.vectors (this repository)",
                     [{"type": "AdapterFileValid", "tests": out_valid},
                      {"type": "AdapterFileInvalid", "tests": invalid}],
