@@ -101,8 +101,9 @@ def _content(spec: dict, float32_values: bool = False) -> LoadedAdapter:
 
 
 def _explicit(layouts, base=None) -> list[dict]:
-    """Fixed contents first: nested prefixes that leave a name of one part, every default at its
-    default (nothing optional to write), non-ASCII text, a conv1d module, packed vectors."""
+    """Fixed contents first: every default at its default (nothing optional to write); names whose
+    common prefix of whole parts ("x.") is shorter than their common characters ("x.h"), out of
+    name order, non-ASCII text, a conv1d module, packed vectors; one module of one part."""
     lay = sorted(layouts)
     conv = "conv1d" if "conv1d" in lay else lay[0]
     common = {"seed": str(2**64 - 1), "provenance": {}, "base_model": None, "extra": [], "d_initial": 0.1,
@@ -112,7 +113,7 @@ def _explicit(layouts, base=None) -> list[dict]:
          "modules": [["model.layers.0.attn.q", 7, 5, lay[0]], ["model.layers.0.attn.v", 3, 9, lay[0]]]},
         {**common, "r": 3, "vector_dtype": "bfloat16", "base": base or "known", "values_seed": 2,
          "sharing": "per-module", "tensor_layout": "packed", "d_initial": 1e-3, "dropout": 0.05,
-         "modules": [["a.b.c", 5, 2, lay[0]], ["a.b", 4, 6, conv], ["a.bc.d", 2, 2, lay[0]]],
+         "modules": [["x.h.1.c", 5, 2, lay[0]], ["x.h.0.c", 4, 6, conv], ["x.hh.0.c", 2, 2, lay[0]]],
          "provenance": {"trainer": "caf\u00e9 \u2713 \U0001F600", "steps": 250, "lr": 0.003, "tags": ["x", None, True],
                         "nested": {"b": 1, "a": [1.5, {"z": 0, "y": "\n\t\\\""}]}},
          "base_model": {"name": "gpt2", "revision": "e7da7f2"},
@@ -182,8 +183,12 @@ def field_diff(ad, want: LoadedAdapter) -> list[str]:
         if not (v == w and math.copysign(1, v) == math.copysign(1, w)):
             problems.append(f"{k} {v!r} (given {w!r}{', the default' if k == 'd_initial' and v == 0.1 else ''})")
     mods = [(m.name, m.in_features, m.out_features, m.layout) for m in cfg.modules]
-    if mods != [tuple(m) for m in want.modules]:
-        problems.append(f"modules {mods[:3]} (given {want.modules[:3]}; full name, in, out, layout in order)")
+    given = [tuple(m) for m in want.modules]
+    if want.sharing == "shared":  # spec 4.3: the order defines per-module groups (and the packed layout only)
+        mods, given = sorted(mods), sorted(given)
+    if mods != given:
+        problems.append(f"modules {mods[:3]} (given {given[:3]}; full name, in, out, layout"
+                        f"{' in order: it defines the per-module groups' if want.sharing != 'shared' else ''})")
     else:
         for m, *_ in want.modules:
             for what in ("lambda_d", "lambda_b"):
@@ -191,12 +196,12 @@ def field_diff(ad, want: LoadedAdapter) -> list[str]:
                     problems.append(f"{m}.{what}")
     if not _json_equal(cfg.provenance, want.provenance):
         problems.append(f"provenance {json.dumps(cfg.provenance)[:80]} (given {json.dumps(want.provenance)[:80]})")
-    given = dict(want.base_model or {})
-    got_bm = {k: v for k, v in (cfg.base_model or {}).items() if k != "fingerprint" or "fingerprint" in given}
+    given_bm = dict(want.base_model or {})
+    got_bm = {k: v for k, v in (cfg.base_model or {}).items() if k != "fingerprint" or "fingerprint" in given_bm}
     if want.base_weights is not None:
-        given.pop("fingerprint", None)
+        given_bm.pop("fingerprint", None)
         got_bm.pop("fingerprint", None)
-    if got_bm != given:
+    if got_bm != given_bm:
         problems.append(f"base_model {cfg.base_model!r} (given {want.base_model!r}; the fingerprint is "
                         "writer_fingerprint's)")
     if sorted(ad.extra) != sorted(want.extra):
@@ -316,7 +321,12 @@ def check_writer_bytes(impl, device, dtype, max_examples, case=None) -> Outcome:
             raise Mismatch(f"the written document breaks {rule}")
         if text != ref_text:
             g, w = json.loads(text), json.loads(ref_text)
-            g.setdefault("module_prefix", "")
+            for doc in (g, w):  # the fingerprint is writer_fingerprint's; a shared adapter's module order is free
+                doc.setdefault("module_prefix", "")
+                if isinstance(doc.get("base_model"), dict):
+                    doc["base_model"] = {k: v for k, v in doc["base_model"].items() if k != "fingerprint"}
+                if doc.get("sharing") == "shared" and isinstance(doc.get("modules"), list):
+                    doc["modules"] = sorted(doc["modules"], key=json.dumps)
             if not all(_json_equal(g.get(k, _DEFAULTS.get(k)), w.get(k, _DEFAULTS.get(k))) for k in set(g) | set(w)):
                 diff = sorted(k for k in set(g) | set(w) if not _json_equal(g.get(k, _DEFAULTS.get(k)),
                                                                          w.get(k, _DEFAULTS.get(k))))
@@ -395,7 +405,10 @@ def fingerprint_problem(ad, content: LoadedAdapter) -> str | None:
     got = (ad.config.base_model or {}).get("fingerprint")
     given = (content.base_model or {}).get("fingerprint")
     if content.base_weights is not None:
-        want = base_fingerprint(content.base_weights, [vera_ref.ModuleSpec(*m) for m in content.modules])
+        # spec 4.3: in the file's module order (free for a shared adapter; writer_fields checks it)
+        mods = list(ad.config.modules) if sorted(m.name for m in ad.config.modules) == sorted(
+            m[0] for m in content.modules) else [vera_ref.ModuleSpec(*m) for m in content.modules]
+        want = base_fingerprint(content.base_weights, mods)
         if got is None:
             return ("base_model.fingerprint not written though the base model's weights were given (spec 4.3: "
                     "sha256 of each module's name, a NUL and W0 as binary32 (out, in))")
