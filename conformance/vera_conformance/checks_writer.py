@@ -51,7 +51,7 @@ _JSON = st.recursive(
 @st.composite
 def _contents(draw, layouts, base=None, extras=True):
     """A content spec (JSON, replayable with --case); ``_content`` builds the LoadedAdapter."""
-    gen = draw(st.sampled_from(["philox4x32-10", "philox4x32-10", "peft-mt19937"]))
+    gen = draw(st.sampled_from(["philox4x32-10", "philox4x32-10", "peft-mt19937", "stored"]))
     prefix = draw(st.sampled_from(_PREFIXES))
     leaves = draw(st.lists(st.sampled_from(_LEAVES), min_size=1, max_size=4, unique_by=tuple))
     mods = [[prefix + ".".join(leaf), draw(st.integers(1, 12)), draw(st.integers(1, 12)),
@@ -92,12 +92,19 @@ def _content(spec: dict, float32_values: bool = False) -> LoadedAdapter:
     if spec["base"] == "given":
         base_model = {**(base_model or {}),
                       "fingerprint": base_fingerprint(weights, [vera_ref.ModuleSpec(*m) for m in mods])}
+    stored = {}
+    if spec["generator"] == "stored":  # spec 2.5.2: A (r, n_in_g), B (n_out_g, r) float32 per group
+        r = spec["r"]
+        groups = ([(0, max(m[1] for m in mods), max(m[2] for m in mods))] if spec["sharing"] == "shared"
+                  else [(i + 1, m[1], m[2]) for i, m in enumerate(mods)])
+        stored = {g: (rng.uniform(-1, 1, (r, i)).astype(np.float32), rng.uniform(-1, 1, (o, r)).astype(np.float32))
+                  for g, i, o in groups}
     return LoadedAdapter(
-        spec["r"], spec["generator"], int(spec["seed"]), mods,
+        spec["r"], spec["generator"], None if spec["generator"] == "stored" else int(spec["seed"]), mods,
         {m[0]: values(spec["r"], vdt) for m in mods}, {m[0]: values(m[2], vdt) for m in mods}, vdt,
         {n: values(tuple(shape), dt).reshape(shape) for n, dt, shape in spec["extra"]}, spec["sharing"],
         spec["tensor_layout"], float(spec["d_initial"]), float(spec["dropout"]), dict(spec["provenance"]),
-        base_model, {n: dt for n, dt, _ in spec["extra"]}, weights if spec["base"] == "known" else None)
+        base_model, {n: dt for n, dt, _ in spec["extra"]}, weights if spec["base"] == "known" else None, stored)
 
 
 def _explicit(layouts, base=None) -> list[dict]:
@@ -121,6 +128,8 @@ def _explicit(layouts, base=None) -> list[dict]:
         {**common, "r": 1, "vector_dtype": "float64", "base": base or "given", "values_seed": 3,
          "generator": "peft-mt19937", "seed": "0", "modules": [["q", 1, 1, lay[-1]]],
          "base_model": {"name": "m\u00f6del"}},
+        {**common, "r": 2, "vector_dtype": "float16", "base": base or "unknown", "values_seed": 4,
+         "generator": "stored", "sharing": "per-module", "modules": [["h.0.q", 3, 4, lay[0]], ["h.0.v", 5, 2, conv]]},
     ]
 
 
@@ -194,6 +203,12 @@ def field_diff(ad, want: LoadedAdapter) -> list[str]:
             for what in ("lambda_d", "lambda_b"):
                 if not _bits_equal(getattr(ad, what)[m], getattr(want, what)[m]):
                     problems.append(f"{m}.{what}")
+    stored = getattr(want, "stored", {}) or {}
+    if sorted(ad.stored) != sorted(stored):
+        problems.append(f"stored projections of groups {sorted(ad.stored)} (given {sorted(stored)})")
+    else:
+        problems += [f"stored {'AB'[k]} of group {g}" for g in sorted(stored) for k in (0, 1)
+                     if not _bits_equal(ad.stored[g][k], stored[g][k])]
     if not _json_equal(cfg.provenance, want.provenance):
         problems.append(f"provenance {json.dumps(cfg.provenance)[:80]} (given {json.dumps(want.provenance)[:80]})")
     given_bm = dict(want.base_model or {})

@@ -66,7 +66,7 @@ import numpy as np
 
 from vera_ref.errors import VeraError
 
-CAPABILITIES = ("generator", "forward", "backward", "merge", "unmerge", "train", "files", "reload")
+CAPABILITIES = ("generator", "forward", "backward", "merge", "unmerge", "train", "files", "reload", "quantized")
 DTYPES = ("float32", "float16", "bfloat16", "float64", "tf32")  # tf32: spec 5.2.2
 DEVICES = ("cpu", "cuda")
 LAYOUTS = ("linear", "conv1d")
@@ -158,7 +158,8 @@ class LoadedAdapter:
 
     A writer writes every field (the writer checks compare each one, and the bytes spec 4.3 fixes):
     the module names in full (the writer picks ``module_prefix``), ``tensor_layout``, ``d_initial``,
-    ``dropout``, ``provenance``, ``extra`` in ``extra_dtypes``, and ``base_model`` as given.
+    ``dropout``, ``provenance``, ``extra`` in ``extra_dtypes``, ``stored`` projections, and ``base_model``
+    as given.
     ``base_weights`` says whether the base model is known: when given (W0 of each module as its
     layer holds it: (out, in) for linear, (in, out) for conv1d), the writer writes
     ``base_model.fingerprint`` of these weights (spec 4.3); when None it writes only a fingerprint
@@ -181,6 +182,8 @@ class LoadedAdapter:
     base_model: dict[str, str] | None = None  # name / revision / fingerprint strings (spec 4.3)
     extra_dtypes: dict[str, str] = field(default_factory=dict)  # dtype of each extra tensor (spec 4.5); absent: float32
     base_weights: dict[str, np.ndarray] | None = None  # W0 by module name: the base model is known (see above)
+    stored: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # generator "stored": group ->
+    #   (A (r, n_in_g), B (n_out_g, r)) float32 (spec 2.5.2, 4.4)
 
     @classmethod
     def of(cls, ad) -> "LoadedAdapter":
@@ -193,7 +196,8 @@ class LoadedAdapter:
                    {k: np.asarray(v, np.float64) for k, (v, _) in ad.extra.items()}, cfg.sharing,
                    cfg.tensor_layout, cfg.d_initial, cfg.dropout, dict(cfg.provenance),
                    None if cfg.base_model is None else dict(cfg.base_model),
-                   {k: d for k, (_, d) in ad.extra.items()})
+                   {k: d for k, (_, d) in ad.extra.items()}, None,
+                   {g: (np.asarray(A, np.float32), np.asarray(B, np.float32)) for g, (A, B) in ad.stored.items()})
 
     def to_adapter(self):
         """The vera_ref.Adapter of this content: what the reference writes for it (with
@@ -207,7 +211,9 @@ class LoadedAdapter:
             base = {**(base or {}), "fingerprint": base_fingerprint(self.base_weights, mods)}
         ad = vera_ref.new_adapter(mods, r=self.r, seed=self.seed, generator=self.generator, sharing=self.sharing,
                                   d_initial=self.d_initial, dropout=self.dropout, vector_dtype=self.vector_dtype,
-                                  tensor_layout=self.tensor_layout, base_model=base, provenance=self.provenance)
+                                  tensor_layout=self.tensor_layout, base_model=base, provenance=self.provenance,
+                                  stored={g: (np.asarray(A, np.float32), np.asarray(B, np.float32))
+                                          for g, (A, B) in self.stored.items()})
         for name in ad.lambda_d:
             ad.lambda_d[name] = np.asarray(self.lambda_d[name]).astype(ad.lambda_d[name].dtype)
             ad.lambda_b[name] = np.asarray(self.lambda_b[name]).astype(ad.lambda_b[name].dtype)

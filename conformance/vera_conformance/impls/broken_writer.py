@@ -169,6 +169,17 @@ class WriterExtraAsFloat32(FullWriter):
         super().save_adapter(dataclasses.replace(adapter, extra_dtypes={}), path)
 
 
+class WriterStoredRegenerated(FullWriter):
+    """Knows only seeded generators: a ``stored`` adapter is written as philox4x32-10 with seed 0,
+    its projections dropped."""
+    name = "broken writer: stored projections replaced by a seed"
+
+    def save_adapter(self, adapter, path):
+        if adapter.generator == "stored":
+            adapter = dataclasses.replace(adapter, generator="philox4x32-10", seed=0, stored={})
+        super().save_adapter(adapter, path)
+
+
 # --- writer_fingerprint and written_file_runs ------------------------------------------------------------
 
 class WriterFingerprintUntransposed(FullWriter):
@@ -316,7 +327,7 @@ CAUGHT_BY: dict = {
     WriterNoPrefix: "writer_bytes", WriterLayoutAlways: "writer_bytes", WriterSpecTextVersion: "writer_bytes",
     WriterDropsProvenance: "writer_fields", WriterDropsDInitial: "writer_fields", WriterDropsDropout: "writer_fields",
     WriterIgnoresPacked: "writer_fields", WriterDropsBaseModelName: "writer_fields",
-    WriterExtraAsFloat32: "writer_fields",
+    WriterExtraAsFloat32: "writer_fields", WriterStoredRegenerated: "writer_fields",
     WriterFingerprintUntransposed: "writer_fingerprint", WriterFingerprintsAnyModel: "writer_fingerprint",
     WriterFingerprintsInitWeights: "written_file_runs", WriterPackedInNameOrder: "written_file_runs",
     WriterInPlace: "writer_atomic", WriterLeavesTemporary: "writer_atomic", WriterNoValidation: "writer_atomic",
