@@ -530,7 +530,9 @@ def file_vectors() -> tuple[dict[str, Any], dict[str, bytes]]:
                     [{"type": "AdapterFileValid", "tests": out_valid},
                      {"type": "AdapterFileInvalid", "tests": invalid}],
                     {"files": "spec/vectors/files/<file>",
-                     "config": "the metadata document as stored; effective: with the defaults of spec 4.3 filled in",
+                     "config": "the metadata document as stored; effective: the document of spec 4.3 for what a "
+                               "reader reads, written as a writer writes it (spec 6.5)",
+                     "variants": "the variants of its rule (spec 6.5 Variants) an invalid file breaks on its own",
                      "tensors": "sha256 of each tensor's stored bytes",
                      "error": "code and field of the first broken rule of spec 4.6 (compare these two), and the "
                               "reference's message (reader setting max_projection_elements = 2^28)",

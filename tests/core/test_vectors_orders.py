@@ -1,0 +1,227 @@
+"""spec 4.6, 6.5: every order the text fixes is pinned by a vector.
+
+A reader variant with one order permuted (the reference with one step replaced by a version
+that checks in another order, as a 1.0-era reader or another language's natural order would)
+must fail at least one vector of spec/vectors/files.json, while the reference itself reads every
+vector right.
+"""
+import io
+import json
+
+import pytest
+
+from conftest import VECTORS
+from vera_ref import adapter, metadata
+from vera_ref.adapter import read_adapter
+from vera_ref.errors import AdapterFileError
+from vera_ref.metadata import _HEX_RE, _NAME_RE, _PREFIX_RE, LAYOUTS, AdapterConfig, ModuleSpec, _int, _is_int
+from vera_ref.rules import fail
+
+FILES = json.loads((VECTORS / "files.json").read_text())
+TESTS = [t for g in FILES["testGroups"] for t in g["tests"]]
+
+
+def _verdict(t):
+    data = (VECTORS / "files" / t["file"]).read_bytes()
+    try:
+        read_adapter(io.BytesIO(data), len(data))
+    except AdapterFileError as exc:
+        return exc.code, exc.field
+    return "accepted"
+
+
+def _want(t):
+    return "accepted" if t["result"] == "valid" else (t["error"]["code"], t["error"]["field"])
+
+
+def _failed():
+    return [(t["file"], t["comment"][:80], _verdict(t), _want(t)) for t in TESTS if _verdict(t) != _want(t)]
+
+
+def test_the_reference_reads_every_vector_right():
+    assert _failed() == []
+
+
+# --- reader variants, each with one order of spec 4.6 changed ---------------------------------------
+
+def _modules_rule_by_rule(doc):
+    """step 16 rule by rule across the entries (all forms, then all names, ...)."""
+    prefix = doc.get("module_prefix", "")
+    if not isinstance(prefix, str) or not _PREFIX_RE.fullmatch(prefix):
+        fail("E4.6.16.1", json=prefix)
+    if "modules" not in doc:
+        fail("E4.6.16.2")
+    mods = doc["modules"]
+    if not isinstance(mods, list) or not mods:
+        fail("E4.6.16.3")
+    for i, m in enumerate(mods):
+        if not isinstance(m, list) or len(m) not in (3, 4):
+            fail("E4.6.16.4", f"modules[{i}]")
+    for i, m in enumerate(mods):
+        if not isinstance(m[0], str) or not _NAME_RE.fullmatch(prefix + m[0]):
+            fail("E4.6.16.5", f"modules[{i}]", json=m[0])
+    seen = set()
+    for m in mods:
+        if prefix + m[0] in seen:
+            fail("E4.6.16.6", json=prefix + m[0])
+        seen.add(prefix + m[0])
+    for j, code in ((1, "E4.6.16.7"), (2, "E4.6.16.8")):
+        for i, m in enumerate(mods):
+            if not _is_int(m[j]) or m[j] < 1:
+                fail(code, f"modules[{i}]", json=m[j])
+    for i, m in enumerate(mods):
+        if len(m) == 4 and m[3] not in LAYOUTS:
+            fail("E4.6.16.9", f"modules[{i}]", json=m[3])
+    return [ModuleSpec(prefix + m[0], m[1], m[2], m[3] if len(m) == 4 else "linear") for m in mods]
+
+
+def _modules_list_first(doc):
+    """step 16 with the list checked before module_prefix."""
+    if "modules" not in doc:
+        fail("E4.6.16.2")
+    return ORIGINAL["_modules"](doc)
+
+
+def _modules_numbers_first(doc):
+    """step 16 entry by entry, but an entry's numbers (16.7, 16.8) before its name (16.5, 16.6)."""
+    for i, m in enumerate(doc.get("modules") or []):
+        if isinstance(m, list) and len(m) in (3, 4):
+            for j, code in ((1, "E4.6.16.7"), (2, "E4.6.16.8")):
+                if not _is_int(m[j]) or m[j] < 1:
+                    fail(code, f"modules[{i}]", json=m[j])
+    return ORIGINAL["_modules"](doc)
+
+
+def _dims_missing_first(doc, modules):
+    """step 17 rule by rule: both 'missing', then both types, then both maxima (as 1.0's row reads)."""
+    for key, code in (("n_in", "E4.6.17.1"), ("n_out", "E4.6.17.3")):
+        if key not in doc:
+            fail(code)
+    return ORIGINAL["_dims"](doc, modules)
+
+
+def _dims_field_by_field(doc, modules):
+    """step 17 field by field: n_in's three rules, then n_out's."""
+    n_in = _int(doc, "n_in", "E4.6.17.1", "E4.6.17.2")
+    if n_in != max(m.in_features for m in modules):
+        fail("E4.6.17.5", n=max(m.in_features for m in modules), v=n_in)
+    return ORIGINAL["_dims"](doc, modules)
+
+
+def _dims_n_out_first(doc, modules):
+    """step 17 with n_out checked before n_in."""
+    n_out = _int(doc, "n_out", "E4.6.17.3", "E4.6.17.4")
+    if n_out != max(m.out_features for m in modules):
+        fail("E4.6.17.6", n=max(m.out_features for m in modules), v=n_out)
+    return ORIGINAL["_dims"](doc, modules)
+
+
+def _checksums_entry_by_entry(doc, groups):
+    """step 21 entry by entry: an entry's digits (21.3) before the next entry's form (21.2)."""
+    v = doc.get("projection_sha256")
+    if isinstance(v, list):
+        for e in v:
+            if isinstance(e, dict):
+                for k in ("A", "B"):
+                    if k in e and not (isinstance(e[k], str) and _HEX_RE.fullmatch(e[k])):
+                        fail("E4.6.21.3", k=k, g=e.get("group"))
+    return ORIGINAL["_checksums"](doc, groups)
+
+
+def _base_model_named(key):
+    def check(doc):
+        v = doc.get("base_model")
+        if isinstance(v, dict) and all(isinstance(s, str) for s in v.values()):
+            unknown = [k for k in v if k not in ("name", "revision", "fingerprint")]
+            if unknown:
+                fail("E4.6.20.4", "base_model." + (min(unknown, key=key) if key else unknown[0]))
+        return ORIGINAL["_base_model"](doc)
+    return check
+
+
+def _utf16(s):
+    return s.encode("utf-16-be", "surrogatepass")
+
+
+def _unknown_fields_utf16(doc, minor):
+    unknown = sorted(set(doc) - set(metadata.KNOWN_FIELDS), key=_utf16)
+    if unknown and minor <= metadata.SPEC_MINOR:
+        fail("E4.6.11.1", unknown[0])
+
+
+def _expected_reordered(order):
+    def expected(self):
+        return order(ORIGINAL["expected_tensors"](self))
+    return expected
+
+
+def _d_then_b(ts):
+    vec = [t for t in ts if t.role == "vector"]
+    return ([t for t in vec if t.name.endswith("lambda_d")] + [t for t in vec if t.name.endswith("lambda_b")]
+            + [t for t in ts if t.role != "vector"])
+
+
+def _a_then_b(ts):
+    proj = [t for t in ts if t.role == "projection"]
+    return ([t for t in ts if t.role == "vector"] + [t for t in proj if t.name[0] == "A"]
+            + [t for t in proj if t.name[0] == "B"] + [t for t in ts if t.role == "extra"])
+
+
+def _extras_sorted(ts):
+    return [t for t in ts if t.role != "extra"] + sorted((t for t in ts if t.role == "extra"), key=lambda t: t.name)
+
+
+def _types_rule_by_rule(cfg, expected, entries):
+    """step 24 rule by rule: every shape (24.1), then every dtype."""
+    for t in expected:
+        if t.shape is not None and tuple(entries[t.name][1]) != t.shape:
+            fail("E4.6.24.1", t.name, shape=list(entries[t.name][1]), expected=list(t.shape))
+    ORIGINAL["check_types"](cfg, expected, entries)
+
+
+def _names_extras_sorted(expected, entries):
+    """step 23.1 in name order instead of the order of extra_tensors."""
+    vera = {t.name for t in expected if t.role != "extra"}
+    for name in sorted(t.name for t in expected if t.role == "extra"):
+        if name in vera:
+            fail("E4.6.23.1", name)
+    ORIGINAL["check_names"](expected, entries)
+
+
+ORIGINAL = {"_modules": metadata._modules, "_dims": metadata._dims, "_checksums": metadata._checksums,
+            "_base_model": metadata._base_model, "expected_tensors": AdapterConfig.expected_tensors,
+            "check_types": adapter.check_types, "check_names": adapter.check_names}
+
+# (name, target object, attribute, replacement)
+VARIANTS = [
+    ("step 16 rule by rule across entries (a 1.0-era reading of its row)", metadata, "_modules",
+     _modules_rule_by_rule),
+    ("step 16 list before module_prefix", metadata, "_modules", _modules_list_first),
+    ("step 16 an entry's numbers before its name", metadata, "_modules", _modules_numbers_first),
+    ("step 17 'missing' for both first (a 1.0-era reading of its row)", metadata, "_dims", _dims_missing_first),
+    ("step 17 field by field (n_in's rules, then n_out's)", metadata, "_dims", _dims_field_by_field),
+    ("step 17 n_out before n_in", metadata, "_dims", _dims_n_out_first),
+    ("step 21 entry by entry", metadata, "_checksums", _checksums_entry_by_entry),
+    ("step 20.4 names the first unknown key in text order", metadata, "_base_model", _base_model_named(None)),
+    ("step 20.4 names the first unknown key in UTF-16 order", metadata, "_base_model", _base_model_named(_utf16)),
+    ("step 11 names the first unknown field in UTF-16 order", metadata, "_unknown_fields", _unknown_fields_utf16),
+    ("steps 23-25: every lambda_d, then every lambda_b", AdapterConfig, "expected_tensors",
+     _expected_reordered(_d_then_b)),
+    ("steps 23-25: expected tensors in name order", AdapterConfig, "expected_tensors",
+     _expected_reordered(lambda ts: sorted(ts, key=lambda t: t.name))),
+    ("steps 23-25: every A, then every B", AdapterConfig, "expected_tensors", _expected_reordered(_a_then_b)),
+    ("steps 23-25: extra tensors in name order", AdapterConfig, "expected_tensors",
+     _expected_reordered(_extras_sorted)),
+    ("step 24 rule by rule (every shape, then every dtype)", adapter, "check_types", _types_rule_by_rule),
+    ("step 23.1 in name order", adapter, "check_names", _names_extras_sorted),
+]
+
+
+@pytest.mark.parametrize("name,target,attr,replacement", VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_a_reader_with_another_order_fails_a_vector(monkeypatch, name, target, attr, replacement):
+    monkeypatch.setattr(target, attr, replacement)
+    failed = _failed()
+    assert failed, f"no vector tells the reader '{name}' from the reference"
+    # the vectors that catch it are multi-fault ones: a single-fault vector must not depend on an order
+    assert any(c.startswith(("order", "multi-fault")) for _, c, _, _ in failed), failed
+    assert all(c.startswith(("order", "multi-fault")) for _, c, _, _ in failed), failed
