@@ -249,3 +249,15 @@ def test_bfloat16_activations_run_through_a_bfloat16_compute_base():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the same base: no warning
         m.save_adapter  # noqa: B018
+
+
+@pytest.mark.parametrize("factory", ["make", "make_peft"])
+def test_the_kits_quantized_check_passes_vera_torch_and_peft_on_bitsandbytes_bases(factory):
+    from vera_conformance import checks_quantized as CQ
+    from vera_conformance.impls import torch_quantized_impl as TQ
+    if factory == "make_peft":
+        pytest.importorskip("peft")
+    impl = getattr(TQ, factory)()
+    out = CQ.check_quantized(impl, "cpu", "float32", 8)
+    assert out.status == "passed", out.reason
+    assert out.examples >= len(CQ.EXPLICIT) and 0 < out.worst_ratio <= 1.0
