@@ -381,6 +381,14 @@ def _requantized(layer: nn.Module, orig: dict, names: list[str], bound: float | 
     return new, report
 
 
+def merge_reports(model: nn.Module) -> dict[str, dict]:
+    """spec 7.5: the report of the last merge of every merged quantized layer of ``model``, by path:
+    ``max_output_change`` (on the probe batch), ``bound``, ``adapter_max``, ``probe_rows``, ``requantized``.
+    A layer's probe batch is ``layer.quant_probe`` ((n, in) tensor) when set, else the default."""
+    return {p: m.merge_report for p, m in model.named_modules()
+            if type(m).__name__ == "VeraLayer" and m.merged and getattr(m, "merge_report", None) is not None}
+
+
 @torch.no_grad()
 def unmerge(layer: nn.Module, name: str | None = None) -> None:
     """spec 7.5: put back the original quantized weight (the same bytes and state); with ``name``
