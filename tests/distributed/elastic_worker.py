@@ -1,5 +1,6 @@
-"""Launched by tests/distributed/test_elastic.py:
-  python -m torch.distributed.run --standalone --nproc_per_node 2 --max-restarts 3 elastic_worker.py OUT_DIR
+"""Launched by tests/distributed/test_elastic.py (dist_launch.torchrun: a fresh rendezvous store per attempt):
+  TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 python -m torch.distributed.run --nproc_per_node 2 --max-restarts 3 \
+      elastic_worker.py OUT_DIR
 
 DDP training of TinyNet's VeRA vectors for STEPS SGD steps, a spec-file checkpoint every EVERY steps (the
 step number in its provenance, one atomic file). On the first attempt rank 1 kills itself (SIGKILL) after
@@ -10,11 +11,16 @@ import os
 from datetime import timedelta
 import signal
 import sys
+import time
 
-import torch
-import torch.distributed as dist
-import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel as DDP
+from dist_launch import die_with_parent
+
+die_with_parent()  # a worker never outlives its torchrun
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 
 sys.path[:0] = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")]
 import vera_ref  # noqa: E402
@@ -27,6 +33,11 @@ STEPS, EVERY, KILL_AT, N = 6, 2, 3, 8
 CKPT = os.path.join(OUT, "ckpt.safetensors")
 ATTEMPT = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
 
+if ATTEMPT >= 1 and int(os.environ["RANK"]) == 1:
+    # the restarted rank 1 reaches the rendezvous late: the case where a store shared across attempts (torchrun's
+    # default) hands rank 0 the dead rank's address from attempt 0 (dist_launch's docstring); a fresh store per
+    # attempt must make this harmless
+    time.sleep(2)
 dist.init_process_group("gloo", timeout=timedelta(seconds=60))  # a stuck peer is an error (then a restart)
 RANK, WS = dist.get_rank(), dist.get_world_size()
 g = torch.Generator().manual_seed(7)
