@@ -401,7 +401,9 @@ def finding_files() -> list[Vector]:
 def valid_finding_files() -> list[tuple[str, bytes]]:
     """Valid files for the points spec 1.2 decided."""
     newer = _doc_bytes(_base(), version="1.10", doc_edit=_set("alpha", 16))
-    return [("minor version 1.10 (ten, above 1.1, not 1.1 again) with an unknown field: ignored (spec 4.8)", newer)]
+    minus_zero = _doc_bytes(_base(), doc_text=lambda t: t.replace('"group":0', '"group":-0'))
+    return [("minor version 1.10 (ten, above 1.1, not 1.1 again) with an unknown field: ignored (spec 4.8)", newer),
+            ("checksum group written -0: an integer literal whose value is 0 (spec 4.3 Values)", minus_zero)]
 
 
 __all__ = ["variant_files", "order_files", "finding_files", "valid_finding_files", "Vector"]
