@@ -275,6 +275,12 @@ def _both(*edits):
     return edit
 
 
+def _zz_first(text: str) -> str:
+    """The header text with the entry zz.w moved to the front (its offsets unchanged)."""
+    header = json.loads(text)
+    return json.dumps({"zz.w": header.pop("zz.w"), **header}, separators=(",", ":"))
+
+
 def order_files() -> list[Vector]:
     """Files with two faults whose verdict is fixed by an order of spec 4.6 (a reader with another
     order names the other fault); ``tests/core/test_vectors_orders.py`` checks that each order has one."""
@@ -349,6 +355,22 @@ def order_files() -> list[Vector]:
     return [(code, comment, data, ()) for code, comment, data in out]
 
 
+def more_order_files() -> list[Vector]:
+    """Orders of steps 20 and 23.3 (appended after the variant files, so no earlier file is renamed)."""
+    P = lambda **kw: _doc_bytes(_base(), **kw)  # noqa: E731
+    out = [
+        ("E4.6.20.3", "order (step 20, every base_model value a string before any key is named): key 'url' "
+                      "with the value 1", P(doc_edit=_set("base_model", {"url": 1}))),
+        ("E4.6.20.4", "order (step 20, 20.4 before 20.5): base_model keys 'url' and a fingerprint not hex",
+         P(doc_edit=_set("base_model", {"fingerprint": "XYZ", "url": "u"}))),
+        ("E4.6.23.3", "order (step 23.3, ascending names, not the header's order): unexpected tensors zz.w then "
+                      "aa.w in the header", _edit_header(P(tensor_edit=lambda p: p.update(
+                          {"aa.w": (np.zeros(1, np.float32), "F32"), "zz.w": (np.zeros(1, np.float32), "F32")})),
+                          _zz_first)),
+    ]
+    return [(code, comment, data, ()) for code, comment, data in out]
+
+
 # --- what spec 1.2 decided --------------------------------------------------------------------------
 
 def finding_files() -> list[Vector]:
@@ -406,4 +428,4 @@ def valid_finding_files() -> list[tuple[str, bytes]]:
             ("checksum group written -0: an integer literal whose value is 0 (spec 4.3 Values)", minus_zero)]
 
 
-__all__ = ["variant_files", "order_files", "finding_files", "valid_finding_files", "Vector"]
+__all__ = ["variant_files", "order_files", "more_order_files", "finding_files", "valid_finding_files", "Vector"]

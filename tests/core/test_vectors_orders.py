@@ -139,6 +139,41 @@ def _base_model_named(key):
     return check
 
 
+def _base_model_keys_first(doc):
+    """step 20 naming an unknown base_model key (20.4) before checking the values (20.3)."""
+    v = doc.get("base_model")
+    if isinstance(v, dict):
+        unknown = sorted(k for k in v if k not in ("name", "revision", "fingerprint"))
+        if unknown:
+            fail("E4.6.20.4", "base_model." + unknown[0])
+    return ORIGINAL["_base_model"](doc)
+
+
+def _base_model_fingerprint_first(doc):
+    """step 20 checking the fingerprint (20.5) before naming unknown keys (20.4)."""
+    v = doc.get("base_model")
+    if isinstance(v, dict) and isinstance(v.get("fingerprint"), str) and not _HEX_RE.fullmatch(v["fingerprint"]):
+        fail("E4.6.20.5")
+    return ORIGINAL["_base_model"](doc)
+
+
+def _read_header_text_order(f, size):
+    """The header's entries in the order of its text (the reference sorts them)."""
+    meta, entries, start = ORIGINAL["read_header"](f, size)
+    here = f.tell()
+    f.seek(8)
+    order = [k for k in json.loads(f.read(start - 8).decode("utf-8")) if k != "__metadata__"]
+    f.seek(here)
+    return meta, {k: entries[k] for k in order}, start
+
+
+def _names_unexpected_in_header_order(expected, entries):
+    """step 23.3 walking the present tensors in the header's order, not by name."""
+    names = {t.name for t in expected}
+    first = next((n for n in entries if n not in names), None)
+    ORIGINAL["check_names"](expected, {n: e for n, e in entries.items() if n in names or n == first})
+
+
 def _utf16(s):
     return s.encode("utf-16-be", "surrogatepass")
 
@@ -190,7 +225,8 @@ def _names_extras_sorted(expected, entries):
 
 ORIGINAL = {"_modules": metadata._modules, "_dims": metadata._dims, "_checksums": metadata._checksums,
             "_base_model": metadata._base_model, "expected_tensors": AdapterConfig.expected_tensors,
-            "check_types": adapter.check_types, "check_names": adapter.check_names}
+            "check_types": adapter.check_types, "check_names": adapter.check_names,
+            "read_header": adapter.container.read_header}
 
 # (name, target object, attribute, replacement)
 VARIANTS = [
@@ -204,6 +240,9 @@ VARIANTS = [
     ("step 21 entry by entry", metadata, "_checksums", _checksums_entry_by_entry),
     ("step 20.4 names the first unknown key in text order", metadata, "_base_model", _base_model_named(None)),
     ("step 20.4 names the first unknown key in UTF-16 order", metadata, "_base_model", _base_model_named(_utf16)),
+    ("step 20.4 before 20.3 (keys named before the values are checked)", metadata, "_base_model",
+     _base_model_keys_first),
+    ("step 20.5 before 20.4", metadata, "_base_model", _base_model_fingerprint_first),
     ("step 11 names the first unknown field in UTF-16 order", metadata, "_unknown_fields", _unknown_fields_utf16),
     ("steps 23-25: every lambda_d, then every lambda_b", AdapterConfig, "expected_tensors",
      _expected_reordered(_d_then_b)),
@@ -217,9 +256,17 @@ VARIANTS = [
 ]
 
 
-@pytest.mark.parametrize("name,target,attr,replacement", VARIANTS, ids=[v[0] for v in VARIANTS])
-def test_a_reader_with_another_order_fails_a_vector(monkeypatch, name, target, attr, replacement):
-    monkeypatch.setattr(target, attr, replacement)
+# a variant may replace several functions: (name, [(target, attribute, replacement), ...])
+VARIANTS = [(name, [(target, attr, repl)]) for name, target, attr, repl in VARIANTS] + [
+    ("step 23.3 in the header's text order", [(adapter.container, "read_header", _read_header_text_order),
+                                              (adapter, "check_names", _names_unexpected_in_header_order)]),
+]
+
+
+@pytest.mark.parametrize("name,patches", VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_a_reader_with_another_order_fails_a_vector(monkeypatch, name, patches):
+    for target, attr, replacement in patches:
+        monkeypatch.setattr(target, attr, replacement)
     failed = _failed()
     assert failed, f"no vector tells the reader '{name}' from the reference"
     # the vectors that catch it are multi-fault ones: a single-fault vector must not depend on an order
