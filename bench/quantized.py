@@ -1,6 +1,6 @@
 """VeRA on a 4-bit base (QLoRA-style): frozen-base memory, training step time, merge error; ours vs PEFT.
 
-    python bench/quantized.py [--layers 2] [--steps 4] [--threads 2] [--batch 2] [--seq 64]
+    python bench/quantized.py [--layers 2] [--steps 5] [--threads 2] [--batch 2] [--seq 64]
 
 Models, built from their configs with random weights (no download), --layers layers each:
 a RoBERTa-base-shaped encoder (hidden 768, FFN 3072, VeRA on query/value) and a Llama-shaped
@@ -12,8 +12,9 @@ embeddings and norms left in float32.
 Rows, in one run and one process: fp32 base + our VeRA, 4-bit base + our VeRA, 4-bit base +
 PEFT VeRA, 4-bit base + PEFT LoRA r=8 (VeRA r=256). "base MB": every tensor of the frozen base
 (parameters, buffers, and bitsandbytes' quantization state: absmax, codes, nested statistics),
-trainable parameters and projections not counted. "step ms": median over --steps steps (after
-one warm-up) of forward + backward of sum(last hidden state) + AdamW step, batch --batch x --seq.
+trainable parameters and projections not counted. "step ms": median over --steps rounds (after
+one warm-up step each) of forward + backward of sum(last hidden state) + AdamW step, batch
+--batch x --seq; every round runs each row once, so drift of a shared machine's speed cancels.
 
 Merge error (ours, 4-bit base, after the training steps with the vectors scaled up so the
 adapter moves the output): the largest change of the model's output against the unmerged
@@ -116,18 +117,31 @@ def peft_lora(base, targets):
     return peft.get_peft_model(base, peft.LoraConfig(r=8, target_modules=targets, lora_dropout=0.0))
 
 
-def step_ms(model, ids, steps: int) -> float:
+def stepper(model, ids):
+    """One training step of ``model`` per call; returns its seconds."""
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    times = []
-    for i in range(steps + 1):
+
+    def step() -> float:
         t0 = time.perf_counter()
         loss = model(input_ids=ids).last_hidden_state.sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if i:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+        return time.perf_counter() - t0
+    return step
+
+
+def step_ms(models: list, ids, steps: int) -> list[float]:
+    """Median step time of each model: one warm-up step each, then ``steps`` rounds that run every
+    model once (so a change of the shared machine's speed hits every row alike)."""
+    steps_of = [stepper(m, ids) for m in models]
+    for s in steps_of:
+        s()
+    times = [[] for _ in models]
+    for _ in range(steps):
+        for t, s in zip(times, steps_of):
+            t.append(s())
+    return [statistics.median(t) * 1e3 for t in times]
 
 
 def trainable(model) -> int:
@@ -156,7 +170,7 @@ def merge_errors(model, ids) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--seq", type=int, default=64)
@@ -165,7 +179,7 @@ def main(argv=None) -> int:
     import bitsandbytes
     import peft
     print(f"torch {torch.__version__}, bitsandbytes {bitsandbytes.__version__}, peft {peft.__version__}, "
-          f"{a.threads} threads, {a.layers} layers, batch {a.batch} x {a.seq}, {a.steps} steps (median)")
+          f"{a.threads} threads, {a.layers} layers, batch {a.batch} x {a.seq}, {a.steps} rounds (median)")
     print(f"| model | setup | base MB | trainable | step ms |\n|---|---|---:|---:|---:|")
     errors = {}
     for mname, make in (("RoBERTa-base-shaped", roberta), ("Llama-shaped (TinyLlama block)", llama)):
@@ -176,14 +190,11 @@ def main(argv=None) -> int:
                 ("4-bit base + VeRA (ours)", lambda: ours(copy.deepcopy(q4), targets)),
                 ("4-bit base + PEFT VeRA", lambda: peft_vera(copy.deepcopy(q4), targets)),
                 ("4-bit base + PEFT LoRA r=8", lambda: peft_lora(copy.deepcopy(q4), targets))]
-        for label, build in rows:
-            m = build()
-            mb = base_bytes(m) / 2**20
-            ms = step_ms(m, ids, a.steps)
-            print(f"| {mname} | {label} | {mb:.1f} | {trainable(m):,} | {ms:.0f} |", flush=True)
-            if label == "4-bit base + VeRA (ours)":
-                errors[mname] = merge_errors(m, ids)
-            del m
+        models = [build() for _, build in rows]
+        for (label, _), m, ms in zip(rows, models, step_ms(models, ids, a.steps)):
+            print(f"| {mname} | {label} | {base_bytes(m) / 2**20:.1f} | {trainable(m):,} | {ms:.0f} |", flush=True)
+        errors[mname] = merge_errors(models[1], ids)
+        del models
     print("\nmerge error on the 4-bit base (max |output - unmerged output| over the batch's last hidden state):")
     print("| model | adapter's own effect | merged into 4-bit | merged to fp32 | worst layer: change / adapter |")
     print("|---|---:|---:|---:|---:|")
