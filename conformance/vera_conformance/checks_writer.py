@@ -9,6 +9,9 @@ whitespace, ASCII only; the longest module prefix; ``layout`` omitted when ``lin
 version), the document is compared with the one vera_ref writes for the same content and the
 first broken rule is named; what the spec leaves open (how a number is spelled, whether an
 optional field at its default is written) is compared by value and reported as a note.
+
+One refusal no other check reached sits here too: generator arguments out of range (spec 1.3,
+1.4: a seed outside [0, 2^64), a group of 2^32), refused rather than reduced.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ from vera_ref.dtypes import round_to
 from vera_ref.metadata import CONFIG_KEY, FORMAT_KEY, FORMAT_NAME, SPEC_VERSION, VERSION_KEY, common_prefix
 from vera_ref.tolerance import compare, constant, forward_magnitude
 
-from .checks import Check, Mismatch, Outcome, _bits_equal, _crash, _layouts, _property
+from .checks import Check, Mismatch, Outcome, _bits_equal, _crash, _layouts, _philox_generator, _property
 from .protocol import LoadedAdapter
 
 VDTYPES = ("float32", "float16", "bfloat16", "float64")
@@ -592,6 +595,33 @@ def check_written_file_runs(impl, device, dtype, max_examples, case=None) -> Out
     return out
 
 
+# --- refusals no other check reaches (spec 0.3: reject, never guess) --------------------------------
+
+_BAD_ARGUMENTS = ((2**64, 0, "seed 2^64 (spec 1.3: a seed is in [0, 2^64))", 0),
+                  (-1, 0, "seed -1 (spec 1.3)", 2**64 - 1),
+                  (5, 2**32, "group 2^32 (spec 1.4: g is below 2^32)", None))
+
+
+def check_refuses_bad_arguments(impl, device, dtype, max_examples, case=None) -> Outcome:
+    """spec 1.3, 1.4, 0.3: a seed outside [0, 2^64) and a group of 2^32 are rejected, not reduced
+    (a seed taken mod 2^64, a group mod 2^32, gives another adapter's projection)."""
+    tried = 0
+    for seed, group, what, alias in _BAD_ARGUMENTS:
+        tried += 1
+        try:
+            A, B = impl.projection(seed, 2, 3, 4, group, device)
+        except Exception:
+            continue
+        note = ""
+        want = vera_ref.projection(alias if alias is not None else seed, 2, 3, 4, 0 if alias is None else group)
+        if _bits_equal(np.asarray(A, np.float64), want[0]) and _bits_equal(np.asarray(B, np.float64), want[1]):
+            note = (f": it gives the projection of {'group 0' if alias is None else f'seed {alias}'}, "
+                    "the argument reduced instead of refused")
+        return Outcome("failed", f"projection accepted {what}{note}; it MUST be rejected", tried,
+                       case={"seed": str(seed), "group": str(group)})
+    return Outcome("passed", "", tried)
+
+
 CHECKS: list = [
     Check("writer_fields", "files", "F", False, check_writer_fields,
           "every field a written file carries (provenance, d_initial, dropout, layout, base model, extras)",
@@ -607,4 +637,6 @@ CHECKS: list = [
           "replaced by rename, nothing left behind, a refused write leaves the old file (4.7)", case_keys=CASE_KEYS),
     Check("written_file_runs", "files", "F", False, check_written_file_runs,
           "a written file loaded onto a real model and run (5.2 bounds)", case_keys=CASE_KEYS),
+    Check("refuses_bad_arguments", "generator", "G", False, check_refuses_bad_arguments,
+          "a seed outside [0, 2^64) and a group of 2^32 rejected (1.3, 1.4)", needs=_philox_generator, case_keys=()),
 ]

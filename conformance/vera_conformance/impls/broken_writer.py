@@ -6,7 +6,8 @@ bug of the kind found in real writers: a document that is valid JSON but not can
 prefix left out, defaults written, the profile version confused with the spec text's, a field
 dropped, a fingerprint of the wrong bytes or of weights the writer made up, packed vectors in the
 wrong order, a write in place, a temporary left behind, no validation before writing, a header
-laid out differently from safetensors'.
+laid out differently from safetensors'; and generators that reduce an out-of-range seed or group
+instead of refusing it.
 """
 from __future__ import annotations
 
@@ -322,6 +323,24 @@ class WriterTensorsInPlanOrder(_ContainerWriter):
     order = staticmethod(lambda plan: list(plan))
 
 
+# --- refuses_bad_arguments (spec 1.3, 1.4) ---------------------------------------------------------
+
+class SeedModulo(Reference):
+    """Takes the seed mod 2^64 (a uint64 cast): seed -1 silently becomes 2^64 - 1."""
+    name = "broken: seed reduced mod 2^64"
+
+    def projection(self, seed, r, n_in, n_out, group, device):
+        return vera_ref.projection(int(seed) % 2**64, r, n_in, n_out, group)
+
+
+class GroupWraps(Reference):
+    """Puts the group in a 32-bit counter word without a check: group 2^32 becomes group 0."""
+    name = "broken: group reduced mod 2^32"
+
+    def projection(self, seed, r, n_in, n_out, group, device):
+        return vera_ref.projection(seed, r, n_in, n_out, int(group) % 2**32)
+
+
 CAUGHT_BY: dict = {
     WriterPrettyDocument: "writer_bytes", WriterUnsortedKeys: "writer_bytes", WriterUnescapedUnicode: "writer_bytes",
     WriterNoPrefix: "writer_bytes", WriterLayoutAlways: "writer_bytes", WriterSpecTextVersion: "writer_bytes",
@@ -332,4 +351,5 @@ CAUGHT_BY: dict = {
     WriterFingerprintsInitWeights: "written_file_runs", WriterPackedInNameOrder: "written_file_runs",
     WriterInPlace: "writer_atomic", WriterLeavesTemporary: "writer_atomic", WriterNoValidation: "writer_atomic",
     WriterUnpaddedHeader: "writer_header", WriterTensorsInPlanOrder: "writer_header",
+    SeedModulo: "refuses_bad_arguments", GroupWraps: "refuses_bad_arguments",
 }
