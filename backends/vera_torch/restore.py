@@ -8,22 +8,26 @@ information, i.e. where more than one value x of the weight's dtype merges to th
 is stored for them:
 
 - ``candidates``: the elements where a neighbour of back (one ulp up or down) also merges to W
-  (the set of such x is an interval of floats: a monotone rounding of a monotone sum; if it holds
-  back and more, it holds a neighbour of back; if it holds back alone, back = W0).
+  (the set S of such x is an interval of floats: a monotone rounding of a monotone sum; if it holds
+  back and more, it holds a neighbour of back; if it holds back alone, back = W0). When only one
+  neighbour does, W0 lies on that side of back ("one-sided"); when both do, on either ("two-sided").
 - per candidate, k = W0 - back counted in ulps (the distance between the two values' places on
-  the ordered line of floats), stored as a signed 2-, 4- or 8-bit code packed into uint8; the
-  width follows the exponent gap d between W and back, which bounds |k|: |k| <= 2^(d-1) + 1
-  (the merge's rounding error is at most half an ulp of W, 2^(d-1) ulps of back, and the
-  subtraction rounds once more), so d <= 1 takes 2 bits, d = 2, 3 take 4 bits, d >= 4 take 8.
-- ``escapes``: every element the codes do not bring back (|k| beyond its code, a merge with a
-  double rounding (float16/bfloat16: float32 sum, then the weight's dtype), an element that is not
-  a candidate), as int32 index (int64 from 2^31 elements) and the original value.
+  the ordered line of floats, ``ordered``), as a code whose width follows the exponent gap d between
+  W and back: the merge's rounding error is at most half an ulp of W, 2^(d-1) ulps of back, so
+  |k| <= 2^m with m = max(d - 1, 0); a one-sided code holds 0..2^(m+1) - 1 ulps towards its side
+  in m + 1 bits, a two-sided one -2^(m+1)..2^(m+1) - 1 in m + 2 bits (both capped at 8 bits). The
+  codes of each width are packed bit by bit into uint8, in element order.
+- ``escapes``: every element the codes do not bring back (|k| beyond its code, a float16/bfloat16
+  merge's double rounding (float32 sum, then the weight's dtype), a binade edge, an element that is
+  not a candidate), as int32 index (int64 from 2^31 elements) and the original value.
 
 The record is accepted only when ``decode`` gives W0 back bit for bit for every element; the
-caller adds its checksums (``VeraLayer._keep_w0``). Cost per element of a float32 weight: about
-2 bits for each element whose exponent the merge raised by one, 4 or 8 bits where it raised it
-more, nothing elsewhere (README "Merging"). Any floating dtype: float32, float64, float16,
-bfloat16 (and float8), all through the same bit-level code.
+caller adds its checksums (``VeraLayer._keep_w0``). Typical cost (README "Merging"): 1 bit for an
+element whose exponent the merge raised by one, a few bits more per further step, nothing where it
+did not raise it (1 bit too at a tie). float32, float64, float16 and bfloat16 (tested) through the same
+bit-level code; the ordered places are integers of the weight's width, and adding k modulo 2^bits
+is exact. Elementwise IEEE operations only: the same bits on every machine for the same W and
+Delta W (Delta W's own bits come from a matmul and are checked by the caller's checksums).
 """
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ from dataclasses import dataclass
 import torch
 
 _INT = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}
-WIDTHS = (2, 4, 8)  # code bits of the three candidate classes (exponent gap d <= 1, d in 2..3, d >= 4)
+MAX_WIDTH = 8  # bits of the widest code; a correction beyond it is an escape
 
 
 class ResidualMismatch(ValueError):
@@ -43,8 +47,8 @@ class ResidualMismatch(ValueError):
 class Residual:
     """What unmerge needs beyond W and Delta W: packed codes per class, escapes (index, value)."""
 
-    counts: tuple[int, int, int]  # candidates per class, in element order
-    codes: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # uint8, ceil(count * width / 8) bytes each
+    counts: tuple[int, ...]  # candidates with a code of 1, 2, ..., MAX_WIDTH bits
+    codes: tuple[torch.Tensor, ...]  # per width: uint8, ceil(count * width / 8) bytes, in element order
     idx: torch.Tensor  # (n_escapes,) int32 or int64, ascending
     values: torch.Tensor  # (n_escapes,) W0 at idx, the weight's dtype
 
@@ -80,97 +84,113 @@ def _nmant(dtype: torch.dtype) -> int:
     return round(-torch.log2(torch.tensor(torch.finfo(dtype).eps, dtype=torch.float64)).item())
 
 
-def _wide(dtype: torch.dtype) -> torch.dtype:
-    """Integer dtype wide enough for differences of ordered bit patterns (float64: wraps, see ordered)."""
-    return torch.int64 if torch.finfo(dtype).bits >= 32 else torch.int32
-
-
 def ordered(x: torch.Tensor) -> torch.Tensor:
-    """The place of each value on the ordered line of floats (-0 just below +0, one step per ulp),
-    as a wide integer: sign-magnitude bit patterns made two's complement."""
+    """The place of each value on the ordered line of floats (-0 just below +0, one step per ulp), as an
+    integer of the value's width: sign-magnitude bit patterns made two's complement (negative patterns
+    get their magnitude bits flipped: -m - 1). Its own inverse on integers (``from_ordered``)."""
     n = x.element_size() * 8
-    b = x.view(_INT[x.element_size()]).to(_wide(x.dtype))
-    mag = b & ((1 << (n - 1)) - 1)
-    return torch.where(b < 0, -mag - 1, b)
+    b = x.view(_INT[x.element_size()])
+    return b ^ ((b >> (n - 1)) & ((1 << (n - 1)) - 1))
 
 
 def from_ordered(o: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Inverse of ``ordered``: values of ``dtype`` from their places."""
-    n = torch.finfo(dtype).bits
-    sign = -(1 << (n - 1))  # the sign bit as a negative number of the narrow integer type
-    b = torch.where(o < 0, (-(o + 1)) | sign, o)
-    return b.to(_INT[n // 8]).view(dtype)
+    n = o.element_size() * 8
+    return (o ^ ((o >> (n - 1)) & ((1 << (n - 1)) - 1))).view(dtype)
 
 
-def _classes(w: torch.Tensor, dW: torch.Tensor, back: torch.Tensor, ob: torch.Tensor) -> torch.Tensor:
-    """Per element (flat): -1 when back is the only neighbour-checked value merging to W, else the
-    code class 0, 1, 2 from the exponent gap d between W and back (module doc)."""
+def _classes(w: torch.Tensor, dW: torch.Tensor, back: torch.Tensor, ob: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per element (flat): the code width in bits (0: not a candidate, back is W0 or an escape) and the
+    side (+1 / -1: only the neighbour above / below back also merges to W, so W0 is on that side;
+    0: both do, the code is signed). Width from the exponent gap d between W and back (module doc)."""
     ib = _INT[w.element_size()]
     wb = w.reshape(-1).view(ib)
-    amb = torch.zeros(w.numel(), dtype=torch.bool, device=w.device)
-    for step in (1, -1):
-        x = from_ordered(ob + step, w.dtype).view(w.shape)
-        amb |= merge_op(x, dW, w.dtype).reshape(-1).view(ib) == wb
+    up, down = (merge_op(from_ordered(ob + step, w.dtype).view(w.shape), dW, w.dtype).reshape(-1).view(ib) == wb
+                for step in (1, -1))
+    side = up.to(torch.int8) - down.to(torch.int8)
     nm, n = _nmant(w.dtype), torch.finfo(w.dtype).bits
     mask = (1 << (n - 1)) - 1
 
     def expo(t: torch.Tensor) -> torch.Tensor:
-        return ((t.reshape(-1).view(ib).to(_wide(w.dtype)) & mask) >> nm).clamp(min=1)
+        return ((t.reshape(-1).view(ib) & mask) >> nm).clamp(min=1)
 
-    d = expo(w) - expo(back)
-    cls = (d >= 2).to(torch.int8) + (d >= 4).to(torch.int8)
-    return torch.where(amb, cls, torch.full_like(cls, -1))
+    m = (expo(w) - expo(back) - 1).clamp(min=0, max=MAX_WIDTH)  # |k| <= 2^m
+    width = (m + 1 + (side == 0).to(m.dtype)).clamp(max=MAX_WIDTH).to(torch.int8)
+    return torch.where(up | down, width, torch.zeros_like(width)), side
 
 
-def _pack(k: torch.Tensor, width: int) -> torch.Tensor:
-    """Signed codes in [-2^(width-1), 2^(width-1)) -> uint8, 8 / width codes a byte, low bits first."""
-    per = 8 // width
-    u = (k & ((1 << width) - 1)).to(torch.uint8)
-    pad = (-u.numel()) % per
+def _pack(u: torch.Tensor, width: int) -> torch.Tensor:
+    """Codes in [0, 2^width) -> uint8, ``width`` bits each, low bits first, bytes filled low bit first."""
+    bits = torch.stack([(u >> j) & 1 for j in range(width)], dim=1).reshape(-1).to(torch.uint8)
+    pad = (-bits.numel()) % 8
     if pad:
-        u = torch.cat([u, u.new_zeros(pad)])
-    u = u.view(-1, per)
-    out = u[:, 0].clone()
-    for j in range(1, per):
-        out |= u[:, j] << (width * j)
+        bits = torch.cat([bits, bits.new_zeros(pad)])
+    bits = bits.view(-1, 8)
+    out = bits[:, 0].clone()
+    for j in range(1, 8):
+        out |= bits[:, j] << j
     return out
 
 
 def _unpack(p: torch.Tensor, width: int, count: int, dtype: torch.dtype) -> torch.Tensor:
-    per, m = 8 // width, (1 << width) - 1
-    u = torch.stack([(p >> (width * j)) & m for j in range(per)], dim=1).reshape(-1)[:count].to(dtype)
-    return torch.where(u >= 1 << (width - 1), u - (1 << width), u)
+    bits = torch.stack([(p >> j) & 1 for j in range(8)], dim=1).reshape(-1)[: count * width].view(count, width)
+    u = torch.zeros(count, dtype=dtype, device=p.device)
+    for j in range(width):
+        u |= bits[:, j].to(dtype) << j
+    return u
 
 
-def _apply_codes(ob: torch.Tensor, cls: torch.Tensor, ks: list[torch.Tensor]) -> torch.Tensor:
-    out = ob.clone()
-    for c, k in enumerate(ks):
-        sel = cls == c
-        out[sel] += k
-    return out
+def _code_range(width: int, side: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smallest and largest k a code of ``width`` bits holds: [0, 2^w) ulps towards ``side``, or
+    [-2^(w-1), 2^(w-1)) for a two-sided element."""
+    two = side == 0
+    lo = torch.where(two, -(1 << (width - 1)), 0)
+    hi = torch.where(two, (1 << (width - 1)) - 1, (1 << width) - 1)
+    return lo, hi
+
+
+def _layout(w: torch.Tensor, dW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, ...]]:
+    """(places of back, flat; the candidates' positions grouped by code width, element order within a
+    width; their sides; the count per width 1..MAX_WIDTH): what encoder and decoder both see."""
+    back = subtract(w, dW)
+    ob = ordered(back.reshape(-1))
+    width, side = _classes(w, dW, back, ob)
+    del back
+    cand = (width > 0).nonzero().view(-1)
+    wc = width[cand]
+    pos = cand[torch.sort(wc, stable=True).indices]
+    counts = tuple(int(n) for n in torch.bincount(wc.long(), minlength=MAX_WIDTH + 1)[1:].tolist())
+    return ob, pos, side[pos], counts
+
+
+def _segments(counts: tuple[int, ...]):
+    """(width, start, end) of each width's candidates in the grouped order of ``_layout``."""
+    start = 0
+    for wd, n in zip(range(1, MAX_WIDTH + 1), counts):
+        yield wd, start, start + n
+        start += n
 
 
 def encode(w: torch.Tensor, dW: torch.Tensor, w0: torch.Tensor) -> Residual | None:
     """The residual that brings ``w0`` back from merged ``w`` and ``dW``; None when ``decode`` would
     not give every element of ``w0`` back bit for bit (not expected: the record is checked)."""
-    back = subtract(w, dW)
-    ob = ordered(back.reshape(-1))
+    ob, pos, side, counts = _layout(w, dW)
     o0 = ordered(w0.reshape(-1))
-    cls = _classes(w, dW, back, ob)
-    del back
-    k = o0 - ob  # ulps from back to W0 (float64 patterns: wraps, and decoding wraps back)
-    ks, codes = [], []
-    for c, width in enumerate(WIDTHS):
-        lo, hi = -(1 << (width - 1)), (1 << (width - 1)) - 1
-        kc = k[cls == c].clamp(lo, hi)
-        ks.append(kc)
-        codes.append(_pack(kc, width))
-    del k
-    got = _apply_codes(ob, cls, ks)
+    k = o0[pos].long() - ob[pos].long()  # ulps from back to W0 (float64 patterns: modulo 2^64, as decoding)
+    codes, ks = [], []
+    for wd, a, b in _segments(counts):
+        kc, sd = k[a:b], side[a:b].to(k.dtype)
+        lo, hi = _code_range(wd, sd)
+        code = torch.where(sd == 0, kc, kc * sd).clamp(lo, hi)  # out of range: an escape
+        codes.append(_pack(code & ((1 << wd) - 1), wd))
+        ks.append(torch.where(sd == 0, code, code * sd))
+    got = ob.clone()
+    got[pos] += torch.cat(ks).to(got.dtype)  # modulo 2^bits: exact for any k
     idx = (got != o0).nonzero().view(-1)  # what the codes do not bring back
+    del got, o0, ob
     idx = idx.to(torch.int32) if w.numel() < 2**31 else idx
-    rec = Residual(tuple(kc.numel() for kc in ks), tuple(codes), idx,
-                   w0.reshape(-1).index_select(0, idx.long()))
+    rec = Residual(counts, tuple(codes), idx, w0.reshape(-1).index_select(0, idx.long()))
     try:
         same = torch.equal(decode(w, dW, rec).view(_INT[w.element_size()]), w0.view(_INT[w.element_size()]))
     except ResidualMismatch:
@@ -181,21 +201,21 @@ def encode(w: torch.Tensor, dW: torch.Tensor, w0: torch.Tensor) -> Residual | No
 def decode(w: torch.Tensor, dW: torch.Tensor, rec: Residual) -> torch.Tensor:
     """W0 from merged ``w``, ``dW`` and the residual (a new tensor, ``w``'s shape and dtype).
     ``ResidualMismatch`` when the candidates are not those counted at merge time."""
-    back = subtract(w, dW)
-    ob = ordered(back.reshape(-1))
-    cls = _classes(w, dW, back, ob)
-    del back
-    counts = tuple(int((cls == c).sum()) for c in range(len(WIDTHS)))
-    if counts != tuple(rec.counts):
-        raise ResidualMismatch(f"{counts} candidates per class at unmerge, {tuple(rec.counts)} at merge")
-    ks = [_unpack(p, width, n, ob.dtype) for p, width, n in zip(rec.codes, WIDTHS, rec.counts)]
-    out = from_ordered(_apply_codes(ob, cls, ks), w.dtype)
+    ob, pos, side, counts = _layout(w, dW)
+    if counts != tuple(rec.counts) or len(rec.codes) != MAX_WIDTH:
+        raise ResidualMismatch(f"{counts} candidates per code width at unmerge, {tuple(rec.counts)} at merge")
+    ks = []
+    for (wd, a, b), p in zip(_segments(counts), rec.codes):
+        u, sd = _unpack(p, wd, b - a, torch.int64), side[a:b].long()
+        ks.append(torch.where(sd == 0, torch.where(u >= 1 << (wd - 1), u - (1 << wd), u), u * sd))
+    ob[pos] += torch.cat(ks).to(ob.dtype)
+    out = from_ordered(ob, w.dtype)
     out.index_copy_(0, rec.idx.long(), rec.values)
     return out.view(w.shape)
 
 
-def bound(counts: tuple[int, int, int], escapes: int, numel: int, element_size: int) -> int:
-    """Bytes of a residual with these counts: ceil(count * width / 8) per class, plus index and value
+def bound(counts: tuple[int, ...], escapes: int, numel: int, element_size: int) -> int:
+    """Bytes of a residual with these counts: ceil(count * width / 8) per code width, plus index and value
     per escape (the encoding's own size, for tests and benches)."""
-    codes = sum(-(-n * width // 8) for n, width in zip(counts, WIDTHS))
+    codes = sum(-(-n * wd // 8) for n, wd in zip(counts, range(1, MAX_WIDTH + 1)))
     return codes + escapes * ((4 if numel < 2**31 else 8) + element_size)
