@@ -221,7 +221,7 @@ class VeraLayer(nn.Module):
 
     Merging keeps what unmerge needs to restore W0 bit for bit in every dtype (spec 3.6 allows
     drift; this implementation has none): by default (``restore="auto"``) a compact residual
-    (restore.py: a 2-, 4- or 8-bit correction in ulps for each element where the merge lost
+    (restore.py: a correction of 1 to 8 bits, in ulps, for each element where the merge lost
     information, found again from W and Delta W, so no index; index + value for the rare rest),
     or a full copy of W0 (the non-persistent buffer ``vera_w0``) when the residual would take more
     than half its bytes; see ``RESTORE_MODES`` and README "Merging".
