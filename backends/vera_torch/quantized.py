@@ -305,8 +305,10 @@ def merge(layer: nn.Module, name: str, restore: str | None = None, max_output_ch
     """spec 7.5: fold ``name`` (with the adapters already merged) into the quantized weight:
     W = requantize(dequantize(W0q) + Delta W), Delta W in binary32. The largest change of the
     layer's output this introduces on the probe batch, against the unmerged adapter layer, is kept
-    in ``layer.merge_report``; above the bound (``max_output_change``; default: the largest
-    magnitude of the adapter term on the probe) ``RequantizationError``, the weights unchanged."""
+    in ``layer.merge_report``; above the bound ``RequantizationError``, the weights unchanged. The
+    bound: ``max_output_change`` when given, which also becomes the layer's bound for later merges
+    (``layer.max_output_change``: the re-merge after ``disable_adapter`` must not refuse what was
+    accepted); else the layer's; else the largest magnitude of the adapter term on the probe."""
     if name in layer.merged:
         return
     mode = layer.restore if restore is None else restore
@@ -314,11 +316,13 @@ def merge(layer: nn.Module, name: str, restore: str | None = None, max_output_ch
         raise ConfigError("restore", f"{mode!r} is not one of {', '.join(layer.RESTORE_MODES)}")
     if max_output_change is not None and not (max_output_change >= 0):
         raise ConfigError("max_output_change", f"must be a number >= 0, got {max_output_change!r}")
+    if max_output_change is not None:
+        layer.max_output_change = float(max_output_change)
     base = layer.base_layer
     now = _held(base)
     orig = getattr(layer, "_quant_orig", None) or now
     names = layer.merged + [name]
-    new, report = _requantized(layer, orig, names, max_output_change)
+    new, report = _requantized(layer, orig, names, getattr(layer, "max_output_change", None))
     _put(base, new)
     if mode == "none":
         object.__setattr__(layer, "_quant_orig", None)

@@ -261,3 +261,20 @@ def test_the_kits_quantized_check_passes_vera_torch_and_peft_on_bitsandbytes_bas
     out = CQ.check_quantized(impl, "cpu", "float32", 8)
     assert out.status == "passed", out.reason
     assert out.examples >= len(CQ.EXPLICIT) and 0 < out.worst_ratio <= 1.0
+
+
+def test_an_accepted_merge_survives_disable_adapter_and_the_bound_stays_the_layers():
+    m = get_vera_model(net(linear4("nf4", False)), VeraConfig(r=8, target_modules=["0"], seed=5))
+    x = trained(m)
+    layer = m.base_model[0]
+    with pytest.raises(Q.RequantizationError):
+        m.merge(max_output_change=0.0)
+    assert layer.max_output_change == 0.0
+    before = [t.clone() for t in held_bytes(layer)]
+    m.merge(max_output_change=math.inf)
+    merged = [t.clone() for t in held_bytes(layer)]
+    with torch.no_grad():
+        y = m(x)
+        with m.disable_adapter():  # unmerged for the block (the original bytes), merged again after
+            assert same(held_bytes(layer), before)
+        assert layer.merged == ["default"] and same(held_bytes(layer), merged) and torch.equal(m(x), y)
