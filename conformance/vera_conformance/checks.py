@@ -9,11 +9,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sysconfig
 import tempfile
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import hypothesis
 import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -79,8 +82,35 @@ def _C(quantity: str, case: LayerCase, dtype: str, steps: int = 1) -> float:
                     out_features=case.out_features, r=case.r, steps=steps)
 
 
+_KIT = Path(__file__).resolve().parent  # the kit's machinery; impls/ are wrappers like anyone's
+_STDLIB = Path(sysconfig.get_paths()["stdlib"]).resolve()
+_HYPOTHESIS = Path(hypothesis.__file__).resolve().parent  # the kit's search loop, not the code under test
+
+
+def _where(exc: BaseException) -> str:
+    """' (at file:line in function)': the innermost frame of the traceback outside the kit's own
+    files and the standard library (the library or wrapper code that raised), and, when it is
+    another frame, the wrapper's: the first frame the kit called into."""
+    frames = []
+    for fs in traceback.extract_tb(exc.__traceback__):
+        path = Path(fs.filename)
+        try:
+            path = path.resolve()
+            kit = (path.is_relative_to(_KIT) and not path.is_relative_to(_KIT / "impls")) or path.is_relative_to(
+                _HYPOTHESIS)
+            std = path.is_relative_to(_STDLIB) and "site-packages" not in path.parts
+        except (OSError, ValueError):
+            kit = std = False
+        if not kit and not std and not fs.filename.startswith("<frozen"):
+            frames.append(f"{fs.filename}:{fs.lineno} in {fs.name}")
+    if not frames:
+        return ""
+    return f" (at {frames[-1]}" + (f"; wrapper {frames[0]})" if frames[0] != frames[-1] else ")")
+
+
 def _crash(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {str(exc)[:300]}"
+    """One line for a failure caused by an exception: its type, message and where it was raised."""
+    return f"{type(exc).__name__}: {str(exc)[:300]}{_where(exc)}"
 
 
 def _jsonable(example):
@@ -303,13 +333,20 @@ def check_projection_distribution(impl, device, dtype, max_examples, case=None) 
             n = u.size
             d = float(np.max(np.maximum(np.arange(1, n + 1) / n - u, u - np.arange(n) / n)))
             p = 2 * math.exp(-2 * n * d * d)
+            std = f"sample std {float(np.std(M, dtype=np.float64)):.5g} against the spec's sqrt(2/{fan}) = " \
+                  f"{math.sqrt(2 / fan):.5g}"  # uniform on (-b, b): std b / sqrt(3), b = sqrt(6/fan) (spec 1.6)
+            stds.append(f"{name} {std}")
             if p < 1e-6:
                 raise Mismatch(f"{name}: not uniform on (-sqrt(6/{fan}), sqrt(6/{fan})): Kolmogorov-Smirnov D = "
-                               f"{d:.4f} on {n} values (p ~ {p:.1e}); mean {float(np.mean(M)):.4g}, "
+                               f"{d:.4f} on {n} values (p ~ {p:.1e}); {std}; mean {float(np.mean(M)):.4g}, "
                                f"max |value| / bound {float(np.max(np.abs(M))) / bnd:.4f}")
+    stds: list[str] = []
     strategy = st.tuples(st.integers(0, 2**32 - 1), st.sampled_from([16, 32, 64, 256]),
                          st.sampled_from([64, 128, 768]), st.sampled_from([64, 128, 768]))
-    return _property(strategy, body, max(3, max_examples // 10), case)
+    out = _property(strategy, body, max(3, max_examples // 10), case)
+    if out.status == "passed" and stds:
+        out.note = "last case: " + "; ".join(stds[-2:])
+    return out
 
 
 # --- levels M and T: math ---------------------------------------------------------------------
@@ -324,9 +361,12 @@ def _twin(c: LayerCase) -> LayerCase:
     return dataclasses.replace(c, W=np.zeros_like(c.W), bias=None)
 
 
-def _layer_property(impl, device, dtype, max_examples, body, case=None, dropout=True, strategy=None) -> Outcome:
+def _layer_property(impl, device, dtype, max_examples, body, case=None, dropout=True, strategy=None,
+                    dropout_p=None) -> Outcome:
     dropout = dropout and getattr(impl, "dropout", True)
     explicit = S.explicit(_layouts(impl))
+    if dropout_p is not None:
+        explicit = [dict(s, dropout=dropout_p) for s in explicit]
     _USED_C.clear()
     out = _property(_specs(impl, dropout) if strategy is None else strategy, lambda spec: body(_build(impl, spec, dtype, device)),
                     max_examples, case, explicit)
@@ -380,14 +420,19 @@ def check_forward(impl, device, dtype, max_examples, case=None) -> Outcome:
 
 def check_eval_dropout(impl, device, dtype, max_examples, case=None) -> Outcome:
     """spec 3.3: in evaluation mode (dropout p > 0, no mask) the adapter input is not dropped."""
+    if case is not None and not float(case.get("dropout") or 0) > 0:  # a runner error, not the implementation's
+        raise ValueError("dropout must be the p > 0 the case ran at (its repro JSON carries it)")
+
     def body(c: LayerCase):
-        c = dataclasses.replace(c, dropout_mask=None, dropout=c.dropout or 0.5)
+        c = dataclasses.replace(c, dropout_mask=None)
         ref, S_ = _forward_ref(c, impl.scale(c.r))
         return _expect(impl.forward(c), ref, S_, dtype, f"y in evaluation mode with dropout p = {c.dropout} "
                                                         "(must equal the forward without dropout)",
                        _C("forward", c, dtype))
     strategy = _specs(impl, dropout=False, dropout_p=0.5)
-    return _layer_property(impl, device, dtype, max(5, max_examples // 5), body, case, strategy=strategy)
+    # the repro JSON carries the p each case ran at (the explicit cases too), so a replay runs at it
+    return _layer_property(impl, device, dtype, max(5, max_examples // 5), body, case, strategy=strategy,
+                           dropout_p=0.5)
 
 
 def _backward_ref(c: LayerCase, s: float):
@@ -531,11 +576,18 @@ def check_train(impl, device, dtype, max_examples, case=None) -> Outcome:
         lr = 2.0 ** min(0, math.floor(math.log2(0.5 * lmax / gmax))) if gmax > 0 and lmax > 0 else 1.0
         got = impl.train_steps(c, lr, steps)
         shapes = {k: tuple(np.shape(v)) for k, v in got.trainable.items()}
-        if sorted(shapes.values()) != sorted([(c.r,), (c.out_features,)]):
+        # the number of trained values first, unit axes squeezed: a (1, n) row vector is a vector,
+        # an (n, n) matrix is not
+        sizes = sorted(int(np.prod(v)) for v in shapes.values())
+        vectors = all(sum(d != 1 for d in v) <= 1 for v in shapes.values())
+        if sizes != sorted([c.r, c.out_features]) or not vectors:
             raise Mismatch(f"trainable parameters {shapes}: VeRA trains exactly one lambda_d ({c.r},) and one "
-                           f"lambda_b ({c.out_features},) per layer (spec 3.4)")
+                           f"lambda_b ({c.out_features},) per layer (spec 3.4); got {sum(sizes)} trained values, "
+                           f"expected {c.r + c.out_features}")
+        flat = [np.reshape(v, -1) for v in got.trainable.values()]
+        got = dataclasses.replace(got, lambda_d=np.reshape(got.lambda_d, -1), lambda_b=np.reshape(got.lambda_b, -1))
         for what, arr in (("lambda_d", got.lambda_d), ("lambda_b", got.lambda_b)):
-            if not any(_bits_equal(arr, v) for v in got.trainable.values()):
+            if not any(_bits_equal(arr, v) for v in flat):
                 raise Mismatch(f"the returned {what} is none of the trainable parameters {sorted(shapes)}")
         for what, arr, want in (("W0", got.W, c.W), ("bias", got.bias, c.bias)):
             if (want is None) != (arr is None) or (want is not None and not _bits_equal(arr, want)):
@@ -768,6 +820,10 @@ CHECKS = [
           "written files pass the reference with every field equal",
           case_keys=("r", "generator", "seed", "sharing", "vector_dtype", "modules", "values_seed")),
 ]
+
+from .checks_numeric import CHECKS as _NUMERIC_CHECKS  # noqa: E402  (adversarial numerics at real sizes)
+
+CHECKS += _NUMERIC_CHECKS
 
 # Checks kept in modules of their own (one concept a file); they import the base names above, so
 # they are imported here, after them.

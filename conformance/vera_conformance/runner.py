@@ -9,8 +9,17 @@ not support is skipped with its reason. ``--skips FILE`` / ``--xfails FILE`` lis
 ids, one a line, ``# reason`` after; an entry without ``[`` may be an fnmatch pattern
 (``files_*``), one with ``[`` must be a whole id (``merge[float32]_cpu``). Every failure prints a
 command that replays the failing case (and says when the failure depends on earlier calls);
-the run ends with ``N passed, N failed``. Without ``--dtype`` every dtype the implementation
-declares is checked.
+the run ends with ``N passed, N failed``.
+
+Dtypes: without ``--dtype`` the four dtypes of spec 4.5 (float32, float16, bfloat16, float64) are
+checked whatever the implementation declares, plus any other precision it declares (tf32). A
+declared dtype is checked unconditionally; one it does not declare is first *probed* with a small
+forward (or merge, backward, train) and reported "not supported" (skipped) only when the probe
+raises an error saying so (NotImplementedError, or a message with "not supported", "unsupported",
+"not implemented") or returns values of another dtype (values not representable in float16/
+bfloat16, or only float32 values for float64); any other result is checked like a declared dtype.
+``--thorough`` adds real-size cases to every layer check (strategies.THOROUGH_EXPLICIT) and the
+larger numerics cases (checks_numeric.THOROUGH).
 """
 from __future__ import annotations
 
@@ -19,13 +28,17 @@ import datetime
 import fnmatch
 import json
 import os
+import re
 import shlex
 import sys
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 from vera_ref.errors import VeraError
 
-from .checks import CHECKS, Check, Outcome
+from . import strategies as S
+from .checks import CHECKS, Check, Outcome, _build, _crash
 from .protocol import DEVICES, DTYPES, ConformanceError, Implementation, load_implementation
 
 
@@ -112,6 +125,50 @@ def _patterns(path: str | None) -> list[tuple[str, str]]:
     return out
 
 
+# spec 4.5's dtypes: tried even when the implementation does not declare them (module doc)
+PROBED = ("float32", "float16", "bfloat16", "float64")
+_UNSUPPORTED = re.compile(r"not supported|unsupported|not implemented|does not support|not understood", re.I)
+
+
+def default_dtypes(impl: Implementation) -> list[str]:
+    """What a run without --dtype checks: the four dtypes, plus other precisions it declares (tf32)."""
+    return [d for d in DTYPES if d in PROBED or d in impl.dtypes]
+
+
+def _probed(impl: Implementation, dtype: str | None) -> bool:
+    return dtype is not None and dtype in PROBED and dtype not in impl.dtypes
+
+
+def probe_dtype(impl: Implementation, device: str, dtype: str) -> str | None:
+    """None when ``impl`` computes in ``dtype`` (its checks run); else why it does not (a skip):
+    the probe (a small case through its first claimed layer method) raised an error saying the
+    dtype is unsupported, or returned values of another dtype. Any other error is the checks' to
+    report, with its frame."""
+    spec = S._spec(S._size(5, 24, 12, 3), seed=11, values_seed=5)
+    c = _build(impl, spec, dtype, device)
+    caps = impl.capabilities
+    calls = [("forward", lambda: impl.forward(c)), ("merge", lambda: impl.merge(c)),
+             ("backward", lambda: impl.backward(c)[0]), ("train", lambda: impl.train_steps(c, 2.0**-4, 1).lambda_b)]
+    what, call = next(((w, f) for w, f in calls if w in caps), (None, None))
+    if call is None:
+        return None
+    try:
+        got = np.asarray(call(), dtype=np.float64)
+    except Exception as exc:
+        if isinstance(exc, NotImplementedError) or _UNSUPPORTED.search(str(exc)):
+            return f"{impl.name} does not support {dtype} (not declared; probed: its {what} raised {_crash(exc)})"
+        return None
+    from vera_ref.dtypes import round_to
+    finite = got[np.isfinite(got)]
+    if dtype in ("float16", "bfloat16") and not np.array_equal(round_to(finite, dtype).astype(np.float64), finite):
+        return (f"{impl.name} does not support {dtype} (not declared; probed: its {what} returned values that are "
+                f"not {dtype}: it computes in another dtype)")
+    if dtype == "float64" and finite.size and np.array_equal(finite.astype(np.float32).astype(np.float64), finite):
+        return (f"{impl.name} does not support float64 (not declared; probed: its {what} returned float32 values "
+                "only)")
+    return None
+
+
 def plan(impl: Implementation, devices: list[str], dtypes: list[str], only: list[str] | None = None):
     """[(test id, check, device, dtype or None, skip reason or None)]"""
     items = []
@@ -129,7 +186,9 @@ def plan(impl: Implementation, devices: list[str], dtypes: list[str], only: list
                     reason = absent
                 elif chk.dtypes and dtype not in chk.dtypes:
                     reason = f"{chk.doc} has cases in {' and '.join(chk.dtypes)} only"
-                elif not impl.supports(device, dtype or "float32"):
+                elif _probed(impl, dtype) and device not in getattr(impl, "devices", ("cpu",)):
+                    reason = f"{impl.name} does not support device {device}"
+                elif not _probed(impl, dtype) and not impl.supports(device, dtype or "float32"):
                     reason = f"{impl.name} does not support device {device} with dtype {dtype or 'float32'}"
                 elif chk.needs is not None:
                     reason = chk.needs(impl)
@@ -169,7 +228,7 @@ def run_check(impl: Implementation, chk: Check, device: str, dtype: str | None, 
     try:
         out = chk.run(watched, device, dtype or "float32", max_examples)
     except Exception as exc:  # an implementation that crashes outside a property check
-        out = Outcome("failed", f"{type(exc).__name__}: {str(exc)[:300]}")
+        out = Outcome("failed", _crash(exc))
     return _ran_nothing(out, watched, impl)
 
 
@@ -203,11 +262,25 @@ def _state_note(impl, impl_spec, chk, device, dtype, out: Outcome) -> str:
 
 def run(impl: Implementation, impl_spec: str, devices: list[str], dtypes: list[str], max_examples: int = 50,
         only: list[str] | None = None, skips: str | None = None, xfails: str | None = None,
-        case: dict | None = None, echo=print) -> list[Result]:
+        case: dict | None = None, echo=print, thorough: bool = False) -> list[Result]:
+    """Every planned check; ``thorough``: the larger cases of --thorough (module doc)."""
+    with S.level(thorough):
+        return _run(impl, impl_spec, devices, dtypes, max_examples, only, skips, xfails, case, echo)
+
+
+def _run(impl, impl_spec, devices, dtypes, max_examples, only, skips, xfails, case, echo) -> list[Result]:
     skip_pats, xfail_pats = _patterns(skips), _patterns(xfails)
-    results = []
+    results, probes = [], {}
     for tid, chk, device, dtype, reason in plan(impl, devices, dtypes, only):
         listed = _listed(tid, skip_pats)
+        if not reason and not listed and _probed(impl, dtype):
+            if (device, dtype) not in probes:
+                try:
+                    probes[device, dtype] = probe_dtype(impl, device, dtype)
+                except Exception as exc:  # the kit's own case could not be built: say so, check anyway
+                    probes[device, dtype] = None
+                    echo(f"         probe of {dtype} on {device} failed in the kit: {_crash(exc)}")
+            reason = probes[device, dtype]
         if reason or listed:
             out = Outcome("skipped", reason or f"skips file: {listed}")
         elif case is not None:
@@ -252,6 +325,7 @@ def report_doc(results: list[Result], impl: Implementation) -> dict:
             "kit": f"vera-ref {vera_ref.__version__}",
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "capabilities": sorted(impl.capabilities), "dtypes": sorted(impl.dtypes),
+            "probed_dtypes": sorted({r.dtype for r in results if r.dtype and _probed(impl, r.dtype)}),
             "declarations": {"layouts": sorted(getattr(impl, "layouts", ())), "dropout": getattr(impl, "dropout", True),
                              "adapter_scale": None if getattr(impl, "adapter_scale", None) is None
                              else {str(r): impl.scale(r) for r in (1, 8, 64, 256)},
@@ -286,9 +360,13 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--impl", help="module:factory of the implementation (default: $VERA_IMPL); "
                                    "the module is looked up in the current folder first")
     ap.add_argument("--device", default="cpu", help=f"comma-separated, of {', '.join(DEVICES)} (default cpu)")
-    ap.add_argument("--dtype", default=None, help=f"comma-separated, of {', '.join(DTYPES)} "
-                                                  "(default: every dtype the implementation declares)")
+    ap.add_argument("--dtype", default=None, help=f"comma-separated, of {', '.join(DTYPES)} (default: float32, "
+                                                  "float16, bfloat16, float64, the undeclared ones probed, and "
+                                                  "any other precision the implementation declares)")
     ap.add_argument("--max-examples", type=int, default=50, help="hypothesis examples per property (default 50)")
+    ap.add_argument("--thorough", action="store_true",
+                    help="more and larger cases: real layer sizes (in and out up to 16384, r 1024) in every layer "
+                         "check and the larger numerics cases (minutes, not seconds)")
     ap.add_argument("--only", help="comma-separated check names: " + ", ".join(c.name for c in CHECKS))
     ap.add_argument("--json-report", metavar="FILE", help="write every result, tolerance and repro as JSON")
     ap.add_argument("--skips", metavar="FILE", help="test ids (patterns) to skip, with '# reason'")
@@ -310,7 +388,7 @@ def main_args(args: argparse.Namespace) -> int:
     impl = load_implementation(args.impl)
     spec = args.impl or os.environ.get("VERA_IMPL", "")
     devices = _names(args.device, DEVICES, "device")
-    dtypes = _names(args.dtype, DTYPES, "dtype") if args.dtype else [d for d in DTYPES if d in impl.dtypes]
+    dtypes = _names(args.dtype, DTYPES, "dtype") if args.dtype else default_dtypes(impl)
     only = _names(args.only, [c.name for c in CHECKS], "check") if args.only is not None else None
     if args.only is not None and not only:
         raise ConformanceError("--only names no check (known: " + ", ".join(c.name for c in CHECKS) + ")")
@@ -333,10 +411,13 @@ def main_args(args: argparse.Namespace) -> int:
             raise ConformanceError(f"{path}: no such file")
     if args.json_report:
         check_report_path(args.json_report)
+    probed = [d for d in dtypes if _probed(impl, d)]
     print(f"vera conformance: {impl.name}; capabilities {', '.join(sorted(impl.capabilities)) or 'none'}; "
-          f"devices {', '.join(devices)}; dtypes {', '.join(dtypes)}", flush=True)
+          f"devices {', '.join(devices)}; dtypes {', '.join(dtypes)}"
+          + (f" ({', '.join(probed)} not declared: probed)" if probed else "")
+          + ("; thorough" if getattr(args, "thorough", False) else ""), flush=True)
     results = run(impl, spec, devices, dtypes, args.max_examples, only, args.skips, args.xfails, case,
-                  echo=lambda s: print(s, flush=True))
+                  echo=lambda s: print(s, flush=True), thorough=getattr(args, "thorough", False))
     if args.json_report:
         report(results, impl, args.json_report)
     print(final_line(results))

@@ -8,8 +8,16 @@ Sizes reach the code paths real kernels switch on (spec 5.4): most draws are sma
 about a third sit on tile and GEMM boundaries (r around 41, 64, 65, 128, 256, 1024;
 in/out around 64, 65, 127-129, 768; N around 7-9, 16, 17, 64, 128), and ``EXPLICIT``
 lists boundary cases every layer check runs first, whatever --max-examples says.
+
+Two levels (``thorough()``): the default keeps a run fast (heavy sizes rare, the largest layer
+1024 x 768); ``--thorough`` adds ``THOROUGH_EXPLICIT`` (real layers: in and out up to 16384 with
+n_in = n_out = 16384, r up to 1024) to every layer check and draws real sizes more often. The
+``numerics`` check (checks_numeric) runs its own real-size cases at both levels.
 """
 from __future__ import annotations
+
+import contextlib
+from typing import Iterator
 
 import numpy as np
 from hypothesis import strategies as st
@@ -18,6 +26,23 @@ import vera_ref
 from vera_ref.dtypes import round_to
 
 from .protocol import LAYOUTS, LayerCase
+
+_LEVEL = {"thorough": False}
+
+
+def thorough() -> bool:
+    """True inside ``level(True)``: more and larger cases (the runner's --thorough)."""
+    return _LEVEL["thorough"]
+
+
+@contextlib.contextmanager
+def level(thorough_: bool) -> Iterator[None]:
+    old = _LEVEL["thorough"]
+    _LEVEL["thorough"] = bool(thorough_)
+    try:
+        yield
+    finally:
+        _LEVEL["thorough"] = old
 
 seeds = st.one_of(st.integers(0, 2**64 - 1), st.sampled_from([0, 1, 2**32 - 1, 2**32, 2**64 - 1]))
 # ranks include 1 and values not divisible by 4 (spec 1.4: the last counter is partly used)
@@ -49,17 +74,28 @@ EXPLICIT = [
     _spec(_size(256, 128, 768, 8), seed=2**32, values_seed=3),
     _spec(_size(1024, 768, 129, 7), seed=99, values_seed=4),
 ]
+# --thorough: real layers (sizes of 1-16k rows and columns, the shared projection at 16384, r up to 1024)
+THOROUGH_EXPLICIT = [
+    _spec(_size(1024, 4096, 4096, 8), seed=2**64 - 2, n_in_pad=12288, n_out_pad=12288, values_seed=11),
+    _spec(_size(256, 16384, 1024, 4), seed=77, n_out_pad=15360, layout="conv1d", values_seed=12),
+    _spec(_size(64, 1024, 16384, 3), seed=2**40, n_in_pad=15360, bias=False, values_seed=13),
+]
+REAL_R, REAL_F = (256, 512, 1024), (1024, 2048, 4096)
 
 
 @st.composite
 def sizes(draw) -> dict:
     """(r, in, out, N): small, on a boundary, or (rarely) heavy."""
-    kind = draw(st.sampled_from(["small"] * 6 + ["edge"] * 3 + ["heavy"]))
+    kind = draw(st.sampled_from(["small"] * 6 + ["edge"] * 3 + ["heavy"] + (["real"] if thorough() else [])))
     if kind == "small":
         return _size(draw(ranks), draw(st.integers(1, 48)), draw(st.integers(1, 48)), draw(st.integers(1, 6)))
     if kind == "edge":
         return _size(draw(st.sampled_from(R_EDGES)), draw(st.sampled_from(F_EDGES)), draw(st.sampled_from(F_EDGES)),
                      draw(st.sampled_from(N_EDGES)))
+    if kind == "real":  # out * in at most 4096 * 1024: seconds, not minutes, per case
+        i = draw(st.sampled_from(REAL_F))
+        return _size(draw(st.sampled_from(REAL_R)), i, draw(st.sampled_from(REAL_F if i == 1024 else F_EDGES)),
+                     draw(st.sampled_from(N_EDGES[:6])))
     return _size(draw(st.sampled_from(HEAVY_R)), draw(st.sampled_from(HEAVY_F)), draw(st.sampled_from(F_EDGES)),
                  draw(st.sampled_from(N_EDGES[:6])))
 
@@ -84,7 +120,7 @@ def case_specs(draw, dropout: bool = True, layouts=LAYOUTS, dropout_p=None) -> d
 def explicit(layouts=LAYOUTS, dropout: bool = True) -> list[dict]:
     """EXPLICIT with layouts the implementation lacks swapped for one it has."""
     out = []
-    for s in EXPLICIT:
+    for s in EXPLICIT + (THOROUGH_EXPLICIT if thorough() else []):
         s = dict(s)
         if s["layout"] not in layouts:
             s["layout"] = sorted(layouts)[0]

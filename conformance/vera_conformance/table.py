@@ -1,6 +1,7 @@
 """The README's conformance table: every shipped implementation through the kit, on CPU,
-each in every dtype it declares (the default of a run); "-" marks a dtype it does not
-declare, and rows that no implementation runs are left out.
+in the dtypes of a default run (float32, float16, bfloat16, float64, the undeclared ones
+probed, and tf32 where declared); "skip" marks a dtype the probe found unsupported, "-" one
+not run, and rows that no implementation runs are left out.
 
     python -m vera_conformance.table [--max-examples 10]
 """
@@ -9,8 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .protocol import DTYPES, ConformanceError, load_implementation
-from .runner import run
+from .protocol import ConformanceError, load_implementation
+from .runner import default_dtypes, run
 
 SHIPPED = [("vera_ref", "vera_conformance.impls.reference:make"),
            ("vera_torch", "vera_conformance.impls.torch_impl:make"),
@@ -29,7 +30,7 @@ def table(max_examples: int = 10, impls=SHIPPED) -> str:
             cols.append(f"{label} (not installed: {exc})")
             continue
         cols.append(label)
-        for res in run(impl, spec, ["cpu"], [d for d in DTYPES if d in impl.dtypes], max_examples,
+        for res in run(impl, spec, ["cpu"], default_dtypes(impl), max_examples,
                        echo=lambda s: None):
             key = res.id.removesuffix("_cpu")
             rows.setdefault(key, {})[label] = MARK[res.status]

@@ -26,6 +26,11 @@ EPS = {"float64": 2.0**-53, "float32": 2.0**-24, "float16": 2.0**-11, "bfloat16"
 BY_NAME = {c.name: c for c in K.CHECKS}
 
 
+def nowhere(reason: str) -> str:
+    """A failure's reason without the frame a crash names (' (at file:line in f; wrapper ...)')."""
+    return re.sub(r" \(at [^()]*\)$", "", reason)
+
+
 def run(name, impl, dtype="float32", mx=2, case=None):
     return BY_NAME[name].run(impl, "cpu", dtype, mx, case)
 
@@ -97,11 +102,12 @@ def test_property_explicit_failures_and_crashes():
     assert (out.status, out.reason, out.examples, out.worst_ratio, out.case) == (
         "failed", "explicit two", 2, 7.0, {"args": [2]})
     out = K._property(st.just((1,)), body, 5, explicit=[(1,), (3,)])
-    assert (out.status, out.reason, out.examples, out.worst_ratio, out.case) == (
+    assert out.reason.endswith(" in body)") and f"(at {__file__}:" in out.reason  # where it was raised
+    assert (out.status, nowhere(out.reason), out.examples, out.worst_ratio, out.case) == (
         "failed", "RuntimeError: " + "x" * 300, 2, None, {"args": [3]})
     # hypothesis examples that crash: the crash is the message, no ratio
     out = K._property(st.just((3,)), body, 5, explicit=[(1,)])
-    assert (out.status, out.reason, out.examples, out.worst_ratio, out.case) == (
+    assert (out.status, nowhere(out.reason), out.examples, out.worst_ratio, out.case) == (
         "failed", "RuntimeError: " + "x" * 300, 2, None, {"args": [3]})
     out = K._property(st.just((2,)), body, 5, explicit=[(1,)])
     assert (out.status, out.reason, out.examples, out.worst_ratio) == ("failed", "explicit two", 2, 7.0)
@@ -125,7 +131,7 @@ def test_two_bugs_give_one_message():
         if x[0] > 0:
             raise K.Mismatch("wrong", 2.0)
     out = K._property(st.tuples(st.integers(0, 100)), body, 30)
-    assert out.status == "failed" and out.reason in ("wrong", "ValueError: shape not supported")
+    assert out.status == "failed" and nowhere(out.reason) in ("wrong", "ValueError: shape not supported")
 
 
 def test_jsonable_keeps_dicts_and_stringifies_big_ints():
@@ -206,6 +212,7 @@ TABLE = {
     "train": ("train", "T", True, ()), "merge": ("merge", "M", True, ()), "unmerge": ("unmerge", "M", True, ()),
     "math_vectors": ("forward", "M", True, ("float32", "float64")), "files_valid": ("files", "F", False, ()),
     "files_invalid": ("files", "F", False, ()), "files_roundtrip": ("files", "F", False, ()),
+    "numerics": ("forward", "M", True, ()),
 }
 
 
@@ -218,7 +225,7 @@ def test_check_table():
     assert needs["math_vectors"] is K._unscaled
     assert [c.name for c in K.CHECKS if c.needs is None] == [
         "forward", "stateless", "adapter_scale", "backward", "train", "merge", "unmerge", "files_valid",
-        "files_invalid", "files_roundtrip"]
+        "files_invalid", "files_roundtrip", "numerics"]
 
 
 # --- level G ------------------------------------------------------------------------------------
@@ -251,7 +258,7 @@ def test_philox_kat():
     out = run("philox_kat", _PhiloxFlip([1]), case={"tcId": ids[0]})
     assert (out.status, out.reason, out.examples) == ("failed", f"Random123 vectors tcId [{ids[0]}] differ (1 of 1)", 1)
     out = run("philox_kat", _PhiloxFlip(crash=4))
-    assert (out.status, out.reason, out.examples, out.case) == (
+    assert (out.status, nowhere(out.reason), out.examples, out.case) == (
         "failed", f"tcId {ids[3]}: RuntimeError: no kernel", 55, {"tcId": ids[3]})
 
     class NoPhilox(Reference):
@@ -299,7 +306,7 @@ def test_projection_vectors():
         assert out.reason == (f"projections.json tcId {t['tcId']} ({t['comment']}): sha256 of {which} is "
                               f"{digest[:16]}..., expected {t[f'sha256_{which}'][:16]}...")
     out = run("projection_vectors", _ProjFlip(crash=True, k=3))
-    assert (out.status, out.reason, out.examples, out.case) == (
+    assert (out.status, nowhere(out.reason), out.examples, out.case) == (
         "failed", f"projections.json tcId {tests[2]['tcId']}: RuntimeError: out of memory", n, {"tcId": tests[2]["tcId"]})
     out = run("projection_vectors", _ProjFlip("B", 1), case={"tcId": tests[1]["tcId"]})
     assert (out.status, out.examples) == ("failed", 1)
@@ -392,15 +399,20 @@ def test_projection_distribution():
     bnd = float(vera_ref.kaiming_bound(64))
     d = scipy_stats.kstest(A.reshape(-1).astype(np.float64), "uniform", args=(-bnd, 2 * bnd)).statistic
     m = re.fullmatch(r"A: not uniform on \(-sqrt\(6/64\), sqrt\(6/64\)\): Kolmogorov-Smirnov D = ([\d.]+) on 1024 "
-                     r"values \(p ~ ([\d.e+-]+)\); mean (\S+), max \|value\| / bound ([\d.]+)", out.reason)
+                     r"values \(p ~ ([\d.e+-]+)\); sample std ([\d.]+) against the spec's sqrt\(2/64\) = ([\d.]+); "
+                     r"mean (\S+), max \|value\| / bound ([\d.]+)", out.reason)
     assert m, out.reason
+    # uniform on (-b, b) has std b / sqrt(3) = sqrt(2 / fan) (spec 1.6); the sample's std, from NumPy
+    assert float(m[3]) == pytest.approx(float(np.std(A, dtype=np.float64)), rel=1e-4)
+    assert float(m[4]) == pytest.approx(math.sqrt(2 / 64), rel=1e-4)
+    m = [None, m[1], m[2], m[5], m[6]]
     assert float(m[1]) == pytest.approx(d, abs=6e-5)
     assert float(m[2]) == pytest.approx(2 * math.exp(-2 * 1024 * d * d), rel=0.06, abs=0)
     assert float(m[3]) == pytest.approx(float(np.mean(A)), rel=1e-3)
     assert float(m[4]) == pytest.approx(float(np.max(np.abs(A))) / bnd, abs=1e-4)
     # a sample just uniform enough passes: the threshold is p >= 1e-6, not stricter
     out = run("projection_distribution", _Shapes(scale=0.985), case={"args": [5, 16, 64, 128]})
-    assert out.status == "passed"
+    assert out.status == "passed" and "sample std" in out.note and "against the spec's sqrt(2/64)" in out.note
     assert run("projection_distribution", Bk.OwnGeneratorNormal(), mx=3).status == "failed"
 
 
@@ -522,9 +534,13 @@ def test_eval_dropout():
     out = run("eval_dropout", Reference(), "float32", mx=30)
     assert (out.status, out.examples, notc(out.tolerance)) == ("passed", len(S.EXPLICIT) + 6, tol("float32"))
     assert run("eval_dropout", Reference(), "float32", mx=3).examples == len(S.EXPLICIT) + 5
-    out = run("eval_dropout", Bk.DropoutInEval(), "float64", case=SPECS[0])
+    out = run("eval_dropout", Bk.DropoutInEval(), "float64", case=dict(SPECS[0], dropout=0.5))
     assert out.status == "failed" and out.reason.startswith(
         "y in evaluation mode with dropout p = 0.5 (must equal the forward without dropout): ")
+    out = run("eval_dropout", Bk.DropoutInEval(), "float64", mx=3)  # the repro JSON carries the p it ran at
+    assert out.status == "failed" and out.case["dropout"] == 0.5 and "p = 0.5 " in out.reason
+    with pytest.raises(ValueError, match="dropout must be the p > 0 the case ran at"):
+        run("eval_dropout", Bk.DropoutInEval(), "float64", case=SPECS[0])  # p = 0: not a case of this check
     out = run("eval_dropout", Bk.DropoutInEval(), "float64", case=dict(SPECS[0], dropout=0.25))
     assert out.reason.startswith("y in evaluation mode with dropout p = 0.25 ")
 
@@ -592,7 +608,7 @@ class _Scaled(Reference):
 
 @pytest.mark.parametrize("name", ["forward", "backward", "merge", "unmerge", "train", "eval_dropout", "stateless"])
 def test_a_declared_scale_is_folded_in(name):
-    case = SPECS[0] if name != "stateless" else None
+    case = None if name == "stateless" else dict(SPECS[0], dropout=0.5) if name == "eval_dropout" else SPECS[0]
     assert run(name, _Scaled(), "float64", mx=2, case=case).status == "passed"
     assert run(name, _Scaled(apply=False), "float64", mx=2, case=case).status == "failed"
 
@@ -950,7 +966,7 @@ def test_math_vectors_fail(fault, key):
 def test_math_vectors_crash():
     t = next(t for t in MATH if t["dtype"] == "float32")
     out = run("math_vectors", _Caps({"forward"}, "crash"), "float32")
-    assert (out.status, out.reason, out.case, out.tolerance, out.worst_ratio) == (  # no comparison ran: no C
+    assert (out.status, nowhere(out.reason), out.case, out.tolerance, out.worst_ratio) == (  # no comparison ran: no C
         "failed", f"tcId {t['tcId']}: RuntimeError: kernel launch failed", {"tcId": t["tcId"]},
         {**tol("float32"), "C": None}, None)
 
@@ -1039,8 +1055,8 @@ def test_files_valid_pass_crash_and_replay():
     out = run("files_valid", Crash())
     t = VALID[2]
     assert (out.status, out.examples, out.case) == ("failed", len(VALID), {"tcId": t["tcId"]})
-    assert out.reason == (f"files.json tcId {t['tcId']} {t['file']} ({t['comment']}): valid file rejected: "
-                          "ValueError: no float16 here")
+    assert nowhere(out.reason) == (f"files.json tcId {t['tcId']} {t['file']} ({t['comment']}): valid file "
+                                   "rejected: ValueError: no float16 here")
     assert run("files_valid", Bk.IgnoresVectorDtype()).status == "failed"
     assert run("files_valid", Bk.DropsExtraTensors()).status == "failed"
 

@@ -56,6 +56,8 @@ class JaxImpl(Implementation):
     def _args(self, c: LayerCase):
         """x, W, bias, A, B, lambda_d, lambda_b, mask as jax arrays of the case's dtype; A, B from our generator."""
         import vera_jax
+        if c.dtype not in _DT:  # a clear refusal: the kit's probe reports "not supported"
+            raise NotImplementedError(f"{c.dtype} is not supported by this wrapper (float64 needs jax_enable_x64)")
         dt = _DT[c.dtype]
         A, B = vera_jax.projection(c.seed, c.r, c.n_in, c.n_out, c.group)  # float32, spec 2.1
 

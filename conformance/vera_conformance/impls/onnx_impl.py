@@ -51,7 +51,13 @@ class OnnxImpl(Implementation):
                and c.group == 0 else "initializers")
         return path, m, x
 
+    @staticmethod
+    def _dtype(c: LayerCase) -> None:
+        if c.dtype not in ("float32", "float16"):  # a clear refusal: the kit's probe reports "not supported"
+            raise NotImplementedError(f"{c.dtype} is not supported by this wrapper (ORT CPU: float32, float16)")
+
     def forward(self, c: LayerCase):
+        self._dtype(c)
         path, m, x = self._export(c, "hotswap")
         np_dt = np.float16 if c.dtype == "float16" else np.float32
         feeds = {"x": c.x.astype(np_dt)}
@@ -62,6 +68,7 @@ class OnnxImpl(Implementation):
     def merge(self, c: LayerCase):
         import onnx
         from onnx import numpy_helper
+        self._dtype(c)
         path, m, x = self._export(c, "merged")
         inits = {t.name: numpy_helper.to_array(t) for t in onnx.load(path).graph.initializer}
         W = next((v for k, v in inits.items() if k == "layer.weight" or k.endswith(".layer.weight")), None)
