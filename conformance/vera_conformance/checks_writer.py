@@ -604,8 +604,20 @@ _BAD_ARGUMENTS = ((2**64, 0, "seed 2^64 (spec 1.3: a seed is in [0, 2^64))", 0),
 
 def check_refuses_bad_arguments(impl, device, dtype, max_examples, case=None) -> Outcome:
     """spec 1.3, 1.4, 0.3: a seed outside [0, 2^64) and a group of 2^32 are rejected, not reduced
-    (a seed taken mod 2^64, a group mod 2^32, gives another adapter's projection)."""
+    (a seed taken mod 2^64, a group mod 2^32, gives another adapter's projection); the edges inside
+    (seed 2^64 - 1, group 2^32 - 1) are accepted and give spec 1's bits."""
     tried = 0
+    for seed, group in ((2**64 - 1, 0), (0, 2**32 - 1)):  # the edges inside the ranges are accepted, bit-exact
+        tried += 1
+        try:
+            A, B = impl.projection(seed, 2, 3, 4, group, device)
+        except Exception as exc:
+            return Outcome("failed", f"projection refused seed {seed}, group {group}, inside the ranges of spec 1.3, "
+                                     f"1.4: {_crash(exc)}", tried, case={"seed": str(seed), "group": str(group)})
+        want = vera_ref.projection(seed, 2, 3, 4, group)
+        if not (_bits_equal(np.asarray(A, np.float64), want[0]) and _bits_equal(np.asarray(B, np.float64), want[1])):
+            return Outcome("failed", f"projection of seed {seed}, group {group} differs from spec 1's", tried,
+                           case={"seed": str(seed), "group": str(group)})
     for seed, group, what, alias in _BAD_ARGUMENTS:
         tried += 1
         try:

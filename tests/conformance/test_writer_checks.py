@@ -159,3 +159,18 @@ def test_contents_cover_every_field():
     assert rich.provenance and rich.base_model and rich.extra and set(rich.extra_dtypes.values()) - {"float32"}
     assert any(ord(ch) > 127 for ch in json.dumps(rich.provenance, ensure_ascii=False))
     assert any(m[3] == "conv1d" for m in rich.modules)
+
+
+def test_refuses_bad_arguments_also_needs_the_edges_inside_accepted():
+    from vera_conformance.checks_writer import check_refuses_bad_arguments
+    from vera_conformance.impls.reference import Reference
+
+    class RefusesBigSeeds(Reference):  # a uint64 handled as int64: 2^64 - 1 refused
+        def projection(self, seed, r, n_in, n_out, group, device):
+            if seed >= 2**63:
+                raise OverflowError("seed does not fit int64")
+            return super().projection(seed, r, n_in, n_out, group, device)
+    out = check_refuses_bad_arguments(RefusesBigSeeds(), "cpu", None, 1)
+    assert out.status == "failed" and "refused seed 18446744073709551615, group 0, inside the ranges" in out.reason
+    ok = check_refuses_bad_arguments(Reference(), "cpu", None, 1)
+    assert ok.status == "passed" and ok.examples == 5
