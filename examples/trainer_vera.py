@@ -7,7 +7,8 @@ checkpoint-N/vera_adapter.safetensors (the spec file) and resuming reads it back
     python examples/trainer_vera.py --output_dir runs/vera --max_steps 40 --resume_from_checkpoint runs/vera/checkpoint-20
 
 Under torchrun the Trainer trains with DDP (gloo on CPU, NCCL on GPUs); the global batch is
---batch_size rows per process.
+--batch_size rows per process. --fsdp trains with FSDP2 instead (fsdp_config version 2, one unit per
+BertLayer) on GPUs; on CPU Accelerate 1.15 does not enable FSDP, and the script says so and exits 2.
 """
 from __future__ import annotations
 
@@ -19,7 +20,10 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification, TrainingArguments
 
 from vera_torch import VeraConfig, get_vera_model
+from vera_torch.errors import ConfigError
 from vera_torch.trainer import VeraTrainer
+
+TRAINER = VeraTrainer  # tests/distributed/worker.py swaps in a subclass to run FSDP2 on CPU
 
 
 class Synthetic(torch.utils.data.Dataset):
@@ -53,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save_steps", type=int, default=10)
     ap.add_argument("--batch_size", type=int, default=8, help="rows per process and step")
     ap.add_argument("--lr", type=float, default=1e-2)
+    ap.add_argument("--fsdp", action="store_true", help="FSDP2 through Accelerate (accelerator devices only)")
     ap.add_argument("--resume_from_checkpoint", default=None,
                     help="a checkpoint-N folder, or 'last' for the newest in --output_dir")
     a = ap.parse_args(argv)
@@ -65,8 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         label_names=["labels"], dataloader_num_workers=0, seed=0, disable_tqdm=True,
         # BERT's loss is a mean over the rows of a process; without this the Trainer multiplies it by the
         # number of processes (it assumes a loss summed over the global count), doubling the step on 2 ranks
-        average_tokens_across_devices=False)
-    trainer = VeraTrainer(model=build(), args=args, train_dataset=Synthetic())
+        average_tokens_across_devices=False,
+        **(dict(fsdp=True, fsdp_config={"version": 2, "transformer_layer_cls_to_wrap": ["BertLayer"]}) if a.fsdp else {}))
+    try:
+        trainer = TRAINER(model=build(), args=args, train_dataset=Synthetic())
+    except ConfigError as e:
+        print(f"trainer_vera.py: {e}", file=sys.stderr)
+        return 2
     resume = True if a.resume_from_checkpoint == "last" else a.resume_from_checkpoint
     out = trainer.train(resume_from_checkpoint=resume)
     if trainer.args.should_save:

@@ -138,8 +138,10 @@ def load_checkpoint(model: nn.Module, directory: str | os.PathLike) -> None:
 
 def load_vectors(model: nn.Module, path: str | os.PathLike, name: str | None = None) -> None:
     """Resume a model whose adapter ``name`` already exists (e.g. after ``fully_shard``) from a spec
-    file: the file's vectors replace the model's, sharded as the model's are. The file's r, modules
-    and dimensions must equal the adapter's. Every rank calls it (each reads the file)."""
+    file: the file's vectors replace the model's, sharded as the model's are, and for the ``stored``
+    generator the file's A and B replace the model's stored projections (e.g. after a meta-device start).
+    The file's r, modules, dimensions and generator must equal the adapter's. Every rank calls it (each
+    reads the file)."""
     from .values import vector_tensor as _vector
     vm = _unwrap(model)
     name = name or vm.active_adapter
@@ -166,17 +168,65 @@ def load_vectors(model: nn.Module, path: str | os.PathLike, name: str | None = N
     missing = sorted(set(have) - set(state))
     if missing:
         raise vera_ref.errors.ModelMismatchError(f"{os.fspath(path)}: has no value for {missing[0]}")
+    if cfg.generator != mine.generator:
+        raise vera_ref.errors.ModelMismatchError(
+            f"{os.fspath(path)}: generator {cfg.generator!r}, adapter {name!r} of this model uses {mine.generator!r}")
     load_vector_state_dict(model, state)
+    for spec in _stored_specs(vm, name) if ad.stored else []:  # stored A, B (spec 2.5.2): the file's
+        if spec.group not in ad.stored:
+            raise vera_ref.errors.ModelMismatchError(f"{os.fspath(path)}: no stored projection for group {spec.group}")
+        A, B = ad.stored[spec.group]
+        _put_stored(vm, spec, torch.from_numpy(np.array(A)), torch.from_numpy(np.array(B)))
 
 
 @torch.no_grad()
 def init_vectors(model: nn.Module, name: str | None = None) -> None:
-    """spec 3.9's initial vectors (lambda_d = d_initial, lambda_b = 0) for adapter ``name`` (default:
-    every adapter), in place, sharded or not: for a model built on the meta device
-    (``init_empty_weights``-style) and materialised with ``to_empty``, whose vectors hold garbage."""
+    """After a meta-device start (``init_empty_weights``-style: built on the meta device, adapter
+    attached, ``to_empty``, base weights loaded), give adapter ``name`` (default: every adapter) what
+    ``to_empty`` left uninitialised, in place, sharded or not: spec 3.9's initial vectors (lambda_d =
+    d_initial, lambda_b = 0) and, for the ``stored`` generator, the projections drawn again from the
+    seed (spec 2.5.2), on each rank, on the buffers' device. Projections of the other generators are
+    never stored: each rank builds them from the seed when the materialised model first runs.
+    Stored projections that were given (read from a file) cannot be drawn again: ``ModelMismatchError``
+    naming the adapter; ``load_vectors(model, that_file)`` restores them (and the vectors)."""
+    from vera_ref import generators
     vm = _unwrap(model)
+    names = [n for n in vm.vera_configs if name is None or n == name]
+    given = [n for n in names if n in vm._stored_given]
+    if given:
+        raise vera_ref.errors.ModelMismatchError(
+            f"adapter {given[0]!r}: its stored projections were read from a file, not drawn from the seed; "
+            f"restore them with load_vectors(model, that file)")
     for layer in vm.vera_layers():
         for n in layer.vera_lambda_d:
-            if name is None or n == name:
+            if n in names:
                 layer.vera_lambda_d[n].fill_(vm.vera_configs[n].d_initial)
                 layer.vera_lambda_b[n].zero_()
+    for n in names:
+        cfg = vm.vera_configs[n]
+        if generators.get(cfg.generator).generates:
+            continue
+        draw = generators.get(generators.DEFAULT).device("torch")
+        for spec in _stored_specs(vm, n):
+            _put_stored(vm, spec, *draw(cfg.seed, spec.r, spec.n_in, spec.n_out, spec.group))
+
+
+def _stored_specs(vm: nn.Module, name: str) -> list:
+    """The projection specs (one per group) of adapter ``name``'s stored projections."""
+    specs = {}
+    for layer in vm.vera_layers():
+        if name in layer.proj:
+            specs.setdefault(layer.proj[name].group, layer.proj[name])
+    return list(specs.values())
+
+
+@torch.no_grad()
+def _put_stored(vm: nn.Module, spec: Any, A: torch.Tensor, B: torch.Tensor) -> None:
+    """Copy A, B (float32) into the stored-projection buffers of ``spec``, in place (their device kept)."""
+    na, nb = vm._store.buffer_names(spec)
+    for buf_name, t in ((na, A), (nb, B)):
+        buf = getattr(vm.vera_projections, buf_name)
+        if tuple(buf.shape) != tuple(t.shape):
+            raise vera_ref.errors.ModelMismatchError(
+                f"stored projection {buf_name}: {list(t.shape)} given, this model holds {list(buf.shape)}")
+        buf.copy_(torch.as_tensor(t, dtype=torch.float32))

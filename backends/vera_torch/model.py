@@ -53,6 +53,7 @@ class VeraModel(nn.Module):
         self.vera_modules: dict[str, list[str]] = {}  # adapter -> module paths, in file order
         self._slots: dict[Hashable, dict[str, int]] = {}  # projection class -> adapter -> table slot (>= 1)
         self._class_of: dict[str, Hashable] = {}
+        self._stored_given: set[str] = set()  # adapters whose stored projections were given, not drawn from the seed
         for p in self.base_model.parameters():
             p.requires_grad_(False)
         if config is not None:
@@ -190,6 +191,8 @@ class VeraModel(nn.Module):
         key = self._class_key(name, config, specs)
         for spec, (A, B) in zip({s.group: s for s in specs}.values(), pairs.values()):
             self._store.put_stored(spec, A, B)
+        if pairs and stored is not None:
+            self._stored_given.add(name)
         for (path, module), spec in zip(targets, specs):
             if not isinstance(module, VeraLayer):
                 module = VeraLayer(module, self._state, self._store)
@@ -219,6 +222,7 @@ class VeraModel(nn.Module):
         for w in self.modules_to_save():
             w.remove_adapter(name)
         self._store.drop(name)
+        self._stored_given.discard(name)
         key = self._class_of.pop(name, None)
         if key is not None:
             self._slots[key].pop(name, None)

@@ -42,10 +42,11 @@ def _vera(model: nn.Module) -> VeraModel:
 def _write(model: nn.Module, path: str, is_writer: bool) -> None:
     """Sharded vectors: a collective every rank calls; plain ones: the writer alone writes."""
     vm = _vera(model)
+    if is_writer:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     if vd.initialized() and vd.has_sharded_vectors(vm):
         vd.save_adapter(vm, path)
     elif is_writer:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         vm.save_adapter(path)
 
 
@@ -61,9 +62,29 @@ class VeraCheckpointCallback(TrainerCallback):
 
 
 class VeraTrainer(Trainer):
-    """A Trainer whose model checkpoints are VeRA spec files (see the module docstring)."""
+    """A Trainer whose model checkpoints are VeRA spec files (see the module docstring).
+
+    Under FSDP2 (``fsdp=True``, ``fsdp_config={"version": 2, ...}``, on accelerator devices) every rank
+    writes the spec file together (a collective; rank 0 writes) instead of gathering the whole model's
+    state dict. ``ConfigError("fsdp", ...)`` when FSDP was asked for and Accelerate did not enable it:
+    Accelerate 1.15 enables FSDP only for several processes on accelerator devices (its distributed type
+    MULTI_CPU is not among them), so on CPU the Trainer would otherwise train with DDP without a word."""
 
     adapter_file = ADAPTER_FILE
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        if self.args.fsdp and not self.is_fsdp_enabled:
+            from .errors import ConfigError
+            raise ConfigError("fsdp", f"FSDP was requested but Accelerate did not enable it (distributed type "
+                                      f"{self.accelerator.state.distributed_type.value}; Accelerate enables FSDP only "
+                                      f"for several processes on accelerator devices): the Trainer would train without it")
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        if self.is_fsdp_enabled:  # every rank: the spec file (a collective), never the whole-model gather
+            self._save(output_dir)
+            return
+        super().save_model(output_dir, _internal_call)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = output_dir if output_dir is not None else self.args.output_dir

@@ -78,3 +78,27 @@ def test_callback_adds_the_spec_file_to_a_plain_trainers_checkpoints(example, tm
     # the Trainer's own files stay; the callback's spec file holds the same vectors VeraTrainer saved
     got = (tmp_path / "t" / "checkpoint-2" / "vera_adapter.safetensors").read_bytes()
     assert got == (tmp_path / "v" / "checkpoint-2" / "vera_adapter.safetensors").read_bytes()
+
+
+def test_trainer_fsdp2_writes_spec_checkpoints_and_resumes_bit_identically(run):
+    """The Trainer's FSDP2 path (fsdp_config version 2 through Accelerate) on 2 gloo processes, in worker.py's
+    launch (with Accelerate's CPU refusal lifted there: see worker.py): sharded vectors at every save, the spec
+    file in each checkpoint, and the run resumed from its own checkpoint-2 writes the uninterrupted bytes."""
+    import vera_ref
+    out, res = run
+    assert res["fsdp_trainer_sharded_at_save"] == [True] * 4  # 2 saves, 1, then 1 after resuming (rank 0)
+    for step in (2, 4):
+        names = _files(out / "fsdp_trainer" / f"checkpoint-{step}")
+        # the spec file beside the Trainer's own FSDP files (Accelerate's save_fsdp_model / save_fsdp_optimizer)
+        assert {"vera_adapter.safetensors", "optimizer.bin", "rng_state_1.pth"} <= set(names), names
+        ad = vera_ref.load_adapter(out / "fsdp_trainer" / f"checkpoint-{step}" / "vera_adapter.safetensors")
+        assert max(abs(v).max() for v in ad.lambda_b.values()) > 0
+    resumed = out / "fsdp_trainer_resumed" / "checkpoint-4" / "vera_adapter.safetensors"
+    assert resumed.read_bytes() == (out / "fsdp_trainer" / "checkpoint-4" / "vera_adapter.safetensors").read_bytes()
+
+
+def test_fsdp_without_an_accelerator_is_refused_not_silently_ddp(example, tmp_path, capsys):
+    assert example.main(["--output_dir", str(tmp_path), "--max_steps", "2", "--fsdp"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "fsdp: FSDP was requested but Accelerate did not enable it" in err, err
+    assert not (tmp_path / "checkpoint-2").exists()

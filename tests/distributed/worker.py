@@ -1,5 +1,6 @@
-"""Launched by tests/distributed/test_distributed.py with torchrun (2 processes, gloo, CPU):
-  python -m torch.distributed.run --standalone --nproc_per_node 2 worker.py OUT_DIR
+"""Launched by tests/distributed/test_distributed.py with torchrun (gloo, CPU; dist_launch.torchrun):
+  python -m torch.distributed.run --nproc_per_node 2 worker.py OUT_DIR               # every scenario
+  python -m torch.distributed.run --nproc_per_node 4 worker.py OUT_DIR ddp,fsdp_layer  # those only
 
 Every scenario trains TinyNet's VeRA vectors for a few SGD steps on a global batch split over the
 ranks and records, per step, the distributed gradient, the one-process float32 gradient from the
@@ -9,14 +10,19 @@ import copy
 import json
 import os
 import sys
+from datetime import timedelta
 
-import torch
-import torch.distributed as dist
-import torch.nn.functional as F
-from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
-from torch.nn.parallel import DistributedDataParallel as DDP
+from dist_launch import die_with_parent
+
+die_with_parent()  # a worker never outlives its torchrun
+
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict  # noqa: E402
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # noqa: E402
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: E402
 
 sys.path[:0] = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")]
 from torch_models import TinyNet  # noqa: E402
@@ -24,10 +30,13 @@ from vera_torch import VeraConfig, get_vera_model  # noqa: E402
 from vera_torch import distributed as vd  # noqa: E402
 
 OUT = sys.argv[1]
+EVERY_KIND = ["ddp", "fsdp_layer", "fsdp_model", "fsdp_mp", "fsdp_meta", "fsdp_meta_stored", "fsdp_mixed"]
+KINDS = sys.argv[2].split(",") if len(sys.argv) > 2 else EVERY_KIND
+FULL = KINDS == EVERY_KIND  # the whole run adds the checkpoint round trips and the Trainer example
 N, SEQ, D, LR, STEPS = 8, 4, 16, 0.5, 3
 CFG = dict(r=8, target_modules=["query", "value", "c_fc"], seed=21)
 
-dist.init_process_group("gloo")
+dist.init_process_group("gloo", timeout=timedelta(seconds=120))  # a stuck peer is an error, not a hang
 RANK, WS = dist.get_rank(), dist.get_world_size()
 g = torch.Generator().manual_seed(7)
 X, Y = torch.randn(N, SEQ, D, generator=g), torch.randint(0, 3, (N,), generator=g)
@@ -68,8 +77,9 @@ def ddp_hook(state, bucket):
 IDS = ["default", "b", None, "b", "default", "default", "b", None]  # mixed-adapter rows (fsdp_mixed)
 
 
-def make(device=None, mixed=False):
+def make(device=None, mixed=False, stored=False):
     torch.manual_seed(0)
+    cfg = dict(CFG, generator="stored") if stored else CFG  # stored: A, B are buffers (drawn from the seed)
     if mixed:  # two adapters of different seeds and ranks, both trained, one batch
         m = get_vera_model(TinyNet(), VeraConfig(**CFG))
         m.add_adapter("b", VeraConfig(r=4, target_modules=["query", "c_fc"], seed=5, d_initial=0.5))
@@ -78,8 +88,8 @@ def make(device=None, mixed=False):
     if device == "meta":  # the base built without memory; the vectors follow its device
         with torch.device("meta"):
             base = TinyNet()
-        return get_vera_model(base, VeraConfig(**CFG))
-    return get_vera_model(TinyNet(), VeraConfig(**CFG))
+        return get_vera_model(base, VeraConfig(**cfg))
+    return get_vera_model(TinyNet(), VeraConfig(**cfg))
 
 
 def strip(name):
@@ -98,10 +108,10 @@ def fwd(m, x, rows, mixed):
     return m(x, adapter_ids=[IDS[i] for i in rows]) if mixed else m(x)
 
 
-def reference(v, mixed=False):
+def reference(v, mixed=False, stored=False):
     """One process, whole batch, from vectors v: the float32 gradient, and the float64 sum over rows of
     |per-row gradient of loss/N| (the magnitude the reduction-order bound scales with)."""
-    m = make(mixed=mixed)
+    m = make(mixed=mixed, stored=stored)
     m.load_state_dict(v, strict=False)
     F.cross_entropy(fwd(m, X, range(N), mixed), Y).backward()
     g32 = {n: p.grad.clone() for n, p in m.named_parameters() if p.requires_grad}
@@ -123,7 +133,7 @@ def wrap(kind, m):
         w = DDP(m)
         w.register_comm_hook(None, ddp_hook)
         return w
-    if kind in ("fsdp_layer", "fsdp_meta", "fsdp_mixed"):
+    if kind in ("fsdp_layer", "fsdp_meta", "fsdp_meta_stored", "fsdp_mixed"):
         for b in m.base_model.blocks:
             fully_shard(b)
         fully_shard(m)
@@ -139,11 +149,12 @@ def wrap(kind, m):
 
 def scenario(kind):
     mixed = kind == "fsdp_mixed"
-    if kind == "fsdp_meta":  # init_empty_weights-style: built on meta, sharded, materialised, loaded
-        m = make("meta")
+    stored = kind == "fsdp_meta_stored"
+    if kind.startswith("fsdp_meta"):  # init_empty_weights-style: built on meta, sharded, materialised, loaded
+        m = make("meta", stored=stored)
         wrap(kind, m)
         m.to_empty(device="cpu")
-        base = {k: v for k, v in make().state_dict().items() if "vera_lambda" not in k}
+        base = {k: v for k, v in make().state_dict().items() if "vera_" not in k}  # a base checkpoint's keys
         set_model_state_dict(m, base, options=StateDictOptions(full_state_dict=True, strict=False))
         vd.init_vectors(m)
         w = m
@@ -164,7 +175,7 @@ def scenario(kind):
         opt.step()
         rec = {"bytes": sent}
         if RANK == 0 and kind != "fsdp_mp":
-            g32, mag = reference(v, mixed)
+            g32, mag = reference(v, mixed, stored)
             rec["diff"] = {n: (gd[n] - g32[n]).abs().max().item() for n in g32}
             rec["ratio"] = {n: ((gd[n] - g32[n]).abs() / mag[n].float().clamp_min(1e-30)).max().item() for n in g32}
             rec["grad"] = {n: g32[n].abs().max().item() for n in g32}
@@ -186,7 +197,7 @@ def scenario(kind):
            "cache_devices": sorted({dev for (_, dev) in m._store._cache}),
            "state_keys_with_projection": [k for k in m.state_dict() if "__A__" in k or "__B__" in k]}
     if RANK == 0:
-        one = make(mixed=mixed)
+        one = make(mixed=mixed, stored=stored)
         one.load_state_dict(final, strict=False)
         one.save_adapter(os.path.join(OUT, f"{kind}_one.safetensors"))
         if mixed:
@@ -197,8 +208,15 @@ def scenario(kind):
 
 results = {"world_size": WS}
 models = {}
-for kind in ["ddp", "fsdp_layer", "fsdp_model", "fsdp_mp", "fsdp_meta", "fsdp_mixed"]:
+for kind in KINDS:
     models[kind], results[kind] = scenario(kind)
+if not FULL:
+    if RANK == 0:
+        with open(os.path.join(OUT, "results.json"), "w") as f:
+            json.dump(results, f)
+    dist.barrier()
+    dist.destroy_process_group()
+    sys.exit(0)
 
 # torch.distributed.checkpoint: the vectors only, round-tripped into a model sharded differently
 ckpt = os.path.join(OUT, "dcp")
@@ -230,6 +248,38 @@ if RANK == 0:
 dist.barrier()
 trainer_vera.main(["--output_dir", os.path.join(OUT, "trainer_resumed"), "--max_steps", "4", "--save_steps", "2",
                    "--batch_size", "4", "--resume_from_checkpoint", "last"])
+
+
+# The Trainer's own FSDP2 path (fsdp_config version 2, Accelerate's fully_shard per BertLayer) on CPU. Accelerate
+# 1.15 enables FSDP only for accelerator devices (VeraTrainer refuses rather than train with DDP), so this
+# subclass sets Accelerate's state to FSDP with the plugin the Trainer built; everything after that (wrapping,
+# training, the Trainer's checkpoints, resuming) is the Trainer's and Accelerate's FSDP2 code.
+from transformers import Trainer  # noqa: E402
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin  # noqa: E402
+
+SHARDED_AT_SAVE = []
+
+
+class CpuFsdp2Trainer(trainer_vera.VeraTrainer):
+    def create_accelerator_and_postprocess(self):
+        Trainer.create_accelerator_and_postprocess(self)  # not VeraTrainer's refusal
+        st = self.accelerator.state
+        st.distributed_type = DistributedType.FSDP
+        st.fsdp_plugin = FullyShardedDataParallelPlugin(**self.args.fsdp_plugin_args)
+        self.is_fsdp_enabled = True
+
+    def _save(self, output_dir=None, state_dict=None):
+        SHARDED_AT_SAVE.append(vd.has_sharded_vectors(self.model))
+        return super()._save(output_dir, state_dict)
+
+
+trainer_vera.TRAINER = CpuFsdp2Trainer
+FS = ["--save_steps", "2", "--batch_size", "4", "--fsdp"]
+trainer_vera.main(["--output_dir", os.path.join(OUT, "fsdp_trainer"), "--max_steps", "4"] + FS)
+trainer_vera.main(["--output_dir", os.path.join(OUT, "fsdp_trainer_resumed"), "--max_steps", "2"] + FS)
+trainer_vera.main(["--output_dir", os.path.join(OUT, "fsdp_trainer_resumed"), "--max_steps", "4",
+                   "--resume_from_checkpoint", "last"] + FS)
+results["fsdp_trainer_sharded_at_save"] = SHARDED_AT_SAVE
 if RANK == 0:
     with open(os.path.join(OUT, "results.json"), "w") as f:
         json.dump(results, f)
