@@ -43,7 +43,7 @@ CASE_KEYS = ("r", "generator", "seed", "sharing", "vector_dtype", "tensor_layout
 
 _PREFIXES = ["", "model.", "model.layers.", "transformer.h.0.", "encoder.layer-1.attention.self."]
 _LEAVES = [["q"], ["v"], ["attn", "q"], ["attn", "v"], ["mlp", "fc_1"], ["0", "c_attn"], ["1", "c_attn"]]
-_KEY_CHARS = st.characters(min_codepoint=0x20, max_codepoint=0xFFFF, exclude_categories=("Cs",))
+_KEY_CHARS = st.characters(min_codepoint=0x20, exclude_categories=("Cs",))
 _JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-2**53, 2**53) | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(max_size=8),
@@ -125,7 +125,8 @@ def _explicit(layouts, base=None) -> list[dict]:
          "sharing": "per-module", "tensor_layout": "packed", "d_initial": 1e-3, "dropout": 0.05,
          "modules": [["x.h.1.c", 5, 2, lay[0]], ["x.h.0.c", 4, 6, conv], ["x.hh.0.c", 2, 2, lay[0]]],
          "provenance": {"trainer": "caf\u00e9 \u2713 \U0001F600", "steps": 250, "lr": 0.003, "tags": ["x", None, True],
-                        "nested": {"b": 1, "a": [1.5, {"z": 0, "y": "\n\t\\\""}]}},
+                        "nested": {"b": 1, "a": [1.5, {"z": 0, "y": "\n\t\\\""}]},
+                        "\uffff": "sorted before U+1F600 by code point, after it in UTF-16", "\U0001F600": 0},
          "base_model": {"name": "gpt2", "revision": "e7da7f2"},
          "extra": [["classifier.bias", "float16", [2]], ["classifier.weight", "float64", [2, 3]]]},
         {**common, "r": 1, "vector_dtype": "float64", "base": base or "given", "values_seed": 3,
@@ -300,7 +301,8 @@ def document_rule(meta: dict, text: str, content: LoadedAdapter) -> str | None:
                 f"({text[max(0, ws - 20):ws + 20]!r}) (spec 4.3)")
     pair = _unsorted_keys(text)
     if pair is not None:
-        return f"key order of the document: key {pair[1]!r} after {pair[0]!r}; keys are sorted (spec 4.3)"
+        return (f"key order of the document: key {pair[1]!r} after {pair[0]!r}; keys are sorted by code point "
+                "(spec 4.3)")
     doc = json.loads(text)
     names = [m[0] for m in content.modules]
     want = common_prefix(names)

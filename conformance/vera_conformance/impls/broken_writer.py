@@ -89,6 +89,21 @@ class WriterUnsortedKeys(_DocumentWriter):
         return json.dumps(doc, separators=(",", ":"))
 
 
+def _utf16_sorted(v):
+    if isinstance(v, dict):
+        return {k: _utf16_sorted(v[k]) for k in sorted(v, key=lambda k: k.encode("utf-16-be"))}
+    return [_utf16_sorted(x) for x in v] if isinstance(v, list) else v
+
+
+class WriterUTF16KeyOrder(_DocumentWriter):
+    """Sorts keys by UTF-16 code units (RFC 8785 / JavaScript), not by code point: a key above
+    U+FFFF comes before U+E000-U+FFFF."""
+    name = "broken writer: keys sorted by UTF-16 code units"
+
+    def text(self, doc):
+        return json.dumps(_utf16_sorted(doc), separators=(",", ":"))
+
+
 class WriterUnescapedUnicode(_DocumentWriter):
     """ensure_ascii=False: non-ASCII text (a provenance note, a model name) written raw."""
     name = "broken writer: non-ASCII characters not escaped"
@@ -343,6 +358,7 @@ class GroupWraps(Reference):
 
 CAUGHT_BY: dict = {
     WriterPrettyDocument: "writer_bytes", WriterUnsortedKeys: "writer_bytes", WriterUnescapedUnicode: "writer_bytes",
+    WriterUTF16KeyOrder: "writer_bytes",
     WriterNoPrefix: "writer_bytes", WriterLayoutAlways: "writer_bytes", WriterSpecTextVersion: "writer_bytes",
     WriterDropsProvenance: "writer_fields", WriterDropsDInitial: "writer_fields", WriterDropsDropout: "writer_fields",
     WriterIgnoresPacked: "writer_fields", WriterDropsBaseModelName: "writer_fields",
