@@ -203,7 +203,7 @@ static int dtype_of(const vj_doc *d, uint32_t v)
 }
 
 static int is_uint(const vj_doc *d, uint32_t v) { return v && d->nodes[v].type == VJ_INT && !d->nodes[v].neg; }
-static int absent_or_null(const vj_doc *d, uint32_t v) { return !v || d->nodes[v].type == VJ_NULL; }
+static int absent(uint32_t v) { return !v; } /* spec 4.3 "Values" (1.2): null is a value, not absence */
 static int int_ge1(const vj_doc *d, uint32_t v) { return is_uint(d, v) && d->nodes[v].num.mag >= 1; }
 
 /* ---- steps 1-7: the container (spec 4.1, 4.6) -------------------------------------------- */
@@ -265,7 +265,7 @@ static int read_header(reader *R)
     ad->data_start = 8 + n;
     /* step 5 */
     R->meta = vj_get(&R->H, R->H.root, "__metadata__");
-    if (absent_or_null(&R->H, R->meta)) return fail(R->err, "E4.6.5.1", "__metadata__", "missing");
+    if (absent(R->meta)) return fail(R->err, "E4.6.5.1", "__metadata__", "missing");
     if (NODE(R->H, R->meta).type != VJ_OBJ) return fail(R->err, "E4.6.5.2", "__metadata__", "must map strings to strings");
     for (c = NODE(R->H, R->meta).first; c; c = NODE(R->H, c).next)
         if (NODE(R->H, c).type != VJ_STR) return fail(R->err, "E4.6.5.2", "__metadata__", "must map strings to strings");
@@ -432,16 +432,12 @@ static double number_value(const vj_doc *d, uint32_t v)
 
 static int equals_int(const vj_doc *d, uint32_t v, uint64_t g)
 {
-    /* a JSON value equal to the integer g as JSON numbers and booleans compare (1.0 and true
-     * equal 1): how the reference compares a checksum entry's "group" */
+    /* an integer literal (spec 4.3 "Values", 1.2: no fraction or exponent, -0 is 0) equal to g:
+     * 1.0 and true are not the group 1 */
     const vj_node *x;
     if (!v) return 0;
     x = &d->nodes[v];
-    if (x->type == VJ_INT) return !x->neg && x->num.mag == g;
-    if (x->type == VJ_FLOAT) return x->num.d == (double)g && (double)g < 9007199254740992.0;
-    if (x->type == VJ_TRUE) return g == 1;
-    if (x->type == VJ_FALSE) return g == 0;
-    return 0;
+    return x->type == VJ_INT && x->num.mag == g && (!x->neg || g == 0);
 }
 
 static int name_cmp_nodes(const vj_doc *d, uint32_t a, uint32_t b)
@@ -501,23 +497,23 @@ static int read_document(reader *R)
     }
     /* step 12 */
     v = vj_get(D, root, "r");
-    if (absent_or_null(D, v)) return fail(R->err, "E4.6.12.1", "r", "missing");
+    if (absent(v)) return fail(R->err, "E4.6.12.1", "r", "missing");
     if (!int_ge1(D, v)) return fail(R->err, "E4.6.12.2", "r", "must be an integer >= 1");
     ad->r = NODE(*D, v).num.mag;
     /* step 13 */
     v = vj_get(D, root, "generator");
-    if (absent_or_null(D, v)) return fail(R->err, "E4.6.13.1", "generator", "missing");
+    if (absent(v)) return fail(R->err, "E4.6.13.1", "generator", "missing");
     ad->generator = one_of(D, v, GENERATORS, 3);
     if (ad->generator < 0) return fail(R->err, "E4.6.13.2", "generator", "must be one of philox4x32-10, stored, peft-mt19937");
     /* step 14: spec 1.3, a decimal string in [0, 2^64) without sign or leading zero */
     v = vj_get(D, root, "seed");
     if (ad->generator == VERA_GEN_STORED) {
-        if (!absent_or_null(D, v)) return fail(R->err, "E4.6.14.1", "seed", "must be absent for the stored generator");
+        if (!absent(v)) return fail(R->err, "E4.6.14.1", "seed", "must be absent for the stored generator");
     } else {
         const unsigned char *s;
         size_t n;
         uint64_t seed = 0;
-        if (absent_or_null(D, v)) return fail(R->err, "E4.6.14.2", "seed", "missing");
+        if (absent(v)) return fail(R->err, "E4.6.14.2", "seed", "missing");
         if (NODE(*D, v).type != VJ_STR) return fail(R->err, "E4.6.14.3", "seed", "must be a decimal string in [0, 2^64)");
         s = STR(*D, v);
         n = NODE(*D, v).str_len;
@@ -532,7 +528,7 @@ static int read_document(reader *R)
     }
     /* step 15 */
     v = vj_get(D, root, "sharing");
-    if (absent_or_null(D, v)) return fail(R->err, "E4.6.15.1", "sharing", "missing");
+    if (absent(v)) return fail(R->err, "E4.6.15.1", "sharing", "missing");
     ad->sharing = one_of(D, v, SHARINGS, 2);
     if (ad->sharing < 0) return fail(R->err, "E4.6.15.2", "sharing", "must be one of shared, per-module");
     if (ad->generator == VERA_GEN_PEFT_MT19937 && ad->sharing != VERA_SHARED)
@@ -544,7 +540,7 @@ static int read_document(reader *R)
     prefix = v ? STR(*D, v) : NULL;
     plen = v ? NODE(*D, v).str_len : 0;
     mods = vj_get(D, root, "modules");
-    if (absent_or_null(D, mods)) return fail(R->err, "E4.6.16.2", "modules", "missing");
+    if (absent(mods)) return fail(R->err, "E4.6.16.2", "modules", "missing");
     if (NODE(*D, mods).type != VJ_ARR || NODE(*D, mods).count == 0) return fail(R->err, "E4.6.16.3", "modules", "must be a non-empty list");
     ad->modules = (vera_module *)calloc(NODE(*D, mods).count, sizeof *ad->modules);
     if (!ad->modules) return fail(R->err, "ENOMEM", "modules", "out of memory");
@@ -601,11 +597,11 @@ static int read_document(reader *R)
             if (ad->modules[i].out_features > max_out) max_out = ad->modules[i].out_features;
         }
         v = vj_get(D, root, "n_in");
-        if (absent_or_null(D, v)) return fail(R->err, "E4.6.17.1", "n_in", "missing");
+        if (absent(v)) return fail(R->err, "E4.6.17.1", "n_in", "missing");
         if (!int_ge1(D, v)) return fail(R->err, "E4.6.17.2", "n_in", "must be an integer >= 1");
         ad->n_in = NODE(*D, v).num.mag;
         v = vj_get(D, root, "n_out");
-        if (absent_or_null(D, v)) return fail(R->err, "E4.6.17.3", "n_out", "missing");
+        if (absent(v)) return fail(R->err, "E4.6.17.3", "n_out", "missing");
         if (!int_ge1(D, v)) return fail(R->err, "E4.6.17.4", "n_out", "must be an integer >= 1");
         ad->n_out = NODE(*D, v).num.mag;
         if (ad->n_in != max_in) return fail(R->err, "E4.6.17.5", "n_in", "must equal the largest in_features of the modules");
@@ -613,7 +609,7 @@ static int read_document(reader *R)
     }
     /* step 18 */
     v = vj_get(D, root, "vector_dtype");
-    if (absent_or_null(D, v)) return fail(R->err, "E4.6.18.1", "vector_dtype", "missing");
+    if (absent(v)) return fail(R->err, "E4.6.18.1", "vector_dtype", "missing");
     ad->vector_dtype = one_of(D, v, VECTOR_DTYPES, 4);
     if (ad->vector_dtype < 0) return fail(R->err, "E4.6.18.2", "vector_dtype", "must be one of float64, float32, float16, bfloat16");
     v = vj_get(D, root, "tensor_layout");
@@ -665,7 +661,7 @@ static int read_document(reader *R)
         }
     }
     v = vj_get(D, root, "base_model");
-    if (!absent_or_null(D, v)) {
+    if (!absent(v)) {
         uint32_t first = 0;
         if (NODE(*D, v).type != VJ_OBJ) return fail(R->err, "E4.6.20.3", "base_model", "must map strings to strings");
         for (c = NODE(*D, v).first; c; c = NODE(*D, c).next) {
@@ -699,7 +695,7 @@ static int read_document(reader *R)
     if (!ad->groups || !ad->sha256) return fail(R->err, "ENOMEM", "projection_sha256", "out of memory");
     for (i = 0; i < ad->n_groups; i++) ad->groups[i] = ad->sharing == VERA_SHARED ? 0u : (uint32_t)(i + 1);
     v = vj_get(D, root, "projection_sha256");
-    if (absent_or_null(D, v)) return fail(R->err, "E4.6.21.1", "projection_sha256", "missing");
+    if (absent(v)) return fail(R->err, "E4.6.21.1", "projection_sha256", "missing");
     if (NODE(*D, v).type != VJ_ARR || NODE(*D, v).count != ad->n_groups)
         return fail(R->err, "E4.6.21.2", "projection_sha256", "must list {group, A, B} for each group in order");
     for (c = NODE(*D, v).first, i = 0; c; c = NODE(*D, c).next, i++)

@@ -208,7 +208,9 @@ def test_metadata_schema_agrees_with_the_reader():
                      "tensor_layout"}
     for case in FILES["testGroups"][1]["tests"]:
         # the range of a 20-digit seed (< 2^64) is beyond a regex; clause 4.6 checks it
+        # JSON Schema counts 4.0 as an integer (its data model), spec 4.3 does not: those are 4.6's alone
         if (case["error"]["field"] in schema_fields and "out of range" not in case["comment"]
+                and "not an integer literal" not in case["comment"]
                 and case["error"]["code"].split(".")[2] in {str(n) for n in range(11, 22)}):
             meta, _ = container.read_metadata(VECTORS / "files" / case["file"])
             doc = json.loads(meta["vera_config"])
