@@ -175,8 +175,41 @@ def table(rows: list[Tally]) -> str:
     lines = ["| bug | clause | area | result | caught by (first failing check first) |", "|---|---|---|---|---|"]
     for r in rows:
         by = ", ".join(checks_of(r.caught_by)) if r.caught_by else (r.first_reason if r.result == "error" else "")
+        if r.result == "escaped" and r.also_on_base:
+            by = f"(fails only {', '.join(checks_of(r.also_on_base))}, which fail on {r.base} too)"
         lines.append(f"| {r.bug} | {r.clause} | {r.area} | {r.result} | {by} |")
     return "\n".join(lines)
+
+
+def at_revision(rev: str, argv: list[str]) -> int:
+    """Run this script as committed at ``rev``, on the kit as committed at ``rev``: ``git archive``
+    into a temporary folder whose packages come first on PYTHONPATH (vera_ref.spec linked to spec/,
+    as pyproject maps it), so uncommitted work in the checkout takes no part."""
+    keep = []
+    skip = False
+    for a in argv:  # the same arguments without --at; the --json path as seen from here
+        if skip:
+            skip = False
+        elif a == "--at":
+            skip = True
+        elif a.startswith("--json="):
+            keep.append("--json=" + os.path.abspath(a.split("=", 1)[1]))
+        elif keep and keep[-1] == "--json":
+            keep.append(os.path.abspath(a))
+        elif not a.startswith("--at="):
+            keep.append(a)
+    commit = subprocess.run(["git", "rev-parse", "--verify", rev + "^{commit}"], capture_output=True, text=True,
+                            cwd=ROOT)
+    if commit.returncode:
+        raise SystemExit(f"planted_tally: --at {rev}: not a commit of {ROOT}")
+    with tempfile.TemporaryDirectory(prefix="planted-at-") as tmp:
+        archive = subprocess.run(["git", "archive", commit.stdout.strip()], capture_output=True, cwd=ROOT, check=True)
+        subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
+        (Path(tmp) / "vera_ref" / "spec").symlink_to(Path(tmp) / "spec")
+        env = dict(os.environ, VERA_PLANTED_AT=commit.stdout.strip(), PYTHONPATH=os.pathsep.join(str(Path(tmp) / d) for d in (".", "backends", "conformance")))
+        print(f"kit as committed at {commit.stdout.strip()} ({rev})", flush=True)
+        return subprocess.run([sys.executable, str(Path(tmp) / "tools" / "planted_tally.py"), *keep], env=env,
+                              cwd=tmp).returncode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -188,8 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kit-args", default="", help="more arguments for vera-ref conformance, e.g. '--thorough'")
     ap.add_argument("--all", action="store_true",
                     help="run every check on every bug (default: a bug's run stops at its first catch)")
+    ap.add_argument("--at", metavar="REV", help="measure the kit as committed at REV (git archive into a temporary "
+                    "folder, first on PYTHONPATH), not the working tree")
     ap.add_argument("--json", metavar="FILE", help="write every bug's result and the totals as JSON")
     args = ap.parse_args(argv)
+    if args.at:
+        return at_revision(args.at, [a for a in (argv if argv is not None else sys.argv[1:])])
     paths = bugs(args.only)
     extra = args.kit_args.split()
     start = time.monotonic()
@@ -198,19 +235,28 @@ def main(argv: list[str] | None = None) -> int:
         by = ", ".join(checks_of(r.caught_by)) or r.first_reason
         print(f"{r.result.upper():12} {r.bug:40} {r.seconds:6.1f}s  {by[:160]}", flush=True)
 
-    bases = sorted({getattr(load_bug(p), "BASE", "b_reference") for p in paths} | {"b_reference"})
+    base_of = {p: getattr(load_bug(p), "BASE", "b_reference") for p in paths}
+    bases = sorted(set(base_of.values()) | {"b_reference"}, key=lambda b: (b == "b_torch", b))
+    paths.sort(key=lambda p: (base_of[p] == "b_torch", p.stem))  # bugs on the slowest baseline last
     with ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        base_rows = list(pool.map(lambda b: run_one(PLANTED / f"{b}.py", args.max_examples, args.timeout, extra),
-                                  bases))
-        for r in base_rows:
+        # baselines first (FIFO: each is running or done before any bug task starts); a bug's task
+        # waits for its own baseline only
+        base_futures = {b: pool.submit(run_one, PLANTED / f"{b}.py", args.max_examples, args.timeout, extra)
+                        for b in bases}
+
+        def bug_task(p: Path) -> Tally:
+            base = base_futures[base_of[p]].result()
+            return run_one(p, args.max_examples, args.timeout, extra, set(base.caught_by), not args.all)
+
+        futures = [pool.submit(bug_task, p) for p in paths]
+        base_rows = []
+        for b, f in base_futures.items():
+            r = f.result()
+            base_rows.append(r)
             show(r)
             if r.result != "passed":
-                print(f"  baseline {r.bug} fails {', '.join(r.caught_by) or r.first_reason}: those ids do not count "
-                      "as catching a bug planted in it", flush=True)
-        base_failed = {r.bug: set(r.caught_by) for r in base_rows}
-        futures = [pool.submit(run_one, p, args.max_examples, args.timeout, extra,
-                               base_failed.get(getattr(load_bug(p), "BASE", "b_reference"), set()), not args.all)
-                   for p in paths]
+                print(f"  baseline {r.bug} ({r.result}) fails {', '.join(r.caught_by) or r.first_reason}: those ids "
+                      "do not count as catching a bug planted in it", flush=True)
         rows = []
         for f in futures:
             rows.append(f.result())
@@ -228,8 +274,12 @@ def main(argv: list[str] | None = None) -> int:
         if r.result == "escaped":
             print(f"escaped {r.bug}: {r.why_escapes or '(no explanation recorded)'}")
     if args.json:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-        doc = {"commit": commit, "max_examples": args.max_examples, "timeout": args.timeout, "kit_args": extra,
+        at = os.environ.get("VERA_PLANTED_AT")  # set by --at: this is the archive of that commit
+        commit = at or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                      cwd=ROOT).stdout.strip()
+        dirty = not at and subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                          capture_output=True, text=True, cwd=ROOT).stdout.strip()
+        doc = {"commit": commit, "working_tree": "modified" if dirty else "as committed", "max_examples": args.max_examples, "timeout": args.timeout, "kit_args": extra,
                "wall_seconds": wall, "totals": tot, "bugs": [asdict(r) for r in rows]}
         Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
     return 0
