@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -191,10 +190,12 @@ def field_diff(ad, want: LoadedAdapter) -> list[str]:
     for k, v in got.items():
         if v != getattr(want, k):
             problems.append(f"{k} {v!r} (given {getattr(want, k)!r})")
-    for k in ("d_initial", "dropout"):  # numbers: the written value must read back as the given binary64
+    for k, default in (("d_initial", 0.1), ("dropout", 0.0)):  # numbers: read back as the given binary64 value
         v, w = getattr(cfg, k), getattr(want, k)
-        if not (v == w and math.copysign(1, v) == math.copysign(1, w)):
-            problems.append(f"{k} {v!r} (given {w!r}{', the default' if k == 'd_initial' and v == 0.1 else ''})")
+        if v != w:
+            why = (", the default" if v == default else
+                   ", the given value rounded to binary32" if v == float(np.float32(w)) else "")
+            problems.append(f"{k} {v!r} (given {w!r}{why})")
     mods = [(m.name, m.in_features, m.out_features, m.layout) for m in cfg.modules]
     given = [tuple(m) for m in want.modules]
     if want.sharing == "shared":  # spec 4.3: the order defines per-module groups (and the packed layout only)
