@@ -1,6 +1,7 @@
 """The conformance kit: it passes correct implementations, catches broken ones (each with the
 check meant to catch it), and its plumbing (skips, xfails, reports, repros, CLI mistakes,
 pytest plugin, vectors runner) works. Heavy meta-tests run few examples."""
+import dataclasses
 import json
 import re
 import subprocess
@@ -130,7 +131,7 @@ def test_peft_layer_passes_through_the_same_door():
     assert summary(results)["failed"] == 0, [(r.id, r.reason) for r in results if r.status == "failed"]
     assert {r.check for r in results if r.status == "passed"} == {
         "forward", "backward", "merge", "unmerge", "train", "eval_dropout", "generator_probe", "stateless",
-        "math_vectors"}
+        "math_vectors", "numerics"}
     assert all("does not claim" in r.reason or r.check == "adapter_scale" for r in results if r.status == "skipped")
 
 
@@ -386,3 +387,73 @@ def test_a_pass_that_called_nothing_is_a_failure():
                  lambda impl, device, dtype, n, case=None: Outcome("passed", "", impl.projection(1, 2, 3, 4, 0, device)
                                                                    and 1))
     assert run_check(Reference(), busy, "cpu", None, 2).status == "passed"
+
+
+# --- dtypes probed, not only declared (runner.probe_dtype) -----------------------------------------
+
+class _Float32Declared(Reference):
+    """Computes in the case's dtype like the reference, but declares float32 only (the default)."""
+    dtypes = frozenset({"float32"})
+
+
+class _AlwaysFloat32(_Float32Declared):
+    """A wrapper that ignores case.dtype: it computes every case in float32."""
+    def forward(self, c):
+        return Reference.forward(self, dataclasses.replace(c, dtype="float32"))
+
+
+class _Refuses(_Float32Declared):
+    def forward(self, c):
+        if c.dtype != "float32":
+            raise TypeError(f"dtype {c.dtype} is not supported by this layer")
+        return super().forward(c)
+
+
+class _HalfBugUndeclared(Bk.NoAdapterInHalf):
+    dtypes = frozenset({"float32"})
+
+
+def test_undeclared_dtypes_are_probed_then_checked():
+    from vera_conformance.runner import default_dtypes, probe_dtype
+    assert default_dtypes(_Float32Declared()) == ["float32", "float16", "bfloat16", "float64"]
+    assert default_dtypes(Bk.DeclaredTF32()) == ["float32", "float16", "bfloat16", "float64", "tf32"]
+    dts = default_dtypes(_Float32Declared())
+    res = {r.id: r for r in _quiet(_Float32Declared(), dts, 2, only=["forward"])}
+    assert all(res[f"forward[{d}]_cpu"].status == "passed" for d in dts)  # declared nothing: tested in all four
+    # a bug in an undeclared dtype is found, not skipped
+    res = {r.id: r for r in _quiet(_HalfBugUndeclared(), dts, 2, only=["forward"])}
+    assert res["forward[bfloat16]_cpu"].status == "failed" and res["forward[float32]_cpu"].status == "passed"
+    # "not supported" only after trying: values of another dtype, or an error saying so
+    for d in ("float16", "bfloat16", "float64"):
+        why = probe_dtype(_AlwaysFloat32(), "cpu", d)
+        assert why.startswith(f"{_AlwaysFloat32.name} does not support {d} (not declared; probed: its forward ")
+        assert "returned" in why
+        why = probe_dtype(_Refuses(), "cpu", d)
+        assert f"raised TypeError: dtype {d} is not supported by this layer (at " in why
+    res = {r.id: r for r in _quiet(_Refuses(), dts, 2, only=["forward", "numerics"])}
+    assert res["numerics[float16]_cpu"].status == "skipped" and res["numerics[float32]_cpu"].status == "passed"
+    assert probe_dtype(_Float32Declared(), "cpu", "bfloat16") is None
+
+    class _Crashes(_Float32Declared):  # an error that does not say "unsupported" is a failure with its frame
+        def forward(self, c):
+            if c.dtype == "bfloat16":
+                raise RuntimeError("expected scalar type BFloat16 but found Float")
+            return super().forward(c)
+    r = _quiet(_Crashes(), ["bfloat16"], 2, only=["forward"])[0]
+    assert r.status == "failed" and r.reason.startswith("RuntimeError: expected scalar type BFloat16 but found Float")
+    assert f"{__file__}:" in r.reason
+
+
+def test_crash_names_the_innermost_frame_outside_the_kit_and_the_wrapper(tmp_path, monkeypatch):
+    (tmp_path / "mlib_k24.py").write_text("def forward(x):\n    return helper(x)\n\n\ndef helper(x):\n"
+                                         "    raise TypeError('unsupported operand')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import mlib_k24
+
+    class Wrapped(Reference):
+        def forward(self, c):
+            return mlib_k24.forward(c.x)
+    r = _quiet(Wrapped(), ["float32"], 2, only=["forward"])[0]
+    lib = tmp_path / "mlib_k24.py"
+    assert r.reason.startswith(f"TypeError: unsupported operand (at {lib}:6 in helper; wrapper {__file__}:")
+    assert r.reason.endswith(" in forward)")

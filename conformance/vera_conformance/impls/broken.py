@@ -433,7 +433,7 @@ class BFloat16ThroughFloat16(Reference):
         if c.dtype != "bfloat16":
             return super().forward(c)
         A, B = self._proj(c)
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"):
             return vera_ref.forward(c.x, c.W, c.bias, A, B, c.lambda_d, c.lambda_b, layout=c.layout,
                                     dropout_mask=c.dropout_mask, dropout=c.dropout, dtype="float16")
 
