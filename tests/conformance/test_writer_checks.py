@@ -174,3 +174,16 @@ def test_refuses_bad_arguments_also_needs_the_edges_inside_accepted():
     assert out.status == "failed" and "refused seed 18446744073709551615, group 0, inside the ranges" in out.reason
     ok = check_refuses_bad_arguments(Reference(), "cpu", None, 1)
     assert ok.status == "passed" and ok.examples == 5
+
+
+def test_written_file_runs_without_torch_uses_the_reference_reader_and_says_so(monkeypatch):
+    """Without torch the written file still runs (the reference's reader and forward), noted; a
+    writer whose packed vectors are in name order fails there too."""
+    import sys
+
+    from vera_conformance.checks_writer import check_written_file_runs
+    monkeypatch.setitem(sys.modules, "vera_torch", None)  # import vera_torch raises ImportError
+    ok = check_written_file_runs(BW.FullWriter(), "cpu", None, 1)
+    assert ok.status == "passed" and ok.note == "torch is absent: the written file was run through the reference's reader"
+    bad = check_written_file_runs(BW.WriterPackedInNameOrder(), "cpu", None, 1)
+    assert bad.status == "failed" and "run with the written file" in bad.reason
