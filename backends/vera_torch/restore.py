@@ -16,7 +16,7 @@ is stored for them:
   W and back: the merge's rounding error is at most half an ulp of W, 2^(d-1) ulps of back, so
   |k| <= 2^m with m = max(d - 1, 0); a one-sided code holds 0..2^(m+1) - 1 ulps towards its side
   in m + 1 bits, a two-sided one -2^(m+1)..2^(m+1) - 1 in m + 2 bits (both capped at 8 bits). The
-  codes of each width are packed bit by bit into uint8, in element order.
+  codes follow one another bit by bit in one uint8 stream, in element order (each width is known).
 - ``escapes``: every element the codes do not bring back (|k| beyond its code, a float16/bfloat16
   merge's double rounding (float32 sum, then the weight's dtype), a binade edge, an element that is
   not a candidate), as int32 index (int64 from 2^31 elements) and the original value.
@@ -45,15 +45,15 @@ class ResidualMismatch(ValueError):
 
 @dataclass
 class Residual:
-    """What unmerge needs beyond W and Delta W: packed codes per class, escapes (index, value)."""
+    """What unmerge needs beyond W and Delta W: the packed codes, the escapes (index, value)."""
 
-    counts: tuple[int, ...]  # candidates with a code of 1, 2, ..., MAX_WIDTH bits
-    codes: tuple[torch.Tensor, ...]  # per width: uint8, ceil(count * width / 8) bytes, in element order
+    counts: tuple[int, int]  # (candidates, bits of their codes): both found again at unmerge
+    codes: torch.Tensor  # uint8, ceil(bits / 8): the candidates' codes in element order, low bit first
     idx: torch.Tensor  # (n_escapes,) int32 or int64, ascending
     values: torch.Tensor  # (n_escapes,) W0 at idx, the weight's dtype
 
     def tensors(self) -> list[torch.Tensor]:
-        return [*self.codes, self.idx, self.values]
+        return [self.codes, self.idx, self.values]
 
     @property
     def nbytes(self) -> int:
@@ -62,10 +62,6 @@ class Residual:
     @property
     def escapes(self) -> int:
         return self.idx.numel()
-
-    def to(self, device: torch.device | str) -> Residual:
-        return Residual(self.counts, tuple(c.to(device) for c in self.codes), self.idx.to(device),
-                        self.values.to(device))
 
 
 def subtract(w: torch.Tensor, dW: torch.Tensor) -> torch.Tensor:
@@ -120,102 +116,85 @@ def _classes(w: torch.Tensor, dW: torch.Tensor, back: torch.Tensor, ob: torch.Te
     return torch.where(up | down, width, torch.zeros_like(width)), side
 
 
-def _pack(u: torch.Tensor, width: int) -> torch.Tensor:
-    """Codes in [0, 2^width) -> uint8, ``width`` bits each, low bits first, bytes filled low bit first."""
-    bits = torch.stack([(u >> j) & 1 for j in range(width)], dim=1).reshape(-1).to(torch.uint8)
-    pad = (-bits.numel()) % 8
-    if pad:
-        bits = torch.cat([bits, bits.new_zeros(pad)])
-    bits = bits.view(-1, 8)
-    out = bits[:, 0].clone()
-    for j in range(1, 8):
-        out |= bits[:, j] << j
-    return out
+def _bit_places(width: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For the concatenated codes of these widths: each bit's code and its place in that code."""
+    owner = torch.repeat_interleave(torch.arange(width.numel(), device=width.device), width)
+    start = torch.cumsum(width, 0) - width
+    return owner, torch.arange(owner.numel(), device=width.device) - start[owner]
 
 
-def _unpack(p: torch.Tensor, width: int, count: int, dtype: torch.dtype) -> torch.Tensor:
-    bits = torch.stack([(p >> j) & 1 for j in range(8)], dim=1).reshape(-1)[: count * width].view(count, width)
-    u = torch.zeros(count, dtype=dtype, device=p.device)
-    for j in range(width):
-        u |= bits[:, j].to(dtype) << j
-    return u
+def _pack(u: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
+    """Codes u_i in [0, 2^width_i) -> uint8, one after the other, low bit first, bytes filled low bit first."""
+    owner, place = _bit_places(width)
+    bits = (u[owner] >> place) & 1
+    bits = torch.cat([bits, bits.new_zeros((-bits.numel()) % 8)]).view(-1, 8)
+    return (bits << torch.arange(8, device=u.device)).sum(1).to(torch.uint8)
 
 
-def _code_range(width: int, side: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Smallest and largest k a code of ``width`` bits holds: [0, 2^w) ulps towards ``side``, or
-    [-2^(w-1), 2^(w-1)) for a two-sided element."""
-    two = side == 0
-    lo = torch.where(two, -(1 << (width - 1)), 0)
-    hi = torch.where(two, (1 << (width - 1)) - 1, (1 << width) - 1)
-    return lo, hi
+def _unpack(p: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``_pack``: the int64 codes of these widths."""
+    owner, place = _bit_places(width)
+    bits = ((p[:, None].long() >> torch.arange(8, device=p.device)) & 1).reshape(-1)[: owner.numel()]
+    return torch.zeros(width.numel(), dtype=torch.int64, device=p.device).index_add_(0, owner, bits << place)
 
 
-def _layout(w: torch.Tensor, dW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, ...]]:
-    """(places of back, flat; the candidates' positions grouped by code width, element order within a
-    width; their sides; the count per width 1..MAX_WIDTH): what encoder and decoder both see."""
+def _layout(w: torch.Tensor, dW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What encoder and decoder both see: the places of back (flat), the candidates' positions in element
+    order, their code widths and sides (int64)."""
     back = subtract(w, dW)
     ob = ordered(back.reshape(-1))
     width, side = _classes(w, dW, back, ob)
     del back
-    cand = (width > 0).nonzero().view(-1)
-    wc = width[cand]
-    pos = cand[torch.sort(wc, stable=True).indices]
-    counts = tuple(int(n) for n in torch.bincount(wc.long(), minlength=MAX_WIDTH + 1)[1:].tolist())
-    return ob, pos, side[pos], counts
+    pos = (width > 0).nonzero().view(-1)
+    return ob, pos, width[pos].long(), side[pos].long()
 
 
-def _segments(counts: tuple[int, ...]):
-    """(width, start, end) of each width's candidates in the grouped order of ``_layout``."""
-    start = 0
-    for wd, n in zip(range(1, MAX_WIDTH + 1), counts):
-        yield wd, start, start + n
-        start += n
+def _rebuild(w: torch.Tensor, ob: torch.Tensor, pos: torch.Tensor, width: torch.Tensor, side: torch.Tensor,
+             rec: Residual) -> torch.Tensor:
+    """W0 from the layout and the residual: each candidate moved by its k, then the escapes."""
+    u = _unpack(rec.codes, width)
+    half = torch.ones_like(width) << (width - 1)
+    k = torch.where(side == 0, torch.where(u >= half, u - 2 * half, u), u * side)
+    out = ob.clone()
+    out[pos] += k.to(out.dtype)  # modulo 2^bits: exact for any k
+    out = from_ordered(out, w.dtype)
+    out.index_copy_(0, rec.idx.long(), rec.values)
+    return out.view(w.shape)
 
 
 def encode(w: torch.Tensor, dW: torch.Tensor, w0: torch.Tensor) -> Residual | None:
-    """The residual that brings ``w0`` back from merged ``w`` and ``dW``; None when ``decode`` would
-    not give every element of ``w0`` back bit for bit (not expected: the record is checked)."""
-    ob, pos, side, counts = _layout(w, dW)
+    """The residual that brings ``w0`` back from merged ``w`` and ``dW``; None when it would not give
+    every element of ``w0`` back bit for bit (not expected: the record is checked, element by element)."""
+    ob, pos, width, side = _layout(w, dW)
     o0 = ordered(w0.reshape(-1))
     k = o0[pos].long() - ob[pos].long()  # ulps from back to W0 (float64 patterns: modulo 2^64, as decoding)
-    codes, ks = [], []
-    for wd, a, b in _segments(counts):
-        kc, sd = k[a:b], side[a:b].to(k.dtype)
-        lo, hi = _code_range(wd, sd)
-        code = torch.where(sd == 0, kc, kc * sd).clamp(lo, hi)  # out of range: an escape
-        codes.append(_pack(code & ((1 << wd) - 1), wd))
-        ks.append(torch.where(sd == 0, code, code * sd))
+    half = torch.ones_like(width) << (width - 1)
+    two = side == 0
+    lo, hi = torch.where(two, -half, 0), torch.where(two, half - 1, 2 * half - 1)
+    code = torch.where(two, k, k * side).clamp(lo, hi)  # out of range: an escape
     got = ob.clone()
-    got[pos] += torch.cat(ks).to(got.dtype)  # modulo 2^bits: exact for any k
+    got[pos] += torch.where(two, code, code * side).to(got.dtype)
     idx = (got != o0).nonzero().view(-1)  # what the codes do not bring back
-    del got, o0, ob
+    del got, o0
     idx = idx.to(torch.int32) if w.numel() < 2**31 else idx
-    rec = Residual(counts, tuple(codes), idx, w0.reshape(-1).index_select(0, idx.long()))
-    try:
-        same = torch.equal(decode(w, dW, rec).view(_INT[w.element_size()]), w0.view(_INT[w.element_size()]))
-    except ResidualMismatch:
-        same = False
-    return rec if same else None
+    rec = Residual((pos.numel(), int(width.sum())), _pack(code & (2 * half - 1), width), idx,
+                   w0.reshape(-1).index_select(0, idx.long()))
+    ib = _INT[w.element_size()]
+    return rec if torch.equal(_rebuild(w, ob, pos, width, side, rec).view(ib), w0.view(ib)) else None
 
 
 def decode(w: torch.Tensor, dW: torch.Tensor, rec: Residual) -> torch.Tensor:
     """W0 from merged ``w``, ``dW`` and the residual (a new tensor, ``w``'s shape and dtype).
     ``ResidualMismatch`` when the candidates are not those counted at merge time."""
-    ob, pos, side, counts = _layout(w, dW)
-    if counts != tuple(rec.counts) or len(rec.codes) != MAX_WIDTH:
-        raise ResidualMismatch(f"{counts} candidates per code width at unmerge, {tuple(rec.counts)} at merge")
-    ks = []
-    for (wd, a, b), p in zip(_segments(counts), rec.codes):
-        u, sd = _unpack(p, wd, b - a, torch.int64), side[a:b].long()
-        ks.append(torch.where(sd == 0, torch.where(u >= 1 << (wd - 1), u - (1 << wd), u), u * sd))
-    ob[pos] += torch.cat(ks).to(ob.dtype)
-    out = from_ordered(ob, w.dtype)
-    out.index_copy_(0, rec.idx.long(), rec.values)
-    return out.view(w.shape)
+    ob, pos, width, side = _layout(w, dW)
+    counts = (pos.numel(), int(width.sum()))
+    if counts != tuple(rec.counts) or rec.codes.numel() != -(-counts[1] // 8):
+        raise ResidualMismatch(f"{counts[0]} candidates with {counts[1]} code bits at unmerge, "
+                               f"{rec.counts[0]} with {rec.counts[1]} at merge")
+    return _rebuild(w, ob, pos, width, side, rec)
 
 
-def bound(counts: tuple[int, ...], escapes: int, numel: int, element_size: int) -> int:
-    """Bytes of a residual with these counts: ceil(count * width / 8) per code width, plus index and value
-    per escape (the encoding's own size, for tests and benches)."""
-    codes = sum(-(-n * wd // 8) for n, wd in zip(counts, range(1, MAX_WIDTH + 1)))
-    return codes + escapes * ((4 if numel < 2**31 else 8) + element_size)
+def bound(code_bits: int, escapes: int, numel: int, element_size: int) -> int:
+    """Bytes of a residual with this many code bits and escapes: ceil(bits / 8), plus index and value per
+    escape (the encoding's own size, for tests and benches)."""
+    return -(-code_bits // 8) + escapes * ((4 if numel < 2**31 else 8) + element_size)
