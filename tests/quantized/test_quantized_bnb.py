@@ -278,3 +278,52 @@ def test_an_accepted_merge_survives_disable_adapter_and_the_bound_stays_the_laye
         with m.disable_adapter():  # unmerged for the block (the original bytes), merged again after
             assert same(held_bytes(layer), before)
         assert layer.merged == ["default"] and same(held_bytes(layer), merged) and torch.equal(m(x), y)
+
+
+def spec72_from_checkpoint(name: str, sd: dict) -> str:
+    """spec 7.2 written out from the serialized bitsandbytes checkpoint (its state_dict and the JSON
+    blob it stores the quantization state in), not from vera_torch's code."""
+    import hashlib
+    import json
+    if "SCB" in sd:  # int8: CB and SCB
+        return hashlib.sha256(name.encode() + b"\0" + f"bnb-int8;shape={OUT}x{IN}".encode() + b"\0"
+                              + sd["weight"].numpy().tobytes() + sd["SCB"].numpy().astype("<f4").tobytes()).hexdigest()
+    blob = next(k for k in sd if ".quant_state.bitsandbytes__" in k or k.startswith("weight.quant_state."))
+    st = json.loads(bytes(sd[blob].tolist()))
+    nested = "nested_blocksize" in st
+    desc = (f"bnb-{st['quant_type']};blocksize={st['blocksize']};shape={st['shape'][0]}x{st['shape'][1]};"
+            f"storage=uint8;nested={int(nested)}" + (f";nested_blocksize={st['nested_blocksize']}" if nested else ""))
+    le = lambda t: t.numpy().astype(t.numpy().dtype.newbyteorder("<")).tobytes()  # noqa: E731
+    parts = [sd["weight"], sd["weight.absmax"], sd["weight.quant_map"]]
+    if nested:
+        parts += [torch.tensor([st["nested_offset"]], dtype=torch.float32), sd["weight.nested_absmax"],
+                  sd["weight.nested_quant_map"]]
+    h = hashlib.sha256(name.encode() + b"\0" + desc.encode() + b"\0" + b"".join(le(p) for p in parts))
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("quant_type,nested", [("nf4", True), ("fp4", False)])
+def test_the_fingerprint_is_spec_7_2_of_the_checkpoint_and_a_reloaded_checkpoint_is_recognised(quant_type, nested,
+                                                                                                 tmp_path):
+    q = linear4(quant_type, nested)
+    sd = {k: v.clone() for k, v in q.state_dict().items()}
+    m = get_vera_model(nn.Sequential(q), VeraConfig(r=8, target_modules=["0"], seed=5))
+    assert m.base_fingerprint() == spec72_from_checkpoint("0", sd)
+    # the checkpoint loaded back as bitsandbytes loads a pre-quantized model: the same fingerprint
+    stats = {k[len("weight."):]: v for k, v in sd.items() if k.startswith("weight.")}
+    q2 = bnb.nn.Linear4bit(IN, OUT, quant_type=quant_type, compress_statistics=nested)
+    q2.weight = bnb.nn.Params4bit.from_prequantized(data=sd["weight"], quantized_stats=stats, device="cpu")
+    q2.bias = nn.Parameter(sd["bias"], requires_grad=False)
+    trained(m)
+    f = tmp_path / "a.safetensors"
+    m.save_adapter(f)
+    m2 = VeraModel.from_adapter(nn.Sequential(q2), f)  # no warning, no mismatch
+    assert m2.base_fingerprint() == m.base_fingerprint()
+
+
+def test_the_fingerprint_of_an_int8_base_is_spec_7_2_of_its_checkpoint():
+    q = linear8()
+    sd = {k: v.clone() for k, v in q.state_dict().items()}
+    m = get_vera_model(nn.Sequential(q), VeraConfig(r=8, target_modules=["0"], seed=5))
+    trained(m)  # forward moves SCB into the layer's state: still the same fingerprint
+    assert m.base_fingerprint() == spec72_from_checkpoint("0", sd)
