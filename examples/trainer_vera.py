@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         # BERT's loss is a mean over the rows of a process; without this the Trainer multiplies it by the
         # number of processes (it assumes a loss summed over the global count), doubling the step on 2 ranks
         average_tokens_across_devices=False,
-        **(dict(fsdp=True, fsdp_config={"version": 2, "transformer_layer_cls_to_wrap": ["BertLayer"]}) if a.fsdp else {}))
+        **(dict(fsdp=True, fsdp_config={"version": 2, "transformer_layer_cls_to_wrap": ["BertLayer"]})
+           if a.fsdp else {}))
     try:
         trainer = TRAINER(model=build(), args=args, train_dataset=Synthetic())
     except ConfigError as e:

@@ -76,9 +76,10 @@ class VeraTrainer(Trainer):
         super().create_accelerator_and_postprocess()
         if self.args.fsdp and not self.is_fsdp_enabled:
             from .errors import ConfigError
-            raise ConfigError("fsdp", f"FSDP was requested but Accelerate did not enable it (distributed type "
-                                      f"{self.accelerator.state.distributed_type.value}; Accelerate enables FSDP only "
-                                      f"for several processes on accelerator devices): the Trainer would train without it")
+            kind = self.accelerator.state.distributed_type.value
+            raise ConfigError("fsdp", f"FSDP was requested but Accelerate did not enable it (distributed type {kind}; "
+                                      f"Accelerate enables FSDP only for several processes on accelerator devices): "
+                                      f"the Trainer would train without it")
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         if self.is_fsdp_enabled:  # every rank: the spec file (a collective), never the whole-model gather
