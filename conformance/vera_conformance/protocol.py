@@ -3,7 +3,9 @@
 An implementation is an object with a ``name``, the ``capabilities`` it claims, and
 ``supports(device, dtype)``. The kit calls only the methods of the capabilities
 claimed; a missing capability or an unsupported (device, dtype) skips those checks
-with the reason. By default every dtype in ``dtypes`` is checked. Subclass
+with the reason. By default float32, float16, bfloat16 and float64 are checked: those in
+``dtypes`` as claimed, the others after a probe finds the implementation computes in them
+(runner.probe_dtype: "not supported" only when it says so or returns another dtype). Subclass
 ``Implementation`` and override what you have:
 
     capability   method                                   returns

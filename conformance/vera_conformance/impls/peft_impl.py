@@ -4,18 +4,20 @@ Code we did not write, through the same door: PEFT is given the spec's projectio
 (its vera_A / vera_B buffers, as with save_projection=True) and computes forward,
 backward, merge and unmerge itself. PEFT's generator is MT19937 (not the spec's) and
 its files are not spec files, so it claims neither; those checks skip with the reason.
+The wrapper builds each case in ``case.dtype`` and declares float32 only: the kit probes
+float16, bfloat16 and float64 and checks them (PEFT passes all four).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..protocol import Implementation, LayerCase, Trained
-from ..torch_helpers import run_case, sgd_steps
+from ..torch_helpers import run_case, sgd_steps, torch_dtype
 
 
 class PeftImpl(Implementation):
     capabilities = frozenset({"forward", "backward", "merge", "unmerge", "train"})
-    dtypes = frozenset({"float32"})
+    dtypes = frozenset({"float32"})  # the others are probed (runner.probe_dtype), then checked
 
     def __init__(self) -> None:
         import peft
@@ -42,7 +44,7 @@ class PeftImpl(Implementation):
             def forward(self, x):
                 return self.lin(x)
 
-        net = Net()
+        net = Net().to(torch_dtype(c))  # the case's dtype before its values go in (W0 exactly as given)
         with torch.no_grad():
             net.lin.weight.copy_(torch.from_numpy(c.W))
             if c.bias is not None:
@@ -51,6 +53,7 @@ class PeftImpl(Implementation):
                 net.lin.bias.zero_()
         pm = peft.get_peft_model(net, peft.VeraConfig(r=c.r, target_modules=["lin", "pad"], save_projection=True,
                                                       vera_dropout=c.dropout, fan_in_fan_out=conv))
+        pm = pm.to(torch_dtype(c))  # the case's dtype (the kit probes the dtypes PEFT is not declared for)
         layer = pm.base_model.model.lin
         with torch.no_grad():
             layer.vera_A["default"].copy_(torch.from_numpy(c.A))
@@ -62,19 +65,19 @@ class PeftImpl(Implementation):
     def forward(self, c: LayerCase):
         pm, _ = self._model(c)
         with self.torch.no_grad():
-            return run_case(c, pm, self.torch.tensor(c.x, dtype=self.torch.float32)).numpy()
+            return run_case(c, pm, self.torch.tensor(c.x, dtype=torch_dtype(c))).double().numpy()
 
     def backward(self, c: LayerCase):
         pm, layer = self._model(c)
-        x = self.torch.tensor(c.x, dtype=self.torch.float32, requires_grad=True)
+        x = self.torch.tensor(c.x, dtype=torch_dtype(c), requires_grad=True)
         y = run_case(c, pm, x)
         y.backward(self.torch.tensor(c.dy, dtype=y.dtype))
-        return (x.grad.numpy(), layer.vera_lambda_d["default"].grad.double().numpy(),
+        return (x.grad.double().numpy(), layer.vera_lambda_d["default"].grad.double().numpy(),
                 layer.vera_lambda_b["default"].grad.double().numpy())
 
     def train_steps(self, c: LayerCase, lr: float, steps: int) -> Trained:
         pm, layer = self._model(c)
-        x = self.torch.tensor(c.x, dtype=self.torch.float32)
+        x = self.torch.tensor(c.x, dtype=torch_dtype(c))
         return sgd_steps(c, pm, layer, x, lr, steps, lambda_d=layer.vera_lambda_d["default"],
                          lambda_b=layer.vera_lambda_b["default"], weight=layer.base_layer.weight,
                          A=layer.vera_A["default"], B=layer.vera_B["default"], bias=layer.base_layer.bias
@@ -83,7 +86,7 @@ class PeftImpl(Implementation):
     def merge(self, c: LayerCase):
         pm, layer = self._model(c)
         pm.merge_adapter()
-        return layer.base_layer.weight.detach().numpy().astype(np.float64)
+        return layer.base_layer.weight.detach().double().numpy()
 
     def unmerge(self, c: LayerCase, W_merged):
         pm, layer = self._model(c)
@@ -91,7 +94,7 @@ class PeftImpl(Implementation):
             layer.base_layer.weight.copy_(self.torch.from_numpy(W_merged))
         layer.merged_adapters = ["default"]
         pm.unmerge_adapter()
-        return layer.base_layer.weight.detach().numpy().astype(np.float64)
+        return layer.base_layer.weight.detach().double().numpy()
 
 
 def make() -> PeftImpl:
