@@ -6,8 +6,6 @@ vera_torch (``make``), and PEFT's VeRA on bnb layers (``make_peft``), code we di
 """
 from __future__ import annotations
 
-import numpy as np
-
 from ..protocol import Implementation, LayerCase
 
 
@@ -80,5 +78,3 @@ def make() -> TorchQuantizedImpl:
 def make_peft() -> PeftQuantizedImpl:
     return PeftQuantizedImpl()
 
-
-__all__ = ["TorchQuantizedImpl", "PeftQuantizedImpl", "make", "make_peft", "np"]
