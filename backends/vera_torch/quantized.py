@@ -320,8 +320,10 @@ def merge(layer: nn.Module, name: str, restore: str | None = None, max_output_ch
         layer.max_output_change = float(max_output_change)
     base = layer.base_layer
     now = _held(base)
-    orig = getattr(layer, "_quant_orig", None) or now
-    names = layer.merged + [name]
+    orig = getattr(layer, "_quant_orig", None)
+    # nothing kept (restore="none"): the merged weight is the base now, only ``name`` is added to it
+    names = layer.merged + [name] if orig is not None else [name]
+    orig = now if orig is None else orig
     new, report = _requantized(layer, orig, names, getattr(layer, "max_output_change", None))
     _put(base, new)
     if mode == "none":

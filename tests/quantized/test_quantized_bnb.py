@@ -322,3 +322,25 @@ def test_the_fingerprint_of_an_int8_base_is_spec_7_2_of_its_checkpoint():
     m = get_vera_model(nn.Sequential(q), VeraConfig(r=8, target_modules=["0"], seed=5))
     trained(m)  # forward moves SCB into the layer's state: still the same fingerprint
     assert m.base_fingerprint() == spec72_from_checkpoint("0", sd)
+
+
+def test_a_second_adapter_merged_on_top_of_a_merge_that_kept_nothing_is_added_once():
+    m = get_vera_model(net(linear4("nf4", False)), VeraConfig(r=8, target_modules=["0"], seed=5))
+    m.add_adapter("other", VeraConfig(r=4, target_modules=["0"], seed=9))
+    layer = m.base_model[0]
+    with torch.no_grad():
+        for n in ("default", "other"):
+            layer.vera_lambda_b[n].copy_(torch.full((OUT,), 0.5))
+    m.merge("default", restore="none", max_output_change=math.inf)
+    held1 = Q._held(layer.base_layer)  # the weight with "default" merged: the base of the next merge
+    m.merge("other", restore="none")
+    rep = layer.merge_report
+    with torch.no_grad():
+        probe = torch.randn(Q.PROBE_ROWS, IN, generator=torch.Generator().manual_seed(Q.PROBE_SEED))
+        got = layer.base_layer(probe).float()
+        held2 = Q._held(layer.base_layer)
+        Q._put(layer.base_layer, held1)
+        want = layer.base_layer(probe).float() + Q._adapter_term(layer, ["other"], probe)  # "default" once
+        Q._put(layer.base_layer, held2)
+    assert rep["max_output_change"] == float((got - want).abs().max())
+    assert layer.merged == ["default", "other"]
