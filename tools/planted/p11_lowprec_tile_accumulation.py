@@ -13,14 +13,16 @@ AREA = "numerics"
 EXPECT = "caught"
 
 
+EDITS = [("layer.py",
+          "        return self.cast(a.astype(np.float32) @ b.astype(np.float32))\n",
+          "        if self.dtype == \"float32\" or a.shape[-1] <= 32:\n"
+          "            return self.cast(a.astype(np.float32) @ b.astype(np.float32))\n"
+          "        acc = None\n"
+          "        for k0 in range(0, a.shape[-1], 32):  # planted: partials added in the dtype\n"
+          "            part = self.cast(a[..., k0:k0 + 32].astype(np.float32) @ b[k0:k0 + 32].astype(np.float32))\n"
+          "            acc = part if acc is None else self.cast(acc.astype(np.float32) + part.astype(np.float32))\n"
+          "        return acc\n")]
+
+
 def make():
-    return reference_impl(lib=[("layer.py",
-                                "        return self.cast(a.astype(np.float32) @ b.astype(np.float32))\n",
-                                "        if self.dtype == \"float32\" or a.shape[-1] <= 32:\n"
-                                "            return self.cast(a.astype(np.float32) @ b.astype(np.float32))\n"
-                                "        acc = None\n"
-                                "        for k0 in range(0, a.shape[-1], 32):  # planted: partials added in the dtype\n"
-                                "            part = self.cast(a[..., k0:k0 + 32].astype(np.float32) @ b[k0:k0 + 32].astype(np.float32))\n"
-                                "            acc = part if acc is None else self.cast(acc.astype(np.float32) + part.astype(np.float32))\n"
-                                "        return acc\n")],
-                          name="planted: low-precision partial sums")
+    return reference_impl(lib=EDITS, name="planted: low-precision partial sums")
