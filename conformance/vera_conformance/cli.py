@@ -117,7 +117,8 @@ CONFORMANCE = Command(
     "conformance", "check an implementation against the spec, with hypothesis",
     "Run the conformance checks (generator, forward, backward, merge, unmerge, files) against the "
     "implementation named by --impl module:factory (a module in the current folder is found), per device "
-    "and dtype, with the tolerances of spec 5.2; prints a repro for every failure and ends with "
+    "and dtype (all four by default: the ones it does not declare are probed first), with the tolerances of "
+    "spec 5.2; --thorough adds real-size cases. Prints a repro for every failure and ends with "
     "'N passed, N failed'.",
     _setup_conformance, _run_conformance)
 
