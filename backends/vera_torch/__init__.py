@@ -12,8 +12,10 @@ from .functional import project_in, vera_delta
 from .layer import ModulesToSave, VeraLayer, is_conv1d, peft_projection
 from .model import VeraModel, get_vera_model, linear_layers, linear_name_endings, unmatched_targets
 from .philox import projection
+from .quantized import QuantizedBaseWarning, QuantizedLayerError, RequantizationError
 from .views import AdapterView, HeadView, LayerView
 
 __all__ = ["VeraConfig", "VeraModel", "get_vera_model", "linear_layers", "linear_name_endings", "unmatched_targets", "VeraLayer", "ModulesToSave", "projection",
            "peft_projection", "project_in", "vera_delta", "is_conv1d", "AdapterView", "LayerView", "HeadView",
-           "ConfigError", "AdapterNameError", "MergeError", "BatchError"]
+           "ConfigError", "AdapterNameError", "MergeError", "BatchError", "QuantizedLayerError",
+           "RequantizationError", "QuantizedBaseWarning"]

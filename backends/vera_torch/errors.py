@@ -4,6 +4,9 @@ Besides these, vera_torch raises the reference's own types where they fit:
 ``vera_ref.errors.AdapterFileError`` (a file or ``Adapter`` breaks a rule of spec 4),
 ``vera_ref.errors.ModelMismatchError`` (an adapter does not fit the model, spec 4.3) and
 ``vera_ref.errors.ProjectionError`` (projection arguments out of range, spec 1-2).
+Quantized bases (spec 7) have theirs in ``quantized.py``: ``QuantizedLayerError`` (a quantized layer
+type that is not supported), ``RequantizationError`` (a ``MergeError``: requantizing would move the
+output past the bound) and the warning ``QuantizedBaseWarning`` (a file read onto another kind of base).
 """
 from __future__ import annotations
 

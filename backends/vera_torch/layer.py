@@ -23,7 +23,7 @@ from torch import nn
 from vera_ref import generators
 
 from .errors import BatchError, ConfigError, MergeError
-from . import quantized
+from . import quantized, restore  # restore: the merge residual's codec
 from .functional import choose_path, dropout_min, project_in, vera_delta, vera_delta_min, vera_linear, vera_linear_min
 
 
@@ -384,7 +384,6 @@ class VeraLayer(nn.Module):
     @torch.no_grad()
     def _keep_w0(self, w0: torch.Tensor, mode: str) -> None:
         """Record how to get ``w0`` back from the weight just merged (``self.merged`` names)."""
-        from . import restore  # the residual's codec (restore.py)
         w = self.base_layer.weight
         self.vera_w0, self._restore, self._kept_mode = None, None, mode
         if mode in ("copy", "cpu", "none"):
@@ -421,7 +420,6 @@ class VeraLayer(nn.Module):
     @torch.no_grad()
     def _original(self) -> torch.Tensor:
         """W0 from what the merge kept (the weight itself when nothing is merged)."""
-        from . import restore
         w = self.base_layer.weight
         if not self.merged or self.vera_w0 is not None:
             return w if not self.merged else self.vera_w0
