@@ -7,6 +7,8 @@ see it. The kit's oracle is the NumPy reference (vera_ref), which a vera_torch m
 
     python tools/mutate.py --file backends/vera_torch/functional.py \\
         --tests tools/planted/kit_oracle.py --jobs 1 --sample 30 --seed 1 --minutes 8
+    python tools/mutate.py --file backends/vera_torch/philox.py \\
+        --tests tools/planted/kit_oracle.py --jobs 1 --sample 20 --seed 1 --minutes 6
 
 One test per check and dtype, few examples, so a mutant runs only the checks whose code reached
 its line (mutate.py traces which test executes which line). Not collected by ``make test``
@@ -19,10 +21,10 @@ from vera_conformance.impls.torch_impl import make
 from vera_conformance.runner import run
 
 EXAMPLES = 4
-# the layer-math checks functional.py's code reaches (numerics, at sizes up to 16384, is left to the
-# tally: under mutate.py's line tracer it alone would take the campaign's budget)
-MATH = ("forward", "generator_probe", "stateless", "backward", "eval_dropout", "train", "merge", "unmerge",
-        "math_vectors")
+# the generator and layer-math checks (numerics, at sizes up to 16384, is left to the tally: under
+# mutate.py's line tracer it alone would take the campaign's budget)
+MATH = ("philox_kat", "projection_vectors", "projection", "forward", "generator_probe", "stateless", "backward",
+        "eval_dropout", "train", "merge", "unmerge", "math_vectors")
 ITEMS = [(c.name, d) for c in CHECKS if c.name in MATH for d in (("float32", "bfloat16") if c.per_dtype else (None,))
          if not c.dtypes or (d or "float32") in c.dtypes]
 
