@@ -55,12 +55,8 @@ class Reference(Implementation):
         return LoadedAdapter.of(vera_ref.load_adapter(path))
 
     def save_adapter(self, adapter: LoadedAdapter, path) -> None:
-        ad = vera_ref.new_adapter(adapter.modules, r=adapter.r, seed=adapter.seed, generator=adapter.generator,
-                                  sharing=adapter.sharing, vector_dtype=adapter.vector_dtype)
-        for name in ad.lambda_d:
-            ad.lambda_d[name] = np.asarray(adapter.lambda_d[name]).astype(ad.lambda_d[name].dtype)
-            ad.lambda_b[name] = np.asarray(adapter.lambda_b[name]).astype(ad.lambda_b[name].dtype)
-        vera_ref.save_adapter(ad, path)
+        """Every field of the content (spec 4.3-4.5), the fingerprint of its base weights when given."""
+        vera_ref.save_adapter(adapter.to_adapter(), path)
 
 
 def make() -> Reference:
