@@ -595,7 +595,7 @@ class VeraLayer(nn.Module):
                 h = self._class_h(x, rows, A_l, dt, (key, spec))
             ld, lb = self._vectors(key, g, dt, x.device, spec.r)  # (n, r), (n, out)
             bshape = (ld.shape[0],) + (1,) * (h.dim() - 2)
-            ld, lb = ld.reshape(bshape + (-1,)), lb.reshape(bshape + (-1,))  # (n, 1, ..., r), (n, 1, ..., out)
+            ld, lb = ld.reshape(bshape + (ld.shape[-1],)), lb.reshape(bshape + (lb.shape[-1],))  # (n, 1, ..., r), (n, 1, ..., out)
             if self._minimal():  # the same ops as below, keeping h only (functional.vera_delta_min)
                 if rows is None and h.dtype != result.dtype:
                     result = result + vera_delta_min(h, ld, lb, B_l).to(result.dtype)

@@ -328,6 +328,17 @@ class VeraModel(nn.Module):
             _, slots, rows, locs = by_class[key]
             rows.append(i)
             locs.append(local)
+        if torch.is_grad_enabled():
+            # every trainable adapter joins the graph, with no rows where this batch has none: a zero gradient,
+            # not None, so data-parallel ranks whose rows use different adapters reduce the same gradients
+            for n in self.vera_configs:
+                if n not in pos and any(p.requires_grad for layer in self.vera_layers() if n in layer.vera_lambda_d
+                                        for p in (layer.vera_lambda_d[n], layer.vera_lambda_b[n])):
+                    key = self._class_of[n]
+                    names, slots, _, _ = by_class.setdefault(key, ([], [], [], []))
+                    names.append(n)
+                    slots.append(self._slots[key][n])
+                    pos[n] = (key, len(names))
         classes = {}
         for key, (names, slots, rows, locs) in by_class.items():
             classes[key] = RowGroup(

@@ -39,7 +39,7 @@ ALL_KINDS = EXACT_KINDS + ["fsdp_mp"]
 # 4 ranks: 2 rows each, the same bound (module docstring). Not fsdp_mixed: with 2 rows a rank can hold rows of
 # one adapter only, and the other adapter's vectors then get no gradient there, so the ranks' reduce-scatters
 # differ (a gloo collective mismatch; README "Training on several machines")
-KINDS4 = ["ddp", "fsdp_layer", "fsdp_meta", "fsdp_meta_stored"]
+KINDS4 = ["ddp", "fsdp_layer", "fsdp_meta", "fsdp_meta_stored", "fsdp_mixed"]
 
 
 def _unavailable() -> str | None:

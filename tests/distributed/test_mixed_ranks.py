@@ -4,10 +4,9 @@ FSDP2 reduce-scatters (and DDP all-reduces) only the parameters that have a grad
 and a tensor on another the collectives differ and gloo aborts ("Received data size doesn't match expected
 size"; worker.py's fsdp_mixed on 4 ranks of 2 rows). Checked here on one process, from the rows one rank holds.
 
-Known bug, not fixed yet: the fix is in backends/vera_torch/layer.py (VeraLayer._mixed: reshape with the vector
-lengths, not -1, so a class with no rows works) and model.py (VeraModel._mixed_batch: while gradients are
-enabled, add every trainable adapter absent from the batch to its class with no rows). When it lands this
-test passes (strict xfail: it then fails until the mark is removed) and fsdp_mixed joins KINDS4."""
+The fix: VeraLayer._mixed reshapes with the vector lengths, not -1, so a class with no rows works, and
+VeraModel._mixed_batch, while gradients are enabled, adds every trainable adapter absent from the batch to
+its class with no rows; worker.py's fsdp_mixed runs on 4 ranks (test_distributed.py KINDS4)."""
 import sys
 
 import pytest
@@ -36,7 +35,6 @@ def _model(trainable):
     return m
 
 
-@pytest.mark.xfail(strict=True, reason="a trained adapter with no row in the batch gets no gradient (module docstring)")
 def test_a_trained_adapter_without_rows_gets_a_zero_gradient_and_changes_nothing_else():
     import torch.nn.functional as F
     g = torch.Generator().manual_seed(7)
