@@ -32,6 +32,8 @@ FAST = [
     ("p16_key_words_swapped", "projection", None),
     ("p21_own_seed_ignored", "own_determinism", None),
     ("p24_checksum_of_b_skipped", "files_invalid", None),
+    ("p34_json_not_canonical", "writer_bytes", None),
+    ("p38_provenance_dropped", "writer_fields", None),
 ]
 
 
