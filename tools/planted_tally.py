@@ -212,6 +212,24 @@ def at_revision(rev: str, argv: list[str]) -> int:
                               cwd=tmp).returncode
 
 
+def area_table(rows: list[Tally]) -> str:
+    """Planted bugs per area: how many, caught (by which checks), escaped or otherwise."""
+    lines = ["| area | planted | caught | by | escaped | other |", "|---|---|---|---|---|---|"]
+    planted = [r for r in rows if r.expect == "caught"]
+    for area in dict.fromkeys(r.area for r in planted):
+        rs = [r for r in planted if r.area == area]
+        by = []
+        for r in rs:
+            for c in checks_of(r.caught_by)[:1]:
+                by.append(c)
+        named = ", ".join(f"{c} {by.count(c)}" if by.count(c) > 1 else c for c in dict.fromkeys(by))
+        other = [r for r in rs if r.result not in ("caught", "escaped")]
+        lines.append(f"| {area} | {len(rs)} | {sum(r.result == 'caught' for r in rs)} | {named} | "
+                     f"{sum(r.result == 'escaped' for r in rs)} | "
+                     f"{', '.join(f'{r.bug} {r.result}' for r in other) or 0} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", help="comma-separated bug names or number prefixes (p01,p13_k_tile_past_4096)")
@@ -266,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     wall = round(time.monotonic() - start, 1)
     print()
     print(table(rows))
+    print()
+    print(area_table(rows))
     print()
     print(f"planted bugs: {tot['planted']}; caught {tot['caught']}, escaped {tot['escaped']}, timeout "
           f"{tot['timeout']}, error {tot['error']}; controls: {tot['controls_passed']} of {tot['controls']} passed, "
