@@ -3,6 +3,7 @@ dropout, state between calls and the math vectors, against the float64 reference
 of spec 5.2. Registered in checks.CHECKS."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -245,7 +246,9 @@ def check_train(impl, device, dtype, max_examples, case=None) -> Outcome:
         lmax = max(float(np.max(np.abs(c.lambda_d))), float(np.max(np.abs(c.lambda_b))))
         # a power of two (exact) making a step about half of lambda's size, at most 1
         lr = 2.0 ** min(0, math.floor(math.log2(0.5 * lmax / gmax))) if gmax > 0 and lmax > 0 else 1.0
-        got = impl.train_steps(c, lr, steps)
+        # the implementation gets its own copy: one that steps the case's arrays in place (a tensor
+        # sharing their memory) must not move the reference's starting point
+        got = impl.train_steps(copy.deepcopy(c), lr, steps)
         shapes = {k: tuple(np.shape(v)) for k, v in got.trainable.items()}
         # the number of trained values first, unit axes squeezed: a (1, n) row vector is a vector,
         # an (n, n) matrix is not

@@ -24,17 +24,22 @@ def torch_dtype(case: LayerCase) -> torch.dtype:
     return TORCH_DTYPES[case.dtype]
 
 
-def leading_slices(case: LayerCase, device="cpu", dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """spec 2.3: the layer's A_l = A[:, :in] (r, in) and B_l = B[:out] (out, r) from the case's projections."""
-    A = torch.as_tensor(np.ascontiguousarray(case.A[:, :case.in_features]), dtype=dtype, device=device)
-    B = torch.as_tensor(np.ascontiguousarray(case.B[:case.out_features]), dtype=dtype, device=device)
+def leading_slices(case: LayerCase, device="cpu", dtype=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """spec 2.3: the layer's A_l = A[:, :in] (r, in) and B_l = B[:out] (out, r) from the case's projections,
+    in ``dtype`` (default: the case's, as a layer of that dtype holds them; spec 5.2.3 lets float16 and
+    bfloat16 round the binary32 A and B)."""
+    dtype = torch_dtype(case) if dtype is None else dtype
+    A = torch.tensor(case.A[:, :case.in_features], dtype=dtype, device=device)  # copies: never the case's memory
+    B = torch.tensor(case.B[:case.out_features], dtype=dtype, device=device)
     return A, B
 
 
 def case_tensors(case: LayerCase) -> dict[str, torch.Tensor | None]:
-    """x, W, bias, lambda_d, lambda_b, dy as tensors of the case's dtype on its device."""
+    """x, W, bias, lambda_d, lambda_b, dy as tensors of the case's dtype on its device: copies, so
+    an optimizer stepping them in place never changes the case (torch.as_tensor would share a
+    float64 array's memory)."""
     dt, dev = torch_dtype(case), case.device
-    t = lambda a: None if a is None else torch.as_tensor(np.asarray(a), dtype=dt, device=dev)  # noqa: E731
+    t = lambda a: None if a is None else torch.tensor(np.asarray(a), dtype=dt, device=dev)  # noqa: E731
     return {"x": t(case.x), "W": t(case.W), "bias": t(case.bias), "lambda_d": t(case.lambda_d),
             "lambda_b": t(case.lambda_b), "dy": t(case.dy)}
 
