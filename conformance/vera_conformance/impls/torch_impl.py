@@ -100,8 +100,8 @@ class TorchImpl(Implementation):
                          lambda_b=layer.vera_lambda_b["default"], weight=view.base_layer.weight, A=A, B=B,
                          bias=view.base_layer.bias)
 
-    def _file_model(self, modules, extra=None):
-        """A model with exactly the file's modules (and the owners of its extra tensors)."""
+    def _file_model(self, modules, extra=None, extra_dtypes=None):
+        """A model with exactly the file's modules (and the owners of its extra tensors, in their dtypes)."""
         torch = self.torch
         from torch import nn
 
@@ -119,7 +119,8 @@ class TorchImpl(Implementation):
             at(parts[:-1]).add_module(parts[-1], nn.Linear(fi, fo) if layout == "linear" else Conv1D(fi, fo, True))
         for key, arr in (extra or {}).items():
             *owner, pname = key.split(".")
-            at(owner).register_parameter(pname, nn.Parameter(torch.zeros(np.shape(arr))))
+            dt = getattr(torch, (extra_dtypes or {}).get(key, "float32"))
+            at(owner).register_parameter(pname, nn.Parameter(torch.zeros(np.shape(arr), dtype=dt)))
         return root
 
     def load_adapter(self, path) -> LoadedAdapter:
@@ -143,18 +144,18 @@ class TorchImpl(Implementation):
                              c.vector_dtype_name, extra, c.sharing)
 
     def save_adapter(self, adapter: LoadedAdapter, path) -> None:
+        """vera_torch writes what it holds: the content loaded into a model with its modules (and base
+        weights, when given), then saved by VeraModel.save_adapter with its layout, name and provenance."""
         torch = self.torch
-        from vera_torch import VeraConfig, get_vera_model
-        vm = get_vera_model(self._file_model(adapter.modules),
-                            VeraConfig(r=adapter.r, target_modules=[n for n, *_ in adapter.modules],
-                                       seed=adapter.seed or 0, generator=adapter.generator, sharing=adapter.sharing,
-                                       vector_dtype=adapter.vector_dtype))
-        with torch.no_grad():
-            for n, *_ in adapter.modules:
-                layer = vm.base_model.get_submodule(n)
-                layer.vera_lambda_d["default"].copy_(torch.from_numpy(np.asarray(adapter.lambda_d[n])))
-                layer.vera_lambda_b["default"].copy_(torch.from_numpy(np.asarray(adapter.lambda_b[n])))
-        vm.save_adapter(path, fingerprint=False)
+        from vera_torch import VeraModel
+        model = self._file_model(adapter.modules, adapter.extra, adapter.extra_dtypes)
+        for name, W in (adapter.base_weights or {}).items():
+            with torch.no_grad():
+                model.get_submodule(name).weight.copy_(torch.from_numpy(np.asarray(W, np.float32)))
+        vm = VeraModel.from_adapter(model, adapter.to_adapter(), check_fingerprint=False)
+        bm = adapter.base_model or {}
+        vm.save_adapter(path, fingerprint=adapter.base_weights is not None, packed=adapter.tensor_layout == "packed",
+                        base_model_name=bm.get("name"), provenance=adapter.provenance or None)
 
 
 class Holder(nn.Module):
