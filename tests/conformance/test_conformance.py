@@ -315,9 +315,14 @@ def test_readme_wrapper_is_a_complete_file_under_30_lines_that_passes(tmp_path):
     res = _runner("--impl", "wrap_torch_layer:make", "--max-examples", "3", "--only",
                   "forward,backward,train,eval_dropout,generator_probe", cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-1500:] + res.stderr
-    assert res.stdout.strip().endswith("5 passed, 0 failed, 0 skipped")
-    # declared float32 only and asked for float16: nothing ran, so the run is an error, not a pass
-    res = _runner("--impl", "wrap_torch_layer:make", "--max-examples", "3", "--dtype", "float16", cwd=tmp_path)
+    # declared float32 only: float16, bfloat16 and float64 probed and checked too (generator_probe has
+    # binary32 and binary64 cases only)
+    assert res.stdout.strip().endswith("18 passed, 0 failed, 2 skipped")
+    assert "(float16, bfloat16, float64 not declared: probed)" in res.stdout
+    # asked for tf32, a precision it does not declare (never probed): nothing ran, so the run is an
+    # error, not a pass
+    res = _runner("--impl", "wrap_torch_layer:make", "--max-examples", "3", "--dtype", "tf32", "--only",
+                  "forward", cwd=tmp_path)
     assert res.returncode != 0 and "PASSED" not in res.stdout, res.stdout
     assert "nothing was checked" in res.stderr and "Traceback" not in res.stderr
 
