@@ -336,8 +336,11 @@ def fingerprint_problem(ad, content: LoadedAdapter) -> str | None:
             return (f"base_model.fingerprint {got[:16]}... is not spec 4.3's {want[:16]}... of the given base "
                     f"weights{_fingerprint_diagnosis(content, got)}")
     elif given is not None:
+        if got is None:
+            return (f"base_model.fingerprint dropped: the given one ({given[:16]}..., e.g. of a file read before) is "
+                    "not written (spec 4.3)")
         if got != given:
-            return f"base_model.fingerprint {str(got)[:16]}... written, the given one is {given[:16]}..."
+            return f"base_model.fingerprint {got[:16]}... written, the given one is {given[:16]}..."
     elif got is not None:
         return (f"base_model.fingerprint {got[:16]}... written for an unknown base model (no base weights and no "
                 "fingerprint given): a fingerprint of weights the writer made up, which the real base model "
