@@ -2,15 +2,15 @@
 """How many planted bugs the conformance kit catches (issue 24; README "How many planted bugs the
 kit catches").
 
-    python tools/planted_tally.py                       # every bug of tools/planted, 10 examples
-    python tools/planted_tally.py --max-examples 50     # the kit's default example count
-    python tools/planted_tally.py --only p01,p13 --json tally.json
+    python tools/planted_tally.py --at HEAD --json tally.json  # every bug, the kit as committed (~5 min)
+    python tools/planted_tally.py --max-examples 5            # quicker, the working tree's kit
+    python tools/planted_tally.py --only p01,p13 --all        # two bugs, every check
 
 Each planted bug (``tools/planted/p*.py``: a realistic mistake in a temporary copy of the shipped
 reference or vera_torch, see ``tools/planted/_plant.py``) goes through the kit exactly as a user's
 implementation does: ``vera-ref conformance --impl tools/planted/<bug>.py:make --max-examples N``
-in a fresh process, with the kit's defaults otherwise (every check, every dtype it declares, CPU),
-under a time bound. A bug is
+in a fresh process, with the kit's defaults otherwise (every check, every dtype, CPU, 50 examples),
+under a time bound per bug. A bug is
 
     caught    some check failed: the first failing check is named, and the bug's run stops there
               (``--all``: every check runs, and every failing one is named)
@@ -233,7 +233,8 @@ def area_table(rows: list[Tally]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", help="comma-separated bug names or number prefixes (p01,p13_k_tile_past_4096)")
-    ap.add_argument("--max-examples", type=int, default=10, help="hypothesis examples per property (default 10)")
+    ap.add_argument("--max-examples", type=int, default=50,
+                    help="hypothesis examples per property (default 50, the kit's)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per bug (default 600)")
     ap.add_argument("--jobs", type=int, default=2, help="bugs run at once (default 2)")
     ap.add_argument("--kit-args", default="", help="more arguments for vera-ref conformance, e.g. '--thorough'")
