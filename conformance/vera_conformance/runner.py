@@ -144,7 +144,8 @@ def probe_dtype(impl: Implementation, device: str, dtype: str) -> str | None:
     the probe (a small case through its first claimed layer method) raised an error saying the
     dtype is unsupported, or returned values of another dtype. Any other error is the checks' to
     report, with its frame."""
-    spec = S._spec(S._size(5, 24, 12, 3), seed=11, values_seed=5)
+    layout = sorted(getattr(impl, "layouts", None) or ("linear",))[-1]  # linear when it has it
+    spec = S._spec(S._size(5, 24, 12, 3), seed=11, values_seed=5, layout=layout)
     c = _build(impl, spec, dtype, device)
     caps = impl.capabilities
     calls = [("forward", lambda: impl.forward(c)), ("merge", lambda: impl.merge(c)),
