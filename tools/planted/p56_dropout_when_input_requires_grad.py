@@ -1,0 +1,23 @@
+"""Dropout is applied in training mode and also whenever the input requires grad: the layer
+guesses "training" from autograd instead of reading the module's mode. Evaluation-mode inference
+is right; gradients taken in evaluation mode (saliency, influence functions, an eval-mode step of
+a frozen-BN recipe) see dropped adapter inputs.
+
+Spec 3.3: in evaluation mode dropout is the identity, for the forward and therefore its gradients.
+"""
+from _plant import torch_impl
+
+CLAUSE = "3.3"
+AREA = "math"
+EXPECT = "caught"
+BASE = "b_torch"
+WHY_ESCAPES = ("eval_dropout checks the forward in evaluation mode only, and the backward and train cases "
+               "with dropout > 0 always carry a mask (training mode); no check takes gradients in evaluation "
+               "mode with dropout > 0. Missing: eval_dropout through backward (dx, d lambda_d, d lambda_b of an "
+               "evaluation-mode case with p > 0 equal those of p = 0)")
+
+
+def make():
+    return torch_impl(lib=[("layer.py", "        if p > 0 and self.training:\n",
+                            "        if p > 0 and (self.training or x.requires_grad):  # planted\n")],
+                      name="planted: vera_torch dropout when the input requires grad")
