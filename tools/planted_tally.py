@@ -100,7 +100,7 @@ def run_one(path: Path, max_examples: int, timeout: float, extra: list[str], bas
     """One bug through the kit; ``base_failed``: the test ids that failed on its baseline (None: this
     is a baseline run)."""
     mod = load_bug(path)
-    doc = (mod.__doc__ or "").strip().splitlines()[0]
+    doc = " ".join((mod.__doc__ or "").strip().split("\n\n")[0].split())  # the first paragraph
     t = Tally(path.stem, mod.CLAUSE, mod.AREA, mod.EXPECT, "error", getattr(mod, "BASE", "b_reference"), doc=doc,
               why_escapes=getattr(mod, "WHY_ESCAPES", ""))
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONHASHSEED="0")
@@ -214,7 +214,7 @@ def at_revision(rev: str, argv: list[str]) -> int:
 
 def area_table(rows: list[Tally]) -> str:
     """Planted bugs per area: how many, caught (by which checks), escaped or otherwise."""
-    lines = ["| area | planted | caught | by | escaped | other |", "|---|---|---|---|---|---|"]
+    lines = ["| area | planted | caught | first failing check (bugs) | escaped | other |", "|---|---|---|---|---|---|"]
     planted = [r for r in rows if r.expect == "caught"]
     for area in dict.fromkeys(r.area for r in planted):
         rs = [r for r in planted if r.area == area]
