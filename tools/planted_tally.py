@@ -206,7 +206,8 @@ def at_revision(rev: str, argv: list[str]) -> int:
         archive = subprocess.run(["git", "archive", commit.stdout.strip()], capture_output=True, cwd=ROOT, check=True)
         subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)
         (Path(tmp) / "vera_ref" / "spec").symlink_to(Path(tmp) / "spec")
-        env = dict(os.environ, VERA_PLANTED_AT=commit.stdout.strip(), PYTHONPATH=os.pathsep.join(str(Path(tmp) / d) for d in (".", "backends", "conformance")))
+        path = os.pathsep.join(str(Path(tmp) / d) for d in (".", "backends", "conformance"))
+        env = dict(os.environ, VERA_PLANTED_AT=commit.stdout.strip(), PYTHONPATH=path)
         print(f"kit as committed at {commit.stdout.strip()} ({rev})", flush=True)
         return subprocess.run([sys.executable, str(Path(tmp) / "tools" / "planted_tally.py"), *keep], env=env,
                               cwd=tmp).returncode
@@ -214,7 +215,8 @@ def at_revision(rev: str, argv: list[str]) -> int:
 
 def area_table(rows: list[Tally]) -> str:
     """Planted bugs per area: how many, caught (by which checks), escaped or otherwise."""
-    lines = ["| area | planted | caught | first failing check (bugs) | escaped | other |", "|---|---|---|---|---|---|"]
+    lines = ["| area | planted | caught | first failing check (bugs) | escaped | other |",
+             "|---|---|---|---|---|---|"]
     planted = [r for r in rows if r.expect == "caught"]
     for area in dict.fromkeys(r.area for r in planted):
         rs = [r for r in planted if r.area == area]
@@ -300,7 +302,8 @@ def main(argv: list[str] | None = None) -> int:
                                       cwd=ROOT).stdout.strip()
         dirty = not at and subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
                                           capture_output=True, text=True, cwd=ROOT).stdout.strip()
-        doc = {"commit": commit, "working_tree": "modified" if dirty else "as committed", "max_examples": args.max_examples, "timeout": args.timeout, "kit_args": extra,
+        doc = {"commit": commit, "working_tree": "modified" if dirty else "as committed",
+               "max_examples": args.max_examples, "timeout": args.timeout, "kit_args": extra,
                "wall_seconds": wall, "totals": tot, "bugs": [asdict(r) for r in rows]}
         Path(args.json).write_text(json.dumps(doc, indent=1) + "\n")
     return 0

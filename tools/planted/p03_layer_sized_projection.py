@@ -14,5 +14,6 @@ EXPECT = "caught"
 
 def make():
     return reference_impl(impl=[("return self.projection(c.seed, c.r, c.n_in, c.n_out, c.group, c.device)",
-                                 "return self.projection(c.seed, c.r, c.in_features, c.out_features, c.group, c.device)")],
+                                 "return self.projection(c.seed, c.r, c.in_features, c.out_features, c.group, "
+                                 "c.device)")],
                           name="planted: projection at the layer's own size")

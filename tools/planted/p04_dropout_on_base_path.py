@@ -12,5 +12,6 @@ EXPECT = "caught"
 
 def make():
     return reference_impl(lib=[("layer.py", "    base = op.mm(x, _weight_t(W, layout))  # (..., out)\n",
-                                "    base = op.mm(op.cast(_dropped(x, dropout_mask, dropout)), _weight_t(W, layout))\n")],
+                                "    base = op.mm(op.cast(_dropped(x, dropout_mask, dropout)), _weight_t(W, "
+                                "layout))\n")],
                           name="planted: dropout on the base path too")

@@ -11,5 +11,6 @@ EXPECT = "caught"
 
 
 def make():
-    return reference_impl(lib=[("layer.py", "    dx = op.add(op.mm(dy2, W_t.T), dxd)\n", "    dx = op.mm(dy2, W_t.T)\n")],
+    return reference_impl(lib=[("layer.py",
+                                "    dx = op.add(op.mm(dy2, W_t.T), dxd)\n", "    dx = op.mm(dy2, W_t.T)\n")],
                           name="planted: dx without the adapter term")

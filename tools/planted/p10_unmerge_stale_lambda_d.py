@@ -12,7 +12,9 @@ EXPECT = "caught"
 
 def make():
     return reference_impl(lib=[("layer.py",
-                                "    dW = delta_weight(A, B, lambda_d, lambda_b, in_f, out_f, layout=layout, dtype=dtype)\n",
-                                "    dW = delta_weight(A, B, np.full_like(lambda_d, 0.1), lambda_b, in_f, out_f, layout=layout,"
+                                "    dW = delta_weight(A, B, lambda_d, lambda_b, in_f, out_f, layout=layout, "
+                                "dtype=dtype)\n",
+                                "    dW = delta_weight(A, B, np.full_like(lambda_d, 0.1), lambda_b, in_f, out_f, "
+                                "layout=layout,"
                                 " dtype=dtype)\n")],
                           name="planted: unmerge with the initial lambda_d")

@@ -17,7 +17,8 @@ WHY_ESCAPES = ("The only sums over the batch (d lambda_b, d lambda_d: sum over N
 
 def make():
     return reference_impl(lib=[("layer.py",
-                                "    d_lambda_b = op.cast(np.sum(op.mul(dy2, v), axis=0, dtype=np.float64 if op.exact else np.float32))\n",
+                                "    d_lambda_b = op.cast(np.sum(op.mul(dy2, v), axis=0, dtype=np.float64 if "
+                                "op.exact else np.float32))\n",
                                 "    prods = op.mul(dy2, v)\n"
                                 "    d_lambda_b = prods[0]\n"
                                 "    for row in prods[1:]:  # planted: the batch sum in the dtype\n"

@@ -15,5 +15,6 @@ EXPECT = "caught"
 def make():
     return reference_impl(lib=[("layer.py",
                                 "    h = op.mm(op.cast(_dropped(x, dropout_mask, dropout)), A_l.T)  # (..., r)\n",
-                                "    h = op.mm(op.cast(_dropped(x, dropout_mask, dropout))[..., :4096], A_l.T[:4096])  # (..., r)\n")],
+                                "    h = op.mm(op.cast(_dropped(x, dropout_mask, dropout))[..., :4096], "
+                                "A_l.T[:4096])  # (..., r)\n")],
                           name="planted: K tile capped at 4096")

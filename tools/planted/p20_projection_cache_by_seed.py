@@ -18,10 +18,12 @@ def make():
                                  "    def _proj(self, c: LayerCase):\n"
                                  "        key = (c.seed, c.r)\n"
                                  "        if key not in self._cache:\n"
-                                 "            self._cache[key] = self.projection(c.seed, c.r, c.n_in, c.n_out, c.group, c.device)\n"
+                                 "            self._cache[key] = self.projection(c.seed, c.r, c.n_in, c.n_out, "
+                                 "c.group, c.device)\n"
                                  "        A, B = self._cache[key]\n"
                                  "        if A.shape[1] < c.n_in or B.shape[0] < c.n_out:  # too small: make it again\n"
-                                 "            self._cache[key] = A, B = self.projection(c.seed, c.r, c.n_in, c.n_out, c.group,"
+                                 "            self._cache[key] = A, B = self.projection(c.seed, c.r, c.n_in, "
+                                 "c.n_out, c.group,"
                                  " c.device)\n"
                                  "        return A, B")],
                           name="planted: projection cache keyed by (seed, r)")

@@ -16,6 +16,8 @@ WHY_ESCAPES = ("No invalid vector fails both step 15 and step 16. The multi-faul
 
 
 def make():
-    return reference_impl(lib=[('metadata.py', '    sharing = _choice(doc, "sharing", SHARING, "E4.6.15.1", "E4.6.15.2")\n',
-                                '    modules = _modules(doc)  # planted: step 16 before step 15\n    sharing = _choice(doc, "sharing", SHARING, "E4.6.15.1", "E4.6.15.2")\n')],
+    return reference_impl(lib=[('metadata.py',
+                                '    sharing = _choice(doc, "sharing", SHARING, "E4.6.15.1", "E4.6.15.2")\n',
+                                '    modules = _modules(doc)  # planted: step 16 before step 15\n    sharing = '
+                                '_choice(doc, "sharing", SHARING, "E4.6.15.1", "E4.6.15.2")\n')],
                           name='planted: step 16 before step 15')

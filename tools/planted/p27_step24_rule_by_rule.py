@@ -12,6 +12,11 @@ EXPECT = "caught"
 
 
 def make():
-    return reference_impl(lib=[('adapter.py', '    for t in expected:\n        dtype, shape = entries[t.name][:2]\n',
-                                '    for t in expected:  # planted: every shape first\n        dtype, shape = entries[t.name][:2]\n        if t.shape is not None and tuple(shape) != t.shape:\n            fail("E4.6.24.1", t.name, shape=list(shape), expected=list(t.shape))\n    for t in expected:\n        dtype, shape = entries[t.name][:2]\n')],
-                          name='planted: step 24 rule by rule')
+    return reference_impl(lib=[("adapter.py", "    for t in expected:\n        dtype, shape = entries[t.name][:2]\n",
+                                "    for t in expected:  # planted: every shape first\n"
+                                "        dtype, shape = entries[t.name][:2]\n"
+                                "        if t.shape is not None and tuple(shape) != t.shape:\n"
+                                "            fail(\"E4.6.24.1\", t.name, shape=list(shape), expected=list(t.shape))\n"
+                                "    for t in expected:\n"
+                                "        dtype, shape = entries[t.name][:2]\n")],
+                          name="planted: step 24 rule by rule")

@@ -12,7 +12,8 @@ EXPECT = "caught"
 
 def make():
     return reference_impl(lib=[('adapter.py', '        W = W if m.layout == "linear" else W.T  # (out, in)\n',
-                                '        W = W if m.layout == "linear" else W.reshape(W.shape[1], W.shape[0])  # (out, in)\n')],
+                                '        W = W if m.layout == "linear" else W.reshape(W.shape[1], W.shape[0])  # '
+                                '(out, in)\n')],
                           # the wrapper fingerprints with the (planted) library's own function
                           impl=[("        vera_ref.save_adapter(adapter.to_adapter(), path)\n",
                                  "        ad = adapter.to_adapter()\n"

@@ -10,5 +10,6 @@ EXPECT = "pass"
 
 
 def make():
-    return reference_impl(impl=[('{"lambda_d": ld, "lambda_b": lb}', '{"lambda_d": ld[None, :], "lambda_b": lb[None, :]}')],
+    return reference_impl(impl=[('{"lambda_d": ld, "lambda_b": lb}',
+                                 '{"lambda_d": ld[None, :], "lambda_b": lb[None, :]}')],
                           name="planted control: (1, n) trainable vectors")

@@ -13,5 +13,6 @@ BASE = "b_torch"
 
 
 def make():
-    return torch_impl(lib=[("layer.py", "        if self.dropout[name] > 0 and self.training:\n            return False\n", "")],
+    return torch_impl(lib=[("layer.py",
+                            "        if self.dropout[name] > 0 and self.training:\n            return False\n", "")],
                       name="planted: vera_torch fused path with dropout")

@@ -14,5 +14,5 @@ EXPECT = "caught"
 def make():
     return reference_impl(lib=[("layer.py", "        return round_to(np.asarray(a, dtype=np.float64), self.dtype)\n",
                                 "        return round_to(np.asarray(a, dtype=np.float64),\n"
-                                "                        \"float16\" if self.dtype == \"bfloat16\" else self.dtype)\n")],
+                                "                        'float16' if self.dtype == 'bfloat16' else self.dtype)\n")],
                           name="planted: bfloat16 computed in float16")

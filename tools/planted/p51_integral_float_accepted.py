@@ -12,7 +12,8 @@ EXPECT = "caught"
 
 
 def make():
-    return reference_impl(lib=[("metadata.py", "    if not _is_int(v) or v < 1:\n        fail(bad, json=v)\n    return v\n",
+    return reference_impl(lib=[("metadata.py",
+                                "    if not _is_int(v) or v < 1:\n        fail(bad, json=v)\n    return v\n",
                                 "    if isinstance(v, float) and v.is_integer():  # planted: 4.0 is 4\n"
                                 "        v = int(v)\n"
                                 "    if not _is_int(v) or v < 1:\n        fail(bad, json=v)\n    return v\n")],

@@ -14,7 +14,8 @@ EXPECT = "caught"
 def make():
     return reference_impl(impl=[("        vera_ref.save_adapter(adapter.to_adapter(), path)\n",
                                  "        ad = adapter.to_adapter()\n"
-                                 "        if adapter.base_weights is None and 'fingerprint' not in (ad.config.base_model or {}):\n"
+                                 "        if adapter.base_weights is None and 'fingerprint' not in "
+                                 "(ad.config.base_model or {}):\n"
                                  "            # planted: a fingerprint of no weights\n"
                                  "            import hashlib\n"
                                  "            ad.config.base_model = {**(ad.config.base_model or {}),\n"
