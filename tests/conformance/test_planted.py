@@ -75,3 +75,44 @@ def test_conforming_control_passes_training():
     """(1, n) trainable vectors are r + out values: the kit must not flag them (issue 24)."""
     got = _run(load_bug(PLANTED / "p44_row_vector_shapes_control.py").make(), "train", "float32")
     assert got and all(r.status == "passed" for r in got), [(r.id, r.reason) for r in got]
+
+
+def test_tally_counts_only_failures_the_baseline_does_not_have():
+    """The figure's arithmetic: baselines and controls are not planted bugs; a bug's failing ids that
+    also fail on its baseline catch nothing (run_one removes them before classifying)."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import planted_tally as T
+    rows = [T.Tally("b_reference", "-", "baseline", "pass", "fails", caught_by=["writer_bytes_cpu"]),
+            T.Tally("p01", "3.2", "math", "caught", "caught", caught_by=["forward[float32]_cpu", "merge[float16]_cpu"]),
+            T.Tally("p02", "3.3", "math", "caught", "escaped", also_on_base=["writer_bytes_cpu"]),
+            T.Tally("p03", "4.3", "writer", "caught", "timeout"),
+            T.Tally("p44", "3.4", "control", "pass", "passed")]
+    assert T.totals(rows) == {"caught": 1, "escaped": 1, "timeout": 1, "error": 0, "planted": 3, "controls": 1,
+                              "controls_passed": 1, "false_alarms": 0}
+    assert T.checks_of(rows[1].caught_by) == ["forward", "merge"]
+    table = T.area_table(rows)
+    assert "| math | 2 | 1 | forward | 1 | 0 |" in table and "| writer | 1 | 0 |  | 0 | p03 timeout |" in table
+    assert "(fails only writer_bytes, which fail on b_reference too)" in T.table(rows)
+
+
+def test_tally_classifies_a_kit_run(monkeypatch):
+    """run_one on a stand-in for the kit's output: baseline failures removed, the first other
+    failure catches (and ends the run), a silent exit 2 is an error, a run past its time a timeout."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import planted_tally as T
+    bug = PLANTED / "p01_alpha_over_r.py"
+
+    def kit(*lines, code=0, sleep=0):
+        script = f"import sys, time; print({chr(10).join(lines)!r}, flush=True); time.sleep({sleep}); sys.exit({code})"
+        monkeypatch.setattr(T, "kit_command", lambda *a: [sys.executable, "-c", script])
+
+    kit("PASSED   forward[float32]_cpu", "FAILED   writer_bytes_cpu  x", "FAILED   merge[float32]_cpu  y", code=1)
+    t = T.run_one(bug, 1, 60, [], {"writer_bytes_cpu"})
+    assert (t.result, t.caught_by, t.also_on_base, t.first_reason) == ("caught", ["merge[float32]_cpu"],
+                                                                         ["writer_bytes_cpu"], "y")
+    t = T.run_one(bug, 1, 60, [], {"writer_bytes_cpu", "merge[float32]_cpu"})
+    assert (t.result, t.checks_run) == ("escaped", 3)
+    kit("vera-conformance: --impl x: the factory raised StalePlant: ...", code=2)
+    assert T.run_one(bug, 1, 60, [], set()).result == "error"
+    kit("PASSED   forward[float32]_cpu", sleep=30)
+    assert T.run_one(bug, 1, 1, [], set()).result == "timeout"
