@@ -5,6 +5,7 @@ script of minutes. Here, in seconds: every planted module still plants (its edit
 code exactly once, so no bug silently stops being a bug), and a handful of bugs, one per area, is
 caught by the check meant for it on a few examples, while the same check passes the unmodified
 baseline built the same way (so the catch is the bug's, not the kit's or the copy's)."""
+import importlib.util
 import sys
 
 import pytest
@@ -35,6 +36,14 @@ FAST = [
     ("p34_json_not_canonical", "writer_bytes", None),
     ("p38_provenance_dropped", "writer_fields", None),
 ]
+
+
+def _tally():
+    """tools/planted_tally.py as a module, without putting tools/ on sys.path."""
+    spec = importlib.util.spec_from_file_location("planted_tally", ROOT / "tools" / "planted_tally.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def _run(impl, check, dtype):
@@ -80,8 +89,7 @@ def test_conforming_control_passes_training():
 def test_tally_counts_only_failures_the_baseline_does_not_have():
     """The figure's arithmetic: baselines and controls are not planted bugs; a bug's failing ids that
     also fail on its baseline catch nothing (run_one removes them before classifying)."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    import planted_tally as T
+    T = _tally()
     rows = [T.Tally("b_reference", "-", "baseline", "pass", "fails", caught_by=["writer_bytes_cpu"]),
             T.Tally("p01", "3.2", "math", "caught", "caught", caught_by=["forward[float32]_cpu", "merge[float16]_cpu"]),
             T.Tally("p02", "3.3", "math", "caught", "escaped", also_on_base=["writer_bytes_cpu"]),
@@ -98,8 +106,7 @@ def test_tally_counts_only_failures_the_baseline_does_not_have():
 def test_tally_classifies_a_kit_run(monkeypatch):
     """run_one on a stand-in for the kit's output: baseline failures removed, the first other
     failure catches (and ends the run), a silent exit 2 is an error, a run past its time a timeout."""
-    sys.path.insert(0, str(ROOT / "tools"))
-    import planted_tally as T
+    T = _tally()
     bug = PLANTED / "p01_alpha_over_r.py"
 
     def kit(*lines, code=0, sleep=0):
