@@ -41,7 +41,7 @@ FAST = [
 def _tally():
     """tools/planted_tally.py as a module, without putting tools/ on sys.path."""
     spec = importlib.util.spec_from_file_location("planted_tally", ROOT / "tools" / "planted_tally.py")
-    mod = importlib.util.module_from_spec(spec)
+    mod = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
     spec.loader.exec_module(mod)
     return mod
 
