@@ -29,6 +29,9 @@ with the reason. By default float32, float16, bfloat16 and float64 are checked: 
                                                           by its own load, its forward of case.x; the case's
                                                           lambda_d, lambda_b, A and B are NaN here: they
                                                           must come from what was saved
+    quantized    quantized(case, base)                    (y (N, out), dx (N, in), d_lambda_d (r,), d_lambda_b
+                                                          (out,)) on ``base``, a bitsandbytes layer the kit
+                                                          quantized from case.W (checks_quantized.py, spec 7.7)
 
 The leading-slice rule (spec 2.3): A is (r, n_in) and B is (n_out, r) for the whole
 group, with n_in >= in_features and n_out >= out_features; a layer uses A[:, :in] and

@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import pytest
 
-from .protocol import DTYPES, load_implementation
-from .runner import plan
+from .protocol import load_implementation
+from .runner import default_dtypes, plan
 
 
 def pytest_addoption(parser):
     g = parser.getgroup("vera", "VeRA conformance")
     g.addoption("--vera-impl", help="module:factory of the implementation (default $VERA_IMPL)")
     g.addoption("--vera-device", default="cpu", help="comma-separated devices (cpu, cuda)")
-    g.addoption("--vera-dtype", default=None, help="comma-separated dtypes (default: every dtype the "
-                                                   "implementation declares)")
+    g.addoption("--vera-dtype", default=None, help="comma-separated dtypes (default: float32, float16, "
+                                                   "bfloat16 and float64, undeclared ones probed first, "
+                                                   "and other precisions it declares such as tf32)")
     g.addoption("--vera-max-examples", type=int, default=50, help="hypothesis examples per property")
 
 
@@ -26,7 +27,7 @@ def pytest_generate_tests(metafunc):
     opt = metafunc.config.getoption
     spec = opt("--vera-impl")
     impl = load_implementation(spec)
-    dtypes = opt("--vera-dtype").split(",") if opt("--vera-dtype") else [d for d in DTYPES if d in impl.dtypes]
+    dtypes = opt("--vera-dtype").split(",") if opt("--vera-dtype") else default_dtypes(impl)
     items = plan(impl, opt("--vera-device").split(","), dtypes)
     metafunc.parametrize("vera_item", [(impl, spec or "", *it) for it in items], ids=[it[0] for it in items])
 

@@ -61,7 +61,7 @@ class Result:
 
 # what an implementation computes with (protocol.py); declarations (name, dtypes, scale, ...) are not
 PROTOCOL_METHODS = ("projection", "philox", "forward", "backward", "merge", "unmerge", "train_steps",
-                    "load_adapter", "save_adapter")
+                    "load_adapter", "save_adapter", "save_layer", "load_layer", "quantized")
 
 
 class Watched:
@@ -135,7 +135,8 @@ def default_dtypes(impl: Implementation) -> list[str]:
     return [d for d in DTYPES if d in PROBED or d in impl.dtypes]
 
 
-def _probed(impl: Implementation, dtype: str | None) -> bool:
+def probed(impl: Implementation, dtype: str | None) -> bool:
+    """True when ``dtype`` is checked without being declared: probe_dtype decides first."""
     return dtype is not None and dtype in PROBED and dtype not in impl.dtypes
 
 
@@ -187,9 +188,9 @@ def plan(impl: Implementation, devices: list[str], dtypes: list[str], only: list
                     reason = absent
                 elif chk.dtypes and dtype not in chk.dtypes:
                     reason = f"{chk.doc} has cases in {' and '.join(chk.dtypes)} only"
-                elif _probed(impl, dtype) and device not in getattr(impl, "devices", ("cpu",)):
+                elif probed(impl, dtype) and device not in getattr(impl, "devices", ("cpu",)):
                     reason = f"{impl.name} does not support device {device}"
-                elif not _probed(impl, dtype) and not impl.supports(device, dtype or "float32"):
+                elif not probed(impl, dtype) and not impl.supports(device, dtype or "float32"):
                     reason = f"{impl.name} does not support device {device} with dtype {dtype or 'float32'}"
                 elif chk.needs is not None:
                     reason = chk.needs(impl)
@@ -274,7 +275,7 @@ def _run(impl, impl_spec, devices, dtypes, max_examples, only, skips, xfails, ca
     results, probes = [], {}
     for tid, chk, device, dtype, reason in plan(impl, devices, dtypes, only):
         listed = _listed(tid, skip_pats)
-        if not reason and not listed and _probed(impl, dtype):
+        if not reason and not listed and probed(impl, dtype):
             if (device, dtype) not in probes:
                 try:
                     probes[device, dtype] = probe_dtype(impl, device, dtype)
@@ -326,7 +327,7 @@ def report_doc(results: list[Result], impl: Implementation) -> dict:
             "kit": f"vera-ref {vera_ref.__version__}",
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "capabilities": sorted(impl.capabilities), "dtypes": sorted(impl.dtypes),
-            "probed_dtypes": sorted({r.dtype for r in results if r.dtype and _probed(impl, r.dtype)}),
+            "probed_dtypes": sorted({r.dtype for r in results if r.dtype and probed(impl, r.dtype)}),
             "declarations": {"layouts": sorted(getattr(impl, "layouts", ())), "dropout": getattr(impl, "dropout", True),
                              "adapter_scale": None if getattr(impl, "adapter_scale", None) is None
                              else {str(r): impl.scale(r) for r in (1, 8, 64, 256)},
@@ -412,7 +413,7 @@ def main_args(args: argparse.Namespace) -> int:
             raise ConformanceError(f"{path}: no such file")
     if args.json_report:
         check_report_path(args.json_report)
-    probed = [d for d in dtypes if _probed(impl, d)]
+    probed = [d for d in dtypes if probed(impl, d)]
     print(f"vera conformance: {impl.name}; capabilities {', '.join(sorted(impl.capabilities)) or 'none'}; "
           f"devices {', '.join(devices)}; dtypes {', '.join(dtypes)}"
           + (f" ({', '.join(probed)} not declared: probed)" if probed else "")

@@ -474,4 +474,5 @@ from . import broken_own, broken_quantized, broken_writer  # noqa: E402
 
 for _m in (broken_own, broken_writer, broken_quantized):
     CAUGHT_BY.update(_m.CAUGHT_BY)
+    CONFORMING_DECLARED += [c for c in getattr(_m, "CONFORMING_DECLARED", []) if c not in CONFORMING_DECLARED]
     BROKEN += [c for c in _m.CAUGHT_BY if c not in BROKEN]
