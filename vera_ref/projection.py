@@ -155,6 +155,17 @@ def _table_values(seed: int, m: int, g: int, n_count: int, r: int, bound: np.flo
     return out
 
 
+def check_arguments(seed: int, r: int, n_in: int, n_out: int, group: int = 0) -> None:
+    """spec 1.3-1.4: ``ProjectionError`` unless seed, r, n_in, n_out and group are integers in range
+    (what every generator checks before it draws: a backend building A and B elsewhere calls this)."""
+    check_seed(seed)
+    _check_count("r", r, RANK_LIMIT)
+    _check_count("n_in", n_in, WORD_LIMIT)
+    _check_count("n_out", n_out, WORD_LIMIT)
+    if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or not 0 <= group < WORD_LIMIT:
+        raise ProjectionError(f"group must be in [0, 2^32), got {group}")
+
+
 def projection(seed: int, r: int, n_in: int, n_out: int, group: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The projection pair of group ``group`` (spec 2.1).
 
@@ -165,12 +176,7 @@ def projection(seed: int, r: int, n_in: int, n_out: int, group: int = 0) -> tupl
     is generated in (see ``_table_values``). NumPy, PyTorch and BLAS take either layout
     without a copy; ``np.ascontiguousarray(B)`` gives row-major memory where bytes matter.
     """
-    check_seed(seed)
-    _check_count("r", r, RANK_LIMIT)
-    _check_count("n_in", n_in, WORD_LIMIT)
-    _check_count("n_out", n_out, WORD_LIMIT)
-    if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or not 0 <= group < WORD_LIMIT:
-        raise ProjectionError(f"group must be in [0, 2^32), got {group}")
+    check_arguments(seed, r, n_in, n_out, group)
     ws = _Workspace()  # block buffers, for A then B
     A = _table_values(int(seed), MATRIX_A, int(group), int(n_in), int(r), kaiming_bound(n_in), ws)  # (r, n_in)
     B = _table_values(int(seed), MATRIX_B, int(group), int(n_out), int(r), kaiming_bound(r), ws).T  # (n_out, r)

@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from vera_ref import generators
 from vera_ref.philox import M0, M1, ROUNDS, round_keys
-from vera_ref.projection import MATRIX_A, MATRIX_B, kaiming_bound, key_of_seed
+from vera_ref.projection import MATRIX_A, MATRIX_B, check_arguments, kaiming_bound, key_of_seed
 
 OPSET = 18
 MASK32 = 0xFFFFFFFF
@@ -112,7 +112,9 @@ def _table(b: _Builder, seed: int, m: int, g: int, n_count: int, r: int, bound: 
 
 def projection_nodes(seed: int, r: int, n_in: int, n_out: int, group: int, A_name: str, B_name: str,
                      prefix: str = "vera_generator") -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """Nodes and constants that compute A (r, n_in) and B (n_out, r) into the tensors named A_name, B_name."""
+    """Nodes and constants that compute A (r, n_in) and B (n_out, r) into the tensors named A_name, B_name;
+    ``vera_ref.ProjectionError`` for arguments out of range (spec 1.3-1.4)."""
+    check_arguments(seed, r, n_in, n_out, group)
     b = _Builder(prefix)
     _table(b, seed, MATRIX_A, group, n_in, r, kaiming_bound(n_in), True, A_name)
     _table(b, seed, MATRIX_B, group, n_out, r, kaiming_bound(r), False, B_name)
