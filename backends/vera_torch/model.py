@@ -437,18 +437,22 @@ class VeraModel(nn.Module):
     # -- files ------------------------------------------------------------------------------------
     def to_adapter(self, name: str | None = None, *, fingerprint: bool = True, packed: bool = False,
                    vector_dtype: str | None = None, base_model_name: str | None = None,
-                   provenance: dict | None = None) -> Adapter:
+                   provenance: dict | None = None, base_model: dict | None = None) -> Adapter:
         """The spec's in-memory adapter (vera_ref.Adapter) for ``name``; ``packed`` selects the packed
         tensor layout of spec 4.4 (two tensors instead of two per module: the smallest file).
+        ``base_model``: the file's ``base_model`` fields to write as given (``name``, ``revision``,
+        ``fingerprint``, spec 4.3; e.g. those of a loaded file, kept through a resave); a fingerprint given
+        there is written instead of the one computed from this model's weights (``fingerprint=True``),
+        ``base_model_name`` overrides its name.
         On an FSDP2-sharded model every rank must call it (sharded tensors are gathered whole)."""
         name = name or self._state.active
         self._require(name)
         cfg = self.vera_configs[name]
         layers = [(p, self.base_model.get_submodule(p)) for p in self.vera_modules[name]]
-        base = {}
+        base = {k: v for k, v in (base_model or {}).items() if v is not None}
         if base_model_name:
             base["name"] = base_model_name
-        if fingerprint:
+        if fingerprint and "fingerprint" not in base:
             base["fingerprint"] = self.base_fingerprint(name)
         gen = generators.get(cfg.generator)
         acfg = AdapterConfig(

@@ -194,3 +194,18 @@ def test_stored_projection_of_the_wrong_shape_is_refused():
     with pytest.raises(AdapterFileError, match=r"^A: shape \[4, 5\] must be \[4, 16\]$"):
         VeraModel.from_adapter(target, ad)
     assert _same(_snapshot(target), before)
+
+
+def test_base_model_fields_given_are_written_as_given(tmp_path):
+    """to_adapter/save_adapter(base_model=...): the name, revision and fingerprint of a loaded file are
+    written back unchanged (spec 4.3), the fingerprint given wins over the one computed from the weights,
+    and without one the model's own fingerprint is written."""
+    _, m = _trained()
+    own = m.base_fingerprint("default")
+    given = {"name": "org/model", "revision": "0123abc", "fingerprint": "f" * 64}
+    m.save_adapter(tmp_path / "a.safetensors", base_model=given)
+    assert vera_ref.load_adapter(tmp_path / "a.safetensors").config.base_model == given
+    m.save_adapter(tmp_path / "b.safetensors", base_model={"name": "org/model", "revision": "0123abc"})
+    assert vera_ref.load_adapter(tmp_path / "b.safetensors").config.base_model == {
+        "name": "org/model", "revision": "0123abc", "fingerprint": own}
+    assert own != "f" * 64

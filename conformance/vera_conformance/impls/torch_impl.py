@@ -155,7 +155,7 @@ class TorchImpl(Implementation):
         vm = VeraModel.from_adapter(model, adapter.to_adapter(), check_fingerprint=False)
         bm = adapter.base_model or {}
         vm.save_adapter(path, fingerprint=adapter.base_weights is not None, packed=adapter.tensor_layout == "packed",
-                        base_model_name=bm.get("name"), provenance=adapter.provenance or None)
+                        base_model=bm, provenance=adapter.provenance or None)
 
 
 class Holder(nn.Module):
