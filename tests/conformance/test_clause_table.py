@@ -95,7 +95,7 @@ def test_every_check_of_the_kit_is_placed_in_the_section():
     assert not missing, f"checks the clause-to-check section does not place: {missing}"
 
 
-def test_cited_vectors_and_rule_codes_exist():
+def test_cited_vectors_rule_codes_and_tests_exist():
     files = json.loads((ROOT / "spec" / "vectors" / "files.json").read_text())
     present = {t["file"] for g in files["testGroups"] for t in g["tests"]}
     codes = set(re.findall(r"\| (E4\.6\.\d+\.\d+) \|", (ROOT / "spec" / "4-adapter-file.md").read_text()))
@@ -106,6 +106,8 @@ def test_cited_vectors_and_rule_codes_exist():
             assert code in codes, f"{clause}: the table cites rule {code}, not in spec 4.6"
         for vec in re.findall(r"\b([a-z0-9_]+\.json)\b", note):
             assert (ROOT / "spec" / "vectors" / vec).exists(), f"{clause}: the table cites {vec}"
+        for test in re.findall(r"\b(tests/[\w/]+\.py)\b", note):
+            assert (ROOT / test).exists(), f"{clause}: the table cites {test}, which does not exist"
 
 
 @pytest.mark.parametrize("text, want", [
