@@ -21,6 +21,7 @@ and written back with its layout.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from typing import Iterable, Sequence
@@ -54,7 +55,13 @@ class VeraProjection(nnx.Variable):
 
 @dataclass(frozen=True)
 class VeraSettings:
-    """The adapter-wide fields of the file (spec 4.3) that every VeraLinear of a model shares."""
+    """The adapter-wide fields of the file (spec 4.3) that every VeraLinear of a model shares.
+
+    Besides the fields the math needs, it keeps what a loaded file carried so that ``save_adapter``
+    writes it back (spec 4.3-4.4): ``tensor_layout``; ``base_model`` (name, revision, fingerprint as
+    sorted (key, value) pairs); ``provenance`` (the JSON text of the object, exact); ``extra``
+    ((tensor name, file dtype) of each extra tensor, in file order). Hashable, as a static
+    attribute of an NNX graph must be."""
 
     r: int
     generator: str
@@ -63,6 +70,15 @@ class VeraSettings:
     d_initial: float
     dropout: float
     vector_dtype: str
+    tensor_layout: str = "per-module"
+    base_model: tuple[tuple[str, str], ...] = ()
+    provenance: str = "{}"
+    extra: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def provenance_dict(self) -> dict:
+        """``provenance`` as the JSON object it holds (a fresh copy)."""
+        return json.loads(self.provenance)
 
 
 class VeraLinear(nnx.Module):
@@ -71,17 +87,19 @@ class VeraLinear(nnx.Module):
     A (r, n_in) and B (n_out, r) are the shared (or per-module) projections, the same
     VeraProjection objects in every layer that shares them; this layer uses the leading
     slices A[:, :in], B[:out] (spec 2.3). Dropout (spec 3.3) is an ``nnx.Dropout`` on the
-    adapter input, active in ``model.train()`` mode.
+    adapter input, active in ``model.train()`` mode. ``index`` is the module's position in the
+    adapter's module list (spec 4.3: that order defines the per-module groups); ``to_adapter``
+    writes the modules in this order, whatever order the model's attributes iterate in.
     """
 
     def __init__(self, base: nnx.Linear, A: VeraProjection, B: VeraProjection, lambda_d, lambda_b, *,
                  settings: VeraSettings, group: int, layout: str, rngs: nnx.Rngs | None = None,
-                 remat: bool = True) -> None:
+                 remat: bool = True, index: int = 0) -> None:
         self.base = base
         self.A, self.B = A, B
         self.lambda_d = VeraParam(jnp.asarray(lambda_d))  # (r,)
         self.lambda_b = VeraParam(jnp.asarray(lambda_b))  # (out,)
-        self.settings, self.group, self.layout = settings, group, layout
+        self.settings, self.group, self.layout, self.index = settings, group, layout, index
         self.in_features, self.out_features = base.in_features, base.out_features
         if settings.dropout > 0 and rngs is None:
             raise ModelMismatchError(f"dropout: p={settings.dropout} needs rngs= (an nnx.Rngs with a 'dropout' stream)")
@@ -221,7 +239,9 @@ def _attach(model: nnx.Module, ad: Adapter, *, rngs, held: str | None, check_fin
                                      f"adapter was trained on {cfg.base_model['fingerprint'][:16]}...")
     dt = _held_dtype(held or cfg.vector_dtype)
     settings = VeraSettings(cfg.r, cfg.generator, cfg.seed, cfg.sharing, cfg.d_initial, cfg.dropout,
-                            cfg.vector_dtype)
+                            cfg.vector_dtype, cfg.tensor_layout,
+                            tuple(sorted((k, v) for k, v in (cfg.base_model or {}).items() if v is not None)),
+                            json.dumps(dict(cfg.provenance or {})), tuple((k, d) for k, (_, d) in ad.extra.items()))
     held_name = jnp.dtype(dt).name
     vectors = {m.name: (checked_table(ad.lambda_d, m.name, f"{m.name}.lambda_d", (cfg.r,), held_name),
                         checked_table(ad.lambda_b, m.name, f"{m.name}.lambda_b", (m.out_features,), held_name))
@@ -232,7 +252,7 @@ def _attach(model: nnx.Module, ad: Adapter, *, rngs, held: str | None, check_fin
         A, B = pairs[cfg.group_of(i)]
         ld, lb = vectors[m.name]
         layer = VeraLinear(bases[m.name], A, B, jnp.asarray(ld, dt), jnp.asarray(lb, dt), settings=settings,
-                           group=cfg.group_of(i), layout=m.layout, rngs=rngs, remat=remat)
+                           group=cfg.group_of(i), layout=m.layout, rngs=rngs, remat=remat, index=i)
         _replace(model, found[m.name][0], layer)
     for (lin, attr), value in heads:
         getattr(lin, attr)[...] = jnp.asarray(value, getattr(lin, attr)[...].dtype)
@@ -271,14 +291,32 @@ def _head_values(found, ad: Adapter) -> list[tuple[tuple[nnx.Linear, str], np.nd
 
 # -- files ----------------------------------------------------------------------------------------
 
-def to_adapter(model: nnx.Module, *, fingerprint: bool = True, packed: bool = False, vector_dtype: str | None = None,
-               modules_to_save: Iterable[str] = (), base_model_name: str | None = None,
-               provenance: dict | None = None) -> Adapter:
-    """The spec's in-memory adapter (``vera_ref.Adapter``) of ``model``'s VeRA layers.
+def to_adapter(model: nnx.Module, *, fingerprint: bool = True, packed: bool | None = None,
+               vector_dtype: str | None = None, modules_to_save: Iterable[str] | None = None,
+               base_model_name: str | None = None, provenance: dict | None = None,
+               base_model: dict | None = None) -> Adapter:
+    """The spec's in-memory adapter (``vera_ref.Adapter``) of ``model``'s VeRA layers: everything the
+    model holds, so a loaded file is written back whole (spec 4.3-4.5).
 
-    ``vector_dtype``: store the vectors rounded to this dtype (default: the dtype the adapter
-    was created or loaded with). ``modules_to_save``: dotted names of ``nnx.Linear`` task heads
-    to store as extra tensors, in PyTorch's names (``head.weight`` (out, in), ``head.bias``).
+    The modules in the adapter's order (``VeraLinear.index``: the loaded file's, or graph order
+    after ``apply_vera``), r, generator, seed, sharing, ``d_initial``, ``dropout``, the vectors, and
+    the stored projections of the ``stored`` generator (spec 2.5.2) always; the rest as loaded
+    unless given:
+
+    ``packed``: the packed tensor layout of spec 4.4 (True) or per-module (False); default: the
+    loaded file's layout (per-module after ``apply_vera``).
+    ``vector_dtype``: store the vectors rounded to this dtype (default: the dtype the adapter was
+    created or loaded with).
+    ``modules_to_save``: dotted names of ``nnx.Linear`` task heads to store as extra tensors, in
+    PyTorch's names (``head.weight`` (out, in), ``head.bias``), each in the dtype the loaded file
+    gave that tensor, else the head's; default: the extra tensors the loaded file had, under
+    their names and in their dtypes, with the heads' current values (rounded to that dtype).
+    ``provenance``: the free-form JSON object to write (default: the loaded file's).
+    ``base_model``: the ``base_model`` fields (``name``, ``revision``, ``fingerprint``) to write
+    as given (default: the loaded file's); ``base_model_name`` overrides its name.
+    ``fingerprint``: True writes the fingerprint of this model's base weights (spec 4.3), unless
+    a ``base_model`` passed here holds one (written as given, as vera_torch does); False computes
+    none: only a fingerprint ``base_model`` (given or loaded) holds is written.
     """
     layers = vera_layers(model)
     if not layers:
@@ -286,42 +324,66 @@ def to_adapter(model: nnx.Module, *, fingerprint: bool = True, packed: bool = Fa
     s = layers[0][1].settings
     if any(layer.settings != s for _, layer in layers):
         raise ModelMismatchError("modules: the VeRA layers of this model come from different adapters")
+    layers = sorted(layers, key=lambda nl: nl[1].index)  # spec 4.3: the adapter's order (stable: ties keep graph order)
     vd = vector_dtype or s.vector_dtype
-    base = {"name": base_model_name} if base_model_name else {}
+    given = base_model is not None
+    base = {k: v for k, v in (dict(base_model) if given else dict(s.base_model)).items() if v is not None}
+    if base_model_name:
+        base["name"] = base_model_name
     mods = [ModuleSpec(n, layer.in_features, layer.out_features, layer.layout) for n, layer in layers]
-    if fingerprint:
+    if fingerprint and not (given and "fingerprint" in base):
         base["fingerprint"] = base_fingerprint({n: _w0(layer.base, layer.layout) for n, layer in layers}, mods)
+    layout = s.tensor_layout if packed is None else ("packed" if packed else "per-module")
     cfg = AdapterConfig(r=s.r, modules=mods, generator=s.generator, seed=s.seed, sharing=s.sharing,
-                        vector_dtype=vd, tensor_layout="packed" if packed else "per-module",
-                        d_initial=s.d_initial, dropout=s.dropout, base_model=base or None,
-                        provenance=dict(provenance or {}))
+                        vector_dtype=vd, tensor_layout=layout, d_initial=s.d_initial, dropout=s.dropout,
+                        base_model=base or None,
+                        provenance=s.provenance_dict if provenance is None else dict(provenance))
 
     def held(v):  # spec 4.5: the vectors rounded to the file's dtype
         return round_to(np.asarray(v, dtype=np.float64), vd).astype(compute_dtype(vd))
 
     ad = Adapter(cfg, {n: held(layer.lambda_d[...]) for n, layer in layers},
                  {n: held(layer.lambda_b[...]) for n, layer in layers})
-    if s.generator == "stored":
+    if not generators.get(s.generator).generates:  # spec 2.5.2: A and B travel in the file
         for n, layer in layers:
             ad.stored[layer.group] = (np.asarray(layer.A[...], np.float32), np.asarray(layer.B[...], np.float32))
     found = _modules(model)
-    for head in modules_to_save:
-        mod = found.get(head, (None, None))[1]
-        if not isinstance(mod, nnx.Linear):
-            raise ModelMismatchError(f"modules_to_save: {head!r} is not an nnx.Linear of this model")
-        ad.extra[f"{head}.weight"] = _extra(mod.kernel[...].T)
-        if mod.bias is not None:
-            ad.extra[f"{head}.bias"] = _extra(mod.bias[...])
+    loaded = dict(s.extra)
+    if modules_to_save is None:
+        keys = list(loaded)
+    else:
+        keys = []
+        for head in modules_to_save:
+            mod = found.get(head, (None, None))[1]
+            if not isinstance(mod, nnx.Linear):
+                raise ModelMismatchError(f"modules_to_save: {head!r} is not an nnx.Linear of this model")
+            keys += [f"{head}.weight"] + ([f"{head}.bias"] if mod.bias is not None else [])
+    for key in keys:
+        ad.extra[key] = _extra(found, key, loaded.get(key))
     return ad
 
 
-def _extra(a: jax.Array) -> tuple[np.ndarray, str]:
-    name = {jnp.dtype(v): k for k, v in _JNP.items()}.get(jnp.dtype(a.dtype), "float32")
-    return np.asarray(a, dtype=compute_dtype(name)), name
+def _extra(found, key: str, dtype: str | None) -> tuple[np.ndarray, str]:
+    """The extra tensor ``key`` (``head.weight`` (out, in), ``head.kernel`` (in, out) or ``head.bias``)
+    from the ``nnx.Linear`` it names, rounded to ``dtype`` (default: the head's dtype, spec 4.5)."""
+    owner, _, pname = key.rpartition(".")
+    mod = found.get(owner, (None, None))[1]
+    attr = "kernel" if pname in ("weight", "kernel") else pname
+    var = getattr(mod, attr, None) if isinstance(mod, nnx.Linear) and pname in ("weight", "kernel", "bias") else None
+    if var is None:
+        raise ModelMismatchError(f"{key}: the model has no nnx.Linear {owner!r} holding this extra tensor")
+    a = var[...]
+    name = dtype or {jnp.dtype(v): k for k, v in _JNP.items()}.get(jnp.dtype(a.dtype), "float32")
+    v = np.asarray(a.astype(jnp.float32) if a.dtype == jnp.bfloat16 else a)
+    v = v.T if pname == "weight" else v
+    return round_to(v, name).astype(compute_dtype(name)), name
 
 
 def save_adapter(model: nnx.Module, path: str | os.PathLike, **kwargs) -> None:
-    """Write the model's adapter as a spec file (spec 4), atomically (``vera_ref.save_adapter``)."""
+    """Write the model's adapter as a spec file (spec 4), atomically (``vera_ref.save_adapter``):
+    everything ``to_adapter`` gives, whose keywords (``fingerprint``, ``packed``, ``vector_dtype``,
+    ``modules_to_save``, ``base_model_name``, ``provenance``, ``base_model``) it takes; by default a
+    loaded file is written back with every field it carried."""
     vera_ref.save_adapter(to_adapter(model, **kwargs), path)
 
 

@@ -150,7 +150,10 @@ class JaxImpl(Implementation):
 
     # -- files: a Flax NNX model with exactly the file's modules -----------------------------------
     @staticmethod
-    def _file_model(modules, extra=None):
+    def _file_model(modules, extra=None, extra_dtypes=None):
+        """A Flax NNX model with exactly the file's modules, and an nnx.Linear task head for each owner
+        of extra tensors, in float64 when one of them is float64 (needs x64 on), else float32 (which
+        holds float16 and bfloat16 values exactly)."""
         from flax import nnx
 
         class Node(nnx.Module):
@@ -170,16 +173,21 @@ class JaxImpl(Implementation):
             *owner, leaf = name.split(".")
             setattr(at(owner), leaf, nnx.Linear(fi, fo, rngs=nnx.Rngs(0)))
         heads: dict[str, dict[str, tuple]] = {}
+        wide: set[str] = set()
         for key, arr in (extra or {}).items():
             owner, _, pname = key.rpartition(".")
             heads.setdefault(owner, {})[pname] = np.shape(arr)
+            if (extra_dtypes or {}).get(key) == "float64":
+                wide.add(owner)
         for owner, params in heads.items():  # a task head: an nnx.Linear of the tensors' shapes
             if "weight" in params:
                 fo, fi = params["weight"]
             else:
                 fi, fo = params.get("kernel", (1, 1))
+            dt = jnp.float64 if owner in wide else jnp.float32
             *parent, leaf = owner.split(".")
-            setattr(at(parent), leaf, nnx.Linear(fi, fo, use_bias="bias" in params, rngs=nnx.Rngs(0)))
+            setattr(at(parent), leaf, nnx.Linear(fi, fo, use_bias="bias" in params, dtype=dt, param_dtype=dt,
+                                                 rngs=nnx.Rngs(0)))
         return root
 
     def load_adapter(self, path) -> LoadedAdapter:
@@ -208,18 +216,27 @@ class JaxImpl(Implementation):
                                  s.vector_dtype, extra, sharing=s.sharing)
 
     def save_adapter(self, adapter: LoadedAdapter, path) -> None:
-        import vera_ref
+        """vera_jax writes what it holds: the content loaded into a Flax model with its modules (and
+        base kernels, when the base weights are given), then saved by vera_jax.nnx.save_adapter with
+        the base model's fields given; the fingerprint, when the base is known, computed by vera_jax."""
+        from flax import nnx
+
         from vera_jax.nnx import load_adapter, save_adapter
-        model = self._file_model(adapter.modules)
-        ad = vera_ref.new_adapter([vera_ref.ModuleSpec(*m) for m in adapter.modules], r=adapter.r,
-                                  seed=adapter.seed, generator=adapter.generator, vector_dtype=adapter.vector_dtype,
-                                  sharing=getattr(adapter, "sharing", "shared"))
-        for n in ad.lambda_d:
-            ad.lambda_d[n], ad.lambda_b[n] = adapter.lambda_d[n], adapter.lambda_b[n]
-        x64 = jax.enable_x64(True) if adapter.vector_dtype == "float64" else contextlib.nullcontext()
-        with x64:
-            load_adapter(model, ad)
-            save_adapter(model, path, fingerprint=False)
+        wide = adapter.vector_dtype == "float64" or "float64" in adapter.extra_dtypes.values()
+        x64 = jax.enable_x64(True) if wide else contextlib.nullcontext()
+        with x64:  # float64 vectors and extra tensors are held exactly only with x64 on
+            model = self._file_model(adapter.modules, adapter.extra, adapter.extra_dtypes)
+            layouts = {name: layout for name, _, _, layout in adapter.modules}
+            lins = {".".join(map(str, p)): m for p, m in nnx.iter_modules(model)}
+            for name, W in (adapter.base_weights or {}).items():  # W0: (out, in) linear, (in, out) conv1d
+                W = jnp.asarray(np.asarray(W, np.float32))
+                lins[name].kernel[...] = W.T if layouts[name] == "linear" else W  # the kernel is (in, out)
+            load_adapter(model, adapter.to_adapter(), check_fingerprint=adapter.base_weights is not None,
+                         rngs=nnx.Rngs(dropout=0) if adapter.dropout > 0 else None)
+            bm = dict(adapter.base_model or {})
+            if adapter.base_weights is not None:
+                bm.pop("fingerprint", None)  # the base is known: vera_jax fingerprints its kernels (spec 4.3)
+            save_adapter(model, path, fingerprint=adapter.base_weights is not None, base_model=bm)
 
 
 def make() -> JaxImpl:
