@@ -191,29 +191,20 @@ class JaxImpl(Implementation):
         return root
 
     def load_adapter(self, path) -> LoadedAdapter:
-        from flax import nnx
-
+        """What vera_jax holds after loading the file into a Flax model: every field read back through
+        vera_jax.nnx.to_adapter (the vectors, the heads' values, the kept fields), none from the file."""
         from vera_jax import read_adapter
-        from vera_jax.nnx import load_adapter, vera_layers
+        from vera_jax.nnx import load_adapter, to_adapter
         ad = read_adapter(path)  # spec 4.6, rule 26 against vera_jax's generator
         mods = [(m.name, m.in_features, m.out_features, m.layout) for m in ad.config.modules]
-        model = self._file_model(mods, {k: v for k, (v, _) in ad.extra.items()})
-        x64 = jax.enable_x64(True) if ad.config.vector_dtype == "float64" else contextlib.nullcontext()
-        with x64:  # float64 vectors are held exactly only with x64 on
-            load_adapter(model, ad, check_fingerprint=False)
-            layers = dict(vera_layers(model))
-            s = next(iter(layers.values())).settings
-            extra = {}
-            for key in ad.extra:  # read back from the head vera_jax loaded them into
-                owner, _, pname = key.rpartition(".")
-                head = dict(nnx.iter_modules(model))[tuple(owner.split("."))]
-                v = np.asarray(head.bias[...] if pname == "bias" else head.kernel[...], np.float64)
-                extra[key] = v.T if pname == "weight" else v
-            return LoadedAdapter(s.r, s.generator, s.seed,
-                                 [(n, layer.in_features, layer.out_features, layer.layout) for n, layer in layers.items()],
-                                 {n: np.asarray(layer.lambda_d[...], np.float64) for n, layer in layers.items()},
-                                 {n: np.asarray(layer.lambda_b[...], np.float64) for n, layer in layers.items()},
-                                 s.vector_dtype, extra, sharing=s.sharing)
+        dtypes = {k: d for k, (_, d) in ad.extra.items()}
+        wide = ad.config.vector_dtype == "float64" or "float64" in dtypes.values()
+        x64 = jax.enable_x64(True) if wide else contextlib.nullcontext()
+        with x64:  # float64 vectors and extra tensors are held exactly only with x64 on
+            model = self._file_model(mods, {k: v for k, (v, _) in ad.extra.items()}, dtypes)
+            load_adapter(model, ad, check_fingerprint=False,
+                         rngs=nnx_rngs() if ad.config.dropout > 0 else None)
+            return LoadedAdapter.of(to_adapter(model, fingerprint=False))
 
     def save_adapter(self, adapter: LoadedAdapter, path) -> None:
         """vera_jax writes what it holds: the content loaded into a Flax model with its modules (and
@@ -232,11 +223,17 @@ class JaxImpl(Implementation):
                 W = jnp.asarray(np.asarray(W, np.float32))
                 lins[name].kernel[...] = W.T if layouts[name] == "linear" else W  # the kernel is (in, out)
             load_adapter(model, adapter.to_adapter(), check_fingerprint=adapter.base_weights is not None,
-                         rngs=nnx.Rngs(dropout=0) if adapter.dropout > 0 else None)
+                         rngs=nnx_rngs() if adapter.dropout > 0 else None)
             bm = dict(adapter.base_model or {})
             if adapter.base_weights is not None:
                 bm.pop("fingerprint", None)  # the base is known: vera_jax fingerprints its kernels (spec 4.3)
             save_adapter(model, path, fingerprint=adapter.base_weights is not None, base_model=bm)
+
+
+def nnx_rngs():
+    """The dropout stream a VeraLinear with dropout > 0 needs (unused here: no training)."""
+    from flax import nnx
+    return nnx.Rngs(dropout=0)
 
 
 def make() -> JaxImpl:
