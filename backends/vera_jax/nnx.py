@@ -18,6 +18,12 @@ layer (spec 3.7), written so in files and fingerprinted as ``kernel^T`` (spec 4.
 model trained in PyTorch with ``nn.Linear`` and one in Flax with ``nnx.Linear`` exchange
 files. A file that names a module ``conv1d`` (GPT-2's Conv1D, the same math) is served too
 and written back with its layout.
+
+A loaded file is written back whole: ``save_adapter(model, path)`` keeps its module order,
+tensor layout, ``d_initial``, ``dropout``, ``provenance``, ``base_model``, extra tensors (the
+heads' current values, in the file's names and dtypes) and stored projections; the keywords
+``packed``, ``provenance``, ``base_model``, ``base_model_name``, ``fingerprint``,
+``vector_dtype`` and ``modules_to_save`` set them instead (``to_adapter``).
 """
 from __future__ import annotations
 
