@@ -320,9 +320,11 @@ def to_adapter(model: nnx.Module, *, fingerprint: bool = True, packed: bool | No
     ``provenance``: the free-form JSON object to write (default: the loaded file's).
     ``base_model``: the ``base_model`` fields (``name``, ``revision``, ``fingerprint``) to write
     as given (default: the loaded file's); ``base_model_name`` overrides its name.
-    ``fingerprint``: True writes the fingerprint of this model's base weights (spec 4.3), unless
-    a ``base_model`` passed here holds one (written as given, as vera_torch does); False computes
-    none: only a fingerprint ``base_model`` (given or loaded) holds is written.
+    ``fingerprint``: True writes the fingerprint of this model's base weights (spec 4.3) when
+    ``base_model`` (given or loaded) holds none; one it holds is written as it is (as vera_torch
+    does with a given one: spec 4.3 wants the weights the adapter was trained on, which a file
+    loaded with ``check_fingerprint=False`` onto other weights still names; pass ``base_model={}``
+    to fingerprint this model's weights instead). False computes none.
     """
     layers = vera_layers(model)
     if not layers:
@@ -332,12 +334,12 @@ def to_adapter(model: nnx.Module, *, fingerprint: bool = True, packed: bool | No
         raise ModelMismatchError("modules: the VeRA layers of this model come from different adapters")
     layers = sorted(layers, key=lambda nl: nl[1].index)  # spec 4.3: the adapter's order (stable: ties keep graph order)
     vd = vector_dtype or s.vector_dtype
-    given = base_model is not None
-    base = {k: v for k, v in (dict(base_model) if given else dict(s.base_model)).items() if v is not None}
+    base = {k: v for k, v in (dict(s.base_model) if base_model is None else dict(base_model)).items()
+            if v is not None}
     if base_model_name:
         base["name"] = base_model_name
     mods = [ModuleSpec(n, layer.in_features, layer.out_features, layer.layout) for n, layer in layers]
-    if fingerprint and not (given and "fingerprint" in base):
+    if fingerprint and "fingerprint" not in base:
         base["fingerprint"] = base_fingerprint({n: _w0(layer.base, layer.layout) for n, layer in layers}, mods)
     layout = s.tensor_layout if packed is None else ("packed" if packed else "per-module")
     cfg = AdapterConfig(r=s.r, modules=mods, generator=s.generator, seed=s.seed, sharing=s.sharing,

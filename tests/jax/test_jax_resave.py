@@ -59,7 +59,7 @@ def test_a_loaded_file_is_written_back_byte_for_byte(tmp_path):
         m = Model()
         full_file(tmp_path / "in.safetensors", m)
         load_adapter(m, tmp_path / "in.safetensors", rngs=nnx.Rngs(dropout=0))  # fingerprint checked
-        save_adapter(m, tmp_path / "out.safetensors")  # fingerprint recomputed from the kernels: the same
+        save_adapter(m, tmp_path / "out.safetensors")
         assert (tmp_path / "out.safetensors").read_bytes() == (tmp_path / "in.safetensors").read_bytes()
         ad = to_adapter(m)
     assert [x.name for x in ad.config.modules] == ["b_fc", "a_fc"]  # the file's order, not the graph's
@@ -116,8 +116,9 @@ def test_every_kept_field_can_be_set(tmp_path):
         loaded = vera_ref.load_adapter(tmp_path / "in.safetensors").config.base_model
         mine = vera_ref.base_fingerprint(w0, to_adapter(m).config.modules)
         assert mine != loaded["fingerprint"]
-        assert to_adapter(m).config.base_model == {**loaded, "fingerprint": mine}  # this model's weights
-        assert to_adapter(m, fingerprint=False).config.base_model == loaded  # the file's, kept
+        assert to_adapter(m).config.base_model == loaded  # the trained-on weights' fingerprint, kept (spec 4.3)
+        assert to_adapter(m, fingerprint=False).config.base_model == loaded
+        assert to_adapter(m, base_model={"name": "y"}).config.base_model == {"name": "y", "fingerprint": mine}
         given = to_adapter(m, base_model={"name": "x", "fingerprint": "ab" * 32})
         assert given.config.base_model == {"name": "x", "fingerprint": "ab" * 32}  # as given (vera_torch's rule)
         assert to_adapter(m, base_model={}, fingerprint=False).config.base_model is None
