@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 import vera_ref
 
-from . import checks as _K
+from . import check_base as _K
 from . import strategies as S
-from .checks import Mismatch, Outcome, _crash, _gen_name, _property
+from .check_base import Mismatch, Outcome, _crash, _gen_name, _property
 from .protocol import Implementation
 
 # --- level G: generator -------------------------------------------------------------------

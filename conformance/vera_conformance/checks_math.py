@@ -15,10 +15,11 @@ import vera_ref
 from vera_ref.dtypes import round_to
 from vera_ref.tolerance import backward_magnitude, forward_magnitude, merge_magnitude
 
-from . import checks as _K
+from . import check_base as _K
 from . import strategies as S
-from .checks import (_C, _USED_C, Mismatch, Outcome, _build, _crash, _expect, _gen_name, _layouts, _projection_equal,
-                     _property, _specs, _tol, _bits_equal)
+from .check_base import (_C, _USED_C, Mismatch, Outcome, _build, _crash, _expect, _gen_name, _layouts, _property,
+                         _specs, _tol, _bits_equal)
+from .checks_generator import _projection_equal
 from .protocol import LayerCase, NoGradient
 
 # --- levels M and T: math ---------------------------------------------------------------------

@@ -32,8 +32,8 @@ import numpy as np
 from vera_ref.dtypes import round_to
 
 from . import strategies as S
-from .checks import (_C, _USED_C, Check, Mismatch, Outcome, _backward_ref, _build, _crash, _expect, _forward_ref,
-                     _gradients, _layouts, _merge_ref, _tol, _twin)
+from .check_base import _C, _USED_C, Check, Mismatch, Outcome, _build, _crash, _expect, _layouts, _tol
+from .checks_math import _backward_ref, _forward_ref, _gradients, _merge_ref, _twin
 from .protocol import LayerCase, NoGradient
 
 # the largest finite value of each storage dtype

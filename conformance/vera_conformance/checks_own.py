@@ -29,8 +29,9 @@ from hypothesis import strategies as st
 from vera_ref.tolerance import compare
 
 from . import strategies as S
-from .checks import (_C, Check, Mismatch, Outcome, _build, _crash, _expect, _forward_ref, _layouts, _own_generator,
-                     _property, _specs, _tol, _USED_C)
+from .check_base import (_C, Check, Mismatch, Outcome, _build, _crash, _expect, _layouts, _own_generator,
+                         _property, _specs, _tol, _USED_C)
+from .checks_math import _forward_ref
 from .protocol import LayerCase
 
 # the global RNGs are moved to these states: seeded, then drawn from (k % 5 + 1 values each)

@@ -37,7 +37,8 @@ from hypothesis import strategies as st
 import vera_ref
 from vera_ref.tolerance import PRECISION_EPS, backward_magnitude, forward_magnitude
 
-from .checks import _C, Check, Mismatch, Outcome, _build, _expect, _gradients, _property, _tol, _USED_C
+from .check_base import _C, Check, Mismatch, Outcome, _build, _expect, _property, _tol, _USED_C
+from .checks_math import _gradients
 from .protocol import LayerCase
 
 SCHEMES = ("nf4", "fp4", "int8")

@@ -30,7 +30,7 @@ from vera_ref.dtypes import round_to
 from vera_ref.metadata import CONFIG_KEY, FORMAT_KEY, FORMAT_NAME, SPEC_VERSION, VERSION_KEY, common_prefix
 from vera_ref.tolerance import compare, constant, forward_magnitude
 
-from .checks import Check, Mismatch, Outcome, _bits_equal, _crash, _layouts, _philox_generator, _property
+from .check_base import Check, Mismatch, Outcome, _bits_equal, _crash, _layouts, _philox_generator, _property
 from .protocol import LoadedAdapter
 from .writer_contents import CASE_KEYS, _content, _contents, _explicit
 
@@ -414,48 +414,22 @@ def check_writer_atomic(impl, device, dtype, max_examples, case=None) -> Outcome
 # --- written_file_runs: the written file in a real model ----------------------------------------------
 
 def _torch_outputs(path: Path, content: LoadedAdapter, xs: dict, biases: dict) -> dict:
-    """Load the written file with vera_torch onto a model holding the content's base weights (the
-    fingerprint checked) and run each adapted module, in evaluation mode."""
-    import torch
-    from torch import nn
-
-    from vera_torch import VeraModel
-
-    from .torch_helpers import Conv1D
-    root = nn.Module()
-    for name, fi, fo, layout in sorted(content.modules, key=lambda m: m[0].count(".")):  # parents first
-        *owner, leaf = name.split(".")
-        node = root
-        for p in owner:
-            if not hasattr(node, p):
-                node.add_module(p, nn.Module())
-            node = getattr(node, p)
-        layer = nn.Linear(fi, fo) if layout == "linear" else Conv1D(fi, fo, True)
-        with torch.no_grad():
-            layer.weight.copy_(torch.from_numpy(content.base_weights[name]))
-            layer.bias.copy_(torch.from_numpy(biases[name]))
-        node.add_module(leaf, layer)
+    """Each adapted module's output with the written file loaded by vera_torch onto a model holding the
+    content's base weights (impls/torch_file_model.py: the kit's checks import no backend themselves)."""
+    from .impls.torch_file_model import module_outputs
     try:
-        vm = VeraModel.from_adapter(root, str(path), vector_dtype="float32")  # held exactly; a float32 model
-    except Exception as exc:
+        return module_outputs(path, content, xs, biases)
+    except vera_ref.VeraError as exc:  # vera_torch refuses the file (AdapterFileError, ModelMismatchError)
         raise Mismatch(f"vera_torch refuses the written file on the base model it was written for: "
                        f"{_crash(exc)}") from None
-    vm.eval()
-    with torch.no_grad():
-        return {n: vm.base_model.get_submodule(n)(torch.from_numpy(xs[n]).float()).double().numpy()
-                for n, *_ in content.modules}
 
 
 def check_written_file_runs(impl, device, dtype, max_examples, case=None) -> Outcome:
     """The written file loaded onto a real model (vera_torch, base fingerprint checked; the reference
     reader when torch is absent) and run: each module's output against the float64 forward of the
     vectors the writer was given, within spec 5.2's float32 bound."""
-    try:
-        import torch  # noqa: F401
-        import vera_torch  # noqa: F401
-        use_torch = True
-    except ImportError:
-        use_torch = False
+    import importlib.util
+    use_torch = all(importlib.util.find_spec(m) is not None for m in ("torch", "vera_torch"))
     worst = {"r": 0.0}
 
     def body(spec):

@@ -413,10 +413,10 @@ def main_args(args: argparse.Namespace) -> int:
             raise ConformanceError(f"{path}: no such file")
     if args.json_report:
         check_report_path(args.json_report)
-    probed = [d for d in dtypes if probed(impl, d)]
+    undeclared = [d for d in dtypes if probed(impl, d)]
     print(f"vera conformance: {impl.name}; capabilities {', '.join(sorted(impl.capabilities)) or 'none'}; "
           f"devices {', '.join(devices)}; dtypes {', '.join(dtypes)}"
-          + (f" ({', '.join(probed)} not declared: probed)" if probed else "")
+          + (f" ({', '.join(undeclared)} not declared: probed)" if undeclared else "")
           + ("; thorough" if getattr(args, "thorough", False) else ""), flush=True)
     results = run(impl, spec, devices, dtypes, args.max_examples, only, args.skips, args.xfails, case,
                   echo=lambda s: print(s, flush=True), thorough=getattr(args, "thorough", False))

@@ -14,6 +14,7 @@ import pytest
 from hypothesis import strategies as st
 
 import vera_ref
+from vera_conformance import check_base
 from vera_conformance import checks as K
 from vera_conformance import strategies as S
 from vera_conformance.impls import broken as Bk
@@ -217,8 +218,8 @@ TABLE = {
 
 
 # the modules of these checks; checks_own, checks_writer and checks_quantized have tests of their own
-BASE_MODULES = {"vera_conformance.checks", "vera_conformance.checks_generator", "vera_conformance.checks_math",
-                "vera_conformance.checks_numeric"}
+BASE_MODULES = {"vera_conformance.checks", "vera_conformance.checks_files", "vera_conformance.checks_generator",
+                "vera_conformance.checks_math", "vera_conformance.checks_numeric"}
 
 
 def test_check_table():
@@ -1112,7 +1113,7 @@ def test_files_invalid_uncoded_vectors_compare_the_field_only(tmp_path, monkeypa
     doc["testGroups"] = [{"tests": uncoded + VALID[:1]}]
     (tmp_path / "files.json").write_text(json.dumps(doc))
     (tmp_path / "files").symlink_to(VEC / "files")
-    monkeypatch.setattr(K, "VECTORS", tmp_path)
+    monkeypatch.setattr(check_base, "VECTORS", tmp_path)  # read by every check module
     note = "2 of 3 invalid vectors carry no rule code yet: field compared only"
     out = run("files_invalid", Reference())
     assert (out.status, out.examples, out.note) == ("passed", 3, note)
