@@ -374,12 +374,21 @@ class VeraLayer(nn.Module):
             acc = P @ Q if acc is None else acc.addmm_(P, Q)
         return acc
 
-    @staticmethod
-    def _checksum(t: torch.Tensor) -> int:
-        """The int64 sum of the bit patterns (wrapping): a changed element changes it, and changes that
-        cancel exactly are not what a rewritten weight or another BLAS's rounding produce."""
-        bits = t.view({8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}[t.element_size()])
-        return int(bits.sum(dtype=torch.int64))
+    _CHECKSUM_CHUNK = 1 << 22  # elements per step: the int64 temporaries stay at 32 MiB whatever the weight
+
+    @classmethod
+    def _checksum(cls, t: torch.Tensor) -> tuple[int, int]:
+        """Two int64 sums (wrapping) of the bit patterns: plain, and each weighted by its position (2i + 1).
+        A changed element changes both; changes that cancel in the plain sum (one element +1 ulp, another
+        -1 ulp, as a merge rounded elsewhere gives in float16) do not cancel in the weighted one."""
+        bits = t.reshape(-1).view({8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.int8}[t.element_size()])
+        plain = weighted = 0
+        for s in range(0, bits.numel(), cls._CHECKSUM_CHUNK):
+            b = bits[s:s + cls._CHECKSUM_CHUNK].to(torch.int64)
+            pos = torch.arange(2 * s + 1, 2 * (s + b.numel()) + 1, 2, dtype=torch.int64, device=b.device)
+            plain += int(b.sum())
+            weighted += int((b * pos).sum())
+        return plain & (2**64 - 1), weighted & (2**64 - 1)
 
     @torch.no_grad()
     def _keep_w0(self, w0: torch.Tensor, mode: str) -> None:

@@ -194,6 +194,25 @@ def test_a_weight_changed_while_merged_unmerges_by_subtraction():
     assert torch.equal(q.weight, want)
 
 
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_a_weight_changed_by_canceling_ulps_while_merged_unmerges_by_subtraction(dtype):
+    """One element one ulp up, another one ulp down (a merge rounded elsewhere, e.g. the float64 reference's,
+    put in place): the plain sum of the bit patterns is unchanged, the position-weighted one is not, so the
+    change is seen and unmerge is W - Delta W (spec 3.6), not a refusal."""
+    m = _model(dtype, 1.0)
+    m.merge()
+    q = m.base_model.blocks[0].query
+    bits = _BITS[dtype]
+    with torch.no_grad():
+        flat = q.weight.view(-1).view(bits)
+        flat[3] += 1
+        flat[10] -= 1
+        dW = q._delta_sum({"default": (q.vera_lambda_d["default"], q.vera_lambda_b["default"])})  # unmerge's own
+        want = (q.weight.to(dW.dtype) - dW).to(dtype)
+    m.unmerge()
+    assert torch.equal(q.weight.view(bits), want.view(bits))
+
 # A Delta W with other bits at unmerge (another BLAS): relative changes far above each dtype's rounding of
 # back = fl(W - Delta W), so that back changes and the residual no longer fits it
 @pytest.mark.parametrize("dtype,change", [(torch.float32, 2**-20), (torch.float64, 2**-40), (torch.float16, 0.5),
