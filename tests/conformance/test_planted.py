@@ -42,6 +42,23 @@ FAST = [
 ]
 
 
+
+@pytest.fixture(autouse=True)
+def _generator_registry_restored():
+    """A planted copy of vera_torch registers its torch projections in vera_ref's generator registry when it
+    is imported: the real backends' registrations are put back after each test, so the tests that run later
+    in this process (tests/torch) see vera_torch's own functions."""
+    from vera_ref import generators
+    try:
+        import vera_torch  # noqa: F401  (registered before the snapshot, whatever ran first)
+    except ImportError:
+        pass
+    saved = {n: dict(generators.get(n).devices) for n in generators.names()}
+    yield
+    for n, devices in saved.items():
+        generators.get(n).devices.clear()
+        generators.get(n).devices.update(devices)
+
 def _tally():
     """tools/planted_tally.py as a module, without putting tools/ on sys.path."""
     spec = importlib.util.spec_from_file_location("planted_tally", ROOT / "tools" / "planted_tally.py")
