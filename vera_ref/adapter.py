@@ -31,9 +31,10 @@ PEFT_MARKERS = ("base_model.model.", "vera_lambda_")  # spec 4.6 step 8: tensor 
 HASH_CHUNK_BYTES = 1 << 20  # rows hashed per step: a strided or non-float32 array is copied this much at a time
 
 
-def _hash_c_order(h: "hashlib._Hash", array: np.ndarray) -> None:
+def hash_c_order(h: "hashlib._Hash", array: np.ndarray) -> None:
     """Feed ``h`` the float32 little-endian C-order bytes of ``array``, a block of rows at a
-    time, so a Fortran-ordered B or a float64 W0 never needs a whole row-major copy."""
+    time, so a Fortran-ordered B or a float64 W0 never needs a whole row-major copy (spec 4.3's
+    fingerprint; public: backends hashing a W0 of their own, e.g. a dequantized one, use it)."""
     a = np.asarray(array)
     if a.ndim < 2:
         h.update(np.ascontiguousarray(a, dtype="<f4"))
@@ -46,7 +47,7 @@ def _hash_c_order(h: "hashlib._Hash", array: np.ndarray) -> None:
 def sha256_hex(array: np.ndarray) -> str:
     """spec 2.6: sha256 of the float32 little-endian C-order bytes."""
     h = hashlib.sha256()
-    _hash_c_order(h, array)
+    hash_c_order(h, array)
     return h.hexdigest()
 
 
@@ -61,7 +62,7 @@ def base_fingerprint(weights: Mapping[str, np.ndarray], modules: Iterable[Module
             raise AdapterFileError("base_model.fingerprint",
                                    f"weight of {m.name!r} has shape {W.shape}, expected {(m.out_features, m.in_features)}")
         h.update(m.name.encode("utf-8") + b"\0")
-        _hash_c_order(h, W)
+        hash_c_order(h, W)
     return h.hexdigest()
 
 

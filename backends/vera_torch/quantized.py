@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vera_ref.adapter import _hash_c_order
+from vera_ref.adapter import hash_c_order
 from vera_ref.errors import VeraError
 
 from .errors import ConfigError, MergeError
@@ -245,7 +245,7 @@ def fingerprint(layers: Mapping[str, nn.Module], modules: Iterable[Any],
         if W.shape != (m.out_features, m.in_features):
             raise AdapterFileError("base_model.fingerprint",
                                    f"weight of {m.name!r} has shape {W.shape}, expected {(m.out_features, m.in_features)}")
-        _hash_c_order(h, W)
+        hash_c_order(h, W)
     return h.hexdigest()
 
 
