@@ -8,8 +8,10 @@ batch 8 x 128, loss = sum of the last hidden state, backward through the encoder
 (inputs_embeds require grad, so the floor is a real frozen-model backward).
 
 Rows: the floor (no adapter), PEFT LoRA r=8, PEFT VeRA and ours at r=256 and 1024, ours both
-with the default ``save_for_backward="minimal"`` (keeps h or x only, recomputes v / the merged
-weight in backward) and with ``"activations"`` (keeps them: issue 25).
+with the default ``save_for_backward="minimal"`` (keeps h or x only, forms the merged weight / v
+again in backward) and with ``"activations"`` (keeps them: issue 25). Our path is chosen by
+multiply-adds (vera_torch.functional.path_costs): at r=256 the fused path keeping h, at r=1024 the
+fused path keeping x.
 "cost" = median over rounds of (step time - the floor's time in the same round);
 every round runs each model once, so drift of the machine's speed cancels. "saved MB" = the unique
 storages autograd keeps for backward beyond the floor's (vera_torch.functional.saved_tensor_bytes:

@@ -1,6 +1,6 @@
 """The VeRA adapter path as autograd functions (spec 3.2, 3.4).
 
-Two ways to compute one layer, chosen per call by their cost (``choose_path``):
+Three ways to compute one layer, chosen per call by their multiply-adds (``path_costs``, ``choose_path``):
 
 Factored (small r, or few rows N): y = base(x) + lambda_b * ((lambda_d * (x A_l^T)) B_l^T)
   ``project_in``  h = x A_l^T, saving nothing but the frozen A_l; backward dx = dh A_l.
@@ -18,6 +18,16 @@ Fused (large r): y = x (W0 + Delta W)^T + bias with Delta W = (lambda_b B_l)(lam
     d lambda_b = (B_l * E) lambda_d,  d lambda_d = lambda_b^T (B_l * E).
   FLOPs beyond the base layer: 2 r in out + N in out.
 
+Fused keeping h (training, r well below in and out, many rows: RoBERTa-base q/v at r=256):
+  ``vera_linear_h``  the fused forward, and h = x A_l^T formed beside it without gradient (one per
+    group of layers reading the same x). With P = dY^T h (out, r), the same product as E above
+    reassociated (dY^T x A_l^T):  d lambda_b = (B_l * P) lambda_d,  d lambda_d = lambda_b^T (B_l * P);
+    dx = dY (W0 + Delta W) as on the fused path. Keeps h (N, r) and nothing (N, in) or (N, out).
+  FLOPs beyond the base layer: 2 r in out (Delta W in forward and again in backward) + N r in (h)
+    + N r out (P); per RoBERTa-base q/v pair at r=256 and 1024 rows 1207M multiply-adds against the
+    factored path's 1608M (PEFT's chain: 1608M, no h shared). ``keep_weight`` (the "activations"
+    mode) keeps the merged weight instead of forming it again.
+
 Minimal saving (``VeraLayer.save_for_backward = "minimal"``, the default; issue 25):
   ``vera_delta_min``  as ``vera_delta`` but keeps h only; v = (lambda_d * h) B_l^T is recomputed
     in backward (the same ops on the same values, so the same bits) for d lambda_b. Layers
@@ -27,6 +37,7 @@ Minimal saving (``VeraLayer.save_for_backward = "minimal"``, the default; issue 
     FLOPs: + N r out per layer (the recomputed v).
   ``vera_linear_min``  as ``vera_linear`` but keeps x only (no merged weight): W0 + Delta W is
     formed again in backward for dx. FLOPs: + r in out per layer.
+  ``vera_linear_h`` keeps h and forms the merged weight again in backward (+ r in out per layer).
   What is kept is then either h (N, r) or x (N, in) per group of layers that read the same x,
     whichever the chosen path needs; a frozen nn.Linear keeps neither (its mm saves x only
     when the weight needs a gradient), so one of the two is the floor for the vector gradients.
@@ -164,6 +175,31 @@ class _VeraLinearMin(torch.autograd.Function):
         return dx, None, None, d_ld, d_lb, None, None, None
 
 
+class _VeraLinearH(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, W0, bias, lambda_d, lambda_b, A_l, B_l, h, conv1d: bool, keep_weight: bool):
+        # x (..., in); h (..., r) = x A_l^T, given (no gradient flows through it: dx comes from the merged weight)
+        W_lin = _merged_weight(W0, lambda_d, lambda_b, A_l, B_l, conv1d)  # (out, in)
+        y = torch.nn.functional.linear(x, W_lin, bias)
+        ctx.save_for_backward(h, W_lin if keep_weight else W0, lambda_d, lambda_b, A_l, B_l)
+        ctx.conv1d, ctx.keep_weight = conv1d, keep_weight
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        h, W, lambda_d, lambda_b, A_l, B_l = ctx.saved_tensors
+        dx = d_ld = d_lb = None
+        if ctx.needs_input_grad[0]:
+            W_lin = W if ctx.keep_weight else _merged_weight(W, lambda_d, lambda_b, A_l, B_l, ctx.conv1d)
+            dx = dy @ W_lin  # (..., in)
+        if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
+            P = dy.reshape(-1, dy.shape[-1]).t().to(h.dtype) @ h.reshape(-1, h.shape[-1])  # (out, r) = dY^T x A_l^T
+            BP = B_l * P  # (out, r)
+            d_lb = BP @ lambda_d  # (out)
+            d_ld = lambda_b @ BP  # (r)
+        return dx, None, None, d_ld, d_lb, None, None, None, None, None
+
+
 class _Dropout(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
@@ -221,6 +257,14 @@ def vera_linear_min(x, W0, bias, lambda_d, lambda_b, A_l, B_l, conv1d: bool = Fa
     return _VeraLinearMin.apply(x, W0, bias, lambda_d, lambda_b, A_l, B_l, conv1d)
 
 
+def vera_linear_h(x, W0, bias, lambda_d, lambda_b, A_l, B_l, h, conv1d: bool = False,
+                  keep_weight: bool = False) -> torch.Tensor:
+    """``vera_linear`` keeping h = x A_l^T (given, computed without gradient; shared by the layers that
+    read the same x) instead of x: the vector gradients come from P = dY^T h, dx from the merged weight,
+    formed again in backward unless ``keep_weight``."""
+    return _VeraLinearH.apply(x, W0, bias, lambda_d, lambda_b, A_l, B_l, h, conv1d, keep_weight)
+
+
 def saved_tensor_bytes(fn, resident=()) -> tuple[int, object]:
     """(bytes, fn()): the unique storages autograd saves for backward while ``fn`` runs, not counting
     the storages of ``resident`` tensors (parameters, buffers, cached projections: memory that
@@ -239,13 +283,19 @@ def saved_tensor_bytes(fn, resident=()) -> tuple[int, object]:
     return sum(s.nbytes() for s in seen.values()), out
 
 
+def path_costs(rows: int, r: int, in_f: int, out_f: int, training: bool, minimal: bool = False) -> dict[str, int]:
+    """Multiply-adds of each path for one layer (the module docstring's counts; the shared h of layers
+    reading the same x counted in full). ``minimal``: the recomputing functions' costs."""
+    if not training:
+        return {"factored": rows * r * (in_f + out_f), "fused": r * in_f * out_f}
+    again = 1 if minimal else 0  # Delta W (fused paths) or v (factored) formed again in backward
+    return {"factored": rows * r * (2 * in_f + (2 + again) * out_f),
+            "fused": (2 + again) * r * in_f * out_f + rows * in_f * out_f,
+            "fused_h": (1 + again) * r * in_f * out_f + rows * r * (in_f + out_f)}
+
+
 def choose_path(rows: int, r: int, in_f: int, out_f: int, training: bool, minimal: bool = False) -> str:
-    """'fused' when forming Delta W costs fewer FLOPs than the factored path, else 'factored'.
-    ``minimal``: the costs of the recomputing functions (v again; Delta W again)."""
-    if training:
-        factored = rows * r * (2 * in_f + (3 if minimal else 2) * out_f)
-        fused = (3 if minimal else 2) * r * in_f * out_f + rows * in_f * out_f
-    else:
-        factored = rows * r * (in_f + out_f)
-        fused = r * in_f * out_f
-    return "fused" if fused < factored else "factored"
+    """The path of fewest multiply-adds (``path_costs``): 'factored', 'fused' (keeps x; the only fused
+    one without training) or 'fused_h' (keeps h). Ties go to the factored path, then to 'fused'."""
+    costs = path_costs(rows, r, in_f, out_f, training, minimal)
+    return min(costs, key=lambda k: (costs[k], list(costs).index(k)))

@@ -24,7 +24,8 @@ from vera_ref import generators
 
 from .errors import BatchError, ConfigError, MergeError
 from . import quantized, restore  # restore: the merge residual's codec
-from .functional import choose_path, dropout_min, project_in, vera_delta, vera_delta_min, vera_linear, vera_linear_min
+from .functional import (dropout_min, path_costs, project_in, vera_delta, vera_delta_min, vera_linear, vera_linear_h,
+                         vera_linear_min)
 
 
 def is_conv1d(module: nn.Module) -> bool:
@@ -518,8 +519,9 @@ class VeraLayer(nn.Module):
         st = self._state
         name = st.active
         if (not st.disabled and st.mixed is None and name is not None and name in self.proj
-                and name not in self.merged and not args and not kwargs and self._fused_ok(x, name)):
-            return self._fused(x, name)
+                and name not in self.merged and not args and not kwargs
+                and (path := self._fused_path(x, name)) is not None):
+            return self._fused(x, name, path)
         result = self.base_layer(x, *args, **kwargs)
         if st.disabled:
             return result
@@ -529,27 +531,49 @@ class VeraLayer(nn.Module):
             return result
         return result + self.delta(x, name).to(result.dtype)
 
-    def _fused_ok(self, x: torch.Tensor, name: str) -> bool:
-        """The fused path (one matmul with W0 + Delta W) when it is cheaper and exact enough:
-        a float32/float64 base weight, no dropout while training (spec 3.3)."""
+    def _fused_path(self, x: torch.Tensor, name: str) -> str | None:
+        """'fused' (keeps x) or 'fused_h' (keeps h) when a path with one matmul with W0 + Delta W is
+        cheaper (functional.choose_path) and exact enough: a float32/float64 base weight, no dropout
+        while training (spec 3.3); None for the factored path. ``self.fused``: None chooses by cost,
+        False forces the factored path, True a fused one (which by cost), "x" / "h" that one."""
         w = self.base_layer.weight
         if self.fused is False or w.dtype not in (torch.float32, torch.float64) or x.dtype != w.dtype:
-            return False
+            return None
         if self.dropout[name] > 0 and self.training:
-            return False
-        if self.fused is True:
-            return True
+            return None
         training = torch.is_grad_enabled() and (x.requires_grad or self.vera_lambda_b[name].requires_grad)
-        return choose_path(x.numel() // self.in_features, self.proj[name].r, self.in_features,
-                           self.out_features, training, self._minimal()) == "fused"
+        if self.fused in ("x", "h"):
+            return "fused" if self.fused == "x" or not training else "fused_h"
+        costs = path_costs(x.numel() // self.in_features, self.proj[name].r, self.in_features,
+                           self.out_features, training, self._minimal())
+        if self.fused is True:
+            costs.pop("factored")
+        path = min(costs, key=lambda k: (costs[k], list(costs).index(k)))
+        return None if path == "factored" else path
 
-    def _fused(self, x: torch.Tensor, name: str) -> torch.Tensor:
+    def _fused(self, x: torch.Tensor, name: str, path: str) -> torch.Tensor:
         ld, lb = self.vera_lambda_d[name], self.vera_lambda_b[name]
         A_l, B_l = self.sliced_projection(name, x.device)
         dt = torch.promote_types(ld.dtype, x.dtype)
-        fn = vera_linear_min if self._minimal() else vera_linear
-        return fn(x, self.base_layer.weight, self.base_layer.bias, ld.to(dt), lb.to(dt), A_l.to(dt),
-                           B_l.to(dt), self.layout == "conv1d")
+        args = (x, self.base_layer.weight, self.base_layer.bias, ld.to(dt), lb.to(dt), A_l.to(dt), B_l.to(dt))
+        conv1d = self.layout == "conv1d"
+        if path == "fused_h":
+            h = self._plain_h(x, A_l.to(dt), self.proj[name])
+            return vera_linear_h(*args, h, conv1d, keep_weight=not self._minimal())
+        return (vera_linear_min if self._minimal() else vera_linear)(*args, conv1d)
+
+    def _plain_h(self, x: torch.Tensor, A_l: torch.Tensor, key: Hashable) -> torch.Tensor:
+        """x A_l^T (..., r) without gradient, once per forward for the layers reading the same x (the
+        fused path's saved h: its gradient reaches x through the merged weight)."""
+        with torch.no_grad():
+            cache = self._state.h_cache
+            if cache is None or torch.compiler.is_compiling():
+                return x.to(A_l.dtype) @ A_l.t()
+            key = (id(x), x._version, "plain", key, self.in_features, A_l.dtype)
+            hit = cache.get(key)
+            if hit is None:
+                hit = cache[key] = (x, x.to(A_l.dtype) @ A_l.t())  # holding x keeps id(x) unique
+            return hit[1]
 
     def _vectors(self, key: Hashable, g: RowGroup, dt: torch.dtype, device: torch.device, r: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -114,8 +114,8 @@ def test_state_dependent_failures_say_so():
     assert _state_note(Bk.TransposedA(), "x:y", chk, "cpu", None, out) == ""  # a plain bug is not
 
 
-@pytest.mark.parametrize("factory", ["make_factored", "make_fused"])
-def test_torch_backend_passes_both_paths_in_every_dtype(factory):
+@pytest.mark.parametrize("factory", ["make_factored", "make_fused", "make_fused_h"])
+def test_torch_backend_passes_every_path_in_every_dtype(factory):
     pytest.importorskip("torch")
     from vera_conformance.impls import torch_impl
     results = _quiet(getattr(torch_impl, factory)(), examples=4)

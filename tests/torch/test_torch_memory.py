@@ -74,6 +74,17 @@ def test_minimal_fused_keeps_only_the_inputs():
     assert fat == got + 2 * (2 * D * D + D * D_FF) * 4  # + the merged weight of each layer
 
 
+def test_minimal_fused_h_keeps_one_h_per_input():
+    # the fused path keeping h (chosen for r < in at many rows): query and value share one h, as on the
+    # factored path, and no merged weight is kept; "activations" keeps the merged weight of each layer too
+    r = 8
+    x = _x()
+    got = _over_floor(_model(r, fused="h"), x)
+    assert got == 2 * 2 * ROWS * T * r * 4
+    fat = _over_floor(_model(r, fused="h", mode="activations"), x)
+    assert fat == got + 2 * (2 * D * D + D * D_FF) * 4
+
+
 def test_dropout_keeps_h_and_the_generator_state_per_layer():
     r = 8
     x = _x()
@@ -121,13 +132,13 @@ def _grads(m, x, **kw):
     return [x.grad] + [p.grad for n, p in m.named_parameters() if "vera_lambda" in n and p.grad is not None]
 
 
-@pytest.mark.parametrize("case", ["factored", "fused", "dropout", "mixed", "mixed-rows", "mixed-dropout"])
+@pytest.mark.parametrize("case", ["factored", "fused", "fused_h", "dropout", "mixed", "mixed-rows", "mixed-dropout"])
 def test_float64_gradients_are_todays_bit_for_bit(case):
     r = 12
     kw = {}
     if case.startswith("mixed"):
         kw["adapter_ids"] = ["default", None, "b", "default"] if case == "mixed-rows" else ["b", "default"] * 2
-    fused = {"factored": False, "fused": True}.get(case)
+    fused = {"factored": False, "fused": "x", "fused_h": "h"}.get(case)
     dropout = 0.3 if "dropout" in case else 0.0
     got, want = [_grads(_model(r, torch.float64, mode, fused, dropout, bool(kw)), _x(torch.float64), **kw)
                  for mode in ("minimal", "activations")]
@@ -149,7 +160,7 @@ def _chain(x, W0, bias, A, B, ld, lb):
     return torch.nn.functional.linear(x, W0, bias) + lb * ((ld * (x @ A.t())) @ B.t())
 
 
-@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("fused", [False, True, "h"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_gradients_match_the_plain_chain_within_the_error_bound(fused, dtype):
     """|computed - exact| <= gamma_K * (the same gradient computed on absolute values), K the longest chain
@@ -170,6 +181,9 @@ def test_gradients_match_the_plain_chain_within_the_error_bound(fused, dtype):
         return [t[k].grad for k in grad_names]
 
     def ours(t):
+        if fused == "h":
+            h = t["x"].detach() @ t["A"].t()
+            return F.vera_linear_h(t["x"], t["W0"], t["bias"], t["ld"], t["lb"], t["A"], t["B"], h)
         if fused:
             return F.vera_linear_min(t["x"], t["W0"], t["bias"], t["ld"], t["lb"], t["A"], t["B"])
         h = F.project_in(t["x"], t["A"])

@@ -67,18 +67,23 @@ def test_fresh_adapter_is_an_exact_no_op_and_only_vectors_train():
     assert not any("__A__" in k or "vera_A" in k for k in m.state_dict())  # A, B never in the state_dict
 
 
-@pytest.mark.parametrize("path", ["factored", "fused"])
+@pytest.mark.parametrize("path", ["factored", "fused", "fused_h"])
 @pytest.mark.parametrize("layout", ["linear", "conv1d"])
-def test_layer_forward_and_backward_match_the_reference(layout, path):
-    """Both autograd paths (spec 3.2, 3.4) against vera_ref in float64, within spec 5.2 (float32)."""
+def test_layer_forward_and_backward_match_the_reference(layout, path, monkeypatch):
+    """Every autograd path (spec 3.2, 3.4) against vera_ref in float64, within spec 5.2 (float32)."""
+    ran = []
+    for fn in ("_VeraDeltaMin", "_VeraLinearMin", "_VeraLinearH"):
+        real = getattr(F, fn).apply
+        monkeypatch.setattr(getattr(F, fn), "apply", lambda *a, fn=fn, real=real: ran.append(fn) or real(*a))
     torch.manual_seed(1)
     base = nn.Linear(12, 10) if layout == "linear" else Conv1D(10, 12)
     m = get_vera_model(nn.Sequential(base), VeraConfig(r=6, target_modules=["0"], seed=9))
     randomise(m)
     layer = m.base_model[0]
-    layer.fused = path == "fused"
+    layer.fused = {"factored": False, "fused": "x", "fused_h": "h"}[path]
     x = torch.randn(4, 3, 12, requires_grad=True)
     y = m(x)
+    assert ran == [{"factored": "_VeraDeltaMin", "fused": "_VeraLinearMin", "fused_h": "_VeraLinearH"}[path]]
     dy = torch.randn_like(y)
     y.backward(dy)
     A, B = vera_ref.projection(9, 6, 12, 10)
@@ -156,7 +161,10 @@ def test_model_keeps_fewer_activations_than_peft(r):
 def test_path_choice_follows_the_flop_count():
     # RoBERTa-base q/v, 1024 rows: r = 1024 fuses, r = 256 stays factored; one row never fuses
     assert F.choose_path(1024, 1024, 768, 768, training=True) == "fused"
-    assert F.choose_path(1024, 256, 768, 768, training=True) == "factored"
+    assert F.choose_path(1024, 256, 768, 768, training=True) == "fused_h"  # keeps h: 1207M vs 1608M per q/v pair
+    assert F.choose_path(1024, 256, 768, 768, training=True, minimal=True) == "fused_h"
+    assert F.choose_path(16, 256, 768, 768, training=True) == "factored"  # few rows: forming Delta W costs more
+    assert F.choose_path(1024, 1024, 768, 768, training=True, minimal=True) == "fused"  # x (3 MB) < h (4 MB)
     assert F.choose_path(1, 1024, 768, 768, training=False) == "factored"
     _, m = _net64()
     randomise(m)

@@ -1,5 +1,5 @@
 """vera_torch's fused path (one matmul with W0 + Delta W) is taken in training mode with dropout,
-where Delta W cannot carry a per-element mask: the dropout guard of ``_fused_ok`` is gone.
+where Delta W cannot carry a per-element mask: the dropout guard of ``_fused_path`` is gone.
 
 Only cases where the cost model picks the fused path (many rows, small layers) and dropout > 0
 in training show it. Spec 3.3.
@@ -14,5 +14,5 @@ BASE = "b_torch"
 
 def make():
     return torch_impl(lib=[("layer.py",
-                            "        if self.dropout[name] > 0 and self.training:\n            return False\n", "")],
+                            "        if self.dropout[name] > 0 and self.training:\n            return None\n", "")],
                       name="planted: vera_torch fused path with dropout")

@@ -19,9 +19,10 @@ class TorchImpl(Implementation):
     def __init__(self, fused: bool | None = None) -> None:
         self.torch = torch
         self.devices = frozenset({"cpu", "cuda"} if torch.cuda.is_available() else {"cpu"})
-        self.fused = fused  # None: the layer's own choice; True/False: force a path
+        self.fused = fused  # None: the layer's own choice; False, "x", "h": force a path (VeraLayer.fused)
         if fused is not None:
-            self.name = f"vera_torch (PyTorch, {'fused' if fused else 'factored'} path)"
+            path = {False: "factored", "x": "fused", "h": "fused, h kept", True: "fused"}[fused]
+            self.name = f"vera_torch (PyTorch, {path} path)"
 
     def projection(self, seed, r, n_in, n_out, group, device):
         from vera_torch.philox import projection
@@ -174,7 +175,7 @@ class Holder(nn.Module):
         return self.layer(x)
 
 
-def make(fused: bool | None = None) -> TorchImpl:
+def make(fused: bool | str | None = None) -> TorchImpl:
     return TorchImpl(fused)
 
 
@@ -183,4 +184,10 @@ def make_factored() -> TorchImpl:
 
 
 def make_fused() -> TorchImpl:
-    return make(True)
+    """The fused path keeping x (the vector gradients from dY^T x)."""
+    return make("x")
+
+
+def make_fused_h() -> TorchImpl:
+    """The fused path keeping h = x A_l^T (the vector gradients from dY^T h)."""
+    return make("h")
