@@ -1,6 +1,6 @@
 """VeRA training step, memory, merge, switch and file size: ours vs PEFT, side by side in one run.
 
-    python bench/torch_layer.py [--layers 4] [--steps 5] [--threads 2] [--only train|merge]
+    python bench/torch_layer.py [--layers 4] [--steps 5] [--threads 2] [--only train|merge|paths]
 
 Model: a RoBERTa-base-shaped encoder (hidden 768, 12 heads, FFN 3072) built from its
 config with random weights (no download), --layers layers, VeRA on query/value,
@@ -19,6 +19,10 @@ torch.autograd.graph.saved_tensors_hooks, parameters, buffers and projections no
 memory tests count with the same function; CPU has no allocator peak counter).
 Targets: our cost <= 0.6x PEFT's at r=1024 and <= PEFT's at r=256; our saved MB <= PEFT LoRA r=8's;
 a RoBERTa-large-shaped q/v r=256 float32 adapter <= 250,000 bytes (PEFT: 2,356,488).
+
+Paths (``--only paths``): one RoBERTa-base-shaped q/v pair at 128 and 1024 rows, each of our three
+paths forced (factored, fused keeping x, fused keeping h) against PEFT VeRA, the one the cost model
+picks (vera_torch.functional.choose_path) marked.
 
 Merged serving (issue 25): a RoBERTa-base-shaped model (12 layers, vocabulary 50265), q/v r=256,
 in float32, bfloat16 and float16, merged with vectors scaled so that mean |Delta W| / mean |W0| is
@@ -153,6 +157,59 @@ def merged_bytes(dtypes: tuple[str, ...] = ("float32", "bfloat16", "float16")) -
           " that fl(W - Delta W) alone does not bring back; copies: layers that keep a full W0 (out of 24)")
 
 
+class _Pair(torch.nn.Module):
+    """query and value reading one x (what shares h), RoBERTa-base-shaped."""
+
+    def __init__(self, d: int = 768) -> None:
+        super().__init__()
+        self.query, self.value = torch.nn.Linear(d, d), torch.nn.Linear(d, d)
+
+    def forward(self, x):
+        return self.query(x).sum() + self.value(x).sum()
+
+
+def paths(rounds: int = 30) -> None:
+    """Each of our paths forced, and the one path_costs picks, against PEFT VeRA on one q/v pair."""
+    import peft
+    from vera_torch.functional import choose_path
+    print("# one q/v pair 768x768, forward + backward (x requires grad), adapter cost in ms = median over rounds "
+          "of (time - the frozen pair's time in the same round); the cost model's pick marked *")
+    print(f"{'rows':>5} {'r':>5} {'PEFT VeRA':>10} {'factored':>10} {'fused':>10} {'fused_h':>10}")
+    for rows, r in ((128, 8), (128, 256), (1024, 8), (1024, 64), (1024, 256), (1024, 1024)):
+        torch.manual_seed(0)
+        base = _Pair()
+        for p in base.parameters():
+            p.requires_grad_(False)
+        x = torch.randn(rows, 768, requires_grad=True)
+        models = {"floor": base, "peft": peft.get_peft_model(copy.deepcopy(base), peft.VeraConfig(
+            r=r, target_modules=["query", "value"], init_weights=False))}
+        for key, forced in (("factored", False), ("fused", "x"), ("fused_h", "h")):
+            m = get_vera_model(copy.deepcopy(base), VeraConfig(r=r, target_modules=["query", "value"], seed=0))
+            with torch.no_grad():
+                for layer in m.vera_layers():
+                    layer.fused = forced
+                    layer.vera_lambda_b["default"].normal_()
+            models[key] = m
+
+        def run(m) -> float:
+            x.grad = None
+            m.zero_grad(set_to_none=True)
+            t = time.perf_counter()
+            m(x).backward()
+            return time.perf_counter() - t
+
+        for m in models.values():
+            run(m)
+        ts = {k: [] for k in models}
+        for _ in range(rounds):
+            for k, m in models.items():
+                ts[k].append(run(m))
+        cost = {k: 1e3 * statistics.median(a - b for a, b in zip(ts[k], ts["floor"])) for k in models}
+        pick = choose_path(rows, r, 768, 768, training=True, minimal=True)
+        cells = [f"{cost[k]:>9.2f}{'*' if k == pick else ' '}" for k in ("factored", "fused", "fused_h")]
+        print(f"{rows:>5} {r:>5} {cost['peft']:>10.2f} " + " ".join(cells))
+
+
 def timed(fn, repeat: int = 3) -> float:
     ts = []
     for _ in range(repeat):
@@ -167,9 +224,13 @@ def main() -> int:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--steps", type=int, default=15)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--only", choices=("train", "merge"), default=None)
+    ap.add_argument("--only", choices=("train", "merge", "paths"), default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.only in (None, "paths"):
+        paths()
+        if args.only == "paths":
+            return 0
     if args.only != "train":
         merged_bytes()
         if args.only == "merge":

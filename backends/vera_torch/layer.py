@@ -242,7 +242,7 @@ class VeraLayer(nn.Module):
         self.dropout: dict[str, float] = {}
         self.klass: dict[str, Hashable] = {}  # adapter -> its projection class (the model's grouping key)
         self.merged: list[str] = []
-        self.fused: bool | None = None  # None: choose by cost; True/False: force (tests, benchmarks)
+        self.fused: bool | str | None = None  # None: by cost; False: factored; True: a fused path by cost; "x" / "h": that fused path
         # what autograd keeps (issue 25): "minimal" keeps h or x only and recomputes v / W0 + Delta W in
         # backward; "activations" keeps v / the merged weight too (less backward work, more memory)
         self.save_for_backward = "minimal"

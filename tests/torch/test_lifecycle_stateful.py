@@ -282,10 +282,10 @@ class Lifecycle(RuleBasedStateMachine):
             self.check_output(got[i:i + 1], self.expected(x[i:i + 1], n, []), f"mixed batch row {i} ({n!r})")
 
     @precondition(lambda self: self.model is not None)
-    @rule(path=st.sampled_from(["fused", "factored", "auto"]))
+    @rule(path=st.sampled_from(["fused", "fused_x", "fused_h", "factored", "auto"]))
     def choose_path(self, path):
         for p, _, _ in LAYERS:
-            self.layer(p).fused = {"fused": True, "factored": False, "auto": None}[path]
+            self.layer(p).fused = {"fused": True, "fused_x": "x", "fused_h": "h", "factored": False, "auto": None}[path]
 
     @precondition(lambda self: self.model is not None and self.active is not None)
     @rule()

@@ -202,12 +202,13 @@ def test_merge_accepts_a_finite_weight_whose_sum_overflows():
     assert bool((m.base_model[0].weight == 60000.0).all())
 
 
-def test_fused_path_gradient_of_lambda_b_alone():
-    """Training lambda_b with lambda_d frozen on the fused path: lambda_b still gets its spec 3.4 gradient."""
+@pytest.mark.parametrize("fused", ["x", "h"])
+def test_fused_path_gradient_of_lambda_b_alone(fused):
+    """Training lambda_b with lambda_d frozen on either fused path: lambda_b still gets its spec 3.4 gradient."""
     torch.manual_seed(0)
     m = VeraModel(nn.Sequential(nn.Linear(8, 6)), VeraConfig(r=3, target_modules=["0"], seed=2))
     layer = m.base_model[0]
-    layer.fused = True
+    layer.fused = fused
     with torch.no_grad():
         layer.vera_lambda_b["default"].copy_(torch.linspace(-1, 1, 6))
     layer.vera_lambda_d["default"].requires_grad_(False)
