@@ -469,10 +469,11 @@ BROKEN = list(CAUGHT_BY)
 CONFORMING_DECLARED = [DeclaredTF32, OwnGeneratorUniform, PeftGenerator, RowVectorTraining]
 
 # the broken implementations of the checks kept in their own modules (checks_own, checks_writer,
-# checks_quantized), each module with its CAUGHT_BY
-from . import broken_own, broken_quantized, broken_writer  # noqa: E402
+# checks_quantized, the merged forward and eval-mode gradients, numerics' long batches), each module
+# with its CAUGHT_BY
+from . import broken_merged, broken_numeric, broken_own, broken_quantized, broken_writer  # noqa: E402
 
-for _m in (broken_own, broken_writer, broken_quantized):
+for _m in (broken_own, broken_writer, broken_quantized, broken_merged, broken_numeric):
     CAUGHT_BY.update(_m.CAUGHT_BY)
     CONFORMING_DECLARED += [c for c in getattr(_m, "CONFORMING_DECLARED", []) if c not in CONFORMING_DECLARED]
     BROKEN += [c for c in _m.CAUGHT_BY if c not in BROKEN]
