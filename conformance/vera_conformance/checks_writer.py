@@ -53,6 +53,14 @@ def _read_back(path: Path):
                        f"{exc}") from None
 
 
+def _written(impl, content: LoadedAdapter):
+    """``content`` written by the implementation into a temporary folder, then read by the reference."""
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "a.safetensors"
+        _write(impl, content, path)
+        return _read_back(path)
+
+
 def _reference_bytes(content: LoadedAdapter, folder: Path) -> bytes:
     """What vera_ref writes for the same content."""
     path = folder / "reference.safetensors"
@@ -140,10 +148,7 @@ def check_writer_fields(impl, device, dtype, max_examples, case=None) -> Outcome
     fields and provenance, d_initial, dropout, tensor_layout, base_model, extra tensors and dtypes."""
     def body(spec):
         content = _content(spec)
-        with tempfile.TemporaryDirectory() as d:
-            path = Path(d) / "a.safetensors"
-            _write(impl, content, path)
-            problems = field_diff(_read_back(path), content)
+        problems = field_diff(_written(impl, content), content)
         if problems:
             raise Mismatch(f"written, then read by the reference: {'; '.join(problems[:4])} differ (spec 4.3)")
     lay = _layouts(impl)
@@ -354,10 +359,7 @@ def check_writer_fingerprint(impl, device, dtype, max_examples, case=None) -> Ou
     none made up when the base model is unknown."""
     def body(spec):
         content = _content(spec)
-        with tempfile.TemporaryDirectory() as d:
-            path = Path(d) / "a.safetensors"
-            _write(impl, content, path)
-            problem = fingerprint_problem(_read_back(path), content)
+        problem = fingerprint_problem(_written(impl, content), content)
         if problem:
             raise Mismatch(problem)
     lay = _layouts(impl)
