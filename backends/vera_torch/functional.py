@@ -86,30 +86,6 @@ class _VeraDelta(torch.autograd.Function):
         return dh, d_ld, d_lb, None
 
 
-class _VeraLinear(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, W0, bias, lambda_d, lambda_b, A_l, B_l, conv1d: bool):
-        # x (..., in); W0 (out, in) or (in, out) for conv1d; A_l (r, in); B_l (out, r)
-        dW = (lambda_b[:, None] * B_l) @ (lambda_d[:, None] * A_l)  # (out, in)
-        W = W0 + (dW.t() if conv1d else dW).to(W0.dtype)
-        W_lin = W.t() if conv1d else W  # (out, in)
-        y = torch.nn.functional.linear(x, W_lin, bias)
-        ctx.save_for_backward(x, W_lin, lambda_d, lambda_b, A_l, B_l)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, W_lin, lambda_d, lambda_b, A_l, B_l = ctx.saved_tensors
-        dx = dy @ W_lin if ctx.needs_input_grad[0] else None  # (..., in)
-        d_ld = d_lb = None
-        if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
-            D = dy.reshape(-1, dy.shape[-1]).t().to(A_l.dtype) @ x.reshape(-1, x.shape[-1]).to(A_l.dtype)  # (out, in)
-            BE = B_l * (D @ A_l.t())  # (out, r)
-            d_lb = BE @ lambda_d  # (out)
-            d_ld = lambda_b @ BE  # (r)
-        return dx, None, None, d_ld, d_lb, None, None, None
-
-
 class _VeraDeltaMin(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, lambda_d, lambda_b, B_l, base, rows):
@@ -152,52 +128,43 @@ def _merged_weight(W0, lambda_d, lambda_b, A_l, B_l, conv1d: bool) -> torch.Tens
     return W.t() if conv1d else W
 
 
-class _VeraLinearMin(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, W0, bias, lambda_d, lambda_b, A_l, B_l, conv1d: bool):
-        y = torch.nn.functional.linear(x, _merged_weight(W0, lambda_d, lambda_b, A_l, B_l, conv1d), bias)
-        ctx.save_for_backward(x, W0, lambda_d, lambda_b, A_l, B_l)
-        ctx.conv1d = conv1d
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, W0, lambda_d, lambda_b, A_l, B_l = ctx.saved_tensors
-        dx = d_ld = d_lb = None
-        if ctx.needs_input_grad[0]:
-            dx = dy @ _merged_weight(W0, lambda_d, lambda_b, A_l, B_l, ctx.conv1d)  # (..., in)
-        if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
-            D = dy.reshape(-1, dy.shape[-1]).t().to(A_l.dtype) @ x.reshape(-1, x.shape[-1]).to(A_l.dtype)  # (out, in)
-            BE = B_l * (D @ A_l.t())  # (out, r)
-            del D
-            d_lb = BE @ lambda_d  # (out)
-            d_ld = lambda_b @ BE  # (r)
-        return dx, None, None, d_ld, d_lb, None, None, None
+def _vector_grads(dy: torch.Tensor, kept: torch.Tensor, A_l: torch.Tensor | None, lambda_d, lambda_b, B_l):
+    """(d lambda_d, d lambda_b) of the fused paths from E = dY^T x A_l^T (out, r): formed as
+    (dY^T x) A_l^T when ``kept`` is x (``A_l`` given), as dY^T h when ``kept`` is h (``A_l`` None)."""
+    dy2 = dy.reshape(-1, dy.shape[-1]).t().to(B_l.dtype)  # (out, N)
+    if A_l is None:
+        E = dy2 @ kept.reshape(-1, kept.shape[-1])  # (out, r)
+    else:
+        D = dy2 @ kept.reshape(-1, kept.shape[-1]).to(B_l.dtype)  # (out, in)
+        E = D @ A_l.t()  # (out, r)
+        del D
+    BE = B_l * E  # (out, r)
+    return lambda_b @ BE, BE @ lambda_d  # (r), (out)
 
 
-class _VeraLinearH(torch.autograd.Function):
+class _VeraLinear(torch.autograd.Function):
+    """The fused paths: y = x (W0 + Delta W)^T + bias, keeping x (``kept`` is x) or h (``kept_h``:
+    ``kept`` is h = x A_l^T, computed without gradient), and the merged weight (``keep_weight``) or W0."""
+
     @staticmethod
-    def forward(ctx, x, W0, bias, lambda_d, lambda_b, A_l, B_l, h, conv1d: bool, keep_weight: bool):
-        # x (..., in); h (..., r) = x A_l^T, given (no gradient flows through it: dx comes from the merged weight)
+    def forward(ctx, x, W0, bias, lambda_d, lambda_b, A_l, B_l, kept, kept_h: bool, conv1d: bool, keep_weight: bool):
+        # x (..., in); W0 (out, in) or (in, out) for conv1d; A_l (r, in); B_l (out, r); kept (..., in) or (..., r)
         W_lin = _merged_weight(W0, lambda_d, lambda_b, A_l, B_l, conv1d)  # (out, in)
         y = torch.nn.functional.linear(x, W_lin, bias)
-        ctx.save_for_backward(h, W_lin if keep_weight else W0, lambda_d, lambda_b, A_l, B_l)
-        ctx.conv1d, ctx.keep_weight = conv1d, keep_weight
+        ctx.save_for_backward(kept, W_lin if keep_weight else W0, lambda_d, lambda_b, A_l, B_l)
+        ctx.conv1d, ctx.keep_weight, ctx.kept_h = conv1d, keep_weight, kept_h
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        h, W, lambda_d, lambda_b, A_l, B_l = ctx.saved_tensors
+        kept, W, lambda_d, lambda_b, A_l, B_l = ctx.saved_tensors
         dx = d_ld = d_lb = None
         if ctx.needs_input_grad[0]:
             W_lin = W if ctx.keep_weight else _merged_weight(W, lambda_d, lambda_b, A_l, B_l, ctx.conv1d)
             dx = dy @ W_lin  # (..., in)
         if ctx.needs_input_grad[3] or ctx.needs_input_grad[4]:
-            P = dy.reshape(-1, dy.shape[-1]).t().to(h.dtype) @ h.reshape(-1, h.shape[-1])  # (out, r) = dY^T x A_l^T
-            BP = B_l * P  # (out, r)
-            d_lb = BP @ lambda_d  # (out)
-            d_ld = lambda_b @ BP  # (r)
-        return dx, None, None, d_ld, d_lb, None, None, None, None, None
+            d_ld, d_lb = _vector_grads(dy, kept, None if ctx.kept_h else A_l, lambda_d, lambda_b, B_l)
+        return dx, None, None, d_ld, d_lb, None, None, None, None, None, None
 
 
 class _Dropout(torch.autograd.Function):
@@ -241,8 +208,9 @@ def vera_delta(h: torch.Tensor, lambda_d: torch.Tensor, lambda_b: torch.Tensor, 
 
 
 def vera_linear(x, W0, bias, lambda_d, lambda_b, A_l, B_l, conv1d: bool = False) -> torch.Tensor:
-    """x (W0 + Delta W)^T + bias in one matmul, with the vector gradients of spec 3.4."""
-    return _VeraLinear.apply(x, W0, bias, lambda_d, lambda_b, A_l, B_l, conv1d)
+    """x (W0 + Delta W)^T + bias in one matmul, with the vector gradients of spec 3.4; keeps x and the
+    merged weight."""
+    return _VeraLinear.apply(x, W0, bias, lambda_d, lambda_b, A_l, B_l, x, False, conv1d, True)
 
 
 def vera_delta_min(h: torch.Tensor, lambda_d: torch.Tensor, lambda_b: torch.Tensor, B_l: torch.Tensor,
@@ -254,7 +222,7 @@ def vera_delta_min(h: torch.Tensor, lambda_d: torch.Tensor, lambda_b: torch.Tens
 
 def vera_linear_min(x, W0, bias, lambda_d, lambda_b, A_l, B_l, conv1d: bool = False) -> torch.Tensor:
     """``vera_linear`` keeping x only: the merged weight is formed again in backward."""
-    return _VeraLinearMin.apply(x, W0, bias, lambda_d, lambda_b, A_l, B_l, conv1d)
+    return _VeraLinear.apply(x, W0, bias, lambda_d, lambda_b, A_l, B_l, x, False, conv1d, False)
 
 
 def vera_linear_h(x, W0, bias, lambda_d, lambda_b, A_l, B_l, h, conv1d: bool = False,
@@ -262,7 +230,7 @@ def vera_linear_h(x, W0, bias, lambda_d, lambda_b, A_l, B_l, h, conv1d: bool = F
     """``vera_linear`` keeping h = x A_l^T (given, computed without gradient; shared by the layers that
     read the same x) instead of x: the vector gradients come from P = dY^T h, dx from the merged weight,
     formed again in backward unless ``keep_weight``."""
-    return _VeraLinearH.apply(x, W0, bias, lambda_d, lambda_b, A_l, B_l, h, conv1d, keep_weight)
+    return _VeraLinear.apply(x, W0, bias, lambda_d, lambda_b, A_l, B_l, h, True, conv1d, keep_weight)
 
 
 def saved_tensor_bytes(fn, resident=()) -> tuple[int, object]:
