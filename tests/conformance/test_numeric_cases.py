@@ -1,5 +1,5 @@
-"""The numerics check (checks_numeric): its cases are what they claim (one-sign sums over in, r and
-out at real sizes; intermediates near but below the dtype's max), a wrong accumulator is caught in
+"""The numerics check (checks_numeric): its cases are what they claim (one-sign sums over in, r,
+out and the batch at real sizes; intermediates near but below the dtype's max), a wrong accumulator is caught in
 float16 and bfloat16 while binary32 accumulation passes with its margin, and --thorough grows it.
 The bounds are vera_ref.tolerance's (spec 5.2.3); nothing here is fitted."""
 import numpy as np
@@ -7,10 +7,12 @@ import pytest
 
 import vera_ref
 from vera_ref.dtypes import round_to
+from vera_ref.tolerance import backward_magnitude
 from vera_conformance import checks as K
 from vera_conformance import checks_numeric as N
 from vera_conformance import strategies as S
 from vera_conformance.impls import broken as Bk
+from vera_conformance.impls import broken_numeric as Bn
 from vera_conformance.impls.reference import Reference
 from vera_conformance.runner import run
 
@@ -31,7 +33,8 @@ def test_default_cases_reach_real_sizes():
     assert max(s["n_in"] for s in N.CASES) == 16384 and max(s["n_out"] for s in N.CASES) == 16384
     assert max(s["r"] for s in N.CASES) == 1024
     assert max(s["in_features"] for s in N.CASES) == 16384 and max(s["out_features"] for s in N.CASES) == 16384
-    assert {s["kind"] for s in N.CASES} == {"long_in", "long_r", "long_out", "near_max"}
+    assert {s["kind"] for s in N.CASES} == {"long_in", "long_r", "long_out", "near_max", "long_batch"}
+    assert max(s["N"] for s in N.CASES) == BY_KIND["long_batch"]["N"] == 2048  # spec 3.4's sums over the batch
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
@@ -54,6 +57,59 @@ def test_the_sums_are_one_sign_and_in_the_dtype(dtype):
     B_l = c.B[:c.out_features].astype(np.float64)
     assert _one_sign(c.dy[0] * W[:, 0]) and c.out_features == 16384  # dx[0, 0]'s base: out terms
     assert _one_sign(c.dy[1] * c.lambda_b * B_l[:, 0])  # (dy lambda_b) B_l [1, 0]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
+def test_long_batch_sums_are_one_sign_over_the_batch(dtype):
+    c, cm = _case("long_batch", dtype)
+    assert cm is c and c.x.shape[0] == 2048 and max(c.r, c.in_features, c.out_features) <= 16  # the batch is long
+    A_l, B_l = c.A[:, :c.in_features].astype(np.float64), c.B[:c.out_features].astype(np.float64)
+    h = c.x @ A_l.T  # (N, r), exact: the values' products and short sums
+    v = (h * c.lambda_d) @ B_l.T  # (N, out)
+    gB = (c.dy * c.lambda_b) @ B_l  # (N, r)
+    for o in range(c.out_features):  # d lambda_b[o]: N terms of one sign, for every o
+        assert _one_sign(c.dy[:, o] * v[:, o])
+    assert _one_sign(gB[:, 0] * h[:, 0])  # d lambda_d[0]: N terms of one sign
+    for arr in (c.x, c.lambda_d, c.lambda_b, c.dy):  # values of the dtype (no hidden rounding)
+        assert np.array_equal(round_to(arr, S.storage(dtype)).astype(np.float64), arr)
+    g = vera_ref.backward(c.x, c.W, c.A, c.B, c.lambda_d, c.lambda_b, c.dy, layout=c.layout)
+    mag = backward_magnitude(c.x, c.W, c.A, c.B, c.lambda_d, c.lambda_b, c.dy, layout=c.layout)
+    assert abs(g.lambda_d[0]) == pytest.approx(mag.lambda_d[0], rel=1e-12)  # |sum| = S
+    assert np.allclose(np.abs(g.lambda_b), mag.lambda_b, rtol=0.8)  # v is mostly its one-sign k = 0 term
+    # every intermediate within (max/2, max] of LONG_BATCH_MAX = 2^10: far below float16's 65504
+    biggest = max(float(np.max(np.abs(a))) for a in (mag.lambda_d, mag.lambda_b, mag.x, c.dy.T @ np.abs(h)))
+    assert N.LONG_BATCH_MAX / 2 < biggest <= N.LONG_BATCH_MAX
+
+
+class _BatchSumLambdaB(Bn.BatchSumInStorage):
+    sums = ("lambda_b",)  # only d lambda_b's batch sum in the dtype (tools/planted/p12)
+
+
+class _BatchSumLambdaD(Bn.BatchSumInStorage):
+    sums = ("lambda_d",)
+
+
+@pytest.mark.parametrize("cls,what", [(Bn.BatchSumInStorage, "d_lambda_d"), (_BatchSumLambdaB, "d_lambda_b"),
+                                      (_BatchSumLambdaD, "d_lambda_d")])
+def test_a_batch_sum_in_the_dtype_is_caught_where_random_signs_hide_it(cls, what):
+    for dtype in ("float16", "bfloat16"):
+        # the layer cases (N <= 128, random signs) pass it: its error stays inside the bound there
+        res = run(cls(), "x:y", ["cpu"], [dtype], 6, only=["backward", "numerics"], echo=lambda s: None)
+        assert [r.status for r in res] == ["passed", "failed"], [r.reason for r in res]
+        assert res[1].case["kind"] == "long_batch" and res[1].worst_ratio > 5
+        assert res[1].reason.startswith(f"long_batch (r 4, in 16, out 16, N 2048) {what}: ")
+    for dtype in ("float32", "float64"):  # a float32 sum in float32 is binary32 accumulation: conforming
+        res = run(cls(), "x:y", ["cpu"], [dtype], 1, only=["numerics"], echo=lambda s: None)[0]
+        assert res.status == "passed", res.reason
+
+
+def test_long_batch_passes_a_binary32_batch_sum_with_margin():
+    # the reference sums over the batch in binary32 after rounding each product to the dtype
+    for dtype in ("float16", "bfloat16", "float32"):
+        res = run(Reference(), "x:y", ["cpu"], [dtype], 1, only=["numerics"], case=BY_KIND["long_batch"],
+                  echo=lambda s: None)[0]
+        assert res.status == "passed" and res.worst_ratio < 0.5, (dtype, res.reason)
+        assert "long_batch r 4 in 16 out 16 N 2048: " in res.note
 
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "float64"])
