@@ -29,7 +29,7 @@ from .tolerance import backward_magnitude, forward_magnitude, merge_magnitude
 from .adapter import sha256_hex
 from .resources import vectors_dir
 from .vectors_rules import (_doc_bytes, _drop, _edit_header, _raw, _raw_header, _set, finding_files,
-                            more_order_files, order_files, valid_finding_files, variant_files)
+                            more_order_files, order_files, step_pair_files, valid_finding_files, variant_files)
 
 RANDOM123_SOURCE = ("DEShawResearch/random123 v1.14.0 (commit 9545ff6413f258be2f04c1d319d99aaef7521150), "
                     "files tests/kat_vectors and tests/old_kat_vectors, lines 'philox4x32 10 ...' verbatim")
@@ -483,10 +483,10 @@ EARLIER_VARIANTS = {
 
 def invalid_files() -> list[tuple[str, str, bytes, tuple[str, ...]]]:
     """(code, comment, bytes, variants) of every invalid file vector, in file order: those of 1.1 and
-    1.2's first round, then (spec 1.2) the decided points, the orders of 4.6 and a vector per rule
-    per variant (``vera_ref.vectors_rules``)."""
+    1.2's first round, then (spec 1.2) the decided points, the orders of 4.6, a vector per rule
+    per variant and the pairs of adjacent steps (``vera_ref.vectors_rules``)."""
     earlier = [(code, comment, data, EARLIER_VARIANTS.get(comment, ())) for code, comment, data in _invalid_files()]
-    return earlier + finding_files() + order_files() + variant_files() + more_order_files()
+    return earlier + finding_files() + order_files() + variant_files() + more_order_files() + step_pair_files()
 
 
 UNREACHABLE_FROM_FILES = ("E4.6.0.1", "E4.6.0.2", "E4.6.0.3", "E4.6.0.4", "E4.6.0.5")  # the path (step 0)

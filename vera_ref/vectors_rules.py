@@ -371,6 +371,48 @@ def more_order_files() -> list[Vector]:
     return [(code, comment, data, ()) for code, comment, data in out]
 
 
+def step_pair_files() -> list[Vector]:
+    """Two faults in adjacent steps of spec 4.6 (the table's order decides: the earlier step's code),
+    for each pair of steps 8-22 a file can break together that no earlier vector pins (8/12, 11/12,
+    14/18, 23/24, 24/25 and 25/26 have theirs). Appended last, so no earlier file is renamed."""
+    P = lambda **kw: _doc_bytes(_base(), **kw)  # noqa: E731
+    peft = _base(generator="peft-mt19937")
+    out = [
+        ("E4.6.8.3", "order (step 8 before step 9): vera_format 'pt' and vera_spec_version '2.0'",
+         P(meta_edit=_both(_set(FORMAT_KEY, "pt"), _set(VERSION_KEY, "2.0")))),
+        ("E4.6.9.2", "order (step 9 before step 10): vera_spec_version '2.0' and vera_config missing",
+         P(meta_edit=_both(_set(VERSION_KEY, "2.0"), _drop(CONFIG_KEY)))),
+        ("E4.6.10.6", "order (step 10 before step 11): the key r twice and an unknown field zeta",
+         P(doc_edit=_set("zeta", 1), doc_text=lambda t: t.replace('"r":4', '"r":4,"r":4'))),
+        ("E4.6.12.2", "order (step 12 before step 13): r = 0 and generator missing",
+         P(doc_edit=_both(_set("r", 0), _drop("generator")))),
+        ("E4.6.13.2", "order (step 13 before step 14): generator 'mt' and the seed the number 5",
+         P(doc_edit=_both(_set("generator", "mt"), _set("seed", 5)))),
+        ("E4.6.14.3", "order (step 14 before step 15): seed 'x' and sharing 'both'",
+         P(doc_edit=_both(_set("seed", "x"), _set("sharing", "both")))),
+        ("E4.6.15.2", "order (step 15 before step 16): sharing 'both' and modules[0] with in_features 0",
+         P(doc_edit=_both(_set("sharing", "both"), _module_edit(0, 1, 0)))),
+        ("E4.6.15.3", "order (step 15 before step 16): peft-mt19937 with per-module sharing (15.3) and "
+                      "module_prefix 'model' without its '.'",
+         _doc_bytes(peft, doc_edit=_both(_set("sharing", "per-module"), _set("module_prefix", "model")))),
+        ("E4.6.16.5", "order (step 16 before step 17): modules[1] named 'a..b' and n_in missing",
+         P(doc_edit=_both(_module_edit(1, 0, "a..b"), _drop("n_in")))),
+        ("E4.6.17.4", "order (step 17 before step 18): n_out = 0 and vector_dtype 'float8'",
+         P(doc_edit=_both(_set("n_out", 0), _set("vector_dtype", "float8")))),
+        ("E4.6.18.3", "order (step 18 before step 19): tensor_layout 'zigzag' and dropout 1.5",
+         P(doc_edit=_both(_set("tensor_layout", "zigzag"), _set("dropout", 1.5)))),
+        ("E4.6.19.1", "order (step 19 before step 20): d_initial 'x' and extra_tensors not a list",
+         P(doc_edit=_both(_set("d_initial", "x"), _set("extra_tensors", "head.w")))),
+        ("E4.6.20.6", "order (step 20 before step 21): provenance a list and projection_sha256 missing",
+         P(doc_edit=_both(_set("provenance", []), _drop("projection_sha256")))),
+        ("E4.6.21.2", "order (step 21 before step 22): checksums listed for group 1 and a projection of 10^12 "
+                      "elements", P(doc_edit=_both(_huge, lambda d: d["projection_sha256"][0].update(group=1)))),
+        ("E4.6.22.1", "order (step 22 before step 23): a projection of 10^12 elements and v.lambda_b missing",
+         P(doc_edit=_huge, tensor_edit=lambda p: p.pop("v.lambda_b"))),
+    ]
+    return [(code, comment, data, ()) for code, comment, data in out]
+
+
 # --- what spec 1.2 decided --------------------------------------------------------------------------
 
 def finding_files() -> list[Vector]:
@@ -428,4 +470,4 @@ def valid_finding_files() -> list[tuple[str, bytes]]:
             ("checksum group written -0: an integer literal whose value is 0 (spec 4.3 Values)", minus_zero)]
 
 
-__all__ = ["variant_files", "order_files", "more_order_files", "finding_files", "valid_finding_files", "Vector"]
+__all__ = ["variant_files", "order_files", "more_order_files", "step_pair_files", "finding_files", "valid_finding_files", "Vector"]

@@ -223,10 +223,151 @@ def _names_extras_sorted(expected, entries):
     ORIGINAL["check_names"](expected, entries)
 
 
+# --- reader variants that check a step of 4.6 before the one the table puts before it -------------
+# (one pair of adjacent steps each: the later step, or its first rules, run first; step_pair_files)
+
+def _version_before_kind(meta, tensors):
+    """step 9 (a given version's form) before step 8 (the magic)."""
+    if metadata.VERSION_KEY in meta:
+        metadata.check_version(meta[metadata.VERSION_KEY])
+    ORIGINAL["_check_kind"](meta, tensors)
+
+
+def _config_before_version(meta, tensors):
+    """step 10.1 (vera_config present) right after step 8, before step 9."""
+    ORIGINAL["_check_kind"](meta, tensors)
+    if metadata.CONFIG_KEY not in meta:
+        fail("E4.6.10.1")
+
+
+_MINOR = {}
+
+
+def _check_version_kept(version):
+    out = ORIGINAL["check_version"](version)
+    _MINOR["minor"] = out[1]
+    return out
+
+
+def _unknown_fields_on_lenient_parse(text):
+    """step 11 on Python's own JSON parse (duplicates and huge numbers accepted) before step 10's
+    dialect rules, as a reader that validates the dialect last would."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+    if isinstance(doc, dict):
+        ORIGINAL["_unknown_fields"](doc, _MINOR["minor"])
+    return ORIGINAL["parse_document"](text)
+
+
+def _r_before_unknown(doc, minor):
+    """step 12 before step 11."""
+    ORIGINAL["_int"](doc, "r", "E4.6.12.1", "E4.6.12.2")
+    ORIGINAL["_unknown_fields"](doc, minor)
+
+
+def _int_with(before):
+    def _int(doc, key, missing, bad):
+        if key == "r":
+            before(doc)
+        return ORIGINAL["_int"](doc, key, missing, bad)
+    return _int
+
+
+def _choice_with(field, before=None, after=None):
+    def _choice(doc, key, *args, **kw):
+        if key == field and before:
+            before(doc)
+        v = ORIGINAL["_choice"](doc, key, *args, **kw)
+        if key == field and after:
+            after(doc)
+        return v
+    return _choice
+
+
+def _generator(doc):  # step 13
+    ORIGINAL["_choice"](doc, "generator", metadata.generators.names(), "E4.6.13.1", "E4.6.13.2")
+
+
+def _seed_form(doc):  # step 14.3 as a seeded generator's reader checks a given seed (null aside)
+    v = doc.get("seed")
+    if v is not None and not (isinstance(v, str) and metadata._SEED_RE.fullmatch(v)):
+        fail("E4.6.14.3", json=v)
+
+
+def _sharing(doc):  # step 15.1, 15.2
+    ORIGINAL["_choice"](doc, "sharing", metadata.SHARING, "E4.6.15.1", "E4.6.15.2")
+
+
+def _seed_after_sharing(doc, gen):
+    """step 15 before step 14."""
+    _sharing(doc)
+    return ORIGINAL["_seed"](doc, gen)
+
+
+def _dims_present_first(doc):
+    """step 17's n_in and n_out present integers (17.1-17.4) before step 16."""
+    ORIGINAL["_int"](doc, "n_in", "E4.6.17.1", "E4.6.17.2")
+    ORIGINAL["_int"](doc, "n_out", "E4.6.17.3", "E4.6.17.4")
+    return ORIGINAL["_modules"](doc)
+
+
+def _dtype_layout_before_dims(doc, modules):
+    """step 18 before step 17."""
+    ORIGINAL["_choice"](doc, "vector_dtype", tuple(metadata.EPS), "E4.6.18.1", "E4.6.18.2")
+    ORIGINAL["_choice"](doc, "tensor_layout", metadata.TENSOR_LAYOUTS, None, "E4.6.18.3", default="per-module")
+    return ORIGINAL["_dims"](doc, modules)
+
+
+def _numbers(doc):  # step 19
+    ORIGINAL["_number"](doc, "d_initial", 0.1, "E4.6.19.1", False)
+    ORIGINAL["_number"](doc, "dropout", 0.0, "E4.6.19.2", True)
+
+
+def _step20_before_numbers(doc, key, default, code, unit_interval):
+    """step 20 before step 19."""
+    if key == "d_initial":
+        ORIGINAL["_names"](doc)
+        ORIGINAL["_base_model"](doc)
+        if not isinstance(doc.get("provenance", {}), dict):
+            fail("E4.6.20.6")
+    return ORIGINAL["_number"](doc, key, default, code, unit_interval)
+
+
+def _checksums_present_first(doc):
+    """step 21.1 before step 20."""
+    if "projection_sha256" not in doc:
+        fail("E4.6.21.1")
+    return ORIGINAL["_names"](doc)
+
+
+def _limit_before_checksums(doc, groups):
+    """step 22 (the projection's size) before step 21."""
+    n = sum(doc["r"] * (n_in + n_out) for _, n_in, n_out in groups)
+    if n > metadata.DEFAULT_MAX_PROJECTION_ELEMENTS:
+        fail("E4.6.22.1", n=n, max=metadata.DEFAULT_MAX_PROJECTION_ELEMENTS)
+    return ORIGINAL["_checksums"](doc, groups)
+
+
+def _names_before_limit(meta, entries, *, max_projection_elements=metadata.DEFAULT_MAX_PROJECTION_ELEMENTS):
+    """step 23 before step 22 (the names against a document whose projection is over the limit)."""
+    ORIGINAL["_check_kind"](meta, entries)
+    metadata.check_version(meta.get(metadata.VERSION_KEY))
+    if metadata.CONFIG_KEY in meta:
+        cfg = metadata.parse_config(meta[metadata.CONFIG_KEY], meta[metadata.VERSION_KEY])
+        adapter.check_names(cfg.expected_tensors(), entries)
+    return ORIGINAL["check_layout"](meta, entries, max_projection_elements=max_projection_elements)
+
+
 ORIGINAL = {"_modules": metadata._modules, "_dims": metadata._dims, "_checksums": metadata._checksums,
             "_base_model": metadata._base_model, "expected_tensors": AdapterConfig.expected_tensors,
             "check_types": adapter.check_types, "check_names": adapter.check_names,
-            "read_header": adapter.container.read_header}
+            "read_header": adapter.container.read_header, "_check_kind": adapter._check_kind,
+            "check_version": metadata.check_version, "parse_document": metadata.parse_document,
+            "_unknown_fields": metadata._unknown_fields, "_int": metadata._int, "_choice": metadata._choice,
+            "_seed": metadata._seed, "_number": metadata._number, "_names": metadata._names,
+            "check_layout": adapter.check_layout}
 
 # (name, target object, attribute, replacement)
 VARIANTS = [
@@ -253,6 +394,23 @@ VARIANTS = [
      _expected_reordered(_extras_sorted)),
     ("step 24 rule by rule (every shape, then every dtype)", adapter, "check_types", _types_rule_by_rule),
     ("step 23.1 in name order", adapter, "check_names", _names_extras_sorted),
+    # adjacent steps (spec 4.6: the order of the table), the later one first
+    ("step 9 before step 8", adapter, "_check_kind", _version_before_kind),
+    ("step 10.1 before step 9", adapter, "_check_kind", _config_before_version),
+    ("step 12 before step 11", metadata, "_unknown_fields", _r_before_unknown),
+    ("step 13 before step 12", metadata, "_int", _int_with(_generator)),
+    ("step 14 (a given seed's form) before step 13", metadata, "_choice", _choice_with("generator", before=_seed_form)),
+    ("step 15 before step 14", metadata, "_seed", _seed_after_sharing),
+    ("step 16 before step 15", metadata, "_choice", _choice_with("sharing", before=lambda d: ORIGINAL["_modules"](d))),
+    ("step 16 before 15.3 (the generator's sharing checked after the modules)", metadata, "_choice",
+     _choice_with("sharing", after=lambda d: ORIGINAL["_modules"](d))),
+    ("step 17 (n_in, n_out present integers) before step 16", metadata, "_modules", _dims_present_first),
+    ("step 18 before step 17", metadata, "_dims", _dtype_layout_before_dims),
+    ("step 19 before step 18", metadata, "_choice", _choice_with("vector_dtype", before=_numbers)),
+    ("step 20 before step 19", metadata, "_number", _step20_before_numbers),
+    ("step 21.1 before step 20", metadata, "_names", _checksums_present_first),
+    ("step 22 before step 21", metadata, "_checksums", _limit_before_checksums),
+    ("step 23 before step 22", adapter, "check_layout", _names_before_limit),
 ]
 
 
@@ -260,6 +418,8 @@ VARIANTS = [
 VARIANTS = [(name, [(target, attr, repl)]) for name, target, attr, repl in VARIANTS] + [
     ("step 23.3 in the header's text order", [(adapter.container, "read_header", _read_header_text_order),
                                               (adapter, "check_names", _names_unexpected_in_header_order)]),
+    ("step 11 on a lenient JSON parse before step 10's dialect rules",
+     [(metadata, "check_version", _check_version_kept), (metadata, "parse_document", _unknown_fields_on_lenient_parse)]),
 ]
 
 
