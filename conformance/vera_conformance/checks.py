@@ -17,8 +17,9 @@ from .checks_generator import (_projection_equal, check_philox_kat, check_projec
                                check_projection_distribution, check_projection_vectors)
 from .checks_math import (_backward_ref, _forward_ref, _gradients, _kw, _layer_property,  # noqa: F401
                           _merge_ref, _sequences, _twin, check_adapter_scale, check_backward,
-                          check_eval_dropout, check_forward, check_generator_probe, check_math_vectors,
-                          check_merge, check_stateless, check_train, check_unmerge, tf32_probe)
+                          check_eval_dropout, check_eval_dropout_backward, check_forward, check_generator_probe,
+                          check_math_vectors, check_merge, check_merged_forward, check_stateless, check_train,
+                          check_unmerge, tf32_probe)
 from .checks_numeric import CHECKS as _NUMERIC_CHECKS  # adversarial numerics at real sizes
 from .checks_own import CHECKS as _OWN_CHECKS  # own generators: determinism, reload
 from .checks_quantized import CHECKS as _QUANTIZED_CHECKS  # quantized bases
@@ -45,9 +46,13 @@ CHECKS = [
     Check("backward", "backward", "T", True, check_backward, "spec 3.4 against the float64 reference"),
     Check("eval_dropout", "forward", "T", True, check_eval_dropout, "evaluation mode drops nothing (3.3)",
           needs=_with_dropout),
+    Check("eval_dropout_backward", "backward", "T", True, check_eval_dropout_backward,
+          "evaluation mode drops nothing in the gradients either (3.3)", needs=_with_dropout),
     Check("train", "train", "T", True, check_train, "SGD steps, trainable parameters, frozen tensors (5.3)"),
     Check("merge", "merge", "M", True, check_merge, "spec 3.5, merged weight and Delta W"),
     Check("unmerge", "unmerge", "M", True, check_unmerge, "spec 3.6"),
+    Check("merged_forward", "merged_forward", "M", True, check_merged_forward,
+          "the forward of a merged layer, and after unmerge (3.5, 3.6)"),
     Check("math_vectors", "forward", "M", True, check_math_vectors, "spec/vectors/math.json",
           dtypes=("float32", "float64"), needs=_unscaled, case_keys=("tcId",)),
     Check("files_valid", "files", "F", False, check_files_valid, "every valid file vector reads right, every field",

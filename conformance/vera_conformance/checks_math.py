@@ -166,6 +166,79 @@ def check_unmerge(impl, device, dtype, max_examples, case=None) -> Outcome:
     return _layer_property(impl, device, dtype, max_examples, body, case, dropout=False)
 
 
+def _pair(got, what: str):
+    """(y_merged, y_after_unmerge) as returned by merged_forward."""
+    try:
+        y_m, y_u = got
+    except (TypeError, ValueError):
+        raise Mismatch(f"merged_forward returned {type(got).__name__}, expected (y_merged, y_after_unmerge) "
+                       f"({what})") from None
+    return y_m, y_u
+
+
+def check_merged_forward(impl, device, dtype, max_examples, case=None) -> Outcome:
+    """spec 3.5: the forward of a merged layer is x (W0 + Delta W)^T + bias, the forward of 3.2
+    without dropout; spec 3.6: after unmerge the forward is the unmerged layer's again. The merged
+    forward has the sums and counts of the forward (spec 5.2.3 names it), so C and S are the
+    forward's. After merge and unmerge the weight is W0 + Delta W1 - Delta W2 (two Delta W formed
+    apart, equal in exact arithmetic): spec 5.2.3 follows each term, and a Delta W term meets its 3
+    products, the sum over r, the addition of W0, the subtraction of Delta W2, the product with x,
+    the sum over in, the bias and the adapter-term (or a fused Delta W3) addition: 8 operations, 2
+    for a declared scale: the forward's k = 10 and sums (in, r); but S holds |term| of every term,
+    the two that cancel too: S + 2 S_adapter (S_adapter: the twin's S, spec 5.2.1). An exact restore
+    of W0 (spec 3.6 MAY) meets fewer operations. Each on the case and on its twin (spec 5.2.1)."""
+    unmerge = "unmerge" in impl.capabilities
+
+    def body(c: LayerCase):
+        s, k = impl.scale(c.r), _C("forward", c, dtype)
+        worst = 0.0
+        for t, what in ((_twin(c), "adapter term (W0 = 0, no bias)"), (c, "y")):
+            ref, S_ = _forward_ref(t, s)
+            y_m, y_u = _pair(impl.merged_forward(t), what)
+            worst = max(worst, _expect(y_m, ref, S_, dtype, f"merged layer's {what} (spec 3.5: x (W0 + Delta W)^T "
+                                                            "+ bias and nothing more)", k))
+            if not unmerge:
+                continue
+            if y_u is None:
+                raise Mismatch(f"claims unmerge but merged_forward returned no forward after unmerge ({what})")
+            S_u = S_ + 2 * _forward_ref(_twin(t), s)[1]  # the two Delta W that cancel (docstring)
+            worst = max(worst, _expect(y_u, ref, S_u, dtype, f"{what} after merge and unmerge (spec 3.6: the "
+                                                             "unmerged forward again)", k))
+        return worst
+    # the fixed boundary cases first, then a fifth of the examples: two merged forwards and two after
+    # unmerge per case, each a fresh layer (a JAX layer compiles per shape), and the merge check's own
+    # examples already vary the weight (seconds, not minutes, per kit run)
+    out = _layer_property(impl, device, dtype, max(1, max_examples // 5), body, case, dropout=False)
+    if out.status == "passed" and not unmerge:
+        out.note = f"{impl.name} does not claim unmerge: only the merged layer's forward was checked"
+    return out
+
+
+def check_eval_dropout_backward(impl, device, dtype, max_examples, case=None) -> Outcome:
+    """spec 3.3: in evaluation mode dropout is the identity for the forward and so for its gradients:
+    dx, d lambda_d and d lambda_b of a case with p > 0 and no mask equal the backward without dropout,
+    under the backward's bound (spec 5.2), dx also on the twin (5.2.1)."""
+    if case is not None and not float(case.get("dropout") or 0) > 0:  # a runner error, not the implementation's
+        raise ValueError("dropout must be the p > 0 the case ran at (its repro JSON carries it)")
+
+    def body(c: LayerCase):
+        c = dataclasses.replace(c, dropout_mask=None)
+        s = impl.scale(c.r)
+        mode = f" in evaluation mode with dropout p = {c.dropout} (must equal the backward without dropout)"
+        ref, mag = _backward_ref(dataclasses.replace(c, dropout=0.0), s)
+        got = _gradients(impl.backward(c))
+        worst = max(_expect(g, r, m, dtype, what + mode, _C(what, c, dtype)) for g, r, m, what in
+                    zip(got, ref, mag, ("dx", "d_lambda_d", "d_lambda_b")))
+        t = _twin(c)
+        ref, mag = _backward_ref(dataclasses.replace(t, dropout=0.0), s)
+        return max(worst, _expect(_gradients(impl.backward(t))[0], ref[0], mag[0], dtype,
+                                  "adapter part of dx (W0 = 0)" + mode, _C("dx", c, dtype)))
+    strategy = _specs(impl, dropout=False, dropout_p=0.5)
+    # the fixed boundary cases first, then a fifth of the examples (two backwards a case)
+    return _layer_property(impl, device, dtype, max(1, max_examples // 5), body, case, strategy=strategy,
+                           dropout_p=0.5)
+
+
 def check_generator_probe(impl, device, dtype, max_examples, case=None) -> Outcome:
     """spec 5.1: with one-hot x, W0 = 0, lambda_d = e_k and lambda_b = 1 each output is one rounded
     product A[k, i] * B[o, k], so the projection the forward really uses is checked bit-exactly."""

@@ -15,6 +15,10 @@ with the reason. By default float32, float16, bfloat16 and float64 are checked: 
     backward     backward(case)                           (dx (N, in), d_lambda_d (r,), d_lambda_b (out,))
     merge        merge(case)                              W0 + Delta W, in case.layout
     unmerge      unmerge(case, W_merged)                  W_merged - Delta W (the layer was not merged by you)
+    merged_forward merged_forward(case)                   (y_merged (N, out), y_after_unmerge (N, out) or None):
+                                                          the layer of ``case`` merged, its forward of case.x
+                                                          (evaluation mode); then unmerged, its forward again
+                                                          (None when ``unmerge`` is not claimed)
     train        train_steps(case, lr, steps)             Trained: ``steps`` plain SGD steps on sum(dy * y)
     files        load_adapter(path)                       LoadedAdapter; on an invalid file raise an exception
                                                           with ``.field`` and ``.code`` of the spec 4.6 rule
@@ -71,7 +75,8 @@ import numpy as np
 
 from vera_ref.errors import VeraError
 
-CAPABILITIES = ("generator", "forward", "backward", "merge", "unmerge", "train", "files", "reload", "quantized")
+CAPABILITIES = ("generator", "forward", "backward", "merge", "unmerge", "train", "files", "reload", "quantized",
+                "merged_forward")
 DTYPES = ("float32", "float16", "bfloat16", "float64", "tf32")  # tf32: spec 5.2.2
 DEVICES = ("cpu", "cuda")
 LAYOUTS = ("linear", "conv1d")
@@ -263,6 +268,12 @@ class Implementation:
         raise NotImplementedError
 
     def unmerge(self, case: LayerCase, W_merged):  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def merged_forward(self, case: LayerCase):  # pragma: no cover - interface
+        """``merged_forward``: build the layer of ``case``, merge its adapter, return its forward of
+        case.x; then unmerge and return the forward again: (y_merged, y_after_unmerge), each (N, out);
+        y_after_unmerge None when the implementation cannot unmerge (it does not claim ``unmerge``)."""
         raise NotImplementedError
 
     def train_steps(self, case: LayerCase, lr: float, steps: int) -> Trained:  # pragma: no cover - interface

@@ -61,7 +61,7 @@ class Result:
 
 # what an implementation computes with (protocol.py); declarations (name, dtypes, scale, ...) are not
 PROTOCOL_METHODS = ("projection", "philox", "forward", "backward", "merge", "unmerge", "train_steps",
-                    "load_adapter", "save_adapter", "save_layer", "load_layer", "quantized")
+                    "load_adapter", "save_adapter", "save_layer", "load_layer", "quantized", "merged_forward")
 
 
 class Watched:

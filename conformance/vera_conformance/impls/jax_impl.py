@@ -29,7 +29,7 @@ def _has_gpu() -> bool:
 
 class JaxImpl(Implementation):
     name = "vera_jax (JAX / Flax NNX)"
-    capabilities = frozenset({"generator", "forward", "backward", "merge", "unmerge", "files"}
+    capabilities = frozenset({"generator", "forward", "backward", "merge", "unmerge", "files", "merged_forward"}
                              | ({"train"} & set(CAPABILITIES)))
     dtypes = frozenset({"float32", "float16", "bfloat16"})  # float64 needs jax_enable_x64, not claimed
 
@@ -104,28 +104,59 @@ class JaxImpl(Implementation):
             return np.asarray(jax.jit(lambda *a: vera_jax.unmerge(*a, layout=c.layout))(Wm, A, B, ld, lb)
                               .astype(jnp.float32))
 
+    def merged_forward(self, c: LayerCase):
+        """vera_jax.nnx.merge_and_unload on a model holding the case's VeraLinear: the plain nnx.Linear
+        it puts back, its forward; then vera_jax.unmerge of that kernel and vera_jax.forward with it."""
+        import vera_jax
+        from flax import nnx
+
+        from vera_jax.nnx import merge_and_unload
+        with self._on(c.device):
+            x, W, bias, A, B, ld, lb, _ = self._args(c)
+            model = nnx.Module()
+            model.layer = self._layer(c)
+            merge_and_unload(model)  # model.layer is now the nnx.Linear with the merged kernel (in, out)
+            y_m = nnx.jit(lambda lin, x: lin(x))(model.layer, x)
+
+            @jax.jit
+            def unmerged(x, k, bias, A, B, ld, lb):
+                k0 = vera_jax.unmerge(k, A, B, ld, lb, layout="conv1d")  # (in, out)
+                return vera_jax.forward(x, k0.T if c.layout == "linear" else k0, bias, A, B, ld, lb, layout=c.layout)
+            y_u = unmerged(x, model.layer.kernel[...], bias, A, B, ld, lb)
+            return tuple(np.asarray(y.astype(jnp.float32)) for y in (y_m, y_u))
+
     # -- training: a Flax NNX layer and nnx.Optimizer on the VeRA vectors only ---------------------
+    def _layer(self, c: LayerCase):
+        """One VeraLinear of the case (evaluation mode when the case has no mask, spec 3.3)."""
+        from flax import nnx
+
+        from vera_jax.nnx import VeraLinear, VeraProjection, VeraSettings
+        x, W, bias, A, B, ld, lb, mask = self._args(c)
+        dt = _DT[c.dtype]
+        base = nnx.Linear(c.in_features, c.out_features, use_bias=bias is not None, dtype=dt, param_dtype=dt,
+                          precision=lax.Precision.HIGHEST, rngs=nnx.Rngs(0))
+        base.kernel[...] = W.T if c.layout == "linear" else W  # nnx kernel is (in, out)
+        if bias is not None:
+            base.bias[...] = bias
+        settings = VeraSettings(c.r, "philox4x32-10", c.seed, "shared", 0.1, c.dropout, c.dtype)
+        layer = VeraLinear(base, VeraProjection(A), VeraProjection(B), ld, lb, settings=settings,
+                           group=c.group, layout=c.layout, rngs=nnx.Rngs(dropout=0) if c.dropout else None)
+        if mask is None and layer.drop is not None:
+            layer.eval()  # spec 3.3: no mask means evaluation, dropout is the identity
+        return layer
+
     def train_steps(self, c: LayerCase, lr: float, steps: int):
         """``steps`` plain SGD steps on sum(dy * y) of one VeraLinear, only VeraParam trained."""
         import optax
         from flax import nnx
 
-        from vera_jax.nnx import VeraLinear, VeraParam, VeraProjection, VeraSettings
+        from vera_jax.nnx import VeraParam
 
         from ..protocol import Trained
         with self._on(c.device):
             x, W, bias, A, B, ld, lb, mask = self._args(c)
             dt = _DT[c.dtype]
-            base = nnx.Linear(c.in_features, c.out_features, use_bias=bias is not None, dtype=dt, param_dtype=dt,
-                              precision=lax.Precision.HIGHEST, rngs=nnx.Rngs(0))
-            base.kernel[...] = W.T if c.layout == "linear" else W  # nnx kernel is (in, out)
-            if bias is not None:
-                base.bias[...] = bias
-            settings = VeraSettings(c.r, "philox4x32-10", c.seed, "shared", 0.1, c.dropout, c.dtype)
-            layer = VeraLinear(base, VeraProjection(A), VeraProjection(B), ld, lb, settings=settings,
-                               group=c.group, layout=c.layout, rngs=nnx.Rngs(dropout=0) if c.dropout else None)
-            if mask is None and layer.drop is not None:
-                layer.eval()  # spec 3.3: no mask means evaluation, dropout is the identity
+            layer = self._layer(c)
             opt = nnx.Optimizer(layer, optax.sgd(lr), wrt=VeraParam)
             dy = jnp.asarray(c.dy, dt)
 

@@ -1,7 +1,8 @@
 """vera_onnx on ONNX Runtime (CPU): the generator graph, hot-swap forward, merged export.
 
 ONNX Runtime runs inference only: no backward, no dropout (cases with a dropout mask are
-not drawn), no unmerge (a merged export has no adapter left to subtract); ORT adapter
+not drawn), no unmerge (a merged export has no adapter left to subtract: merged_forward checks the
+merged export's forward only); ORT adapter
 files are not spec files, so no files capability either.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from ..protocol import Implementation, LayerCase
 
 
 class OnnxImpl(Implementation):
-    capabilities = frozenset({"generator", "forward", "merge"})
+    capabilities = frozenset({"generator", "forward", "merge", "merged_forward"})
     dtypes = frozenset({"float32", "float16"})
     dropout = False
 
@@ -64,6 +65,12 @@ class OnnxImpl(Implementation):
         for v, arr in (("d", c.lambda_d), ("b", c.lambda_b)):
             feeds[f"layer.lambda_{v}"] = arr.astype(np_dt)
         return self._session(path).run(None, feeds)[0]
+
+    def merged_forward(self, c: LayerCase):
+        """The merged export run by ORT (no unmerge: the export has no adapter left to subtract)."""
+        self._dtype(c)
+        path, m, x = self._export(c, "merged")
+        return self._session(path).run(None, {"x": c.x.astype(np.float16 if c.dtype == "float16" else np.float32)})[0], None
 
     def merge(self, c: LayerCase):
         import onnx

@@ -16,7 +16,7 @@ from ..torch_helpers import run_case, sgd_steps, torch_dtype
 
 
 class PeftImpl(Implementation):
-    capabilities = frozenset({"forward", "backward", "merge", "unmerge", "train"})
+    capabilities = frozenset({"forward", "backward", "merge", "unmerge", "train", "merged_forward"})
     dtypes = frozenset({"float32"})  # the others are probed (runner.probe_dtype), then checked
 
     def __init__(self) -> None:
@@ -87,6 +87,16 @@ class PeftImpl(Implementation):
         pm, layer = self._model(c)
         pm.merge_adapter()
         return layer.base_layer.weight.detach().double().numpy()
+
+    def merged_forward(self, c: LayerCase):
+        """merge_adapter(), the model's forward; unmerge_adapter(), the forward again (PEFT's own flags)."""
+        pm, _ = self._model(c)
+        x = self.torch.tensor(c.x, dtype=torch_dtype(c))
+        with self.torch.no_grad():
+            pm.merge_adapter()
+            y_m = run_case(c, pm, x).double().numpy()
+            pm.unmerge_adapter()
+            return y_m, run_case(c, pm, x).double().numpy()
 
     def unmerge(self, c: LayerCase, W_merged):
         pm, layer = self._model(c)

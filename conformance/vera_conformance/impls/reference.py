@@ -12,7 +12,8 @@ from ..protocol import Implementation, LayerCase, LoadedAdapter, Trained
 
 class Reference(Implementation):
     name = "vera_ref (NumPy reference)"
-    capabilities = frozenset({"generator", "forward", "backward", "merge", "unmerge", "train", "files"})
+    capabilities = frozenset({"generator", "forward", "backward", "merge", "unmerge", "train", "files",
+                              "merged_forward"})
     devices = frozenset({"cpu"})
     dtypes = frozenset({"float32", "float16", "bfloat16", "float64"})
 
@@ -38,6 +39,16 @@ class Reference(Implementation):
 
     def unmerge(self, c: LayerCase, W_merged):
         return vera_ref.unmerge(W_merged, *self._proj(c), c.lambda_d, c.lambda_b, layout=c.layout, dtype=c.dtype)
+
+    def merged_forward(self, c: LayerCase):
+        """The merged layer is the base layer with W0 + Delta W (the forward with lambda_b = 0 adds an
+        exact zero); unmerged, W - Delta W carries the adapter again."""
+        A, B = self._proj(c)
+        kw = dict(layout=c.layout, dtype=c.dtype)
+        Wm = vera_ref.merge(c.W, A, B, c.lambda_d, c.lambda_b, **kw)
+        y_m = vera_ref.forward(c.x, Wm, c.bias, A, B, c.lambda_d, np.zeros_like(c.lambda_b), **kw)
+        W0 = vera_ref.unmerge(Wm, A, B, c.lambda_d, c.lambda_b, **kw)
+        return y_m, vera_ref.forward(c.x, W0, c.bias, A, B, c.lambda_d, c.lambda_b, **kw)
 
     def train_steps(self, c: LayerCase, lr: float, steps: int) -> Trained:
         """Plain SGD on sum(dy * y): lambda <- lambda - lr * grad, stored in the case's dtype."""

@@ -13,7 +13,8 @@ _DT = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16", "floa
 
 class TorchImpl(Implementation):
     name = "vera_torch (PyTorch)"
-    capabilities = frozenset({"generator", "forward", "backward", "merge", "unmerge", "train", "files"})
+    capabilities = frozenset({"generator", "forward", "backward", "merge", "unmerge", "train", "files",
+                              "merged_forward"})
     dtypes = frozenset({"float32", "float16", "bfloat16", "float64"})
 
     def __init__(self, fused: bool | None = None) -> None:
@@ -92,6 +93,15 @@ class TorchImpl(Implementation):
             layer.base_layer.weight.copy_(self.torch.from_numpy(W_merged))
         layer.unmerge("default")
         return layer.base_layer.weight.detach().double().cpu().numpy()
+
+    def merged_forward(self, c: LayerCase):
+        """The layer merged by its own merge(), its forward; unmerged by its unmerge(), the forward again."""
+        m, layer, dt = self._model(c)
+        layer.merge("default")
+        with self.torch.no_grad():
+            y_m = run_case(c, m, self._x(c, dt)).double().cpu().numpy()
+            layer.unmerge("default")
+            return y_m, run_case(c, m, self._x(c, dt)).double().cpu().numpy()
 
     def train_steps(self, c: LayerCase, lr: float, steps: int) -> Trained:
         m, layer, dt = self._model(c)
