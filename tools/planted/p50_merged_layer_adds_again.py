@@ -3,7 +3,8 @@ unfused path, so after ``merge()`` the output carries Delta W twice (W0 + Delta 
 plus lambda_b * ... again).
 
 A classic LoRA-port bug (the flag is set but the forward never reads it). Spec 3.5: a merged layer
-computes y = x (W0 + Delta W)^T + b, the forward of 3.2 and nothing more.
+computes y = x (W0 + Delta W)^T + b, the forward of 3.2 and nothing more. The merge check compares
+the merged weight only (right here); ``merged_forward`` runs the merged layer's forward.
 """
 from _plant import torch_impl
 
@@ -11,9 +12,6 @@ CLAUSE = "3.5"
 AREA = "math"
 EXPECT = "caught"
 BASE = "b_torch"
-WHY_ESCAPES = ("The kit's merge check compares the merged weight only (merge(case) returns W); no check runs "
-               "the forward of a merged layer. Missing check: merged forward, y of the merged layer equals "
-               "the reference forward (and unmerge then forward equals it again), in every dtype")
 
 
 def make():

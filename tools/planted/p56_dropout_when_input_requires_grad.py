@@ -4,6 +4,8 @@ is right; gradients taken in evaluation mode (saliency, influence functions, an 
 a frozen-BN recipe) see dropped adapter inputs.
 
 Spec 3.3: in evaluation mode dropout is the identity, for the forward and therefore its gradients.
+``eval_dropout`` runs the forward without gradients (right here); ``eval_dropout_backward`` takes
+them in evaluation mode with p > 0.
 """
 from _plant import torch_impl
 
@@ -11,10 +13,6 @@ CLAUSE = "3.3"
 AREA = "math"
 EXPECT = "caught"
 BASE = "b_torch"
-WHY_ESCAPES = ("eval_dropout checks the forward in evaluation mode only, and the backward and train cases "
-               "with dropout > 0 always carry a mask (training mode); no check takes gradients in evaluation "
-               "mode with dropout > 0. Missing: eval_dropout through backward (dx, d lambda_d, d lambda_b of an "
-               "evaluation-mode case with p > 0 equal those of p = 0)")
 
 
 def make():
