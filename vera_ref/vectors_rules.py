@@ -373,8 +373,9 @@ def more_order_files() -> list[Vector]:
 
 def step_pair_files() -> list[Vector]:
     """Two faults in adjacent steps of spec 4.6 (the table's order decides: the earlier step's code),
-    for each pair of steps 8-22 a file can break together that no earlier vector pins (8/12, 11/12,
-    14/18, 23/24, 24/25 and 25/26 have theirs). Appended last, so no earlier file is renamed."""
+    for each pair of steps 3-23 that no earlier vector pins (11/12, 23/24, 24/25 and 25/26 have
+    theirs; 2/3 is invalid-004's length, over the limit and past the end; 1/2 cannot both fail: step
+    2 reads the length step 1 finds missing). Appended last, so no earlier file is renamed."""
     P = lambda **kw: _doc_bytes(_base(), **kw)  # noqa: E731
     peft = _base(generator="peft-mt19937")
     out = [
@@ -409,6 +410,22 @@ def step_pair_files() -> list[Vector]:
                       "elements", P(doc_edit=_both(_huge, lambda d: d["projection_sha256"][0].update(group=1)))),
         ("E4.6.22.1", "order (step 22 before step 23): a projection of 10^12 elements and v.lambda_b missing",
          P(doc_edit=_huge, tensor_edit=lambda p: p.pop("v.lambda_b"))),
+    ]
+    meta = {FORMAT_KEY: FORMAT_NAME, VERSION_KEY: SPEC_VERSION}
+    f32 = lambda shape, off: {"dtype": "F32", "shape": shape, "data_offsets": off}  # noqa: E731
+    out += [  # steps 3-8, on the container
+        ("E4.6.3.1", "order (step 3 before step 4): header length 1000 past the end of the file, and the bytes "
+                     "present begin with a space", _raw(b' {"__metadata__":{}}', length=1000)),
+        ("E4.6.4.7", "order (step 4 before step 5): a header with the key x twice and no __metadata__",
+         _raw(b'{"x":{},"x":{}}')),
+        ("E4.6.5.2", "order (step 5 before step 6): __metadata__ value 1 (not a string) and tensor a of dtype I8",
+         _raw_header({"__metadata__": {FORMAT_KEY: 1}, "a": {"dtype": "I8", "shape": [1], "data_offsets": [0, 1]}},
+                     b"\0")),
+        ("E4.6.6.2", "order (step 6 before step 7): tensor b of dtype I8, and a gap of 4 bytes after tensor a",
+         _raw_header({"__metadata__": meta, "a": f32([1], [0, 4]), "b": {"dtype": "I8", "shape": [1],
+                                                                         "data_offsets": [8, 9]}}, b"\0" * 9)),
+        ("E4.6.7.2", "order (step 7 before step 8): 4 bytes after the last tensor, and no vera_format (a plain "
+                     "safetensors file)", _raw_header({"__metadata__": {}, "a": f32([1], [0, 4])}, b"\0" * 8)),
     ]
     return [(code, comment, data, ()) for code, comment, data in out]
 

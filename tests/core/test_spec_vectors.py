@@ -88,3 +88,17 @@ def test_effective_is_the_writers_document_of_what_is_read():
     assert eff["module_prefix"] == "enc." and [m[0] for m in eff["modules"]] == ["q", "v"]
     assert (eff["tensor_layout"], eff["d_initial"], eff["dropout"], eff["extra_tensors"], eff["provenance"]) == (
         "per-module", 0.1, 0.0, [], {})
+
+
+def test_every_pair_of_adjacent_steps_has_a_vector():
+    """spec 4.6 (the rules in the order of the table), 6.5: for each pair of adjacent steps s, s + 1
+    that one file can break together, a vector breaks both and gets step s's code (steps 1 and 2
+    cannot both fail: step 2 reads the length step 1 finds missing)."""
+    earlier = {2: "header length of 2^40 bytes", 11: "multi-fault: unknown field and r missing",
+               24: "multi-fault: NaN in the first vector, a wrong shape in a later one",
+               25: "multi-fault: NaN in a vector and a wrong checksum"}
+    for s in range(2, 26):
+        found = [t for t in INVALID if f"step {s} before step {s + 1}" in t["comment"]
+                 or (s in earlier and t["comment"].startswith(earlier[s]))]
+        assert found, f"no vector breaks steps {s} and {s + 1}"
+        assert all(t["error"]["code"].split(".")[2] == str(s) for t in found), found

@@ -226,6 +226,66 @@ def _names_extras_sorted(expected, entries):
 # --- reader variants that check a step of 4.6 before the one the table puts before it -------------
 # (one pair of adjacent steps each: the later step, or its first rules, run first; step_pair_files)
 
+def _lenient_header(f):
+    """The header as Python's own JSON parser reads it (duplicates, huge numbers accepted), or None."""
+    f.seek(0)
+    n = int.from_bytes(f.read(8), "little")
+    try:
+        header = json.loads(f.read(n).decode("utf-8"))
+    except ValueError:
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def _header_then(codes, later):
+    """read_header that, where it fails with one of ``codes``, first runs ``later(f, size, header)``
+    (a later step of 4.6, on what can be read) and names that step's fault if it finds one."""
+    def read_header(f, size):
+        try:
+            return ORIGINAL["read_header"](f, size)
+        except AdapterFileError as exc:
+            if exc.code in codes:
+                later(f, size, _lenient_header(f))
+            raise
+    return read_header
+
+
+def _first_byte(f, size, header):  # step 4.1 on the bytes present
+    f.seek(8)
+    b = f.read(1)
+    if b and b != b"{":
+        fail("E4.6.4.1")
+
+
+def _metadata_present(f, size, header):  # step 5.1
+    if header is not None and "__metadata__" not in header:
+        fail("E4.6.5.1")
+
+
+def _entries(f, size, header):  # step 6 on every entry
+    if header is not None:
+        f.seek(0)
+        data_size = size - 8 - int.from_bytes(f.read(8), "little")
+        for name in sorted(k for k in header if k != "__metadata__"):
+            adapter.container._header_entry(name, header[name], data_size)
+
+
+def _no_gap(f, size, header):  # step 7.1 on the entries whose offsets are two integers
+    spans = sorted(tuple(e["data_offsets"]) for k, e in (header or {}).items() if k != "__metadata__"
+                   and isinstance(e, dict) and isinstance(e.get("data_offsets"), list) and len(e["data_offsets"]) == 2
+                   and all(_is_int(v) for v in e["data_offsets"]))
+    pos = 0
+    for begin, end in spans:
+        if begin != pos:
+            fail("E4.6.7.1", n=min(begin, pos))
+        pos = end
+
+
+def _kind(f, size, header):  # step 8
+    if header is not None and isinstance(header.get("__metadata__"), dict):
+        ORIGINAL["_check_kind"](header["__metadata__"], [k for k in header if k != "__metadata__"])
+
+
 def _version_before_kind(meta, tensors):
     """step 9 (a given version's form) before step 8 (the magic)."""
     if metadata.VERSION_KEY in meta:
@@ -395,6 +455,14 @@ VARIANTS = [
     ("step 24 rule by rule (every shape, then every dtype)", adapter, "check_types", _types_rule_by_rule),
     ("step 23.1 in name order", adapter, "check_names", _names_extras_sorted),
     # adjacent steps (spec 4.6: the order of the table), the later one first
+    ("step 4.1 (the bytes present) before step 3", adapter.container, "read_header",
+     _header_then({"E4.6.3.1"}, _first_byte)),
+    ("step 5 before step 4's dialect rules", adapter.container, "read_header",
+     _header_then({"E4.6.4.5", "E4.6.4.6", "E4.6.4.7"}, _metadata_present)),
+    ("step 6 before step 5", adapter.container, "read_header", _header_then({"E4.6.5.2"}, _entries)),
+    ("step 7.1 (the well-formed offsets) before step 6", adapter.container, "read_header",
+     _header_then({f"E4.6.6.{i}" for i in range(1, 8)}, _no_gap)),  # 6.8 (past the end) breaks step 7 too
+    ("step 8 before step 7", adapter.container, "read_header", _header_then({"E4.6.7.1", "E4.6.7.2"}, _kind)),
     ("step 9 before step 8", adapter, "_check_kind", _version_before_kind),
     ("step 10.1 before step 9", adapter, "_check_kind", _config_before_version),
     ("step 12 before step 11", metadata, "_unknown_fields", _r_before_unknown),
