@@ -134,7 +134,7 @@ def test_peft_layer_passes_through_the_same_door():
     assert summary(results)["failed"] == 0, [(r.id, r.reason) for r in results if r.status == "failed"]
     assert {r.check for r in results if r.status == "passed"} == {
         "forward", "backward", "merge", "unmerge", "train", "eval_dropout", "generator_probe", "stateless",
-        "math_vectors", "numerics"}
+        "math_vectors", "numerics", "merged_forward", "eval_dropout_backward"}
     assert all("does not claim" in r.reason or r.check == "adapter_scale" for r in results if r.status == "skipped")
 
 
@@ -143,10 +143,14 @@ def test_onnx_backend_passes_what_ort_can_do():
     pytest.importorskip("torch")
     from vera_conformance.impls.onnx_impl import OnnxImpl
     results = run(OnnxImpl(), "x:y", ["cpu"], ["float32", "float16"], 3, echo=lambda s: None,
-                  only=["philox_kat", "projection", "forward", "generator_probe", "merge", "math_vectors"])
+                  only=["philox_kat", "projection", "forward", "generator_probe", "merge", "math_vectors",
+                        "merged_forward"])
     assert summary(results)["failed"] == 0, [(r.id, r.reason) for r in results if r.status == "failed"]
     assert {r.check for r in results if r.status == "passed"} == {"philox_kat", "projection", "forward",
-                                                                   "generator_probe", "merge", "math_vectors"}
+                                                                   "generator_probe", "merge", "math_vectors",
+                                                                   "merged_forward"}
+    # no unmerge in an ONNX export: the merged export's forward is checked, and the pass says so
+    assert all("does not claim unmerge" in r.note for r in results if r.check == "merged_forward")
 
 
 def test_skips_xfails_report_and_replay(tmp_path):
