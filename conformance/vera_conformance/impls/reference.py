@@ -2,6 +2,8 @@
 paths of spec 3.8 (float32, float16, bfloat16), SGD training included."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 import vera_ref
@@ -41,14 +43,13 @@ class Reference(Implementation):
         return vera_ref.unmerge(W_merged, *self._proj(c), c.lambda_d, c.lambda_b, layout=c.layout, dtype=c.dtype)
 
     def merged_forward(self, c: LayerCase):
-        """The merged layer is the base layer with W0 + Delta W (the forward with lambda_b = 0 adds an
-        exact zero); unmerged, W - Delta W carries the adapter again."""
+        """The merged layer is the base layer with this merge's W0 + Delta W (the forward with
+        lambda_b = 0 adds an exact zero); after this unmerge, the layer's forward with W - Delta W."""
         A, B = self._proj(c)
-        kw = dict(layout=c.layout, dtype=c.dtype)
-        Wm = vera_ref.merge(c.W, A, B, c.lambda_d, c.lambda_b, **kw)
-        y_m = vera_ref.forward(c.x, Wm, c.bias, A, B, c.lambda_d, np.zeros_like(c.lambda_b), **kw)
-        W0 = vera_ref.unmerge(Wm, A, B, c.lambda_d, c.lambda_b, **kw)
-        return y_m, vera_ref.forward(c.x, W0, c.bias, A, B, c.lambda_d, c.lambda_b, **kw)
+        Wm = self.merge(c)
+        y_m = vera_ref.forward(c.x, Wm, c.bias, A, B, c.lambda_d, np.zeros_like(c.lambda_b), layout=c.layout,
+                               dtype=c.dtype)
+        return y_m, self.forward(dataclasses.replace(c, W=self.unmerge(c, Wm)))
 
     def train_steps(self, c: LayerCase, lr: float, steps: int) -> Trained:
         """Plain SGD on sum(dy * y): lambda <- lambda - lr * grad, stored in the case's dtype."""
