@@ -114,7 +114,7 @@ class JaxImpl(Implementation):
         with self._on(c.device):
             x, W, bias, A, B, ld, lb, _ = self._args(c)
             model = nnx.Module()
-            model.layer = self._layer(c)
+            model.layer = self._layer(c, (x, W, bias, A, B, ld, lb, None))
             merge_and_unload(model)  # model.layer is now the nnx.Linear with the merged kernel (in, out)
             y_m = nnx.jit(lambda lin, x: lin(x))(model.layer, x)
 
@@ -126,15 +126,17 @@ class JaxImpl(Implementation):
             return tuple(np.asarray(y.astype(jnp.float32)) for y in (y_m, y_u))
 
     # -- training: a Flax NNX layer and nnx.Optimizer on the VeRA vectors only ---------------------
-    def _layer(self, c: LayerCase):
-        """One VeraLinear of the case (evaluation mode when the case has no mask, spec 3.3)."""
+    def _layer(self, c: LayerCase, args=None):
+        """One VeraLinear of the case (evaluation mode when the case has no mask, spec 3.3); ``args``:
+        what _args(c) gave, when the caller has it."""
         from flax import nnx
 
         from vera_jax.nnx import VeraLinear, VeraProjection, VeraSettings
-        x, W, bias, A, B, ld, lb, mask = self._args(c)
+        x, W, bias, A, B, ld, lb, mask = self._args(c) if args is None else args
         dt = _DT[c.dtype]
+        zeros = nnx.initializers.zeros_init()  # the case's W0 and bias are put in next (no random draw per shape)
         base = nnx.Linear(c.in_features, c.out_features, use_bias=bias is not None, dtype=dt, param_dtype=dt,
-                          precision=lax.Precision.HIGHEST, rngs=nnx.Rngs(0))
+                          precision=lax.Precision.HIGHEST, kernel_init=zeros, bias_init=zeros, rngs=nnx.Rngs(0))
         base.kernel[...] = W.T if c.layout == "linear" else W  # nnx kernel is (in, out)
         if bias is not None:
             base.bias[...] = bias
@@ -156,7 +158,7 @@ class JaxImpl(Implementation):
         with self._on(c.device):
             x, W, bias, A, B, ld, lb, mask = self._args(c)
             dt = _DT[c.dtype]
-            layer = self._layer(c)
+            layer = self._layer(c, (x, W, bias, A, B, ld, lb, mask))
             opt = nnx.Optimizer(layer, optax.sgd(lr), wrt=VeraParam)
             dy = jnp.asarray(c.dy, dt)
 
