@@ -354,6 +354,44 @@ def test_a_vector_without_gradient_is_named(tmp_path):
     assert torch.is_grad_enabled()
 
 
+class _NoUnmergeReply(Reference):
+    """Claims unmerge but gives no forward after it."""
+    def merged_forward(self, c):
+        return super().merged_forward(c)[0], None
+
+
+class _MergedOnly(Reference):
+    """Claims merge but not unmerge (an ONNX export): only the merged forward is asked for."""
+    capabilities = Reference.capabilities - {"unmerge"}
+
+    def merged_forward(self, c):
+        return super().merged_forward(c)[0], None
+
+
+def test_merged_forward_and_eval_dropout_backward_report_what_they_checked():
+    """merged_forward: skipped unless claimed, never passed; a missing after-unmerge forward is named when
+    unmerge is claimed and noted when it is not; eval_dropout_backward names the p and replays at it."""
+    from vera_conformance.impls import broken_merged as BM
+    plain = type("P", (Reference,), {"capabilities": Reference.capabilities - {"merged_forward"}})()
+    r = _quiet(plain, ["float32"], only=["merged_forward"])[0]
+    assert (r.status, r.reason) == ("skipped", f"{plain.name} does not claim the 'merged_forward' capability")
+    r = _quiet(_NoUnmergeReply(), ["float32"], only=["merged_forward"])[0]
+    assert r.status == "failed" and "claims unmerge but merged_forward returned no forward after unmerge" in r.reason
+    r = _quiet(_MergedOnly(), ["float32"], only=["merged_forward"])[0]
+    assert r.status == "passed" and "does not claim unmerge" in r.note and r.tolerance["C"] > 1
+    r = _quiet(BM.MergedLayerAddsAgain(), ["float64"], only=["merged_forward"])[0]
+    assert r.reason.startswith("merged layer's adapter term (W0 = 0, no bias)") and "x2 the reference" in r.reason
+    r = _quiet(BM.UnmergeKeepsDelta(), ["float64"], only=["merged_forward"])[0]
+    assert r.reason.startswith("adapter term (W0 = 0, no bias) after merge and unmerge")
+    r = _quiet(BM.EvalDropoutWithGrad(), ["float64"], only=["eval_dropout_backward"])[0]
+    assert r.status == "failed" and r.case["dropout"] == 0.5 and "in evaluation mode with dropout p = 0.5" in r.reason
+    assert run(Reference(), "x:y", ["cpu"], ["float64"], 1, only=["eval_dropout_backward"], case=r.case,
+               echo=lambda s: None)[0].status == "passed"
+    with pytest.raises(ConformanceError, match="dropout must be the p > 0"):
+        run(Reference(), "x:y", ["cpu"], ["float64"], 1, only=["eval_dropout_backward"],
+            case=dict(r.case, dropout=0.0), echo=lambda s: None)
+
+
 class _Raises(Implementation):
     """Claims everything and raises on any call of any method."""
     name = "raises on every call"
