@@ -210,6 +210,7 @@ TABLE = {
     "forward": ("forward", "M", True, ()), "generator_probe": ("forward", "G", True, ("float32", "float64")),
     "stateless": ("forward", "M", True, ()), "adapter_scale": ("forward", "M", False, ()),
     "backward": ("backward", "T", True, ()), "eval_dropout": ("forward", "T", True, ()),
+    "eval_dropout_backward": ("backward", "T", True, ()), "merged_forward": ("merged_forward", "M", True, ()),
     "train": ("train", "T", True, ()), "merge": ("merge", "M", True, ()), "unmerge": ("unmerge", "M", True, ()),
     "math_vectors": ("forward", "M", True, ("float32", "float64")), "files_valid": ("files", "F", False, ()),
     "files_invalid": ("files", "F", False, ()), "files_roundtrip": ("files", "F", False, ()),
@@ -230,9 +231,9 @@ def test_check_table():
     assert needs["philox_kat"] is K._philox_generator and needs["projection_vectors"] is K._philox_generator
     assert needs["projection"] is K._not_own and needs["projection_distribution"] is K._own_generator
     assert needs["generator_probe"] is K._no_scale and needs["eval_dropout"] is K._with_dropout
-    assert needs["math_vectors"] is K._unscaled
+    assert needs["math_vectors"] is K._unscaled and needs["eval_dropout_backward"] is K._with_dropout
     assert [c.name for c in base if c.needs is None] == [
-        "forward", "stateless", "adapter_scale", "backward", "train", "merge", "unmerge", "files_valid",
+        "forward", "stateless", "adapter_scale", "backward", "train", "merge", "unmerge", "merged_forward", "files_valid",
         "files_invalid", "files_roundtrip", "numerics"]
 
 
@@ -614,9 +615,11 @@ class _Scaled(Reference):
                        c.bias)
 
 
-@pytest.mark.parametrize("name", ["forward", "backward", "merge", "unmerge", "train", "eval_dropout", "stateless"])
+@pytest.mark.parametrize("name", ["forward", "backward", "merge", "unmerge", "train", "eval_dropout", "stateless",
+                                  "merged_forward", "eval_dropout_backward"])
 def test_a_declared_scale_is_folded_in(name):
-    case = None if name == "stateless" else dict(SPECS[0], dropout=0.5) if name == "eval_dropout" else SPECS[0]
+    case = (None if name == "stateless" else dict(SPECS[0], dropout=0.5) if name.startswith("eval_dropout")
+            else SPECS[0])
     assert run(name, _Scaled(), "float64", mx=2, case=case).status == "passed"
     assert run(name, _Scaled(apply=False), "float64", mx=2, case=case).status == "failed"
 

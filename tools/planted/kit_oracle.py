@@ -24,7 +24,7 @@ EXAMPLES = 4
 # the generator and layer-math checks (numerics, at sizes up to 16384, is left to the tally: under
 # mutate.py's line tracer it alone would take the campaign's budget)
 MATH = ("philox_kat", "projection_vectors", "projection", "forward", "generator_probe", "stateless", "backward",
-        "eval_dropout", "train", "merge", "unmerge", "math_vectors")
+        "eval_dropout", "eval_dropout_backward", "train", "merge", "unmerge", "merged_forward", "math_vectors")
 ITEMS = [(c.name, d) for c in CHECKS if c.name in MATH for d in (("float32", "bfloat16") if c.per_dtype else (None,))
          if not c.dtypes or (d or "float32") in c.dtypes]
 
