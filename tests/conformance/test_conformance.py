@@ -163,8 +163,9 @@ def test_skips_xfails_report_and_replay(tmp_path):
     assert by_id["merge[float32]_cpu"].status == "xfailed"
     assert by_id["math_vectors[float32]_cpu"].status == "failed"  # not listed, still a failure
     assert by_id["numerics[float32]_cpu"].status == "failed"  # its merge part: the same bug
+    assert by_id["merged_forward[float32]_cpu"].status == "failed"  # the merged layer's forward: the same bug
     s = summary(results)
-    assert final_line(results) == f"{s['passed']} passed, 2 failed, {s['skipped']} skipped, 1 xfailed"
+    assert final_line(results) == f"{s['passed']} passed, 3 failed, {s['skipped']} skipped, 1 xfailed"
     # the failing case replays from its repro JSON alone
     merge_case = by_id["merge[float32]_cpu"].case
     replay = run(impl, "x:y", ["cpu"], ["float32"], 1, only=["merge"], case=merge_case, echo=lambda s: None)
