@@ -9,7 +9,8 @@ Importing vera_torch registers its torch projections for ``philox4x32-10`` and
 from .config import VeraConfig
 from .errors import AdapterNameError, BatchError, ConfigError, MergeError
 from .functional import project_in, vera_delta
-from .layer import ModulesToSave, VeraLayer, is_conv1d, peft_projection
+from .heads import ModulesToSave
+from .layer import VeraLayer, is_conv1d, peft_projection
 from .model import VeraModel, get_vera_model, linear_layers, linear_name_endings, unmatched_targets
 from .philox import projection
 from .quantized import QuantizedBaseWarning, QuantizedLayerError, RequantizationError

@@ -25,8 +25,8 @@ from vera_ref.metadata import AdapterConfig, ModuleSpec
 from . import quantized
 from .config import DTYPE_NAMES, VeraConfig
 from .errors import AdapterNameError, BatchError, ConfigError, MergeError
-from .layer import (MixedBatch, ModulesToSave, ProjectionStore, ProjSpec, RowGroup, State, VeraLayer, adaptable,
-                    layer_dims)
+from .heads import ModulesToSave
+from .layer import MixedBatch, ProjectionStore, ProjSpec, RowGroup, State, VeraLayer, adaptable, layer_dims
 from .values import vector_tensor as _vector
 from .views import AdapterView, HeadView, LayerView
 

@@ -13,7 +13,8 @@ from typing import Any, Iterator
 
 from torch import nn
 
-from .layer import ModulesToSave, VeraLayer, adaptable, layer_dims
+from .heads import ModulesToSave
+from .layer import VeraLayer, adaptable, layer_dims
 
 
 # VeraModel -> {adapter: provenance of the PEFT checkpoint it came from}, so that save_peft writes the

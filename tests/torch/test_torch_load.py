@@ -12,7 +12,7 @@ import vera_ref  # noqa: E402
 from torch_models import TinyNet, randomise  # noqa: E402
 from vera_ref.errors import AdapterFileError, ModelMismatchError, VeraError  # noqa: E402
 from vera_torch import AdapterNameError, VeraConfig, VeraModel, get_vera_model  # noqa: E402
-from vera_torch.layer import ModulesToSave  # noqa: E402
+from vera_torch.heads import ModulesToSave  # noqa: E402
 
 
 def _trained(**cfg):

@@ -9,7 +9,8 @@ torch = pytest.importorskip("torch")
 from torch_models import TinyNet  # noqa: E402
 from vera_torch import BatchError, MergeError, VeraConfig, get_vera_model  # noqa: E402
 from vera_torch import functional as F  # noqa: E402
-from vera_torch.layer import ModulesToSave, SlotTable  # noqa: E402
+from vera_torch.heads import ModulesToSave  # noqa: E402
+from vera_torch.layer import SlotTable  # noqa: E402
 
 TARGETS = ["query", "value", "c_fc"]
 

@@ -9,7 +9,7 @@ from torch import nn  # noqa: E402
 import vera_ref  # noqa: E402
 from torch_models import TinyNet, randomise  # noqa: E402
 from vera_torch import AdapterView, VeraConfig, VeraLayer, get_vera_model  # noqa: E402
-from vera_torch.layer import ModulesToSave  # noqa: E402
+from vera_torch.heads import ModulesToSave  # noqa: E402
 
 
 def _model(sharing="shared"):
