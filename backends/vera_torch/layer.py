@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, Hashable, NamedTuple
+from typing import Any, Callable, Hashable, NamedTuple
 
 import torch
 from torch import nn
@@ -300,7 +300,8 @@ class VeraLayer(nn.Module):
             xd = dropout_min(xa, p) if self._minimal() else nn.functional.dropout(xa, p, True)
             h = project_in(xd, A_l)  # spec 3.3: adapter input only
         else:
-            h = self._shared_h(x, xa, A_l, self.proj[name])
+            # once per forward for every layer that reads the same x with the same A_l
+            h = self._once(x, ("h", self.proj[name], xa.dtype), lambda: project_in(xa, A_l))
         return self._delta_fn()(h, ld, lb, B_l)
 
     def _delta_fn(self):
@@ -312,15 +313,17 @@ class VeraLayer(nn.Module):
             raise ConfigError("save_for_backward", f"{mode!r} is not 'minimal' or 'activations'")
         return mode == "minimal"
 
-    def _shared_h(self, x: torch.Tensor, xa: torch.Tensor, A_l: torch.Tensor, key: Hashable) -> torch.Tensor:
-        """x A_l^T, computed once per forward for every layer that reads the same x with the same A_l."""
+    def _once(self, x: torch.Tensor, key: tuple, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``make()``, computed once per model forward for every layer that reads the same x (the same
+        tensor, unmodified) and asks with the same ``key``; computed each time outside a model's
+        forward or while compiling. Serves the h = x A_l^T shared by query, key and value."""
         cache = self._state.h_cache
         if cache is None or torch.compiler.is_compiling():
-            return project_in(xa, A_l)
-        key = (id(x), x._version, key, self.in_features, xa.dtype)
+            return make()
+        key = (id(x), x._version, self.in_features) + key
         hit = cache.get(key)
         if hit is None:
-            hit = cache[key] = (x, project_in(xa, A_l))  # holding x keeps id(x) unique
+            hit = cache[key] = (x, make())  # holding x keeps id(x) unique
         return hit[1]
 
     # -- merging (spec 3.5, 3.6) ------------------------------------------------------------------
@@ -553,25 +556,13 @@ class VeraLayer(nn.Module):
         ld, lb = self.vera_lambda_d[name], self.vera_lambda_b[name]
         A_l, B_l = self.sliced_projection(name, x.device)
         dt = torch.promote_types(ld.dtype, x.dtype)
-        args = (x, self.base_layer.weight, self.base_layer.bias, ld.to(dt), lb.to(dt), A_l.to(dt), B_l.to(dt))
+        A_l = A_l.to(dt)
+        args = (x, self.base_layer.weight, self.base_layer.bias, ld.to(dt), lb.to(dt), A_l, B_l.to(dt))
         conv1d = self.layout == "conv1d"
-        if path == "fused_h":
-            h = self._plain_h(x, A_l.to(dt), self.proj[name])
+        if path == "fused_h":  # h without gradient: its gradient reaches x through the merged weight
+            h = self._once(x, ("plain", self.proj[name], dt), lambda: x.detach().to(dt) @ A_l.t())  # (..., r)
             return vera_linear_h(*args, h, conv1d, keep_weight=not self._minimal())
         return (vera_linear_min if self._minimal() else vera_linear)(*args, conv1d)
-
-    def _plain_h(self, x: torch.Tensor, A_l: torch.Tensor, key: Hashable) -> torch.Tensor:
-        """x A_l^T (..., r) without gradient, once per forward for the layers reading the same x (the
-        fused path's saved h: its gradient reaches x through the merged weight)."""
-        with torch.no_grad():
-            cache = self._state.h_cache
-            if cache is None or torch.compiler.is_compiling():
-                return x.to(A_l.dtype) @ A_l.t()
-            key = (id(x), x._version, "plain", key, self.in_features, A_l.dtype)
-            hit = cache.get(key)
-            if hit is None:
-                hit = cache[key] = (x, x.to(A_l.dtype) @ A_l.t())  # holding x keeps id(x) unique
-            return hit[1]
 
     def _vectors(self, key: Hashable, g: RowGroup, dt: torch.dtype, device: torch.device, r: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -623,7 +614,9 @@ class VeraLayer(nn.Module):
                 keep = torch.rand_like(xa) >= p  # bool: the mask autograd keeps is one byte per element
                 h = project_in(xa * keep / (1 - p), A_l)
             else:
-                h = self._class_h(x, rows, A_l, dt, (key, spec))
+                # once per forward for every layer that reads the same x with the same projection and rows
+                h = self._once(x, ("rows", (key, spec), dt), lambda: project_in(
+                    (x if rows is None else x.index_select(0, rows)).to(dt), A_l))  # (n, ..., r)
             ld, lb = self._vectors(key, g, dt, x.device, spec.r)  # (n, r), (n, out)
             bshape = (ld.shape[0],) + (1,) * (h.dim() - 2)
             ld, lb = ld.reshape(bshape + (ld.shape[-1],)), lb.reshape(bshape + (lb.shape[-1],))  # (n, 1, ..., r), (n, 1, ..., out)
@@ -640,20 +633,6 @@ class VeraLayer(nn.Module):
                 d = (v * lb).to(result.dtype)
                 result = result + d if rows is None else result.index_add(0, rows, d)
         return result
-
-    def _class_h(self, x: torch.Tensor, rows: torch.Tensor | None, A_l: torch.Tensor, dt: torch.dtype,
-                 ident: Hashable) -> torch.Tensor:
-        """x[rows] A_l^T (n, ..., r): once per forward for every layer that reads the same x with the same
-        projection and rows (query, key and value of one block)."""
-        cache = self._state.h_cache
-        key = (id(x), x._version, "rows", ident, self.in_features, dt)  # ident: (class, this layer's ProjSpec)
-        if cache is not None and not torch.compiler.is_compiling() and key in cache:
-            return cache[key][1]
-        xg = x if rows is None else x.index_select(0, rows)  # (n, ..., in)
-        h = project_in(xg.to(dt), A_l)
-        if cache is not None and not torch.compiler.is_compiling():
-            cache[key] = (x, h)  # holding x keeps id(x) unique
-        return h
 
     def refresh_tables(self) -> None:
         """Drop the cached mixed-batch tables (they are rebuilt on the next mixed batch)."""
