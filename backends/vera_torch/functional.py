@@ -262,8 +262,12 @@ def path_costs(rows: int, r: int, in_f: int, out_f: int, training: bool, minimal
             "fused_h": (1 + again) * r * in_f * out_f + rows * r * (in_f + out_f)}
 
 
-def choose_path(rows: int, r: int, in_f: int, out_f: int, training: bool, minimal: bool = False) -> str:
+def choose_path(rows: int, r: int, in_f: int, out_f: int, training: bool, minimal: bool = False,
+                fused_only: bool = False) -> str:
     """The path of fewest multiply-adds (``path_costs``): 'factored', 'fused' (keeps x; the only fused
-    one without training) or 'fused_h' (keeps h). Ties go to the factored path, then to 'fused'."""
+    one without training) or 'fused_h' (keeps h); ``fused_only``: one of the fused ones. Ties go to
+    the factored path, then to 'fused'."""
     costs = path_costs(rows, r, in_f, out_f, training, minimal)
+    if fused_only:
+        costs.pop("factored")
     return min(costs, key=lambda k: (costs[k], list(costs).index(k)))

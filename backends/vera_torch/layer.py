@@ -22,7 +22,7 @@ from vera_ref import generators
 
 from .errors import BatchError, ConfigError, MergeError
 from . import quantized, restore  # restore: the merge residual's codec
-from .functional import (dropout_min, path_costs, project_in, vera_delta, vera_delta_min, vera_linear, vera_linear_h,
+from .functional import (choose_path, dropout_min, project_in, vera_delta, vera_delta_min, vera_linear, vera_linear_h,
                          vera_linear_min)
 
 
@@ -545,11 +545,8 @@ class VeraLayer(nn.Module):
         training = torch.is_grad_enabled() and (x.requires_grad or self.vera_lambda_b[name].requires_grad)
         if self.fused in ("x", "h"):
             return "fused" if self.fused == "x" or not training else "fused_h"
-        costs = path_costs(x.numel() // self.in_features, self.proj[name].r, self.in_features,
-                           self.out_features, training, self._minimal())
-        if self.fused is True:
-            costs.pop("factored")
-        path = min(costs, key=lambda k: (costs[k], list(costs).index(k)))
+        path = choose_path(x.numel() // self.in_features, self.proj[name].r, self.in_features, self.out_features,
+                           training, self._minimal(), fused_only=self.fused is True)
         return None if path == "factored" else path
 
     def _fused(self, x: torch.Tensor, name: str, path: str) -> torch.Tensor:

@@ -165,6 +165,7 @@ def test_path_choice_follows_the_flop_count():
     assert F.choose_path(1024, 256, 768, 768, training=True) == "fused_h"  # keeps h: 1207M vs 1608M per q/v pair
     assert F.choose_path(1024, 256, 768, 768, training=True, minimal=True) == "fused_h"
     assert F.choose_path(16, 256, 768, 768, training=True) == "factored"  # few rows: forming Delta W costs more
+    assert F.choose_path(16, 256, 768, 768, training=True, fused_only=True) == "fused_h"  # layer.fused = True
     assert F.choose_path(1024, 1024, 768, 768, training=True, minimal=True) == "fused"  # x (3 MB) < h (4 MB)
     assert F.choose_path(1, 1024, 768, 768, training=False) == "factored"
     _, m = _net64()
