@@ -77,6 +77,21 @@ def make_step(model, emb, mask):
     return step, nbytes
 
 
+def interleaved(steps: list, rounds: int) -> list[list[float]]:
+    """The seconds of each step, ``rounds`` times, every step once per round (so drift of the machine's
+    speed hits every model alike)."""
+    times = [[] for _ in steps]
+    for _ in range(rounds):
+        for i, step in enumerate(steps):
+            times[i].append(step())
+    return times
+
+
+def cost(ts: list[float], floor: list[float]) -> float:
+    """Median over rounds of (a step's time - the floor's time in the same round)."""
+    return statistics.median(t - f for t, f in zip(ts, floor))
+
+
 def peft_model(base, kind: str, r: int):
     import peft
     cfg = (peft.LoraConfig(r=r, target_modules=["query", "value"]) if kind == "lora"
@@ -200,14 +215,11 @@ def paths(rounds: int = 30) -> None:
 
         for m in models.values():
             run(m)
-        ts = {k: [] for k in models}
-        for _ in range(rounds):
-            for k, m in models.items():
-                ts[k].append(run(m))
-        cost = {k: 1e3 * statistics.median(a - b for a, b in zip(ts[k], ts["floor"])) for k in models}
+        ts = dict(zip(models, interleaved([lambda m=m: run(m) for m in models.values()], rounds)))
+        ms = {k: 1e3 * cost(ts[k], ts["floor"]) for k in models}
         pick = choose_path(rows, r, 768, 768, training=True, minimal=True)
-        cells = [f"{cost[k]:>9.2f}{'*' if k == pick else ' '}" for k in ("factored", "fused", "fused_h")]
-        print(f"{rows:>5} {r:>5} {cost['peft']:>10.2f} " + " ".join(cells))
+        cells = [f"{ms[k]:>9.2f}{'*' if k == pick else ' '}" for k in ("factored", "fused", "fused_h")]
+        print(f"{rows:>5} {r:>5} {ms['peft']:>10.2f} " + " ".join(cells))
 
 
 def timed(fn, repeat: int = 3) -> float:
@@ -266,25 +278,22 @@ def main() -> int:
                        lambda ov=ov: (ov.set_adapter("other"), ov.set_adapter("default")),
                        lambda d, ov=ov: ov.save_adapter(os.path.join(d, "a.safetensors"))))
     steps = [make_step(m, emb, mask) for _, m, *_ in models]
-    times = [[] for _ in models]
-    for _ in range(args.steps):  # interleaved, so every model sees the same machine in each round
-        for i, (step, _) in enumerate(steps):
-            times[i].append(step())
+    times = interleaved([step for step, _ in steps], args.steps)
     rows, costs = [], {}
     floor_bytes = steps[0][1]
     for (name, _, merge_fn, switch_fn, save_fn), (_, nbytes), ts in zip(models, steps, times):
         nbytes -= floor_bytes
-        cost = statistics.median(t - f for t, f in zip(ts, times[0]))  # paired with the floor's round
-        rows.append((name, statistics.median(ts), cost, nbytes if name != models[0][0] else floor_bytes, merge_fn and timed(merge_fn),
+        c = cost(ts, times[0])  # paired with the floor's round
+        rows.append((name, statistics.median(ts), c, nbytes if name != models[0][0] else floor_bytes, merge_fn and timed(merge_fn),
                      switch_fn and timed(switch_fn), save_fn and file_bytes(save_fn)))
         for who in ("PEFT VeRA", "ours (", "PEFT LoRA"):
             if name.startswith(who):
-                costs[(who, int(name.rpartition("=")[2]))] = (cost, nbytes)
+                costs[(who, int(name.rpartition("=")[2]))] = (c, nbytes)
     print(f"{'':34} {'step s':>8} {'cost s':>8} {'saved MB':>9} {'merge+unmerge s':>16} {'switch x2 s':>12} "
           f"{'file bytes':>12}")
-    for name, t, cost, b, mg, sw, fb in rows:
+    for name, t, c, b, mg, sw, fb in rows:
         f = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
-        print(f"{name:34} {t:>8.3f} {cost:>8.3f} {b / 2**20:>9.1f} {f(mg, '>16.3f')} {f(sw, '>12.5f')} "
+        print(f"{name:34} {t:>8.3f} {c:>8.3f} {b / 2**20:>9.1f} {f(mg, '>16.3f')} {f(sw, '>12.5f')} "
               f"{f(fb, '>12,')}")
     print(f"saved MB: beyond the floor's, whose own row shows what the frozen model keeps")
     lora_bytes = costs[("PEFT LoRA", 8)][1]
